@@ -1,0 +1,211 @@
+//! `isola`: run, serve, compile and check wasm workers.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use isola_config::{Config, ServerConfig};
+use isola_engine::{EngineOptions, IsolaEngine};
+use isola_server::{App, Server};
+
+#[derive(Parser)]
+#[command(name = "isola", version, about = "A WebAssembly worker host")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one component on every path.
+    Run {
+        component: PathBuf,
+        #[arg(long, default_value = isola_config::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Compile cache and embedded state.
+        #[arg(long, default_value = isola_config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Serve the workers of a config file.
+    Serve {
+        #[arg(default_value = "isola.toml")]
+        config: PathBuf,
+        /// Overrides `[server] listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Compile components into the cache ahead of serving.
+    Compile {
+        /// Components (.wasm) or config files (.toml).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Cache location for components given directly.
+        #[arg(long, default_value = isola_config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Validate a config file (or a component) without serving.
+    Check {
+        #[arg(default_value = "isola.toml")]
+        input: PathBuf,
+        #[arg(long, default_value = isola_config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            component,
+            listen,
+            state_dir,
+        } => {
+            if !component.is_file() {
+                bail!("{}: component file not found", component.display());
+            }
+            let server = ServerConfig {
+                listen,
+                state_dir,
+                ..ServerConfig::default()
+            };
+            serve(Config::single(component, server))
+        }
+        Command::Serve { config, listen } => {
+            let mut config = Config::load(&config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            serve(config)
+        }
+        Command::Compile { inputs, state_dir } => compile(&inputs, &state_dir),
+        Command::Check { input, state_dir } => check(&input, &state_dir),
+    }
+}
+
+fn engine_for(config: &Config) -> Result<IsolaEngine> {
+    let mut options = EngineOptions::new(config.server.state_dir.join("cache"));
+    options.max_instances = config.server.max_instances;
+    let largest = config
+        .workers
+        .iter()
+        .map(|w| w.limits.memory_mb)
+        .max()
+        .unwrap_or(128);
+    options.max_memory_bytes = usize::try_from(largest << 20).context("memory_mb too large")?;
+    Ok(IsolaEngine::new(&options)?)
+}
+
+fn serve(config: Config) -> Result<()> {
+    let engine = engine_for(&config)?;
+    let workers = isola_server::load_workers(&engine, &config.workers)?;
+    let app = App::new(workers, &config.workers);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = Server::bind(config.server.listen, app)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = server.local_addr()?;
+        // Exactly one line on stdout, which scripts and tests wait for.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{addr}")?;
+        stdout.flush()?;
+        drop(stdout);
+        server.run(isola_server::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Configs named on the command line: a `.toml` is read as a config file,
+/// anything else is taken as a component.
+fn configs_for(inputs: &[PathBuf], state_dir: &Path) -> Result<Vec<Config>> {
+    inputs
+        .iter()
+        .map(|input| {
+            if input.extension().is_some_and(|e| e == "toml") {
+                Ok(Config::load(input)?)
+            } else if input.is_file() {
+                let server = ServerConfig {
+                    state_dir: state_dir.to_owned(),
+                    ..ServerConfig::default()
+                };
+                Ok(Config::single(input.clone(), server))
+            } else {
+                bail!("{}: file not found", input.display())
+            }
+        })
+        .collect()
+}
+
+fn compile(inputs: &[PathBuf], state_dir: &Path) -> Result<()> {
+    for config in configs_for(inputs, state_dir)? {
+        let engine = engine_for(&config)?;
+        let progress = if config.workers.len() > 1 && std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(config.workers.len() as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = config
+                .workers
+                .iter()
+                .map(|worker| {
+                    let (engine, progress) = (&engine, &progress);
+                    scope.spawn(move || {
+                        let loaded = engine.load_component(&worker.component);
+                        progress.inc(1);
+                        loaded
+                    })
+                })
+                .collect();
+            for (handle, worker) in handles.into_iter().zip(&config.workers) {
+                let loaded = handle.join().expect("compile thread panicked")?;
+                progress.suspend(|| {
+                    println!(
+                        "{}: {} ({:?})",
+                        worker.name,
+                        engine.cache().entry_path_for(&loaded.digest).display(),
+                        loaded.outcome
+                    )
+                });
+            }
+            Ok(())
+        })?;
+        progress.finish_and_clear();
+    }
+    Ok(())
+}
+
+fn check(input: &Path, state_dir: &Path) -> Result<()> {
+    for config in configs_for(std::slice::from_ref(&input.to_owned()), state_dir)? {
+        let engine = engine_for(&config)?;
+        isola_server::load_workers(&engine, &config.workers)?;
+        println!(
+            "{}: ok ({} worker{})",
+            config.source.display(),
+            config.workers.len(),
+            if config.workers.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}

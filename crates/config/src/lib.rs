@@ -1,0 +1,387 @@
+//! `isola.toml`: its schema, validation and defaults.
+//!
+//! Every error names the file, the line and column, and the key at fault:
+//! an unknown key, a bad route, a missing component. Nothing is silently
+//! ignored: a key Isola does not implement is an unknown key.
+
+pub mod route;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use route::{RouteError, RoutePattern};
+
+/// Default address of the request listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Default directory for the compile cache and embedded state, relative to
+/// the config file.
+pub const DEFAULT_STATE_DIR: &str = ".isola";
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column; 0 when the error has no position (e.g. the
+    /// file cannot be read).
+    pub line: usize,
+    pub column: usize,
+    /// The key at fault, as a dotted path such as `worker[0].routes`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The validated configuration of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (or a description for built-in configs).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub workers: Vec<WorkerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Absolute, or relative to the current directory.
+    pub state_dir: PathBuf,
+    /// Size of the instance pool: the most requests in flight at once.
+    pub max_instances: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Per-request limits of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_ms: u64,
+    pub wall_ms: u64,
+    pub memory_mb: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu_ms: 50,
+            wall_ms: 30_000,
+            memory_mb: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub name: String,
+    /// Path of the component, resolved against the config file's directory.
+    pub component: PathBuf,
+    pub routes: Vec<RoutePattern>,
+    pub vars: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+impl WorkerConfig {
+    /// A worker with default limits, no vars and no routes.
+    pub fn new(name: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        WorkerConfig {
+            name: name.into(),
+            component: component.into(),
+            routes: Vec::new(),
+            vars: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The configuration of `isola run`: one component on every path.
+    pub fn single(component: PathBuf, server: ServerConfig) -> Self {
+        let name = component
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "worker".into());
+        let mut worker = WorkerConfig::new(name, component);
+        worker.routes = vec![RoutePattern::parse("/*").expect("valid pattern")];
+        Config {
+            source: PathBuf::from("<command line>"),
+            server,
+            workers: vec![worker],
+        }
+    }
+
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate config text; `path` names it in errors and anchors relative
+    /// paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let locate = |span: Option<Range<usize>>, key: Option<String>, message: String| {
+            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError {
+                file: path.to_owned(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| locate(e.span(), None, e.message().trim().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+
+        let mut server = ServerConfig::default();
+        if let Some(listen) = raw.server.listen {
+            server.listen = listen.get_ref().parse().map_err(|_| {
+                locate(
+                    Some(listen.span()),
+                    Some("server.listen".into()),
+                    format!("`{}` is not an address such as 127.0.0.1:8787", listen.get_ref()),
+                )
+            })?;
+        }
+        server.state_dir = base.join(raw.server.state_dir.unwrap_or(DEFAULT_STATE_DIR.into()));
+        if let Some(n) = raw.server.max_instances {
+            if *n.get_ref() == 0 {
+                return Err(locate(
+                    Some(n.span()),
+                    Some("server.max_instances".into()),
+                    "must be at least 1".into(),
+                ));
+            }
+            server.max_instances = n.into_inner();
+        }
+
+        if raw.worker.is_empty() {
+            return Err(locate(None, None, "no [[worker]] is configured".into()));
+        }
+        let single = raw.worker.len() == 1;
+        let mut workers = Vec::new();
+        let mut names = HashMap::new();
+        let mut route_owner: HashMap<String, String> = HashMap::new();
+        for (i, w) in raw.worker.into_iter().enumerate() {
+            let key = |field: &str| Some(format!("worker[{i}].{field}"));
+            let name = w.name.get_ref().clone();
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(locate(
+                    Some(w.name.span()),
+                    key("name"),
+                    format!("`{name}` is not a valid worker name (letters, digits, `-`, `_`)"),
+                ));
+            }
+            if names.insert(name.clone(), i).is_some() {
+                return Err(locate(
+                    Some(w.name.span()),
+                    key("name"),
+                    format!("worker `{name}` is defined twice"),
+                ));
+            }
+            let component = base.join(w.component.get_ref());
+            if !component.is_file() {
+                return Err(locate(
+                    Some(w.component.span()),
+                    key("component"),
+                    format!("component file not found: {}", component.display()),
+                ));
+            }
+            let routes = match w.routes {
+                Some(routes) => routes
+                    .into_iter()
+                    .map(|r| {
+                        let pattern = RoutePattern::parse(r.get_ref())
+                            .map_err(|e| locate(Some(r.span()), key("routes"), e.to_string()))?;
+                        if let Some(other) = route_owner.insert(r.get_ref().clone(), name.clone()) {
+                            return Err(locate(
+                                Some(r.span()),
+                                key("routes"),
+                                format!("route `{}` is already used by worker `{other}`", r.get_ref()),
+                            ));
+                        }
+                        Ok(pattern)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                // A lone worker serves everything, as with `wrangler dev`.
+                None if single => vec![RoutePattern::parse("/*").expect("valid pattern")],
+                None => Vec::new(),
+            };
+            let mut limits = Limits::default();
+            for (field, value, slot) in [
+                ("cpu_ms", w.cpu_ms, &mut limits.cpu_ms),
+                ("wall_ms", w.wall_ms, &mut limits.wall_ms),
+                ("memory_mb", w.memory_mb, &mut limits.memory_mb),
+            ] {
+                if let Some(value) = value {
+                    if *value.get_ref() == 0 {
+                        return Err(locate(Some(value.span()), key(field), "must be at least 1".into()));
+                    }
+                    *slot = value.into_inner();
+                }
+            }
+            workers.push(WorkerConfig {
+                name,
+                component,
+                routes,
+                vars: w.vars,
+                limits,
+            });
+        }
+        Ok(Config {
+            source: path.to_owned(),
+            server,
+            workers,
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    worker: Vec<RawWorker>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    state_dir: Option<String>,
+    max_instances: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    name: Spanned<String>,
+    component: Spanned<String>,
+    routes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    cpu_ms: Option<Spanned<u64>>,
+    wall_ms: Option<Spanned<u64>>,
+    memory_mb: Option<Spanned<u64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("app.wasm"), b"").unwrap();
+            Fixture { dir }
+        }
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::parse(&self.dir.path().join("isola.toml"), text)
+        }
+        fn error(&self, text: &str) -> String {
+            let e = self.parse(text).unwrap_err();
+            let file = self.dir.path().join("isola.toml");
+            e.to_string().replace(&file.display().to_string(), "isola.toml")
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let f = Fixture::new();
+        let config = f
+            .parse("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nvars = { GREETING = \"hi\" }\n")
+            .unwrap();
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.server.state_dir, f.dir.path().join(".isola"));
+        let w = &config.workers[0];
+        assert_eq!(w.component, f.dir.path().join("app.wasm"));
+        assert_eq!(w.routes[0].as_str(), "/*");
+        assert_eq!(w.vars["GREETING"], "hi");
+        assert_eq!(w.limits, Limits::default());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let f = Fixture::new();
+        assert_eq!(
+            f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
+            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
+            "isola.toml:4:21: worker[0].routes: bad route pattern `/a/*/b`: `*` may only end the path"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\ncomponent = \"missing.wasm\"\n"),
+            format!(
+                "isola.toml:3:13: worker[0].component: component file not found: {}",
+                f.dir.path().join("missing.wasm").display()
+            )
+        );
+        assert_eq!(
+            f.error("[server]\nlisten = \"nowhere\"\n[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n"),
+            "isola.toml:2:10: server.listen: `nowhere` is not an address such as 127.0.0.1:8787"
+        );
+        assert!(f.error("[[worker]]\nname = \"app\"\n").starts_with("isola.toml:1:1: missing field `component`"));
+        assert_eq!(
+            f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nroutes = [\"/*\"]\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),
+            "isola.toml:6:8: worker[1].name: worker `a` is defined twice"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nroutes = [\"/*\"]\n[[worker]]\nname = \"b\"\ncomponent = \"app.wasm\"\nroutes = [\"/*\"]\n"),
+            "isola.toml:8:11: worker[1].routes: route `/*` is already used by worker `a`"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\ncpu_ms = 0\n"),
+            "isola.toml:4:10: worker[0].cpu_ms: must be at least 1"
+        );
+        assert_eq!(f.error(""), "isola.toml: no [[worker]] is configured");
+        assert!(f.error("[[worker]\n").starts_with("isola.toml:1:"));
+    }
+}

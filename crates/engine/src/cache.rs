@@ -1,0 +1,441 @@
+//! The on-disk compile cache.
+//!
+//! An entry is `<sha256 of the wasm>-<engine hash>.cwasm` plus a
+//! `.cwasm.crc32` sidecar holding the checksum and length of the artifact.
+//! wasmtime's `deserialize_file` checks the artifact's header and engine
+//! compatibility but not its body, and a flipped byte in machine code must
+//! never run, so every load verifies the checksum first. Entries are written
+//! to a temporary file and renamed, so readers never see half an entry.
+
+use std::collections::HashMap;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::EngineError;
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Already loaded by this process (another worker uses the same wasm).
+    Memory,
+    /// Loaded from a `.cwasm` file on disk.
+    Disk,
+    /// Compiled now (and written to the cache).
+    Compiled,
+}
+
+/// A compiled component and how it was obtained.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub component: Component,
+    pub outcome: CacheOutcome,
+    /// The sha256 of the wasm bytes, hex encoded.
+    pub digest: String,
+}
+
+/// Counters since start-up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub memory_hits: u64,
+    pub disk_hits: u64,
+    pub compiled: u64,
+    pub discarded: u64,
+}
+
+type Slot = Arc<Mutex<Option<Component>>>;
+
+/// The compile cache of one engine.
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_hash: String,
+    /// One slot per wasm digest: concurrent loads of the same wasm wait on
+    /// the slot's lock, so it is compiled once.
+    loaded: Mutex<HashMap<String, Slot>>,
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    compiled: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl CompileCache {
+    pub(crate) fn open(engine: &Engine, dir: &Path) -> Result<Self, EngineError> {
+        fs::create_dir_all(dir).map_err(|source| EngineError::CacheDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(CompileCache {
+            dir: dir.to_owned(),
+            engine_hash: engine_hash(engine),
+            loaded: Mutex::default(),
+            memory_hits: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            compiled: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
+            compiled: self.compiled.load(Ordering::Relaxed),
+            discarded: self.discarded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The cache file an artifact for `wasm` would live in.
+    pub fn entry_path(&self, wasm: &[u8]) -> PathBuf {
+        self.entry_path_for(&sha256_hex(wasm))
+    }
+
+    /// The cache file for the wasm whose sha256 is `digest` (hex).
+    pub fn entry_path_for(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join(format!("{digest}-{}.cwasm", self.engine_hash))
+    }
+
+    pub(crate) fn load_file(
+        &self,
+        engine: &Engine,
+        path: PathBuf,
+    ) -> Result<LoadedComponent, EngineError> {
+        let wasm = fs::read(&path).map_err(|source| EngineError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        self.load(engine, &path, &wasm)
+    }
+
+    /// Compile `wasm` (read from `path`, named in errors) or load it from the
+    /// cache.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        wasm: &[u8],
+    ) -> Result<LoadedComponent, EngineError> {
+        check_is_component(path, wasm)?;
+        let digest = sha256_hex(wasm);
+        let slot = self
+            .loaded
+            .lock()
+            .expect("compile cache lock poisoned")
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().expect("compile cache slot poisoned");
+        if let Some(component) = slot.as_ref() {
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(LoadedComponent {
+                component: component.clone(),
+                outcome: CacheOutcome::Memory,
+                digest,
+            });
+        }
+        let entry = self.entry_path_for(&digest);
+        let (component, outcome) = match self.load_entry(engine, &entry) {
+            Some(component) => {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(component = %path.display(), entry = %entry.display(), "compile cache hit");
+                (component, CacheOutcome::Disk)
+            }
+            None => {
+                let started = Instant::now();
+                let artifact =
+                    engine
+                        .precompile_component(wasm)
+                        .map_err(|e| EngineError::Compile {
+                            path: path.to_owned(),
+                            reason: format!("{e:#}"),
+                        })?;
+                self.compiled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    component = %path.display(),
+                    entry = %entry.display(),
+                    compile_ms = started.elapsed().as_millis() as u64,
+                    "compile cache miss: compiled"
+                );
+                if let Err(e) = write_entry(&entry, &artifact) {
+                    // A read-only or full cache directory costs a recompile
+                    // next time; it must not stop the worker from serving.
+                    tracing::warn!(entry = %entry.display(), "cannot write compile cache entry: {e}");
+                }
+                let component = deserialize_artifact(engine, &entry, &artifact).map_err(|e| {
+                    EngineError::Compile {
+                        path: path.to_owned(),
+                        reason: format!("{e:#}"),
+                    }
+                })?;
+                (component, CacheOutcome::Compiled)
+            }
+        };
+        *slot = Some(component.clone());
+        Ok(LoadedComponent {
+            component,
+            outcome,
+            digest,
+        })
+    }
+
+    /// Load a cache entry if it exists and is intact; a damaged or foreign
+    /// entry is logged, deleted and reported as absent.
+    fn load_entry(&self, engine: &Engine, entry: &Path) -> Option<Component> {
+        if !entry.exists() {
+            return None;
+        }
+        match verify_checksum(entry).and_then(|()| {
+            // SAFETY: the file was written by this cache (its checksum
+            // matches what we recorded when we wrote it) and wasmtime checks
+            // that it was compiled by a compatible engine.
+            #[allow(unsafe_code)]
+            unsafe {
+                Component::deserialize_file(engine, entry).map_err(|e| format!("{e:#}"))
+            }
+        }) {
+            Ok(component) => Some(component),
+            Err(reason) => {
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(entry = %entry.display(), %reason, "discarding damaged compile cache entry; recompiling");
+                let _ = fs::remove_file(entry);
+                let _ = fs::remove_file(checksum_path(entry));
+                None
+            }
+        }
+    }
+}
+
+fn deserialize_artifact(
+    engine: &Engine,
+    entry: &Path,
+    artifact: &[u8],
+) -> wasmtime::Result<Component> {
+    // Prefer the file just written: it is mmapped, so its pages are shared
+    // and reclaimable instead of living on the heap.
+    if verify_checksum(entry).is_ok() {
+        // SAFETY: written by us a moment ago from `artifact`, checksum verified.
+        #[allow(unsafe_code)]
+        if let Ok(component) = unsafe { Component::deserialize_file(engine, entry) } {
+            return Ok(component);
+        }
+    }
+    // SAFETY: `artifact` was produced by `precompile_component` of this engine.
+    #[allow(unsafe_code)]
+    unsafe {
+        Component::deserialize(engine, artifact)
+    }
+}
+
+fn checksum_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".crc32");
+    PathBuf::from(name)
+}
+
+fn checksum_line(artifact: &[u8]) -> String {
+    format!("{:08x} {}\n", crc32fast::hash(artifact), artifact.len())
+}
+
+fn verify_checksum(entry: &Path) -> Result<(), String> {
+    let expected = fs::read_to_string(checksum_path(entry))
+        .map_err(|e| format!("missing checksum file: {e}"))?;
+    let artifact = fs::read(entry).map_err(|e| format!("unreadable: {e}"))?;
+    if checksum_line(&artifact) == expected {
+        Ok(())
+    } else {
+        Err("checksum mismatch (truncated or corrupted)".into())
+    }
+}
+
+fn write_entry(entry: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    write_atomically(&checksum_path(entry), checksum_line(artifact).as_bytes())?;
+    write_atomically(entry, artifact)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+fn check_is_component(path: &Path, wasm: &[u8]) -> Result<(), EngineError> {
+    if wasmparser::Parser::is_component(wasm) {
+        return Ok(());
+    }
+    if wasmparser::Parser::is_core_wasm(wasm) {
+        return Err(EngineError::CoreModule {
+            path: path.to_owned(),
+        });
+    }
+    // The WebAssembly text format is accepted too (wasmtime parses it), so
+    // only reject what is neither binary wasm nor plausible WAT.
+    let looks_like_wat = std::str::from_utf8(wasm)
+        .map(|text| text.trim_start().starts_with('(') || text.trim_start().starts_with(";;"))
+        .unwrap_or(false);
+    if looks_like_wat {
+        Ok(())
+    } else {
+        Err(EngineError::NotWasm {
+            path: path.to_owned(),
+        })
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A stable digest of everything that makes an artifact loadable by this
+/// engine (wasmtime version, target, compiler settings).
+fn engine_hash(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            unreachable!("only `write` is used")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY_COMPONENT: &[u8] = b"(component)";
+
+    fn engine() -> Engine {
+        Engine::new(&crate::engine_config(&crate::EngineOptions::new("unused"))).unwrap()
+    }
+
+    #[test]
+    fn entry_name_is_digest_and_engine_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = CompileCache::open(&engine, dir.path()).unwrap();
+        let name = cache.entry_path(EMPTY_COMPONENT);
+        let name = name.file_name().unwrap().to_str().unwrap();
+        let (digest, rest) = name.split_once('-').unwrap();
+        assert_eq!(digest, sha256_hex(EMPTY_COMPONENT));
+        assert_eq!(rest, format!("{}.cwasm", engine_hash(&engine)));
+        assert_eq!(engine_hash(&engine), engine_hash(&self::engine()));
+    }
+
+    #[test]
+    fn compiles_once_then_loads_from_memory_and_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = CompileCache::open(&engine, dir.path()).unwrap();
+        let path = Path::new("empty.wat");
+        assert_eq!(
+            cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(
+            cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Memory
+        );
+        assert!(cache.entry_path(EMPTY_COMPONENT).exists());
+
+        let fresh = CompileCache::open(&engine, dir.path()).unwrap();
+        assert_eq!(
+            fresh.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Disk
+        );
+    }
+
+    #[test]
+    fn damaged_entries_are_discarded_and_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let path = Path::new("empty.wat");
+        CompileCache::open(&engine, dir.path())
+            .unwrap()
+            .load(&engine, path, EMPTY_COMPONENT)
+            .unwrap();
+        let entry = CompileCache::open(&engine, dir.path())
+            .unwrap()
+            .entry_path(EMPTY_COMPONENT);
+
+        // A flipped byte in the middle: wasmtime's own header checks pass.
+        let mut bytes = fs::read(&entry).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(&entry, &bytes).unwrap();
+        let cache = CompileCache::open(&engine, dir.path()).unwrap();
+        assert_eq!(
+            cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(cache.stats().discarded, 1);
+
+        // Truncated, and then missing its checksum.
+        let len = fs::metadata(&entry).unwrap().len();
+        fs::File::options()
+            .write(true)
+            .open(&entry)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+        let cache = CompileCache::open(&engine, dir.path()).unwrap();
+        assert_eq!(
+            cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        fs::remove_file(checksum_path(&entry)).unwrap();
+        let cache = CompileCache::open(&engine, dir.path()).unwrap();
+        assert_eq!(
+            cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(
+            CompileCache::open(&engine, dir.path())
+                .unwrap()
+                .load(&engine, path, EMPTY_COMPONENT)
+                .unwrap()
+                .outcome,
+            CacheOutcome::Disk
+        );
+    }
+
+    #[test]
+    fn rejects_non_components() {
+        let path = Path::new("x.wasm");
+        assert!(matches!(
+            check_is_component(path, b"\0asm\x01\0\0\0"),
+            Err(EngineError::CoreModule { .. })
+        ));
+        assert!(matches!(
+            check_is_component(path, b"#!/bin/sh\necho hi\n"),
+            Err(EngineError::NotWasm { .. })
+        ));
+        assert!(check_is_component(path, EMPTY_COMPONENT).is_ok());
+    }
+}

@@ -1,0 +1,146 @@
+//! The process-wide wasmtime [`Engine`] of Isola, its on-disk compile cache and
+//! the epoch ticker that bounds wall-clock time.
+//!
+//! One [`IsolaEngine`] serves every worker of a process: fuel and epoch
+//! interruption are on, instances come from a pooling allocator with
+//! copy-on-write memory images, and components are compiled once and then
+//! loaded from `<cache_dir>/<sha256>-<engine hash>.cwasm` by `mmap`.
+
+mod cache;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use cache::{CacheOutcome, CacheStats, CompileCache, LoadedComponent};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch ticker advances the engine's epoch. Wall-clock
+/// deadlines are counted in these ticks, so this is their granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Errors from building the engine or loading a component.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a WebAssembly file")]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{path}: is a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path}: invalid component: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("compile cache {path}: {source}")]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the wasmtime engine: {0}")]
+    Engine(String),
+}
+
+/// Sizing of the engine's instance pool.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// Most component instances alive at once (in-flight requests, roughly).
+    pub max_instances: u32,
+    /// Largest linear memory any instance may grow to, in bytes.
+    pub max_memory_bytes: usize,
+}
+
+impl EngineOptions {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        EngineOptions {
+            cache_dir: cache_dir.into(),
+            max_instances: 1000,
+            max_memory_bytes: 128 << 20,
+        }
+    }
+}
+
+/// The engine shared by all workers of a process, with its compile cache.
+///
+/// Cloning is cheap and shares everything.
+#[derive(Clone)]
+pub struct IsolaEngine {
+    engine: Engine,
+    cache: std::sync::Arc<CompileCache>,
+}
+
+impl IsolaEngine {
+    /// Build the engine and start its epoch ticker thread, which stops by
+    /// itself once the last clone of the engine is dropped.
+    pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
+        let engine = Engine::new(&engine_config(options))
+            .map_err(|e| EngineError::Engine(format!("{e:#}")))?;
+        let cache = CompileCache::open(&engine, &options.cache_dir)?;
+        spawn_epoch_ticker(&engine);
+        Ok(IsolaEngine {
+            engine,
+            cache: std::sync::Arc::new(cache),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn cache(&self) -> &CompileCache {
+        &self.cache
+    }
+
+    /// Read, validate and compile (or load from the cache) a component file.
+    pub fn load_component(
+        &self,
+        path: impl Into<PathBuf>,
+    ) -> Result<LoadedComponent, EngineError> {
+        self.cache.load_file(&self.engine, path.into())
+    }
+
+    /// Number of epoch ticks covering `duration`, rounded up, at least one.
+    pub fn ticks_for(duration: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        (duration.as_nanos().div_ceil(tick) as u64).max(1)
+    }
+}
+
+fn engine_config(options: &EngineOptions) -> Config {
+    let mut config = Config::new();
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+
+    let n = options.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // Components made by wit-component hold a few core instances
+        // (the program plus small shims) and usually one memory.
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(options.max_memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("isola-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

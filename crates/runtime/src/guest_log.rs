@@ -1,0 +1,135 @@
+//! Guest stdout/stderr: each line becomes a log event tagged with the worker
+//! and the request id, so interleaved requests stay readable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Longest line kept before it is logged in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The stdout or stderr of one request's instance.
+#[derive(Clone)]
+pub(crate) struct GuestLog {
+    pub worker: Arc<str>,
+    pub request_id: Arc<str>,
+    pub stream: Stream,
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineWriter::new(self.clone()))
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineWriter::new(self.clone()))
+    }
+}
+
+/// Buffers partial lines and logs complete ones. Writes never block: a guest
+/// that logs a lot pays in log volume, not in stalls.
+struct LineWriter {
+    log: GuestLog,
+    pending: Vec<u8>,
+}
+
+impl LineWriter {
+    fn new(log: GuestLog) -> Self {
+        LineWriter {
+            log,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        while let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            self.pending.extend_from_slice(&bytes[..newline]);
+            self.emit();
+            bytes = &bytes[newline + 1..];
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= MAX_LINE {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.pending);
+        let line = line.trim_end_matches('\r');
+        let GuestLog {
+            worker, request_id, ..
+        } = &self.log;
+        match self.log.stream {
+            Stream::Stdout => {
+                tracing::info!(target: "isola::guest", worker = %worker, request_id = %request_id, stream = "stdout", "{line}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "isola::guest", worker = %worker, request_id = %request_id, stream = "stderr", "{line}")
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LineWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_mut().push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,375 @@
+//! Run wasm worker components, each request in a fresh instance.
+//!
+//! This is Isola's embedding API: load a [`Worker`] once from an
+//! [`IsolaEngine`](isola_engine::IsolaEngine) and a
+//! [`WorkerConfig`](isola_config::WorkerConfig), then call
+//! [`Worker::handle`] with any `http::Request`. Every call gets a new `Store`
+//! and instance made from the pre-instantiated component, with the worker's
+//! limits armed; nothing a guest does survives its request.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use isola_engine::{EngineOptions, IsolaEngine};
+//! use isola_config::WorkerConfig;
+//! use http_body_util::{BodyExt, Empty};
+//!
+//! let engine = IsolaEngine::new(&EngineOptions::new(".isola/cache"))?;
+//! let worker = isola_runtime::Worker::load(&engine, &WorkerConfig::new("hello", "hello.wasm"))?;
+//! let request = http::Request::get("http://localhost/").body(Empty::<bytes::Bytes>::new())?;
+//! let response = worker.handle(request).await;
+//! let body = response.into_body().collect().await?.to_bytes();
+//! # Ok(()) }
+//! ```
+
+mod guest_log;
+mod state;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use isola_config::{Limits, WorkerConfig};
+use isola_engine::{CacheOutcome, EngineError, IsolaEngine};
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use state::{HostState, WorkerShared};
+
+/// The body of a response produced by a worker; it streams from the guest.
+pub type Body = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Header naming the reason of a response the host made for a failed request.
+pub const ERROR_HEADER: &str = "x-isola-error";
+
+/// Fuel granted per millisecond of `cpu_ms` until calibration lands.
+pub const DEFAULT_FUEL_PER_MS: u64 = 1_000_000;
+
+/// The id of a request. Put one in the request's extensions to choose it;
+/// otherwise [`Worker::handle`] makes one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A new id, unique within the process and hard to guess across
+    /// processes: 16 hex digits mixing a per-process seed with a counter.
+    pub fn generate() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(|| {
+            use std::hash::{BuildHasher, RandomState};
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            RandomState::new().hash_one(nanos ^ u64::from(std::process::id()))
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        RequestId(format!("{:016x}", splitmix64(seed.wrapping_add(n))).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A bijective mixer: distinct counters give distinct, scattered ids.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Why a worker could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{path}: imports something Isola does not provide: {reason}")]
+    UnknownImport { path: String, reason: String },
+    #[error(
+        "{path}: does not export `wasi:http/incoming-handler` (the fetch handler): {reason}"
+    )]
+    NoHandler { path: String, reason: String },
+    #[error("cannot set up the host linker: {0}")]
+    Linker(String),
+}
+
+/// How a request failed, as the client and the log see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Fuel ran out: the CPU budget was spent.
+    CpuLimit,
+    /// The wall-clock deadline passed.
+    WallLimit,
+    /// A trap, a panic or an error returned by the guest.
+    Exception,
+    /// The handler returned without setting a response.
+    NoResponse,
+    /// The request cannot be given to a guest (e.g. it has no host).
+    BadRequest,
+}
+
+impl Failure {
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Failure::CpuLimit => http::StatusCode::SERVICE_UNAVAILABLE,
+            Failure::WallLimit => http::StatusCode::GATEWAY_TIMEOUT,
+            Failure::Exception | Failure::NoResponse => http::StatusCode::INTERNAL_SERVER_ERROR,
+            Failure::BadRequest => http::StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The value of the `x-isola-error` header.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::CpuLimit => "cpu-limit",
+            Failure::WallLimit => "wall-limit",
+            Failure::Exception => "exception",
+            Failure::NoResponse => "no-response",
+            Failure::BadRequest => "bad-request",
+        }
+    }
+
+    fn classify(error: &wasmtime::Error) -> Self {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Failure::CpuLimit,
+            Some(Trap::Interrupt) => Failure::WallLimit,
+            _ => Failure::Exception,
+        }
+    }
+
+    /// The response the client gets: a short body, the reason and the id.
+    pub fn response(self, request_id: &RequestId) -> http::Response<Body> {
+        let body = format!(
+            "{} ({}); request id {request_id}\n",
+            self.status().canonical_reason().unwrap_or("error"),
+            self.reason()
+        );
+        http::Response::builder()
+            .status(self.status())
+            .header(ERROR_HEADER, self.reason())
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full_body(body))
+            .expect("valid error response")
+    }
+}
+
+/// A body holding `bytes`, in the worker response body type.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A loaded worker: a compiled, pre-instantiated component plus its
+/// configuration. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<WorkerShared>,
+    pre: ProxyPre<HostState>,
+    limits: Limits,
+    fuel: u64,
+    wall_ticks: u64,
+    cache_outcome: CacheOutcome,
+}
+
+impl Worker {
+    /// Compile (or load from the cache) the worker's component and
+    /// pre-instantiate it against everything Isola provides.
+    pub fn load(engine: &IsolaEngine, config: &WorkerConfig) -> Result<Worker, LoadError> {
+        let loaded = engine.load_component(&config.component)?;
+        Self::from_component(
+            engine,
+            config,
+            &loaded.component,
+            loaded.outcome,
+            &config.component,
+        )
+    }
+
+    /// Build a worker from an already compiled component (`path` names it in
+    /// errors).
+    pub fn from_component(
+        engine: &IsolaEngine,
+        config: &WorkerConfig,
+        component: &Component,
+        cache_outcome: CacheOutcome,
+        path: &Path,
+    ) -> Result<Worker, LoadError> {
+        let path_text = || path.display().to_string();
+        let linker = state::linker(engine.engine()).map_err(|e| LoadError::Linker(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::UnknownImport {
+                path: path_text(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NoHandler {
+            path: path_text(),
+            reason: format!("{e:#}"),
+        })?;
+        let shared = Arc::new(WorkerShared {
+            name: config.name.as_str().into(),
+            environment: config
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            vars: config.vars.clone(),
+        });
+        tracing::info!(worker = %config.name, component = %path.display(), cache = ?cache_outcome, "worker loaded");
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                shared,
+                pre,
+                limits: config.limits,
+                fuel: config.limits.cpu_ms.saturating_mul(DEFAULT_FUEL_PER_MS),
+                wall_ticks: IsolaEngine::ticks_for(Duration::from_millis(config.limits.wall_ms)),
+                cache_outcome,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Where the component came from when this worker was loaded.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.inner.cache_outcome
+    }
+
+    /// Serve one request in a fresh instance.
+    ///
+    /// The response head is returned as soon as the guest sets it; its body
+    /// streams while the guest runs on. Failures become the error responses
+    /// of [`Failure`] and are logged with the request id.
+    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        match self.run(request, &request_id).await {
+            Ok(response) => response,
+            Err((failure, detail)) => {
+                tracing::error!(
+                    worker = %self.name(),
+                    request_id = %request_id,
+                    reason = failure.reason(),
+                    "request failed: {detail}"
+                );
+                failure.response(&request_id)
+            }
+        }
+    }
+
+    async fn run<B>(
+        &self,
+        request: http::Request<B>,
+        request_id: &RequestId,
+    ) -> Result<http::Response<Body>, (Failure, String)>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let inner = &self.inner;
+        let state = HostState::new(inner.shared.clone(), request_id.0.clone());
+        let mut store = Store::new(inner.pre.engine(), state);
+        store
+            .set_fuel(inner.fuel)
+            .map_err(|e| (Failure::Exception, format!("{e:#}")))?;
+        store.set_epoch_deadline(inner.wall_ticks);
+
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| (Failure::BadRequest, format!("{e:#}")))?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let response_sent = Arc::new(AtomicBool::new(false));
+        let outparam = {
+            let response_sent = response_sent.clone();
+            store
+                .data_mut()
+                .http()
+                .new_response_outparam_from_callback(move |result| {
+                    response_sent.store(true, Ordering::Release);
+                    let _ = sender.send(result);
+                })
+                .map_err(|e| (Failure::Exception, format!("{e:#}")))?
+        };
+
+        let pre = inner.pre.clone();
+        let worker = inner.shared.name.clone();
+        let id = request_id.clone();
+        // The guest runs in its own task so that it can go on after setting
+        // the response (streaming the body, waitUntil work). The store is
+        // dropped there too, off the response's critical path.
+        let task = tokio::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            }
+            .await;
+            match result {
+                Err(e) if response_sent.load(Ordering::Acquire) => {
+                    let failure = Failure::classify(&e);
+                    tracing::error!(
+                        worker = %worker,
+                        request_id = %id,
+                        reason = failure.reason(),
+                        "guest failed after its response was sent: {e:?}"
+                    );
+                    Ok(())
+                }
+                other => other,
+            }
+        });
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err((
+                Failure::Exception,
+                format!("guest set an error response: {code:?}"),
+            )),
+            Err(_) => match task.await {
+                Ok(Ok(())) => Err((
+                    Failure::NoResponse,
+                    "the handler returned without setting a response".into(),
+                )),
+                Ok(Err(e)) => Err((Failure::classify(&e), format!("{e:?}"))),
+                Err(join) => Err((Failure::Exception, format!("guest task failed: {join}"))),
+            },
+        }
+    }
+}

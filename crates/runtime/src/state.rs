@@ -1,0 +1,133 @@
+//! The per-request store data: WASI contexts and the `isola:worker` imports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::guest_log::{GuestLog, Stream};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "isola:worker/imports",
+    });
+}
+
+use bindings::isola::worker::{ctx, env};
+
+/// What a worker's requests share, built once at load time.
+pub(crate) struct WorkerShared {
+    pub name: Arc<str>,
+    pub vars: BTreeMap<String, String>,
+    /// `vars` as WASI environment variables, so `std::env::var` works too.
+    pub environment: Vec<(String, String)>,
+}
+
+/// The data of one request's `Store`.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: IsolaHttpHooks,
+    shared: Arc<WorkerShared>,
+    request_id: Arc<str>,
+    pub pass_through_on_exception: bool,
+}
+
+impl HostState {
+    pub fn new(shared: Arc<WorkerShared>, request_id: Arc<str>) -> Self {
+        let log = |stream| GuestLog {
+            worker: shared.name.clone(),
+            request_id: request_id.clone(),
+            stream,
+        };
+        // No preopened directories, no inherited environment, no network:
+        // the guest sees its vars and nothing of the host.
+        let wasi = WasiCtx::builder()
+            .envs(&shared.environment)
+            .stdout(log(Stream::Stdout))
+            .stderr(log(Stream::Stderr))
+            .build();
+        HostState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: IsolaHttpHooks,
+            shared,
+            request_id,
+            pass_through_on_exception: false,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP is denied until a worker is granted hosts: a worker that
+/// was not configured to reach the network cannot.
+struct IsolaHttpHooks;
+
+impl WasiHttpHooks for IsolaHttpHooks {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl ctx::Host for HostState {
+    fn request_id(&mut self) -> String {
+        self.request_id.to_string()
+    }
+
+    fn pass_through_on_exception(&mut self) {
+        self.pass_through_on_exception = true;
+    }
+}
+
+impl env::Host for HostState {
+    fn var(&mut self, name: String) -> Option<String> {
+        self.shared.vars.get(&name).cloned()
+    }
+}
+
+/// Everything a worker may import: all of WASI 0.2 (cargo's wasm32-wasip2
+/// output imports `wasi:cli`, `wasi:filesystem` and friends even when it
+/// only serves HTTP), `wasi:http`, and `isola:worker`.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    ctx::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    env::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

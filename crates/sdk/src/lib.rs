@@ -1,0 +1,375 @@
+//! Write Isola workers in Rust.
+//!
+//! ```ignore
+//! use isola_sdk::{Ctx, Env, Request, Response, Result};
+//!
+//! #[isola_sdk::fetch]
+//! async fn fetch(req: Request, env: Env, _ctx: Ctx) -> Result<Response> {
+//!     let greeting = env.var("GREETING").unwrap_or_else(|| "hello".into());
+//!     Ok(Response::text(format!("{greeting} from {}\n", req.path())))
+//! }
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release` and serve the
+//! `.wasm` with `isola run`. The result is a plain `wasi:http/proxy`
+//! component that also imports `isola:worker`.
+//!
+//! Returning `Err` logs the error (with its chain) to the request's log and
+//! fails the request: the client gets a 500 `x-isola-error: exception`.
+//!
+//! I/O in this SDK is synchronous under the hood (WASI 0.2 blocking calls),
+//! so the handler's future normally completes in one poll; a future that
+//! waits on something else is polled again until it is ready.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "isola:worker/imports",
+    });
+}
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+pub use anyhow::{Context as _, Error, Result, anyhow, bail};
+pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+pub use isola_sdk_macros::fetch;
+use wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+use wasi::io::streams::StreamError;
+
+/// The worker's environment: vars and secrets (and, later, bindings).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env {
+    _private: (),
+}
+
+impl Env {
+    /// A var or secret configured for this worker.
+    ///
+    /// Vars are also WASI environment variables, so `std::env::var` works.
+    pub fn var(&self, name: &str) -> Option<String> {
+        bindings::isola::worker::env::var(name)
+    }
+}
+
+/// The request's context.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    _private: (),
+}
+
+impl Ctx {
+    /// The id the host gave this request (also sent as `x-request-id`).
+    pub fn request_id(&self) -> String {
+        bindings::isola::worker::ctx::request_id()
+    }
+
+    /// If this handler fails before responding, let the host forward the
+    /// request to the worker's configured origin instead.
+    pub fn pass_through_on_exception(&self) {
+        bindings::isola::worker::ctx::pass_through_on_exception()
+    }
+}
+
+/// An incoming HTTP request.
+pub struct Request {
+    method: Method,
+    url: String,
+    path_with_query: String,
+    headers: HeaderMap,
+    body: Option<IncomingBody>,
+}
+
+impl Request {
+    fn from_wasi(request: IncomingRequest) -> Result<Self> {
+        let method = match request.method() {
+            wasi::http::types::Method::Get => Method::GET,
+            wasi::http::types::Method::Head => Method::HEAD,
+            wasi::http::types::Method::Post => Method::POST,
+            wasi::http::types::Method::Put => Method::PUT,
+            wasi::http::types::Method::Delete => Method::DELETE,
+            wasi::http::types::Method::Connect => Method::CONNECT,
+            wasi::http::types::Method::Options => Method::OPTIONS,
+            wasi::http::types::Method::Trace => Method::TRACE,
+            wasi::http::types::Method::Patch => Method::PATCH,
+            wasi::http::types::Method::Other(other) => Method::from_bytes(other.as_bytes())?,
+        };
+        let scheme = match request.scheme() {
+            Some(Scheme::Https) => "https".to_owned(),
+            Some(Scheme::Other(other)) => other,
+            Some(Scheme::Http) | None => "http".to_owned(),
+        };
+        let authority = request.authority().unwrap_or_default();
+        let path_with_query = request.path_with_query().unwrap_or_else(|| "/".into());
+        let mut headers = HeaderMap::new();
+        for (name, value) in request.headers().entries() {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_bytes(&value)?,
+            );
+        }
+        let body = request
+            .consume()
+            .map_err(|()| anyhow!("request body already consumed"))?;
+        Ok(Request {
+            method,
+            url: format!("{scheme}://{authority}{path_with_query}"),
+            path_with_query,
+            headers,
+            body: Some(body),
+        })
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The full URL, e.g. `http://example.com/a/b?c=d`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The path without the query, e.g. `/a/b`.
+    pub fn path(&self) -> &str {
+        self.path_with_query
+            .split_once('?')
+            .map_or(&self.path_with_query, |(path, _)| path)
+    }
+
+    /// The query string without `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.path_with_query.split_once('?').map(|(_, q)| q)
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// A header's value as text, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body, chunk by chunk, as it arrives: large uploads need not fit
+    /// in memory. A second call yields nothing.
+    pub fn body_chunks(&mut self) -> BodyChunks {
+        let body = self.body.take();
+        let stream = body.as_ref().and_then(|b| b.stream().ok());
+        BodyChunks { stream, _body: body }
+    }
+
+    /// The whole body.
+    pub async fn bytes(&mut self) -> Result<Vec<u8>> {
+        let mut all = Vec::new();
+        for chunk in self.body_chunks() {
+            all.extend_from_slice(&chunk?);
+        }
+        Ok(all)
+    }
+
+    /// The whole body as UTF-8 text.
+    pub async fn text(&mut self) -> Result<String> {
+        Ok(String::from_utf8(self.bytes().await?)?)
+    }
+
+    /// The whole body parsed as JSON.
+    #[cfg(feature = "json")]
+    pub async fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T> {
+        Ok(serde_json::from_slice(&self.bytes().await?)?)
+    }
+}
+
+/// The chunks of a request body; see [`Request::body_chunks`].
+pub struct BodyChunks {
+    // Field order matters: the stream must be dropped before its body.
+    stream: Option<wasi::io::streams::InputStream>,
+    _body: Option<IncomingBody>,
+}
+
+impl Iterator for BodyChunks {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let result = self.stream.as_ref()?.blocking_read(64 * 1024);
+            match result {
+                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(chunk) => return Some(Ok(chunk)),
+                Err(StreamError::Closed) => {
+                    self.stream = None;
+                    return None;
+                }
+                Err(StreamError::LastOperationFailed(e)) => {
+                    self.stream = None;
+                    return Some(Err(anyhow!("reading the request body: {}", e.to_debug_string())));
+                }
+            }
+        }
+    }
+}
+
+enum ResponseBody {
+    Bytes(Vec<u8>),
+    Chunks(Box<dyn Iterator<Item = Vec<u8>>>),
+}
+
+/// An outgoing HTTP response.
+pub struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ResponseBody,
+}
+
+impl Response {
+    /// A 200 response with these bytes as its body.
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ResponseBody::Bytes(body.into()),
+        }
+    }
+
+    /// A 200 `text/plain; charset=utf-8` response.
+    pub fn text(body: impl Into<String>) -> Self {
+        Self::new(body.into()).with_header("content-type", "text/plain; charset=utf-8")
+    }
+
+    /// A 200 `application/json` response.
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self> {
+        Ok(Self::new(serde_json::to_vec(value)?).with_header("content-type", "application/json"))
+    }
+
+    /// A 200 response whose body is produced chunk by chunk: the client gets
+    /// the head (and each chunk) while later chunks are still being made.
+    pub fn stream(chunks: impl IntoIterator<Item = Vec<u8>> + 'static) -> Self {
+        Response {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: ResponseBody::Chunks(Box::new(chunks.into_iter())),
+        }
+    }
+
+    /// An empty response with this status.
+    pub fn empty(status: u16) -> Self {
+        Self::new(Vec::new()).with_status(status)
+    }
+
+    /// Panics if `status` is not a valid HTTP status code.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = StatusCode::from_u16(status).expect("a valid HTTP status code");
+        self
+    }
+
+    /// Panics if the name or value is not a valid header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+
+    fn send(self, out: ResponseOutparam) -> Result<()> {
+        let entries: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let fields = Fields::from_list(&entries).map_err(|e| anyhow!("bad response header: {e:?}"))?;
+        let response = OutgoingResponse::new(fields);
+        response
+            .set_status_code(self.status.as_u16())
+            .map_err(|()| anyhow!("bad status {}", self.status))?;
+        let body = response
+            .body()
+            .map_err(|()| anyhow!("response body taken twice"))?;
+        ResponseOutparam::set(out, Ok(response));
+        {
+            let stream = body
+                .write()
+                .map_err(|()| anyhow!("response body stream taken twice"))?;
+            let write = |bytes: &[u8]| -> Result<()> {
+                // `blocking-write-and-flush` takes at most 4096 bytes a call.
+                for piece in bytes.chunks(4096) {
+                    stream
+                        .blocking_write_and_flush(piece)
+                        .map_err(|e| anyhow!("writing the response body: {e:?}"))?;
+                }
+                Ok(())
+            };
+            match self.body {
+                ResponseBody::Bytes(bytes) => write(&bytes)?,
+                ResponseBody::Chunks(chunks) => {
+                    for chunk in chunks {
+                        write(&chunk)?;
+                    }
+                }
+            }
+        }
+        OutgoingBody::finish(body, None).map_err(|e| anyhow!("finishing the response: {e:?}"))?;
+        Ok(())
+    }
+}
+
+impl From<String> for Response {
+    fn from(text: String) -> Self {
+        Response::text(text)
+    }
+}
+
+impl From<&str> for Response {
+    fn from(text: &str) -> Self {
+        Response::text(text)
+    }
+}
+
+/// Drive a future to completion on this (single) thread.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wasi;
+    pub use wasi::exports::http::incoming_handler::Guest as IncomingHandler;
+    pub use wasi::http::types::{IncomingRequest, ResponseOutparam};
+
+    use super::*;
+
+    /// Run a `fetch` handler for one request.
+    pub fn serve<F, Fut>(request: IncomingRequest, out: ResponseOutparam, handler: F)
+    where
+        F: FnOnce(Request, Env, Ctx) -> Fut,
+        Fut: Future<Output = Result<Response>>,
+    {
+        let outcome = Request::from_wasi(request)
+            .and_then(|request| block_on(handler(request, Env::default(), Ctx::default())))
+            .and_then(|response| response.send(out));
+        if let Err(error) = outcome {
+            // Log the whole chain, then trap: the host turns the trap into a
+            // 500 (or a pass-through to the origin) and logs it too.
+            eprintln!("fetch handler failed: {error:?}");
+            panic!("fetch handler failed: {error}");
+        }
+    }
+}

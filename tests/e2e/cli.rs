@@ -1,0 +1,119 @@
+//! `isola check`, `compile`, and start-up failures: bad components and bad
+//! config files give a clear message naming the file and exit non-zero.
+
+use isola_test_programs as guests;
+
+use crate::support::{Project, cache_entries, run_isola, stderr_of, worker};
+
+/// Each kind of bad component, and the words that must explain it.
+fn bad_components(project: &Project) -> Vec<(std::path::PathBuf, &'static str)> {
+    let not_wasm = project.path("notes.wasm");
+    std::fs::write(&not_wasm, "these are not the bytes you are looking for\n").unwrap();
+
+    let core_module = project.path("core.wasm");
+    std::fs::write(&core_module, wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
+
+    let command = project.path("command.wasm");
+    std::fs::copy(guests::COMMAND, &command).unwrap();
+
+    let unknown_import = project.path("unknown-import.wasm");
+    let component = wat::parse_str(
+        r#"(component
+             (import "acme:unknown/thing@1.0.0" (instance (export "frob" (func))))
+           )"#,
+    )
+    .unwrap();
+    std::fs::write(&unknown_import, component).unwrap();
+
+    vec![
+        (not_wasm, "not a WebAssembly file"),
+        (core_module, "is a core WebAssembly module, not a component"),
+        (command, "does not export `wasi:http/incoming-handler`"),
+        (unknown_import, "acme:unknown/thing@1.0.0"),
+    ]
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let project = Project::new(&worker("hello", guests::EXAMPLE_HELLO, &["/*"]));
+    let output = run_isola(&["check", project.config().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 worker)"));
+}
+
+#[test]
+fn bad_components_are_refused_by_check_and_serve() {
+    let project = Project::new("");
+    for (component, problem) in bad_components(&project) {
+        let config = worker("bad", component.to_str().unwrap(), &["/*"]);
+        std::fs::write(project.config(), config).unwrap();
+        for command in ["check", "serve"] {
+            let mut args = vec![command, project.config().to_str().unwrap()];
+            if command == "serve" {
+                args.extend(["--listen", "127.0.0.1:0"]);
+            }
+            let output = run_isola(&args);
+            let stderr = stderr_of(&output);
+            assert_eq!(output.status.code(), Some(1), "{command} {component:?}: {stderr}");
+            assert!(output.stdout.is_empty(), "{command} must not start listening");
+            assert!(stderr.contains(component.to_str().unwrap()), "{command} names the file: {stderr}");
+            assert!(stderr.contains(problem), "{command} says {problem:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn bad_config_errors_name_file_line_and_key() {
+    let hello = guests::EXAMPLE_HELLO;
+    let cases = [
+        (
+            format!("[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n{}", worker("w", hello, &["/*"])),
+            ":3:1: unknown field `colour`",
+        ),
+        (
+            worker("w", hello, &["/api/*", "/a*b"]),
+            ":4:21: worker[0].routes: bad route pattern `/a*b`",
+        ),
+        (
+            worker("w", "does-not-exist.wasm", &["/*"]),
+            ":3:13: worker[0].component: component file not found",
+        ),
+        (
+            format!("{}cpu_ms = \"lots\"\n", worker("w", hello, &["/*"])),
+            ":5:10: invalid type: string \"lots\", expected u64",
+        ),
+    ];
+    for (text, expected) in cases {
+        let project = Project::new(&text);
+        for command in ["check", "serve"] {
+            let output = run_isola(&[command, project.config().to_str().unwrap()]);
+            let stderr = stderr_of(&output);
+            assert_eq!(output.status.code(), Some(1), "{stderr}");
+            let located = format!("{}{expected}", project.config().display());
+            assert!(stderr.contains(&located), "expected {located:?} in:\n{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+}
+
+#[test]
+fn compile_fills_the_cache_ahead_of_serving() {
+    let config = [
+        worker("hello", guests::EXAMPLE_HELLO, &["/*"]),
+        worker("router", guests::EXAMPLE_ROUTER, &["/api/*"]),
+    ]
+    .concat();
+    let project = Project::new(&config);
+    let output = run_isola(&["compile", project.config().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(cache_entries(&project.path(".isola")).len(), 2);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("hello: ") && stdout.contains("(Compiled)"), "{stdout}");
+
+    let again = run_isola(&["compile", project.config().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&again.stdout).matches("(Disk)").count() == 2);
+
+    let missing = run_isola(&["compile", "/nonexistent/x.wasm"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr_of(&missing).contains("/nonexistent/x.wasm: file not found"));
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `isola` binary, real guest components, real
+//! HTTP on 127.0.0.1.
+
+mod support;
+
+mod cli;
+mod serving;

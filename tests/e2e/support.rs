@@ -1,0 +1,192 @@
+//! Starting the real `isola` binary and talking to it over real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn isola() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_isola"));
+    command.env("ISOLA_LOG", "info");
+    command
+}
+
+/// Run `isola <args>` to completion.
+pub fn run_isola(args: &[&str]) -> Output {
+    isola().args(args).output().expect("running isola")
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A scratch directory holding an `isola.toml`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("isola.toml"), config).expect("writing isola.toml");
+        Project { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("isola.toml")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn serve(&self) -> Server {
+        Server::start(&["serve", self.config().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+    }
+}
+
+/// A `[[worker]]` table for a component at an absolute path.
+pub fn worker(name: &str, component: &str, routes: &[&str]) -> String {
+    let routes: Vec<String> = routes.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[worker]]\nname = {name:?}\ncomponent = {component:?}\nroutes = [{}]\n",
+        routes.join(", ")
+    )
+}
+
+/// A running `isola serve` or `isola run`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = isola()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting isola");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("reading isola's stdout");
+        let Some(addr) = first.trim().strip_prefix("listening on http://") else {
+            let status = child.wait().ok();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "isola did not start (stdout {first:?}, exit {status:?}); logs:\n{}",
+                logs.lock().unwrap()
+            );
+        };
+        Server {
+            addr: addr.parse().expect("a socket address"),
+            child,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Wait until the logs contain `needle` (logging is asynchronous to the
+    /// responses), or panic after a few seconds.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "log never showed {needle:?}:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send SIGTERM, as an init system would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for isola") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "isola did not exit in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop with SIGTERM and return the complete logs.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(20));
+        assert!(status.success(), "isola exited with {status}");
+        // Let the stderr thread drain what was written before exit.
+        std::thread::sleep(Duration::from_millis(50));
+        self.logs()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// GET a URL and return status, `x-request-id` and body text.
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Option<String>, String) {
+    let response = client.get(url).send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, id, response.text().await.expect("body read"))
+}
+
+pub fn cache_entries(state_dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(state_dir.join("cache")) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
