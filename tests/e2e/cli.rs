@@ -44,11 +44,13 @@ fn check_accepts_a_good_config() {
 #[test]
 fn bad_components_are_refused_by_check_and_serve() {
     let project = Project::new("");
+    let config_path = project.config();
+    let config_arg = config_path.to_str().unwrap();
     for (component, problem) in bad_components(&project) {
         let config = worker("bad", component.to_str().unwrap(), &["/*"]);
         std::fs::write(project.config(), config).unwrap();
         for command in ["check", "serve"] {
-            let mut args = vec![command, project.config().to_str().unwrap()];
+            let mut args = vec![command, config_arg];
             if command == "serve" {
                 args.extend(["--listen", "127.0.0.1:0"]);
             }

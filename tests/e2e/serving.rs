@@ -172,13 +172,50 @@ async fn two_hundred_concurrent_requests_across_two_workers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_output_is_logged_with_worker_and_request_id() {
-    // The SDK logs a handler's error to stderr before failing the request.
-    let project = Project::new(&worker("router", guests::EXAMPLE_ROUTER, &["/api/*"]));
+    let project = Project::new(&worker("chatty", guests::CHATTY, &["/*"]));
     let server = project.serve();
-    let (status, id, _) = get(&client(), &server.url("/api/health")).await;
-    assert_eq!(status, 200);
-    let logs = server.wait_for_log(&format!("request_id={}", id.unwrap()));
-    assert!(logs.contains("worker=\"router\"") || logs.contains("worker=router"), "{logs}");
+    let (status, id, body) = get(&client(), &server.url("/print")).await;
+    assert_eq!((status, body.as_str()), (200, "printed\n"));
+    let id = id.unwrap();
+    let logs = server.wait_for_log("to stderr, no newline at the end");
+    let line = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{logs}"))
+            .to_owned()
+    };
+    let stdout = line(&format!("to stdout from {id}"));
+    assert!(stdout.contains("worker=chatty") && stdout.contains(&format!("request_id={id}")));
+    assert!(stdout.contains("stream=\"stdout\""), "{stdout}");
+    let stderr = line("to stderr, no newline at the end");
+    assert!(stderr.contains(&format!("request_id={id}")) && stderr.contains("stream=\"stderr\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_errors_and_panics_are_500s_logged_with_their_cause() {
+    let project = Project::new(&worker("chatty", guests::CHATTY, &["/*"]));
+    let server = project.serve();
+    let client = client();
+    for (path, cause) in [("/fail", "the database is on fire"), ("/panic", "guest panicked on purpose")] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-isola-error"], "exception");
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body = response.text().await.unwrap();
+        assert!(!body.contains(cause), "causes stay out of the response: {body}");
+        assert!(body.contains(&id), "{body}");
+        let logs = server.wait_for_log(cause);
+        assert!(
+            logs.lines().any(|l| l.contains(cause) && l.contains(&id)),
+            "the cause is logged with the request id:\n{logs}"
+        );
+        assert!(
+            logs.lines().any(|l| l.contains("request failed") && l.contains(&id) && l.contains("reason=\"exception\"")),
+            "{logs}"
+        );
+    }
+    // The server is unharmed.
+    assert_eq!(get(&client, &server.url("/print")).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

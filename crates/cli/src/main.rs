@@ -58,6 +58,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -355,7 +355,7 @@ mod tests {
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
-            "isola.toml:4:21: worker[0].routes: bad route pattern `/a/*/b`: `*` may only end the path"
+            "isola.toml:4:20: worker[0].routes: bad route pattern `/a/*/b`: `*` may only end the path"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"missing.wasm\"\n"),

@@ -168,6 +168,40 @@ impl Failure {
     }
 }
 
+/// A failed request, ready to be logged.
+struct GuestError {
+    failure: Failure,
+    /// One line: what went wrong.
+    cause: String,
+    /// The guest's stack when it trapped, one frame a line.
+    backtrace: Option<String>,
+}
+
+impl GuestError {
+    fn message(failure: Failure, cause: impl Into<String>) -> Self {
+        GuestError {
+            failure,
+            cause: cause.into(),
+            backtrace: None,
+        }
+    }
+
+    /// A failure of the host's own plumbing around the guest.
+    fn host(failure: Failure, error: wasmtime::Error) -> Self {
+        Self::message(failure, format!("{error:#}"))
+    }
+
+    fn from_trap(error: wasmtime::Error) -> Self {
+        GuestError {
+            failure: Failure::classify(&error),
+            cause: error.root_cause().to_string(),
+            backtrace: error
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(|bt| bt.to_string()),
+        }
+    }
+}
+
 /// A body holding `bytes`, in the worker response body type.
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -278,12 +312,13 @@ impl Worker {
             .unwrap_or_else(RequestId::generate);
         match self.run(request, &request_id).await {
             Ok(response) => response,
-            Err((failure, detail)) => {
+            Err(GuestError { failure, cause, backtrace }) => {
                 tracing::error!(
                     worker = %self.name(),
                     request_id = %request_id,
                     reason = failure.reason(),
-                    "request failed: {detail}"
+                    backtrace = backtrace.as_deref().unwrap_or("none"),
+                    "request failed: {cause}"
                 );
                 failure.response(&request_id)
             }
@@ -294,7 +329,7 @@ impl Worker {
         &self,
         request: http::Request<B>,
         request_id: &RequestId,
-    ) -> Result<http::Response<Body>, (Failure, String)>
+    ) -> Result<http::Response<Body>, GuestError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -304,14 +339,14 @@ impl Worker {
         let mut store = Store::new(inner.pre.engine(), state);
         store
             .set_fuel(inner.fuel)
-            .map_err(|e| (Failure::Exception, format!("{e:#}")))?;
+            .map_err(|e| GuestError::host(Failure::Exception, e))?;
         store.set_epoch_deadline(inner.wall_ticks);
 
         let incoming = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| (Failure::BadRequest, format!("{e:#}")))?;
+            .map_err(|e| GuestError::host(Failure::BadRequest, e))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let response_sent = Arc::new(AtomicBool::new(false));
         let outparam = {
@@ -323,7 +358,7 @@ impl Worker {
                     response_sent.store(true, Ordering::Release);
                     let _ = sender.send(result);
                 })
-                .map_err(|e| (Failure::Exception, format!("{e:#}")))?
+                .map_err(|e| GuestError::host(Failure::Exception, e))?
         };
 
         let pre = inner.pre.clone();
@@ -343,12 +378,13 @@ impl Worker {
             .await;
             match result {
                 Err(e) if response_sent.load(Ordering::Acquire) => {
-                    let failure = Failure::classify(&e);
+                    let GuestError { failure, cause, backtrace } = GuestError::from_trap(e);
                     tracing::error!(
                         worker = %worker,
                         request_id = %id,
                         reason = failure.reason(),
-                        "guest failed after its response was sent: {e:?}"
+                        backtrace = backtrace.as_deref().unwrap_or("none"),
+                        "guest failed after its response was sent: {cause}"
                     );
                     Ok(())
                 }
@@ -358,17 +394,20 @@ impl Worker {
 
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => Err((
+            Ok(Err(code)) => Err(GuestError::message(
                 Failure::Exception,
-                format!("guest set an error response: {code:?}"),
+                format!("the guest responded with an error: {code:?}"),
             )),
             Err(_) => match task.await {
-                Ok(Ok(())) => Err((
+                Ok(Ok(())) => Err(GuestError::message(
                     Failure::NoResponse,
-                    "the handler returned without setting a response".into(),
+                    "the handler returned without setting a response",
                 )),
-                Ok(Err(e)) => Err((Failure::classify(&e), format!("{e:?}"))),
-                Err(join) => Err((Failure::Exception, format!("guest task failed: {join}"))),
+                Ok(Err(e)) => Err(GuestError::from_trap(e)),
+                Err(join) => Err(GuestError::message(
+                    Failure::Exception,
+                    format!("the guest task failed: {join}"),
+                )),
             },
         }
     }

@@ -369,7 +369,7 @@ pub mod __private {
             // Log the whole chain, then trap: the host turns the trap into a
             // 500 (or a pass-through to the origin) and logs it too.
             eprintln!("fetch handler failed: {error:?}");
-            panic!("fetch handler failed: {error}");
+            panic!("fetch handler returned an error");
         }
     }
 }

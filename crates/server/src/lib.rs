@@ -106,7 +106,7 @@ impl App {
         tracing::info!(
             target: "isola::access",
             request_id = %id,
-            worker = worker.map_or("-", Worker::name),
+            worker = %worker.map_or("-", Worker::name),
             %peer,
             %method,
             path = %path,

@@ -1,5 +1,5 @@
 //! Paths of guest components built for the tests, one constant each:
-//! `COUNTER`, `SLOW`, `COMMAND` from `guests/`, and `EXAMPLE_HELLO`,
+//! `COUNTER`, `SLOW`, `CHATTY`, `COMMAND` from `guests/`, and `EXAMPLE_HELLO`,
 //! `EXAMPLE_ROUTER`, `EXAMPLE_RAW_WASI_HTTP` from `guest-examples/`.
 
 include!(concat!(env!("OUT_DIR"), "/components.rs"));

@@ -1,10 +1,23 @@
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Handler;
 
 impl wasi::exports::http::incoming_handler::Guest for Handler {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let method = format!("{:?}", request.method()).to_uppercase();
+        let method = match request.method() {
+            Method::Get => "GET".to_owned(),
+            Method::Head => "HEAD".to_owned(),
+            Method::Post => "POST".to_owned(),
+            Method::Put => "PUT".to_owned(),
+            Method::Delete => "DELETE".to_owned(),
+            Method::Connect => "CONNECT".to_owned(),
+            Method::Options => "OPTIONS".to_owned(),
+            Method::Trace => "TRACE".to_owned(),
+            Method::Patch => "PATCH".to_owned(),
+            Method::Other(other) => other,
+        };
         let path = request.path_with_query().unwrap_or_else(|| "/".into());
         let body = format!("raw wasi:http component: {method} {path}\n");
 
