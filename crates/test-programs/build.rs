@@ -13,14 +13,28 @@ const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.join("../..").canonicalize().expect("repository root");
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("repository root");
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|dir| if dir.is_absolute() { dir } else { root.join(dir) })
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        })
         .unwrap_or_else(|| root.join("target"))
         .join("guests");
 
-    for watched in ["crates/test-programs/guests", "guest-examples", "crates/sdk", "wit"] {
+    for watched in [
+        "crates/test-programs/guests",
+        "guest-examples",
+        "crates/sdk",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -31,10 +45,18 @@ fn main() {
     ] {
         build(&workspace, &target_dir);
         for name in artifacts(&workspace) {
-            let path = target_dir.join(TARGET).join("release").join(format!("{name}.wasm"));
+            let path = target_dir
+                .join(TARGET)
+                .join("release")
+                .join(format!("{name}.wasm"));
             assert!(path.is_file(), "expected {} to be built", path.display());
             let constant = format!("{prefix}{}", name.replace('-', "_").to_uppercase());
-            writeln!(constants, "pub const {constant}: &str = {:?};", path.display().to_string()).unwrap();
+            writeln!(
+                constants,
+                "pub const {constant}: &str = {:?};",
+                path.display().to_string()
+            )
+            .unwrap();
         }
     }
     let out = PathBuf::from(env("OUT_DIR")).join("components.rs");
@@ -64,7 +86,8 @@ fn build(workspace: &Path, target_dir: &Path) {
 /// The component file stems a guest workspace produces: one per member,
 /// named after its `[lib]` (cdylib, dashes become underscores) or its binary.
 fn artifacts(workspace: &Path) -> Vec<String> {
-    let manifest = std::fs::read_to_string(workspace.join("Cargo.toml")).expect("workspace manifest");
+    let manifest =
+        std::fs::read_to_string(workspace.join("Cargo.toml")).expect("workspace manifest");
     let members = manifest
         .split_once("members")
         .and_then(|(_, rest)| rest.split_once('['))
@@ -76,8 +99,9 @@ fn artifacts(workspace: &Path) -> Vec<String> {
         .map(|m| m.trim().trim_matches('"'))
         .filter(|m| !m.is_empty())
         .map(|member| {
-            let member_manifest = std::fs::read_to_string(workspace.join(member).join("Cargo.toml"))
-                .expect("member manifest");
+            let member_manifest =
+                std::fs::read_to_string(workspace.join(member).join("Cargo.toml"))
+                    .expect("member manifest");
             let name = member_manifest
                 .lines()
                 .find_map(|l| l.strip_prefix("name = "))

@@ -11,7 +11,11 @@ fn bad_components(project: &Project) -> Vec<(std::path::PathBuf, &'static str)> 
     std::fs::write(&not_wasm, "these are not the bytes you are looking for\n").unwrap();
 
     let core_module = project.path("core.wasm");
-    std::fs::write(&core_module, wat::parse_str("(module (func (export \"f\")))").unwrap()).unwrap();
+    std::fs::write(
+        &core_module,
+        wat::parse_str("(module (func (export \"f\")))").unwrap(),
+    )
+    .unwrap();
 
     let command = project.path("command.wasm");
     std::fs::copy(guests::COMMAND, &command).unwrap();
@@ -56,10 +60,23 @@ fn bad_components_are_refused_by_check_and_serve() {
             }
             let output = run_isola(&args);
             let stderr = stderr_of(&output);
-            assert_eq!(output.status.code(), Some(1), "{command} {component:?}: {stderr}");
-            assert!(output.stdout.is_empty(), "{command} must not start listening");
-            assert!(stderr.contains(component.to_str().unwrap()), "{command} names the file: {stderr}");
-            assert!(stderr.contains(problem), "{command} says {problem:?}: {stderr}");
+            assert_eq!(
+                output.status.code(),
+                Some(1),
+                "{command} {component:?}: {stderr}"
+            );
+            assert!(
+                output.stdout.is_empty(),
+                "{command} must not start listening"
+            );
+            assert!(
+                stderr.contains(component.to_str().unwrap()),
+                "{command} names the file: {stderr}"
+            );
+            assert!(
+                stderr.contains(problem),
+                "{command} says {problem:?}: {stderr}"
+            );
         }
     }
 }
@@ -69,7 +86,10 @@ fn bad_config_errors_name_file_line_and_key() {
     let hello = guests::EXAMPLE_HELLO;
     let cases = [
         (
-            format!("[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n{}", worker("w", hello, &["/*"])),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n{}",
+                worker("w", hello, &["/*"])
+            ),
             ":3:1: unknown field `colour`",
         ),
         (
@@ -92,7 +112,10 @@ fn bad_config_errors_name_file_line_and_key() {
             let stderr = stderr_of(&output);
             assert_eq!(output.status.code(), Some(1), "{stderr}");
             let located = format!("{}{expected}", project.config().display());
-            assert!(stderr.contains(&located), "expected {located:?} in:\n{stderr}");
+            assert!(
+                stderr.contains(&located),
+                "expected {located:?} in:\n{stderr}"
+            );
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
@@ -110,10 +133,18 @@ fn compile_fills_the_cache_ahead_of_serving() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(cache_entries(&project.path(".isola")).len(), 2);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("hello: ") && stdout.contains("(Compiled)"), "{stdout}");
+    assert!(
+        stdout.contains("hello: ") && stdout.contains("(Compiled)"),
+        "{stdout}"
+    );
 
     let again = run_isola(&["compile", project.config().to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&again.stdout).matches("(Disk)").count() == 2);
+    assert!(
+        String::from_utf8_lossy(&again.stdout)
+            .matches("(Disk)")
+            .count()
+            == 2
+    );
 
     let missing = run_isola(&["compile", "/nonexistent/x.wasm"]);
     assert_eq!(missing.status.code(), Some(1));

@@ -24,8 +24,14 @@ async fn hello_answers_and_echoes_method_path_and_body() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
-    assert_eq!(response.text().await.unwrap(), "POST /echo/this?x=1&y=two\npayload");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "POST /echo/this?x=1&y=two\npayload"
+    );
 
     let (_, other_id, _) = get(&client, &server.url("/")).await;
     assert_ne!(other_id.unwrap(), id, "every request gets its own id");
@@ -43,11 +49,17 @@ async fn router_serves_json_and_reads_vars_both_ways() {
 
     let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
     let (status, _, body) = get(&client, &server.url("/api/health")).await;
-    assert_eq!((status, json(&body)), (200, serde_json::json!({ "ok": true })));
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({ "ok": true }))
+    );
 
     let (status, _, body) = get(&client, &server.url("/api/greet?name=Ada")).await;
     assert_eq!(status, 200);
-    assert_eq!(json(&body), serde_json::json!({ "greeting": "Howdy, Ada!" }));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({ "greeting": "Howdy, Ada!" })
+    );
 
     let response = client
         .post(server.url("/api/sum"))
@@ -62,10 +74,20 @@ async fn router_serves_json_and_reads_vars_both_ways() {
     );
 
     let response = client.get(server.url("/api/request")).send().await.unwrap();
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = json(&response.text().await.unwrap());
-    assert_eq!(body["greeting_from_std_env"], "Howdy", "vars are WASI env vars too");
-    assert_eq!(body["request_id"], id.as_str(), "ctx.request_id matches the header");
+    assert_eq!(
+        body["greeting_from_std_env"], "Howdy",
+        "vars are WASI env vars too"
+    );
+    assert_eq!(
+        body["request_id"],
+        id.as_str(),
+        "ctx.request_id matches the header"
+    );
     assert_eq!(body["method"], "GET");
 
     let (status, _, body) = get(&client, &server.url("/api/nope")).await;
@@ -94,8 +116,14 @@ async fn most_specific_route_wins() {
     let project = Project::new(&config);
     let server = project.serve();
     let client = client();
-    assert_eq!(get(&client, &server.url("/")).await.2, "Hello from Isola!\n");
-    assert_eq!(get(&client, &server.url("/api/health")).await.2, r#"{"ok":true}"#);
+    assert_eq!(
+        get(&client, &server.url("/")).await.2,
+        "Hello from Isola!\n"
+    );
+    assert_eq!(
+        get(&client, &server.url("/api/health")).await.2,
+        r#"{"ok":true}"#
+    );
     assert_eq!(
         get(&client, &server.url("/api/raw")).await.2,
         "raw wasi:http component: GET /api/raw\n"
@@ -112,7 +140,11 @@ async fn plain_wasi_http_components_run_unchanged() {
         "--state-dir",
         tempfile::tempdir().unwrap().path().to_str().unwrap(),
     ]);
-    let response = client().get(server.url("/any/path?q=1")).send().await.unwrap();
+    let response = client()
+        .get(server.url("/any/path?q=1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-served-by"], "raw-wasi-http");
     assert!(response.headers().contains_key("x-request-id"));
@@ -158,7 +190,10 @@ async fn two_hundred_concurrent_requests_across_two_workers() {
             let (url, expected) = if i % 2 == 0 {
                 (server.url("/count/x"), "1".to_owned())
             } else {
-                (server.url(&format!("/item/{i}")), format!("GET /item/{i}\n"))
+                (
+                    server.url(&format!("/item/{i}")),
+                    format!("GET /item/{i}\n"),
+                )
             };
             tokio::spawn(async move { (get(&client, &url).await, expected) })
         })
@@ -196,13 +231,22 @@ async fn handler_errors_and_panics_are_500s_logged_with_their_cause() {
     let project = Project::new(&worker("chatty", guests::CHATTY, &["/*"]));
     let server = project.serve();
     let client = client();
-    for (path, cause) in [("/fail", "the database is on fire"), ("/panic", "guest panicked on purpose")] {
+    for (path, cause) in [
+        ("/fail", "the database is on fire"),
+        ("/panic", "guest panicked on purpose"),
+    ] {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 500);
         assert_eq!(response.headers()["x-isola-error"], "exception");
-        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body = response.text().await.unwrap();
-        assert!(!body.contains(cause), "causes stay out of the response: {body}");
+        assert!(
+            !body.contains(cause),
+            "causes stay out of the response: {body}"
+        );
         assert!(body.contains(&id), "{body}");
         let logs = server.wait_for_log(cause);
         assert!(
@@ -210,7 +254,9 @@ async fn handler_errors_and_panics_are_500s_logged_with_their_cause() {
             "the cause is logged with the request id:\n{logs}"
         );
         assert!(
-            logs.lines().any(|l| l.contains("request failed") && l.contains(&id) && l.contains("reason=\"exception\"")),
+            logs.lines().any(|l| l.contains("request failed")
+                && l.contains(&id)
+                && l.contains("reason=\"exception\"")),
             "{logs}"
         );
     }
@@ -235,7 +281,10 @@ async fn compile_cache_is_written_reused_and_repaired() {
     assert_eq!(get(&client, &server.url("/")).await.0, 200);
     let logs = server.stop();
     assert!(logs.contains("compile cache hit"), "{logs}");
-    assert!(!logs.contains("compile cache miss"), "must not recompile:\n{logs}");
+    assert!(
+        !logs.contains("compile cache miss"),
+        "must not recompile:\n{logs}"
+    );
 
     // Damage the entry in its middle, where wasmtime's header checks pass.
     let mut bytes = std::fs::read(&entries[0]).unwrap();
@@ -243,14 +292,23 @@ async fn compile_cache_is_written_reused_and_repaired() {
     bytes[middle] ^= 0x5a;
     std::fs::write(&entries[0], bytes).unwrap();
     let server = project.serve();
-    assert_eq!(get(&client, &server.url("/")).await.2, "Hello from Isola!\n");
+    assert_eq!(
+        get(&client, &server.url("/")).await.2,
+        "Hello from Isola!\n"
+    );
     let logs = server.stop();
-    assert!(logs.contains("discarding damaged compile cache entry"), "{logs}");
+    assert!(
+        logs.contains("discarding damaged compile cache entry"),
+        "{logs}"
+    );
     assert!(logs.contains("compile cache miss: compiled"), "{logs}");
 
     let server = project.serve();
     let logs = server.stop();
-    assert!(logs.contains("compile cache hit"), "repaired entry is reused:\n{logs}");
+    assert!(
+        logs.contains("compile cache hit"),
+        "repaired entry is reused:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,7 +324,11 @@ async fn two_workers_sharing_a_component_compile_it_once() {
     assert_eq!(get(&client, &server.url("/a/")).await.2, "1");
     assert_eq!(get(&client, &server.url("/b/")).await.2, "1");
     let logs = server.stop();
-    assert_eq!(logs.matches("compile cache miss: compiled").count(), 1, "{logs}");
+    assert_eq!(
+        logs.matches("compile cache miss: compiled").count(),
+        1,
+        "{logs}"
+    );
     assert_eq!(cache_entries(&project.path(".isola")).len(), 1);
 }
 

@@ -43,7 +43,12 @@ impl Project {
     }
 
     pub fn serve(&self) -> Server {
-        Server::start(&["serve", self.config().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        Server::start(&[
+            "serve",
+            self.config().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
     }
 }
 
@@ -83,7 +88,9 @@ impl Server {
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
-        stdout.read_line(&mut first).expect("reading isola's stdout");
+        stdout
+            .read_line(&mut first)
+            .expect("reading isola's stdout");
         let Some(addr) = first.trim().strip_prefix("listening on http://") else {
             let status = child.wait().ok();
             std::thread::sleep(Duration::from_millis(100));
@@ -116,7 +123,10 @@ impl Server {
             if logs.contains(needle) {
                 return logs;
             }
-            assert!(Instant::now() < deadline, "log never showed {needle:?}:\n{logs}");
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?}:\n{logs}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -140,7 +150,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("waiting for isola") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "isola did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "isola did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -169,7 +169,10 @@ impl Config {
                 locate(
                     Some(listen.span()),
                     Some("server.listen".into()),
-                    format!("`{}` is not an address such as 127.0.0.1:8787", listen.get_ref()),
+                    format!(
+                        "`{}` is not an address such as 127.0.0.1:8787",
+                        listen.get_ref()
+                    ),
                 )
             })?;
         }
@@ -231,7 +234,10 @@ impl Config {
                             return Err(locate(
                                 Some(r.span()),
                                 key("routes"),
-                                format!("route `{}` is already used by worker `{other}`", r.get_ref()),
+                                format!(
+                                    "route `{}` is already used by worker `{other}`",
+                                    r.get_ref()
+                                ),
                             ));
                         }
                         Ok(pattern)
@@ -249,7 +255,11 @@ impl Config {
             ] {
                 if let Some(value) = value {
                     if *value.get_ref() == 0 {
-                        return Err(locate(Some(value.span()), key(field), "must be at least 1".into()));
+                        return Err(locate(
+                            Some(value.span()),
+                            key(field),
+                            "must be at least 1".into(),
+                        ));
                     }
                     *slot = value.into_inner();
                 }
@@ -327,7 +337,8 @@ mod tests {
         fn error(&self, text: &str) -> String {
             let e = self.parse(text).unwrap_err();
             let file = self.dir.path().join("isola.toml");
-            e.to_string().replace(&file.display().to_string(), "isola.toml")
+            e.to_string()
+                .replace(&file.display().to_string(), "isola.toml")
         }
     }
 
@@ -368,7 +379,10 @@ mod tests {
             f.error("[server]\nlisten = \"nowhere\"\n[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n"),
             "isola.toml:2:10: server.listen: `nowhere` is not an address such as 127.0.0.1:8787"
         );
-        assert!(f.error("[[worker]]\nname = \"app\"\n").starts_with("isola.toml:1:1: missing field `component`"));
+        assert!(
+            f.error("[[worker]]\nname = \"app\"\n")
+                .starts_with("isola.toml:1:1: missing field `component`")
+        );
         assert_eq!(
             f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nroutes = [\"/*\"]\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),
             "isola.toml:6:8: worker[1].name: worker `a` is defined twice"

@@ -188,18 +188,35 @@ mod tests {
             "/search?q=*",
             "*.*.com/*",
         ] {
-            assert!(RoutePattern::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                RoutePattern::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
     #[test]
     fn most_specific_wins() {
-        let mut patterns = vec![p("/*"), p("example.com/api/*"), p("/api/*"), p("*.example.com/*"), p("/api/health"), p("example.com/*")];
+        let mut patterns = [
+            p("/*"),
+            p("example.com/api/*"),
+            p("/api/*"),
+            p("*.example.com/*"),
+            p("/api/health"),
+            p("example.com/*"),
+        ];
         patterns.sort_by(by_specificity);
         let order: Vec<_> = patterns.iter().map(|p| p.as_str()).collect();
         assert_eq!(
             order,
-            ["/*", "/api/*", "/api/health", "*.example.com/*", "example.com/*", "example.com/api/*"]
+            [
+                "/*",
+                "/api/*",
+                "/api/health",
+                "*.example.com/*",
+                "example.com/*",
+                "example.com/api/*"
+            ]
         );
     }
 }

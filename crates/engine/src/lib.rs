@@ -96,10 +96,7 @@ impl IsolaEngine {
     }
 
     /// Read, validate and compile (or load from the cache) a component file.
-    pub fn load_component(
-        &self,
-        path: impl Into<PathBuf>,
-    ) -> Result<LoadedComponent, EngineError> {
+    pub fn load_component(&self, path: impl Into<PathBuf>) -> Result<LoadedComponent, EngineError> {
         self.cache.load_file(&self.engine, path.into())
     }
 

@@ -100,9 +100,7 @@ pub enum LoadError {
     Engine(#[from] EngineError),
     #[error("{path}: imports something Isola does not provide: {reason}")]
     UnknownImport { path: String, reason: String },
-    #[error(
-        "{path}: does not export `wasi:http/incoming-handler` (the fetch handler): {reason}"
-    )]
+    #[error("{path}: does not export `wasi:http/incoming-handler` (the fetch handler): {reason}")]
     NoHandler { path: String, reason: String },
     #[error("cannot set up the host linker: {0}")]
     Linker(String),
@@ -249,13 +247,15 @@ impl Worker {
         path: &Path,
     ) -> Result<Worker, LoadError> {
         let path_text = || path.display().to_string();
-        let linker = state::linker(engine.engine()).map_err(|e| LoadError::Linker(format!("{e:#}")))?;
-        let instance_pre = linker
-            .instantiate_pre(component)
-            .map_err(|e| LoadError::UnknownImport {
-                path: path_text(),
-                reason: format!("{e:#}"),
-            })?;
+        let linker =
+            state::linker(engine.engine()).map_err(|e| LoadError::Linker(format!("{e:#}")))?;
+        let instance_pre =
+            linker
+                .instantiate_pre(component)
+                .map_err(|e| LoadError::UnknownImport {
+                    path: path_text(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NoHandler {
             path: path_text(),
             reason: format!("{e:#}"),
@@ -312,7 +312,11 @@ impl Worker {
             .unwrap_or_else(RequestId::generate);
         match self.run(request, &request_id).await {
             Ok(response) => response,
-            Err(GuestError { failure, cause, backtrace }) => {
+            Err(GuestError {
+                failure,
+                cause,
+                backtrace,
+            }) => {
                 tracing::error!(
                     worker = %self.name(),
                     request_id = %request_id,
@@ -378,7 +382,11 @@ impl Worker {
             .await;
             match result {
                 Err(e) if response_sent.load(Ordering::Acquire) => {
-                    let GuestError { failure, cause, backtrace } = GuestError::from_trap(e);
+                    let GuestError {
+                        failure,
+                        cause,
+                        backtrace,
+                    } = GuestError::from_trap(e);
                     tracing::error!(
                         worker = %worker,
                         request_id = %id,

@@ -58,7 +58,11 @@ fn vendored_wasi_wit_is_pinned_at_0_2_10() {
             .lines()
             .find(|l| l.starts_with("package "))
             .unwrap_or_else(|| panic!("{} has no package line", path.display()));
-        assert!(package.ends_with("@0.2.10;"), "{}: {package}", path.display());
+        assert!(
+            package.ends_with("@0.2.10;"),
+            "{}: {package}",
+            path.display()
+        );
     }
 }
 

@@ -36,8 +36,7 @@ pub use anyhow::{Context as _, Error, Result, anyhow, bail};
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub use isola_sdk_macros::fetch;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-    Scheme,
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme,
 };
 use wasi::io::streams::StreamError;
 
@@ -159,7 +158,10 @@ impl Request {
     pub fn body_chunks(&mut self) -> BodyChunks {
         let body = self.body.take();
         let stream = body.as_ref().and_then(|b| b.stream().ok());
-        BodyChunks { stream, _body: body }
+        BodyChunks {
+            stream,
+            _body: body,
+        }
     }
 
     /// The whole body.
@@ -205,7 +207,10 @@ impl Iterator for BodyChunks {
                 }
                 Err(StreamError::LastOperationFailed(e)) => {
                     self.stream = None;
-                    return Some(Err(anyhow!("reading the request body: {}", e.to_debug_string())));
+                    return Some(Err(anyhow!(
+                        "reading the request body: {}",
+                        e.to_debug_string()
+                    )));
                 }
             }
         }
@@ -289,7 +294,8 @@ impl Response {
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
-        let fields = Fields::from_list(&entries).map_err(|e| anyhow!("bad response header: {e:?}"))?;
+        let fields =
+            Fields::from_list(&entries).map_err(|e| anyhow!("bad response header: {e:?}"))?;
         let response = OutgoingResponse::new(fields);
         response
             .set_status_code(self.status.as_u16())

@@ -23,7 +23,9 @@ async fn fetch(mut req: Request, env: Env, ctx: Ctx) -> Result<Response> {
                 "sum": input.numbers.iter().sum::<f64>(),
                 "count": input.numbers.len(),
             })),
-            Err(e) => Ok(Response::json(&json!({ "error": format!("bad input: {e}") }))?.with_status(400)),
+            Err(e) => Ok(
+                Response::json(&json!({ "error": format!("bad input: {e}") }))?.with_status(400),
+            ),
         },
         (&Method::GET, "/api/request") => Response::json(&json!({
             "method": method.as_str(),
@@ -31,7 +33,10 @@ async fn fetch(mut req: Request, env: Env, ctx: Ctx) -> Result<Response> {
             "request_id": ctx.request_id(),
             "greeting_from_std_env": std::env::var("GREETING").ok(),
         })),
-        _ => Ok(Response::json(&json!({ "error": format!("no route for {method} {path}") }))?.with_status(404)),
+        _ => Ok(
+            Response::json(&json!({ "error": format!("no route for {method} {path}") }))?
+                .with_status(404),
+        ),
     }
 }
 

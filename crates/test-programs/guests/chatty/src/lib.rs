@@ -14,6 +14,8 @@ async fn fetch(req: Request, _env: Env, ctx: Ctx) -> Result<Response> {
         }
         "/fail" => bail!("the database is on fire"),
         "/panic" => panic!("guest panicked on purpose"),
-        other => Ok(Response::text(format!("try /print, /fail or /panic, not {other}\n"))),
+        other => Ok(Response::text(format!(
+            "try /print, /fail or /panic, not {other}\n"
+        ))),
     }
 }
