@@ -227,6 +227,50 @@ async fn guest_output_is_logged_with_worker_and_request_id() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn guests_see_their_vars_and_nothing_of_the_host() {
+    let config = format!(
+        "{}vars = {{ ONLY = \"me\" }}\n",
+        worker("chatty", guests::CHATTY, &["/*"])
+    );
+    let project = Project::new(&config);
+    // The server runs in the project directory, which holds files the guest
+    // must not reach, with a host environment it must not see.
+    let server = crate::support::Server::start_in(
+        project.dir.path(),
+        &["serve", "isola.toml", "--listen", "127.0.0.1:0"],
+        &[("HOST_SECRET", "do-not-leak")],
+    );
+    let (status, _, body) = get(&client(), &server.url("/sandbox")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "env: ONLY=me\nfs /: no access\nfs .: no access\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_and_http1_are_served_on_one_listener() {
+    let project = Project::new(&worker("hello", guests::EXAMPLE_HELLO, &["/*"]));
+    let server = project.serve();
+    for (client, expected) in [
+        (
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap(),
+            reqwest::Version::HTTP_2,
+        ),
+        (
+            reqwest::Client::builder().http1_only().build().unwrap(),
+            reqwest::Version::HTTP_11,
+        ),
+    ] {
+        let response = client.get(server.url("/h")).send().await.unwrap();
+        let version = response.version();
+        assert_eq!(version, expected);
+        assert!(response.headers().contains_key("x-request-id"));
+        assert_eq!(response.text().await.unwrap(), "GET /h\n", "{version:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn handler_errors_and_panics_are_500s_logged_with_their_cause() {
     let project = Project::new(&worker("chatty", guests::CHATTY, &["/*"]));
     let server = project.serve();

@@ -70,8 +70,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = isola()
+        Self::spawn(isola().args(args))
+    }
+
+    /// Start in `dir` with extra host environment variables.
+    pub fn start_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = isola();
+        command
+            .current_dir(dir)
             .args(args)
+            .envs(env.iter().copied());
+        Self::spawn(&mut command)
+    }
+
+    fn spawn(command: &mut Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
