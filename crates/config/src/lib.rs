@@ -4,6 +4,7 @@
 //! an unknown key, a bad route, a missing component. Nothing is silently
 //! ignored: a key Isola does not implement is an unknown key.
 
+pub mod outbound;
 pub mod route;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};
 
 /// Default address of the request listener.
@@ -65,6 +67,16 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Size of the instance pool: the most requests in flight at once.
     pub max_instances: u32,
+    /// Fuel per millisecond of `cpu_ms`; `None` uses the calibrated default.
+    pub fuel_per_ms: Option<u64>,
+    /// Largest request head (request line and headers) accepted; over → 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; over → 413.
+    pub max_body_bytes: u64,
+    /// A client must finish sending its request head within this time.
+    pub header_timeout_ms: u64,
+    /// Add `Server-Timing: cpu;dur=…, wall;dur=…` to responses.
+    pub server_timing: bool,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +85,11 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             max_instances: 1000,
+            fuel_per_ms: None,
+            max_header_bytes: 8 * 1024,
+            max_body_bytes: 100 << 20,
+            header_timeout_ms: 10_000,
+            server_timing: true,
         }
     }
 }
@@ -80,9 +97,14 @@ impl Default for ServerConfig {
 /// Per-request limits of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// CPU time budget, enforced with fuel.
     pub cpu_ms: u64,
+    /// Wall-clock deadline, enforced with epochs and host-side timeouts.
     pub wall_ms: u64,
+    /// Largest linear memory.
     pub memory_mb: u64,
+    /// Outbound fetches (and binding calls) per request.
+    pub subrequests: u32,
 }
 
 impl Default for Limits {
@@ -91,6 +113,7 @@ impl Default for Limits {
             cpu_ms: 50,
             wall_ms: 30_000,
             memory_mb: 128,
+            subrequests: 50,
         }
     }
 }
@@ -103,6 +126,16 @@ pub struct WorkerConfig {
     pub routes: Vec<RoutePattern>,
     pub vars: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Where the worker may send outbound HTTP requests; see
+    /// [`OutboundRule`]. Empty: nowhere.
+    pub allowed_outbound_hosts: Vec<OutboundRule>,
+    /// Send every outbound request to this `host:port` over plain HTTP
+    /// instead, keeping its `Host` header and path (tests, staging).
+    pub outbound_override: Option<String>,
+    /// Add `Server-Timing` to this worker's responses.
+    pub server_timing: bool,
+    /// Fuel per millisecond of `cpu_ms`; `None` uses the calibrated default.
+    pub fuel_per_ms: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -114,6 +147,10 @@ impl WorkerConfig {
             routes: Vec::new(),
             vars: BTreeMap::new(),
             limits: Limits::default(),
+            allowed_outbound_hosts: Vec::new(),
+            outbound_override: None,
+            server_timing: true,
+            fuel_per_ms: None,
         }
     }
 }
@@ -127,6 +164,8 @@ impl Config {
             .unwrap_or_else(|| "worker".into());
         let mut worker = WorkerConfig::new(name, component);
         worker.routes = vec![RoutePattern::parse("/*").expect("valid pattern")];
+        worker.server_timing = server.server_timing;
+        worker.fuel_per_ms = server.fuel_per_ms;
         Config {
             source: PathBuf::from("<command line>"),
             server,
@@ -187,6 +226,41 @@ impl Config {
             }
             server.max_instances = n.into_inner();
         }
+        if let Some(fuel) = raw.server.fuel_per_ms {
+            if *fuel.get_ref() == 0 {
+                return Err(locate(
+                    Some(fuel.span()),
+                    Some("server.fuel_per_ms".into()),
+                    "must be at least 1".into(),
+                ));
+            }
+            server.fuel_per_ms = Some(fuel.into_inner());
+        }
+        if let Some(bytes) = raw.server.max_header_bytes {
+            if !(1024..=16 * 1024).contains(bytes.get_ref()) {
+                return Err(locate(
+                    Some(bytes.span()),
+                    Some("server.max_header_bytes".into()),
+                    "must be between 1024 and 16384".into(),
+                ));
+            }
+            server.max_header_bytes = bytes.into_inner();
+        }
+        if let Some(mb) = raw.server.max_body_mb {
+            server.max_body_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(ms) = raw.server.header_timeout_ms {
+            server.header_timeout_ms = ms;
+        }
+        if let Some(on) = raw.server.server_timing {
+            server.server_timing = on;
+        }
+        let server_override = match &raw.server.outbound_override {
+            Some(o) => Some(parse_override(o).map_err(|m| {
+                locate(Some(o.span()), Some("server.outbound_override".into()), m)
+            })?),
+            None => None,
+        };
 
         if raw.worker.is_empty() {
             return Err(locate(None, None, "no [[worker]] is configured".into()));
@@ -264,12 +338,34 @@ impl Config {
                     *slot = value.into_inner();
                 }
             }
+            if let Some(n) = w.subrequests {
+                limits.subrequests = n;
+            }
+            let allowed_outbound_hosts = w
+                .allowed_outbound_hosts
+                .iter()
+                .map(|rule| {
+                    OutboundRule::parse(rule.get_ref())
+                        .map_err(|m| locate(Some(rule.span()), key("allowed_outbound_hosts"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let outbound_override = match &w.outbound_override {
+                Some(o) => Some(
+                    parse_override(o)
+                        .map_err(|m| locate(Some(o.span()), key("outbound_override"), m))?,
+                ),
+                None => server_override.clone(),
+            };
             workers.push(WorkerConfig {
                 name,
                 component,
                 routes,
                 vars: w.vars,
                 limits,
+                allowed_outbound_hosts,
+                outbound_override,
+                server_timing: server.server_timing,
+                fuel_per_ms: server.fuel_per_ms,
             });
         }
         Ok(Config {
@@ -278,6 +374,17 @@ impl Config {
             workers,
         })
     }
+}
+
+/// `outbound_override` must be a plain `http://host:port`.
+fn parse_override(value: &Spanned<String>) -> Result<String, String> {
+    let text = value.get_ref();
+    let authority = text
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| format!("`{text}` is not of the form http://host:port"))?;
+    Ok(authority.to_owned())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -302,6 +409,12 @@ struct RawServer {
     listen: Option<Spanned<String>>,
     state_dir: Option<String>,
     max_instances: Option<Spanned<u32>>,
+    fuel_per_ms: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<usize>>,
+    max_body_mb: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    server_timing: Option<bool>,
+    outbound_override: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -315,6 +428,10 @@ struct RawWorker {
     cpu_ms: Option<Spanned<u64>>,
     wall_ms: Option<Spanned<u64>>,
     memory_mb: Option<Spanned<u64>>,
+    subrequests: Option<u32>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<Spanned<String>>,
+    outbound_override: Option<Spanned<String>>,
 }
 
 #[cfg(test)]
@@ -362,7 +479,7 @@ mod tests {
         let f = Fixture::new();
         assert_eq!(
             f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`"
+            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
