@@ -118,7 +118,7 @@ fn engine_for(config: &Config) -> Result<IsolaEngine> {
 fn serve(config: Config) -> Result<()> {
     let engine = engine_for(&config)?;
     let workers = isola_server::load_workers(&engine, &config.workers)?;
-    let app = App::new(workers, &config.workers);
+    let app = App::new(workers, &config.workers, &config.server);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -255,12 +255,13 @@ impl Config {
         if let Some(on) = raw.server.server_timing {
             server.server_timing = on;
         }
-        let server_override = match &raw.server.outbound_override {
-            Some(o) => Some(parse_override(o).map_err(|m| {
-                locate(Some(o.span()), Some("server.outbound_override".into()), m)
-            })?),
-            None => None,
-        };
+        let server_override =
+            match &raw.server.outbound_override {
+                Some(o) => Some(parse_override(o).map_err(|m| {
+                    locate(Some(o.span()), Some("server.outbound_override".into()), m)
+                })?),
+                None => None,
+            };
 
         if raw.worker.is_empty() {
             return Err(locate(None, None, "no [[worker]] is configured".into()));

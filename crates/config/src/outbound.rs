@@ -68,7 +68,10 @@ impl OutboundRule {
         let port = match port {
             None => PortRule::SchemeDefault,
             Some("*") => PortRule::Any,
-            Some(p) => PortRule::Exact(p.parse().map_err(|_| fail("the port must be a number or *"))?),
+            Some(p) => PortRule::Exact(
+                p.parse()
+                    .map_err(|_| fail("the port must be a number or *"))?,
+            ),
         };
         let host = host.to_ascii_lowercase();
         let host = if host == "*" {
@@ -90,7 +93,10 @@ impl OutboundRule {
 
     /// Does this entry cover a request to `scheme://host:port`?
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
         let default_port = match scheme {
             "https" => 443,
@@ -147,7 +153,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_entries() {
-        for bad in ["api.example.com", "ftp://x.com", "https://x.com/path", "https://x.com:port", "https://a*b.com", "https://"] {
+        for bad in [
+            "api.example.com",
+            "ftp://x.com",
+            "https://x.com/path",
+            "https://x.com:port",
+            "https://a*b.com",
+            "https://",
+        ] {
             assert!(OutboundRule::parse(bad).is_err(), "{bad}");
         }
     }

@@ -22,13 +22,15 @@
 //! ```
 
 mod guest_log;
+mod outbound;
+mod report;
 mod state;
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -40,6 +42,8 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use outbound::{OutboundPolicy, Subrequests};
+use report::{CpuTimed, Outcome, Report};
 use state::{HostState, WorkerShared};
 
 /// The body of a response produced by a worker; it streams from the guest.
@@ -48,8 +52,15 @@ pub type Body = wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 /// Header naming the reason of a response the host made for a failed request.
 pub const ERROR_HEADER: &str = "x-isola-error";
 
-/// Fuel granted per millisecond of `cpu_ms` until calibration lands.
+/// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
+/// overrides it). Calibrated on the development machine with
+/// `cargo run --release -p isola-bench --bin fuel`: a compute-bound guest
+/// burns this much fuel per millisecond of thread CPU time.
 pub const DEFAULT_FUEL_PER_MS: u64 = 1_000_000;
+
+/// The client's address. The server puts it in the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// The id of a request. Put one in the request's extensions to choose it;
 /// otherwise [`Worker::handle`] makes one.
@@ -111,6 +122,8 @@ pub enum LoadError {
 pub enum Failure {
     /// Fuel ran out: the CPU budget was spent.
     CpuLimit,
+    /// The guest wanted more memory than `memory_mb`.
+    MemoryLimit,
     /// The wall-clock deadline passed.
     WallLimit,
     /// A trap, a panic or an error returned by the guest.
@@ -124,7 +137,7 @@ pub enum Failure {
 impl Failure {
     pub fn status(self) -> http::StatusCode {
         match self {
-            Failure::CpuLimit => http::StatusCode::SERVICE_UNAVAILABLE,
+            Failure::CpuLimit | Failure::MemoryLimit => http::StatusCode::SERVICE_UNAVAILABLE,
             Failure::WallLimit => http::StatusCode::GATEWAY_TIMEOUT,
             Failure::Exception | Failure::NoResponse => http::StatusCode::INTERNAL_SERVER_ERROR,
             Failure::BadRequest => http::StatusCode::BAD_REQUEST,
@@ -135,6 +148,7 @@ impl Failure {
     pub fn reason(self) -> &'static str {
         match self {
             Failure::CpuLimit => "cpu-limit",
+            Failure::MemoryLimit => "memory-limit",
             Failure::WallLimit => "wall-limit",
             Failure::Exception => "exception",
             Failure::NoResponse => "no-response",
@@ -142,12 +156,24 @@ impl Failure {
         }
     }
 
-    fn classify(error: &wasmtime::Error) -> Self {
+    /// `memory_limit_hit`: the guest was refused memory before it failed,
+    /// which is why most languages trap (an allocation failure aborts).
+    fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Self {
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Failure::CpuLimit,
             Some(Trap::Interrupt) => Failure::WallLimit,
+            _ if memory_limit_hit => Failure::MemoryLimit,
             _ => Failure::Exception,
         }
+    }
+
+    /// Is this one of the limits (rather than a guest fault)?
+    pub fn limit(self) -> Option<&'static str> {
+        matches!(
+            self,
+            Failure::CpuLimit | Failure::WallLimit | Failure::MemoryLimit
+        )
+        .then(|| self.reason())
     }
 
     /// The response the client gets: a short body, the reason and the id.
@@ -189,9 +215,9 @@ impl GuestError {
         Self::message(failure, format!("{error:#}"))
     }
 
-    fn from_trap(error: wasmtime::Error) -> Self {
+    fn from_trap(error: wasmtime::Error, memory_limit_hit: bool) -> Self {
         GuestError {
-            failure: Failure::classify(&error),
+            failure: Failure::classify(&error, memory_limit_hit),
             cause: error.root_cause().to_string(),
             backtrace: error
                 .downcast_ref::<wasmtime::WasmBacktrace>()
@@ -219,7 +245,12 @@ struct Inner {
     pre: ProxyPre<HostState>,
     limits: Limits,
     fuel: u64,
+    /// Fuel between yields to the async executor, so that a spinning guest
+    /// lets other requests on its thread run (about a millisecond of CPU).
+    fuel_yield_interval: u64,
+    wall: Duration,
     wall_ticks: u64,
+    server_timing: bool,
     cache_outcome: CacheOutcome,
 }
 
@@ -268,15 +299,26 @@ impl Worker {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             vars: config.vars.clone(),
+            outbound: Arc::new(OutboundPolicy {
+                rules: config.allowed_outbound_hosts.clone(),
+                override_authority: config.outbound_override.clone(),
+            }),
+            memory_limit: usize::try_from(config.limits.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
         });
+        let fuel_per_ms = config.fuel_per_ms.unwrap_or(DEFAULT_FUEL_PER_MS);
+        let wall = Duration::from_millis(config.limits.wall_ms);
         tracing::info!(worker = %config.name, component = %path.display(), cache = ?cache_outcome, "worker loaded");
         Ok(Worker {
             inner: Arc::new(Inner {
                 shared,
                 pre,
                 limits: config.limits,
-                fuel: config.limits.cpu_ms.saturating_mul(DEFAULT_FUEL_PER_MS),
-                wall_ticks: IsolaEngine::ticks_for(Duration::from_millis(config.limits.wall_ms)),
+                fuel: config.limits.cpu_ms.saturating_mul(fuel_per_ms),
+                fuel_yield_interval: fuel_per_ms,
+                wall,
+                wall_ticks: IsolaEngine::ticks_for(wall),
+                server_timing: config.server_timing,
                 cache_outcome,
             }),
         })
@@ -298,8 +340,9 @@ impl Worker {
     /// Serve one request in a fresh instance.
     ///
     /// The response head is returned as soon as the guest sets it; its body
-    /// streams while the guest runs on. Failures become the error responses
-    /// of [`Failure`] and are logged with the request id.
+    /// streams while the guest runs on (until it returns or `wall_ms` is
+    /// up). Failures become the error responses of [`Failure`] and are
+    /// logged with the request id; every request ends with one access line.
     pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -310,7 +353,18 @@ impl Worker {
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(RequestId::generate);
-        match self.run(request, &request_id).await {
+        let report = Arc::new(Report {
+            worker: self.inner.shared.name.clone(),
+            request_id: request_id.0.clone(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            client: request.extensions().get::<ClientAddr>().map(|c| c.0),
+            started: Instant::now(),
+            cpu_ns: AtomicU64::new(0),
+            subrequests: Arc::default(),
+            outcome: std::sync::Mutex::new(Outcome::default()),
+        });
+        let mut response = match self.run(request, &request_id, report.clone()).await {
             Ok(response) => response,
             Err(GuestError {
                 failure,
@@ -321,28 +375,50 @@ impl Worker {
                     worker = %self.name(),
                     request_id = %request_id,
                     reason = failure.reason(),
+                    cpu_ms = format_args!("{:.3}", report.cpu_ms()),
+                    wall_ms = format_args!("{:.3}", report.wall_ms()),
                     backtrace = backtrace.as_deref().unwrap_or("none"),
                     "request failed: {cause}"
                 );
+                report.outcome.lock().expect("report lock").limit = failure.limit();
                 failure.response(&request_id)
             }
+        };
+        report.set_status(response.status().as_u16());
+        if self.inner.server_timing {
+            let timing = format!(
+                "cpu;dur={:.3}, wall;dur={:.3}",
+                report.cpu_ms(),
+                report.wall_ms()
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&timing) {
+                response.headers_mut().append("server-timing", value);
+            }
         }
+        response
     }
 
     async fn run<B>(
         &self,
         request: http::Request<B>,
         request_id: &RequestId,
+        report: Arc<Report>,
     ) -> Result<http::Response<Body>, GuestError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let inner = &self.inner;
-        let state = HostState::new(inner.shared.clone(), request_id.0.clone());
+        let subrequests = Subrequests {
+            used: report.subrequests.clone(),
+            budget: inner.limits.subrequests,
+        };
+        let state = HostState::new(inner.shared.clone(), request_id.0.clone(), subrequests);
         let mut store = Store::new(inner.pre.engine(), state);
+        store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         store
             .set_fuel(inner.fuel)
+            .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
             .map_err(|e| GuestError::host(Failure::Exception, e))?;
         store.set_epoch_deadline(inner.wall_ticks);
 
@@ -366,12 +442,9 @@ impl Worker {
         };
 
         let pre = inner.pre.clone();
-        let worker = inner.shared.name.clone();
-        let id = request_id.clone();
-        // The guest runs in its own task so that it can go on after setting
-        // the response (streaming the body, waitUntil work). The store is
-        // dropped there too, off the response's critical path.
-        let task = tokio::spawn(async move {
+        let (fuel, wall) = (inner.fuel, inner.wall);
+        let task_report = report.clone();
+        let guest = async move {
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -380,19 +453,38 @@ impl Worker {
                     .await
             }
             .await;
-            match result {
-                Err(e) if response_sent.load(Ordering::Acquire) => {
-                    let GuestError {
-                        failure,
-                        cause,
-                        backtrace,
-                    } = GuestError::from_trap(e);
+            let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
+            let memory_limit_hit = store.data().memory_limit_hit;
+            // Drop the instance here, inside the timed task and off the
+            // response's critical path.
+            drop(store);
+            result.map_err(|e| GuestError::from_trap(e, memory_limit_hit))
+        };
+        // The guest runs in its own task so that it can go on after setting
+        // the response (streaming the body, waitUntil work). Epochs stop wasm
+        // at the wall limit; the timeout also bounds host-side waits.
+        let worker = inner.shared.name.clone();
+        let id = request_id.clone();
+        let task = tokio::spawn(async move {
+            let outcome =
+                match tokio::time::timeout(wall, CpuTimed::new(guest, report.clone())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(GuestError::message(
+                        Failure::WallLimit,
+                        format!("wall-clock limit of {} ms reached", wall.as_millis()),
+                    )),
+                };
+            match outcome {
+                Err(error) if response_sent.load(Ordering::Acquire) => {
+                    report.outcome.lock().expect("report lock").limit = error.failure.limit();
                     tracing::error!(
                         worker = %worker,
                         request_id = %id,
-                        reason = failure.reason(),
-                        backtrace = backtrace.as_deref().unwrap_or("none"),
-                        "guest failed after its response was sent: {cause}"
+                        reason = error.failure.reason(),
+                        backtrace = error.backtrace.as_deref().unwrap_or("none"),
+                        "guest cut off after its response was sent: {}",
+                        error.cause
                     );
                     Ok(())
                 }
@@ -411,7 +503,7 @@ impl Worker {
                     Failure::NoResponse,
                     "the handler returned without setting a response",
                 )),
-                Ok(Err(e)) => Err(GuestError::from_trap(e)),
+                Ok(Err(error)) => Err(error),
                 Err(join) => Err(GuestError::message(
                     Failure::Exception,
                     format!("the guest task failed: {join}"),

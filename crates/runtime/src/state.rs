@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::guest_log::{GuestLog, Stream};
+use crate::outbound::{OutboundPolicy, Subrequests};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -24,6 +25,9 @@ pub(crate) struct WorkerShared {
     pub vars: BTreeMap<String, String>,
     /// `vars` as WASI environment variables, so `std::env::var` works too.
     pub environment: Vec<(String, String)>,
+    pub outbound: Arc<OutboundPolicy>,
+    /// Largest linear memory, in bytes.
+    pub memory_limit: usize,
 }
 
 /// The data of one request's `Store`.
@@ -35,10 +39,12 @@ pub(crate) struct HostState {
     shared: Arc<WorkerShared>,
     request_id: Arc<str>,
     pub pass_through_on_exception: bool,
+    /// Set when the guest asked for more memory than its limit.
+    pub memory_limit_hit: bool,
 }
 
 impl HostState {
-    pub fn new(shared: Arc<WorkerShared>, request_id: Arc<str>) -> Self {
+    pub fn new(shared: Arc<WorkerShared>, request_id: Arc<str>, subrequests: Subrequests) -> Self {
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
             request_id: request_id.clone(),
@@ -55,10 +61,14 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: IsolaHttpHooks,
+            hooks: IsolaHttpHooks {
+                policy: shared.outbound.clone(),
+                subrequests,
+            },
             shared,
             request_id,
             pass_through_on_exception: false,
+            memory_limit_hit: false,
         }
     }
 }
@@ -82,15 +92,43 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Outbound HTTP is denied until a worker is granted hosts: a worker that
-/// was not configured to reach the network cannot.
-struct IsolaHttpHooks;
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.shared.memory_limit {
+            self.memory_limit_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Each table element costs a pointer; hold tables to the same budget.
+        Ok(desired.saturating_mul(std::mem::size_of::<usize>()) <= self.shared.memory_limit)
+    }
+}
+
+/// Outbound HTTP goes through the worker's allow-list and the request's
+/// subrequest budget; a worker granted no hosts reaches nothing.
+struct IsolaHttpHooks {
+    policy: Arc<OutboundPolicy>,
+    subrequests: Subrequests,
+}
 
 impl WasiHttpHooks for IsolaHttpHooks {
     fn send_request(
         &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
@@ -100,7 +138,12 @@ impl WasiHttpHooks for IsolaHttpHooks {
                 )>,
             > + Send,
     > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+        Box::new(crate::outbound::send(
+            self.policy.clone(),
+            self.subrequests.clone(),
+            request,
+            options,
+        ))
     }
 }
 

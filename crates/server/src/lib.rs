@@ -13,13 +13,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use isola_config::WorkerConfig;
+use isola_config::{ServerConfig, WorkerConfig};
 use isola_engine::IsolaEngine;
-use isola_runtime::{Body, LoadError, RequestId, Worker, full_body};
+use isola_runtime::{Body, ClientAddr, ERROR_HEADER, LoadError, RequestId, Worker, full_body};
 use tokio::net::TcpListener;
 
 pub use router::Router;
@@ -45,34 +48,104 @@ pub fn load_workers(
     })
 }
 
-/// The workers and how requests reach them.
+/// The workers, how requests reach them, and the request limits.
 pub struct App {
     workers: Vec<Worker>,
     router: Router,
+    max_header_bytes: usize,
+    max_body_bytes: u64,
+    header_timeout: Duration,
 }
 
 impl App {
     /// `configs[i]` describes `workers[i]`; its routes lead to it.
-    pub fn new(workers: Vec<Worker>, configs: &[WorkerConfig]) -> Self {
+    pub fn new(workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> Self {
         let router = Router::new(
             configs
                 .iter()
                 .enumerate()
                 .flat_map(|(i, c)| c.routes.iter().map(move |r| (r.clone(), i))),
         );
-        App { workers, router }
+        App {
+            workers,
+            router,
+            max_header_bytes: server.max_header_bytes,
+            max_body_bytes: server.max_body_bytes,
+            header_timeout: Duration::from_millis(server.header_timeout_ms),
+        }
     }
 
-    /// Serve one request: route it, run it, stamp it with its id.
+    /// Serve one request: check its size, route it, run it, stamp it with
+    /// its id.
     pub async fn handle(
         &self,
-        mut request: http::Request<Incoming>,
-        peer: SocketAddr,
+        request: http::Request<Incoming>,
+        client: SocketAddr,
     ) -> http::Response<Body> {
         let started = Instant::now();
         let id = RequestId::generate();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let (mut response, worker) = self.dispatch(request, client, &id).await;
+        response.headers_mut().insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_str(id.as_str()).expect("request ids are hex"),
+        );
+        if worker.is_none() {
+            // Requests that reached a worker are logged by the runtime, with
+            // their CPU time and limits, once the guest is done.
+            tracing::info!(
+                target: "isola::access",
+                request_id = %id,
+                worker = "-",
+                %client,
+                %method,
+                path = %path,
+                status = response.status().as_u16(),
+                wall_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1e3),
+                "request"
+            );
+        }
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        request: http::Request<Incoming>,
+        client: SocketAddr,
+        id: &RequestId,
+    ) -> (http::Response<Body>, Option<&Worker>) {
+        let head_bytes = head_size(&request);
+        if head_bytes > self.max_header_bytes {
+            let detail = format!(
+                "the request head is {head_bytes} bytes; the limit is {}",
+                self.max_header_bytes
+            );
+            return (
+                host_error(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "header-size",
+                    &detail,
+                ),
+                None,
+            );
+        }
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes) {
+            // Refused before a byte of the body is read.
+            let detail = format!(
+                "the body is over the limit of {} bytes",
+                self.max_body_bytes
+            );
+            return (
+                host_error(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
+                None,
+            );
+        }
         let host = request
             .uri()
             .authority()
@@ -84,38 +157,78 @@ impl App {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             });
-        let worker = self
+        let Some(worker) = self
             .router
-            .route(host.as_deref(), &path)
-            .map(|i| &self.workers[i]);
-        let mut response = match worker {
-            Some(worker) => {
-                request.extensions_mut().insert(id.clone());
-                worker.handle(request).await
-            }
-            None => http::Response::builder()
+            .route(host.as_deref(), request.uri().path())
+            .map(|i| &self.workers[i])
+        else {
+            let response = http::Response::builder()
                 .status(http::StatusCode::NOT_FOUND)
                 .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .body(full_body("no worker is routed for this URL\n"))
-                .expect("valid 404 response"),
+                .expect("valid 404 response");
+            return (response, None);
         };
-        response.headers_mut().insert(
-            REQUEST_ID_HEADER,
-            http::HeaderValue::from_str(id.as_str()).expect("request ids are hex"),
-        );
-        tracing::info!(
-            target: "isola::access",
-            request_id = %id,
-            worker = %worker.map_or("-", Worker::name),
-            %peer,
-            %method,
-            path = %path,
-            status = response.status().as_u16(),
-            wall_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-        response
+
+        // A body without a (truthful) length is counted as it streams; once
+        // over the limit the guest's read fails and the client gets a 413.
+        let too_large = Arc::new(AtomicBool::new(false));
+        let flag = too_large.clone();
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let mut request = request.map(move |body| {
+            Limited::new(body, limit).map_err(move |error| {
+                if error.is::<LengthLimitError>() {
+                    flag.store(true, Ordering::Relaxed);
+                    return wasmtime_wasi_http::Error::HttpRequestBodySize(None);
+                }
+                match error.downcast::<hyper::Error>() {
+                    Ok(hyper_error) => wasmtime_wasi_http::Error::Hyper(*hyper_error),
+                    Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+                }
+            })
+        });
+        request.extensions_mut().insert(id.clone());
+        request.extensions_mut().insert(ClientAddr(client));
+        let response = worker.handle(request).await;
+        if too_large.load(Ordering::Relaxed) {
+            let detail = format!(
+                "the body is over the limit of {} bytes",
+                self.max_body_bytes
+            );
+            return (
+                host_error(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
+                Some(worker),
+            );
+        }
+        (response, Some(worker))
     }
+}
+
+/// A response the host makes itself, with the `x-isola-error` reason.
+fn host_error(status: http::StatusCode, reason: &str, detail: &str) -> http::Response<Body> {
+    http::Response::builder()
+        .status(status)
+        .header(ERROR_HEADER, reason)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full_body(format!("{detail}\n")))
+        .expect("valid error response")
+}
+
+/// Bytes of the request line and headers as sent over HTTP/1.1.
+fn head_size<B>(request: &http::Request<B>) -> usize {
+    let line = request.method().as_str().len()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n".len()
+        + 1;
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + headers
 }
 
 /// A bound, not yet running server.
@@ -144,7 +257,18 @@ impl Server {
     /// open connections' in-flight requests (up to `shutdown_grace`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper answers 431 itself beyond these; the exact limit is checked
+        // per request in `App::handle`.
+        builder
+            .http1()
+            .max_buf_size(64 * 1024)
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.app.header_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {

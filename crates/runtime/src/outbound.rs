@@ -1,0 +1,215 @@
+//! Outbound HTTP from guests (`wasi:http/outgoing-handler`): the allow-list,
+//! the per-request subrequest budget and the override target, in front of
+//! wasmtime-wasi-http's hyper client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use http::uri::{Authority, Scheme};
+use http_body_util::BodyExt;
+use isola_config::OutboundRule;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+/// A worker's outbound rules, shared by its requests.
+pub(crate) struct OutboundPolicy {
+    pub rules: Vec<OutboundRule>,
+    /// `host:port` every request goes to instead (plain HTTP).
+    pub override_authority: Option<String>,
+}
+
+/// What one request may still send.
+#[derive(Clone)]
+pub(crate) struct Subrequests {
+    pub used: Arc<AtomicU32>,
+    pub budget: u32,
+}
+
+impl Subrequests {
+    /// Take one subrequest from the budget, or say why not.
+    pub fn take(&self) -> Result<(), String> {
+        let n = self.used.fetch_add(1, Ordering::Relaxed);
+        if n >= self.budget {
+            self.used.fetch_sub(1, Ordering::Relaxed);
+            Err(format!(
+                "subrequest limit reached: this request may make at most {} subrequests",
+                self.budget
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+>;
+
+/// Check and send one outbound request.
+pub(crate) async fn send(
+    policy: Arc<OutboundPolicy>,
+    subrequests: Subrequests,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> SendResult {
+    let uri = request.uri().clone();
+    let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+    let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?.clone();
+    let host = authority.host().to_owned();
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+
+    let matching: Vec<&OutboundRule> = policy
+        .rules
+        .iter()
+        .filter(|rule| rule.allows(&scheme, &host, port))
+        .collect();
+    if matching.is_empty() {
+        tracing::warn!(target: "isola::outbound", url = %uri, "denied: not in allowed_outbound_hosts");
+        return Err(Error::HttpRequestDenied);
+    }
+    subrequests.take().map_err(|why| {
+        tracing::warn!(target: "isola::outbound", url = %uri, "denied: {why}");
+        Error::InternalError(Some(why))
+    })?;
+
+    let target = match &policy.override_authority {
+        Some(authority) => {
+            // Keep the original Host header (already set by wasi-http) and
+            // path; only the connection goes elsewhere, over plain HTTP.
+            set_target(&mut request, Scheme::HTTP, authority.parse().map_err(|_| Error::HttpRequestUriInvalid)?)?;
+            None
+        }
+        None if matching.iter().any(|rule| rule.names_host()) => None,
+        // Only the wildcard allowed it: the host must be public. Resolve it
+        // here and connect to the checked address, so a DNS answer cannot
+        // change between the check and the connection.
+        None => Some(public_address(&host, port).await.inspect_err(|_| {
+            tracing::warn!(target: "isola::outbound", url = %uri, "denied: `*` does not cover loopback or private addresses; name the host in allowed_outbound_hosts");
+        })?),
+    };
+    if let Some(address) = target
+        && scheme == "http"
+    {
+        set_target(
+            &mut request,
+            Scheme::HTTP,
+            address
+                .to_string()
+                .parse()
+                .map_err(|_| Error::HttpRequestUriInvalid)?,
+        )?;
+    }
+
+    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+    Ok((
+        response.map(BodyExt::boxed_unsync),
+        Box::new(io) as Box<dyn Future<Output = _> + Send>,
+    ))
+}
+
+fn set_target(
+    request: &mut http::Request<WasiBody>,
+    scheme: Scheme,
+    authority: Authority,
+) -> Result<(), Error> {
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
+    Ok(())
+}
+
+async fn public_address(host: &str, port: u16) -> Result<SocketAddr, Error> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| Error::DestinationNotFound)?
+            .collect(),
+    };
+    if addresses.is_empty() {
+        return Err(Error::DestinationNotFound);
+    }
+    if addresses.iter().all(|a| is_public(a.ip())) {
+        Ok(addresses[0])
+    } else {
+        Err(Error::DestinationIpProhibited)
+    }
+}
+
+/// Loopback, private, link-local, shared (CGNAT), unspecified, multicast
+/// and documentation ranges are not public.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_addresses() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_hard() {
+        let budget = Subrequests {
+            used: Arc::default(),
+            budget: 2,
+        };
+        let clone = budget.clone();
+        assert!(budget.take().is_ok());
+        assert!(clone.take().is_ok());
+        assert!(budget.take().unwrap_err().contains("at most 2 subrequests"));
+        assert_eq!(budget.used.load(Ordering::Relaxed), 2);
+    }
+}

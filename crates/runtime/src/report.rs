@@ -1,0 +1,100 @@
+//! Per-request accounting: CPU time, fuel, subrequests, the limit hit, and
+//! the one access-log line written when the request is completely done.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// Shared by the request path and the guest task; whichever lets go last
+/// writes the access line, so it covers work done after the response too.
+pub(crate) struct Report {
+    pub worker: Arc<str>,
+    pub request_id: Arc<str>,
+    pub method: http::Method,
+    pub path: String,
+    pub client: Option<std::net::SocketAddr>,
+    pub started: Instant,
+    /// Thread CPU time spent running the guest, in nanoseconds.
+    pub cpu_ns: AtomicU64,
+    pub subrequests: Arc<AtomicU32>,
+    pub outcome: Mutex<Outcome>,
+}
+
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub status: Option<u16>,
+    pub fuel_used: u64,
+    pub limit: Option<&'static str>,
+}
+
+impl Report {
+    pub fn cpu_ms(&self) -> f64 {
+        self.cpu_ns.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    pub fn wall_ms(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * 1e3
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.outcome.lock().expect("report lock").status = Some(status);
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let (cpu_ms, wall_ms) = (self.cpu_ms(), self.wall_ms());
+        let outcome = self.outcome.get_mut().expect("report lock");
+        tracing::info!(
+            target: "isola::access",
+            request_id = %self.request_id,
+            worker = %self.worker,
+            client = %self.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            method = %self.method,
+            path = %self.path,
+            status = outcome.status.unwrap_or(0),
+            cpu_ms = format_args!("{cpu_ms:.3}"),
+            wall_ms = format_args!("{wall_ms:.3}"),
+            fuel = outcome.fuel_used,
+            subrequests = self.subrequests.load(Ordering::Relaxed),
+            limit = outcome.limit.unwrap_or("none"),
+            "request"
+        );
+    }
+}
+
+/// Adds the thread CPU time of every poll of the inner future to a counter:
+/// time spent awaiting I/O is not CPU time, time running wasm is.
+pub(crate) struct CpuTimed<F> {
+    inner: Pin<Box<F>>,
+    report: Arc<Report>,
+}
+
+impl<F> CpuTimed<F> {
+    pub fn new(inner: F, report: Arc<Report>) -> Self {
+        CpuTimed {
+            inner: Box::pin(inner),
+            report,
+        }
+    }
+}
+
+impl<F: Future> Future for CpuTimed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let before = thread_cpu_ns();
+        let result = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_ns().saturating_sub(before);
+        self.report.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        result
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
