@@ -216,3 +216,65 @@ pub fn cache_entries(state_dir: &Path) -> Vec<PathBuf> {
         Err(_) => Vec::new(),
     }
 }
+
+/// A real HTTP server standing in for an upstream: it answers every request
+/// with `upstream says hi` after a delay, and remembers the `Host` headers
+/// it saw.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hosts: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(delay: Duration) -> Upstream {
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = hosts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let host = request
+                                    .headers()
+                                    .get("host")
+                                    .map(|h| h.to_str().unwrap_or("").to_owned())
+                                    .unwrap_or_default();
+                                seen.lock().unwrap().push(host);
+                                tokio::time::sleep(delay).await;
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(
+                                        b"upstream says hi",
+                                    )),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hosts, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -60,7 +60,7 @@ impl Drop for Report {
             wall_ms = format_args!("{wall_ms:.3}"),
             fuel = outcome.fuel_used,
             subrequests = self.subrequests.load(Ordering::Relaxed),
-            limit = outcome.limit.unwrap_or("none"),
+            limit = %outcome.limit.unwrap_or("none"),
             "request"
         );
     }

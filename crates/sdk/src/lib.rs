@@ -343,6 +343,179 @@ impl From<&str> for Response {
     }
 }
 
+/// An outbound HTTP request, sent with [`fetch`].
+pub struct OutboundRequest {
+    method: Method,
+    url: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl OutboundRequest {
+    pub fn new(method: Method, url: impl Into<String>) -> Self {
+        OutboundRequest {
+            method,
+            url: url.into(),
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn get(url: impl Into<String>) -> Self {
+        Self::new(Method::GET, url)
+    }
+
+    pub fn post(url: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
+        Self::new(Method::POST, url).with_body(body)
+    }
+
+    /// Panics if the name or value is not a valid header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+impl From<&str> for OutboundRequest {
+    fn from(url: &str) -> Self {
+        OutboundRequest::get(url)
+    }
+}
+
+impl From<String> for OutboundRequest {
+    fn from(url: String) -> Self {
+        OutboundRequest::get(url)
+    }
+}
+
+/// The response to a [`fetch`].
+pub struct FetchResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl FetchResponse {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn text(&self) -> Result<String> {
+        Ok(String::from_utf8(self.body.clone())?)
+    }
+}
+
+/// Send an HTTP request through the host (`wasi:http/outgoing-handler`).
+///
+/// The host decides what is reachable: hosts outside the worker's
+/// `allowed_outbound_hosts`, or requests beyond its subrequest budget, fail
+/// here with an error naming the reason.
+pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse> {
+    use wasi::http::types::Method as WasiMethod;
+
+    let request = request.into();
+    let url = request.url.clone();
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("fetch {url}: not an absolute http(s) URL"))?;
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => bail!("fetch {url}: unsupported scheme {other}"),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let path = if path.starts_with('?') { format!("/{path}") } else { path };
+    let entries: Vec<(String, Vec<u8>)> = request
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let fields = Fields::from_list(&entries).map_err(|e| anyhow!("fetch {url}: bad header: {e:?}"))?;
+    let outgoing = wasi::http::types::OutgoingRequest::new(fields);
+    let method = match request.method.as_str() {
+        "GET" => WasiMethod::Get,
+        "HEAD" => WasiMethod::Head,
+        "POST" => WasiMethod::Post,
+        "PUT" => WasiMethod::Put,
+        "DELETE" => WasiMethod::Delete,
+        "OPTIONS" => WasiMethod::Options,
+        "PATCH" => WasiMethod::Patch,
+        other => WasiMethod::Other(other.to_owned()),
+    };
+    let invalid = |what: &str| anyhow!("fetch {url}: invalid {what}");
+    outgoing.set_method(&method).map_err(|()| invalid("method"))?;
+    outgoing.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme"))?;
+    outgoing.set_authority(Some(authority)).map_err(|()| invalid("host"))?;
+    outgoing.set_path_with_query(Some(&path)).map_err(|()| invalid("path"))?;
+    let body = outgoing.body().map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
+
+    // Send first, then stream the body: the host forwards it as it is written.
+    let pending = wasi::http::outgoing_handler::handle(outgoing, None)
+        .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
+    {
+        let stream = body.write().map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
+        for piece in request.body.chunks(4096) {
+            stream
+                .blocking_write_and_flush(piece)
+                .map_err(|e| anyhow!("fetch {url}: sending the body: {e:?}"))?;
+        }
+    }
+    OutgoingBody::finish(body, None).map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
+
+    let response = loop {
+        match pending.get() {
+            Some(result) => break result,
+            None => pending.subscribe().block(),
+        }
+    };
+    let response = response
+        .map_err(|()| anyhow!("fetch {url}: response taken twice"))?
+        .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
+    let status = StatusCode::from_u16(response.status())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in response.headers().entries() {
+        headers.append(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_bytes(&value)?);
+    }
+    let incoming = response
+        .consume()
+        .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
+    let mut body = Vec::new();
+    {
+        let stream = incoming
+            .stream()
+            .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    bail!("fetch {url}: reading the body: {}", e.to_debug_string())
+                }
+            }
+        }
+    }
+    Ok(FetchResponse { status, headers, body })
+}
+
 /// Drive a future to completion on this (single) thread.
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);

@@ -1,0 +1,394 @@
+//! The walls around guests: CPU (fuel), wall clock (epochs), memory, traps,
+//! outbound HTTP and request size, each with its status, `x-isola-error`,
+//! log line, and a server that keeps serving.
+
+use std::time::Duration;
+
+use isola_test_programs as guests;
+
+use crate::support::{Project, Server, Upstream, client, get, worker};
+
+/// One `limits` worker on `/*` with extra worker keys.
+fn limits_project(extra: &str) -> Project {
+    Project::new(&format!(
+        "{}{extra}\n",
+        worker("limits", guests::LIMITS, &["/*"])
+    ))
+}
+
+/// GET `path` and check status, `x-isola-error` and the failure log line.
+async fn expect_failure(server: &Server, path: &str, status: u16, reason: &str) -> String {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), status, "{path}");
+    assert_eq!(response.headers()["x-isola-error"], reason, "{path}");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.text().await.unwrap();
+    assert!(body.contains(&id) && body.contains(reason), "{body}");
+    let logs = server.wait_for_log(&format!("request_id={id} worker=limits"));
+    let failure = logs
+        .lines()
+        .find(|l| l.contains("request failed") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no failure line for {path}:\n{logs}"))
+        .to_owned();
+    assert!(
+        failure.contains(&format!("reason=\"{reason}\"")),
+        "{failure}"
+    );
+    let access = logs
+        .lines()
+        .find(|l| l.contains("isola::access") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no access line for {path}:\n{logs}"))
+        .to_owned();
+    assert!(access.contains(&format!("status={status}")), "{access}");
+    failure
+}
+
+async fn still_serving(server: &Server) {
+    let (status, _, body) = get(&client(), &server.url("/checksum?iters=10")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compute_loops_run_out_of_fuel() {
+    let project = limits_project("cpu_ms = 20");
+    let server = project.serve();
+    for path in ["/spin", "/spin-host", "/compute?ms=200"] {
+        let line = expect_failure(&server, path, 503, "cpu-limit").await;
+        assert!(
+            line.contains("out of fuel") || line.contains("all fuel consumed"),
+            "{line}"
+        );
+        still_serving(&server).await;
+    }
+    let access = server.wait_for_log("limit=cpu-limit");
+    assert!(access.contains("fuel="), "{access}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn awaiting_io_is_not_cpu_time() {
+    // A 2 s upstream under a 10 ms CPU budget succeeds; a 50 ms compute
+    // loop under the same budget does not.
+    let upstream = Upstream::start(Duration::from_secs(2)).await;
+    let project = limits_project(&format!(
+        "cpu_ms = 10\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]",
+        upstream.addr.port()
+    ));
+    let server = project.serve();
+    let url = server.url(&format!("/fetch?url={}", upstream.url("/slow")));
+    let (status, _, body) = get(&client(), &url).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("ok=1\nerror=none\nbody=upstream says hi"),
+        "{body}"
+    );
+    let (status, _, _) = get(&client(), &server.url("/sleep?ms=300")).await;
+    assert_eq!(status, 200, "sleeping is not CPU time either");
+
+    expect_failure(&server, "/compute?ms=50", 503, "cpu-limit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_clock_deadline_interrupts_guests_and_host_waits() {
+    let project = Project::new(&format!(
+        "{}cpu_ms = 100000\nwall_ms = 300\n{}cpu_ms = 100000\nwall_ms = 300\n",
+        worker("limits", guests::LIMITS, &["/*"]),
+        worker(
+            "raw",
+            guests::RAWLIMITS,
+            &["/raw/*", "/hang", "/no-response", "/respond-then-spin"]
+        ),
+    ));
+    let server = project.serve();
+    // Spinning wasm is interrupted by the epoch deadline.
+    expect_failure(&server, "/spin", 504, "wall-limit").await;
+    // A guest blocked in a host wait (a timer) is cut by the same deadline.
+    let response = client().get(server.url("/hang")).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.headers()["x-isola-error"], "wall-limit");
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_beyond_the_limit_fails_the_guest() {
+    let project = limits_project("memory_mb = 16");
+    let server = project.serve();
+    expect_failure(&server, "/memory-bomb", 503, "memory-limit").await;
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traps_are_500s_with_a_named_backtrace_in_the_log() {
+    let project = limits_project("");
+    let server = project.serve();
+    let line = expect_failure(&server, "/unreachable", 500, "exception").await;
+    assert!(line.contains("unreachable"), "{line}");
+    // Guests built without stripping keep their name section: frames are
+    // named, not `<wasm function N>`.
+    assert!(
+        line.contains("limits.wasm!isola_sdk::"),
+        "named frames: {line}"
+    );
+    assert!(!line.contains("<wasm function"), "{line}");
+    let line = expect_failure(&server, "/stack-overflow", 500, "exception").await;
+    // Rust keeps its stack in linear memory: overflowing it runs off the
+    // bottom of memory before wasm's own call stack is exhausted.
+    assert!(
+        line.contains("call stack exhausted") || line.contains("out of bounds memory access"),
+        "{line}"
+    );
+    assert!(line.contains("limits::recurse"), "{line}");
+    still_serving(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_that_never_respond() {
+    let project = Project::new(&format!(
+        "{}cpu_ms = 20\nwall_ms = 500\n",
+        worker("limits", guests::RAWLIMITS, &["/*"])
+    ));
+    let server = project.serve();
+    expect_failure(&server, "/no-response", 500, "no-response").await;
+    expect_failure(&server, "/hang", 504, "wall-limit").await;
+
+    // The response is out before the spinning starts: the client gets it
+    // whole, and the instance is cut at the CPU limit and logged.
+    let (status, id, body) = get(&client(), &server.url("/respond-then-spin")).await;
+    assert_eq!((status, body.as_str()), (200, "sent before spinning\n"));
+    let id = id.unwrap();
+    let logs = server.wait_for_log("guest cut off after its response was sent");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("guest cut off") && l.contains(&id))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("reason=\"cpu-limit\""), "{line}");
+    let access = server.wait_for_log(&format!("request_id={id} worker=limits"));
+    assert!(
+        access
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("status=200") && l.contains("limit=cpu-limit")),
+        "{access}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_fetches_obey_the_allow_list_and_budget() {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let port = upstream.addr.port();
+    let project = Project::new(
+        &[
+            worker("budget", guests::LIMITS, &["/budget/*"]),
+            format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"),
+            worker("elsewhere", guests::LIMITS, &["/elsewhere/*"]),
+            "allowed_outbound_hosts = [\"https://example.com\"]\n".into(),
+            worker("wildcard", guests::LIMITS, &["/wildcard/*"]),
+            "allowed_outbound_hosts = [\"*\"]\n".into(),
+            worker("nothing", guests::LIMITS, &["/*"]),
+        ]
+        .concat(),
+    );
+    let server = project.serve();
+    let client = client();
+    let fetch = |prefix: &str, n: u32| {
+        server.url(&format!("{prefix}/fetch?url={}&n={n}", upstream.url("/x")))
+    };
+
+    let (status, _, body) = get(&client, &fetch("/budget", 60)).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("ok=50\nerror="), "{body}");
+    assert!(
+        body.contains("subrequest limit reached: this request may make at most 50 subrequests"),
+        "{body}"
+    );
+    assert_eq!(
+        upstream.hosts.lock().unwrap().len(),
+        50,
+        "the 51st never left the host"
+    );
+
+    for (prefix, expected) in [
+        ("/elsewhere", "HttpRequestDenied"),
+        ("/wildcard", "DestinationIpProhibited"),
+        ("", "HttpRequestDenied"),
+    ] {
+        let (status, _, body) = get(&client, &fetch(prefix, 1)).await;
+        assert_eq!(
+            status, 200,
+            "a denied fetch is an error inside the guest, not a trap"
+        );
+        assert!(
+            body.starts_with("ok=0\nerror=") && body.contains(expected),
+            "{prefix}: {body}"
+        );
+    }
+    assert_eq!(upstream.hosts.lock().unwrap().len(), 50);
+    let logs = server.wait_for_log("not in allowed_outbound_hosts");
+    assert!(
+        logs.contains("does not cover loopback or private addresses"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbound_override_redirects_connections_but_keeps_host_and_path() {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let project = limits_project(&format!(
+        "allowed_outbound_hosts = [\"https://api.example.com\"]\noutbound_override = \"http://127.0.0.1:{}\"",
+        upstream.addr.port()
+    ));
+    let server = project.serve();
+    let (status, _, body) = get(
+        &client(),
+        &server.url("/fetch?url=https://api.example.com/v1/things"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ok=1\nerror=none\nbody=upstream says hi"),
+        "{body}"
+    );
+    assert_eq!(*upstream.hosts.lock().unwrap(), ["api.example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_are_refused_by_the_host() {
+    let project = Project::new(&format!(
+        "[server]\nmax_body_mb = 1\n{}",
+        worker("hello", guests::EXAMPLE_HELLO, &["/*"])
+    ));
+    let server = project.serve();
+    let client = client();
+
+    let response = client
+        .get(server.url("/"))
+        .header("x-big", "a".repeat(9 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.headers()["x-isola-error"], "header-size");
+
+    let two_mb = vec![b'x'; 2 << 20];
+    let response = client
+        .post(server.url("/echo"))
+        .body(two_mb.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["x-isola-error"], "body-size");
+
+    // Without a length the body is counted as it streams.
+    let head = chunked_upload(server.addr, 2 << 20).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("x-isola-error: body-size"), "{head}");
+
+    let (status, _, body) = get(&client, &server.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "Hello from Isola!\n"));
+    let response = client
+        .post(server.url("/echo"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "POST /echo\nsmall");
+}
+
+/// POST `total` bytes with chunked transfer encoding over a raw connection
+/// and return the response head.
+async fn chunked_upload(addr: std::net::SocketAddr, total: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        // The server may answer and close before everything is sent.
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut response))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    String::from_utf8_lossy(&response[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_carry_server_timing() {
+    let project = limits_project("");
+    let server = project.serve();
+    let response = client()
+        .get(server.url("/checksum?iters=1000"))
+        .send()
+        .await
+        .unwrap();
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        timing.starts_with("cpu;dur=") && timing.contains(", wall;dur="),
+        "{timing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_noisy_neighbour_does_not_starve_a_healthy_worker() {
+    let project = Project::new(
+        &[
+            worker("spinner", guests::LIMITS, &["/spin"]),
+            "cpu_ms = 200\n".into(),
+            worker("hello", guests::EXAMPLE_HELLO, &["/*"]),
+        ]
+        .concat(),
+    );
+    let server = project.serve();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noisy: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, stop) = (client(), server.url("/spin"), stop.clone());
+            tokio::spawn(async move {
+                let mut killed = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 503);
+                    killed += 1;
+                }
+                killed
+            })
+        })
+        .collect();
+    let client = client();
+    let healthy: Vec<_> = (0..100)
+        .map(|i| {
+            let (client, url) = (client.clone(), server.url(&format!("/ok/{i}")));
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    for request in healthy {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed: u32 = futures_join(noisy).await;
+    assert!(killed >= 4, "the spinning requests really ran: {killed}");
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u32>>) -> u32 {
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total
+}
