@@ -52,6 +52,9 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// Largest linear memory any instance may grow to, in bytes.
     pub max_memory_bytes: usize,
+    /// Meter wasm execution with fuel (the CPU limit). Only benchmarks that
+    /// measure fuel's cost turn it off.
+    pub consume_fuel: bool,
 }
 
 impl EngineOptions {
@@ -60,6 +63,7 @@ impl EngineOptions {
             cache_dir: cache_dir.into(),
             max_instances: 1000,
             max_memory_bytes: 128 << 20,
+            consume_fuel: true,
         }
     }
 }
@@ -70,6 +74,7 @@ impl EngineOptions {
 #[derive(Clone)]
 pub struct IsolaEngine {
     engine: Engine,
+    consume_fuel: bool,
     cache: std::sync::Arc<CompileCache>,
 }
 
@@ -83,12 +88,18 @@ impl IsolaEngine {
         spawn_epoch_ticker(&engine);
         Ok(IsolaEngine {
             engine,
+            consume_fuel: options.consume_fuel,
             cache: std::sync::Arc::new(cache),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Whether wasm execution is metered with fuel.
+    pub fn consumes_fuel(&self) -> bool {
+        self.consume_fuel
     }
 
     pub fn cache(&self) -> &CompileCache {
@@ -109,7 +120,7 @@ impl IsolaEngine {
 
 fn engine_config(options: &EngineOptions) -> Config {
     let mut config = Config::new();
-    config.consume_fuel(true);
+    config.consume_fuel(options.consume_fuel);
     config.epoch_interruption(true);
     config.memory_init_cow(true);
     config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);

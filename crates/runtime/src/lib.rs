@@ -54,9 +54,9 @@ pub const ERROR_HEADER: &str = "x-isola-error";
 
 /// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
 /// overrides it). Calibrated on the development machine with
-/// `cargo run --release -p isola-bench --bin fuel`: a compute-bound guest
+/// `cargo run -p isola-bench --bin fuel` (8.4–8.8 M): a compute-bound guest
 /// burns this much fuel per millisecond of thread CPU time.
-pub const DEFAULT_FUEL_PER_MS: u64 = 1_000_000;
+pub const DEFAULT_FUEL_PER_MS: u64 = 8_500_000;
 
 /// The client's address. The server puts it in the request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +192,28 @@ impl Failure {
     }
 }
 
+/// What a request cost, read from a response's extensions. CPU time and
+/// fuel are final once the guest is done (the body fully read).
+#[derive(Clone)]
+pub struct RequestStats(Arc<Report>);
+
+impl RequestStats {
+    /// Thread CPU time spent running the guest.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
+    }
+
+    /// Fuel the guest consumed (0 when fuel is off).
+    pub fn fuel_used(&self) -> u64 {
+        self.0.outcome.lock().expect("report lock").fuel_used
+    }
+
+    /// Outbound fetches and binding calls made.
+    pub fn subrequests(&self) -> u32 {
+        self.0.subrequests.load(Ordering::Relaxed)
+    }
+}
+
 /// A failed request, ready to be logged.
 struct GuestError {
     failure: Failure,
@@ -251,6 +273,7 @@ struct Inner {
     wall: Duration,
     wall_ticks: u64,
     server_timing: bool,
+    consume_fuel: bool,
     cache_outcome: CacheOutcome,
 }
 
@@ -319,6 +342,7 @@ impl Worker {
                 wall,
                 wall_ticks: IsolaEngine::ticks_for(wall),
                 server_timing: config.server_timing,
+                consume_fuel: engine.consumes_fuel(),
                 cache_outcome,
             }),
         })
@@ -385,6 +409,9 @@ impl Worker {
             }
         };
         report.set_status(response.status().as_u16());
+        response
+            .extensions_mut()
+            .insert(RequestStats(report.clone()));
         if self.inner.server_timing {
             let timing = format!(
                 "cpu;dur={:.3}, wall;dur={:.3}",
@@ -416,10 +443,12 @@ impl Worker {
         let state = HostState::new(inner.shared.clone(), request_id.0.clone(), subrequests);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
-        store
-            .set_fuel(inner.fuel)
-            .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
-            .map_err(|e| GuestError::host(Failure::Exception, e))?;
+        if inner.consume_fuel {
+            store
+                .set_fuel(inner.fuel)
+                .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
+                .map_err(|e| GuestError::host(Failure::Exception, e))?;
+        }
         store.set_epoch_deadline(inner.wall_ticks);
 
         let incoming = store
@@ -443,6 +472,7 @@ impl Worker {
 
         let pre = inner.pre.clone();
         let (fuel, wall) = (inner.fuel, inner.wall);
+        let cpu_limit = Duration::from_millis(inner.limits.cpu_ms);
         let task_report = report.clone();
         let guest = async move {
             let result = async {
@@ -468,7 +498,9 @@ impl Worker {
         let id = request_id.clone();
         let task = tokio::spawn(async move {
             let outcome =
-                match tokio::time::timeout(wall, CpuTimed::new(guest, report.clone())).await {
+                match tokio::time::timeout(wall, CpuTimed::new(guest, report.clone(), cpu_limit))
+                    .await
+                {
                     Ok(result) => result,
                     Err(_) => Err(GuestError::message(
                         Failure::WallLimit,

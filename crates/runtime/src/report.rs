@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::{Failure, GuestError};
+
 /// Shared by the request path and the guest task; whichever lets go last
 /// writes the access line, so it covers work done after the response too.
 pub(crate) struct Report {
@@ -66,30 +68,53 @@ impl Drop for Report {
     }
 }
 
-/// Adds the thread CPU time of every poll of the inner future to a counter:
-/// time spent awaiting I/O is not CPU time, time running wasm is.
+/// Adds the thread CPU time of every poll of the guest to the report: time
+/// spent awaiting I/O is not CPU time, time running wasm (or host code on
+/// its behalf) is.
+///
+/// Fuel is the CPU limit for wasm code; this is the backstop for guests that
+/// spend their CPU inside host calls, which burn no fuel. It is checked
+/// whenever the guest yields (fuel yields come about every millisecond of
+/// wasm execution).
 pub(crate) struct CpuTimed<F> {
-    inner: Pin<Box<F>>,
+    inner: Option<Pin<Box<F>>>,
     report: Arc<Report>,
+    limit_ns: u64,
 }
 
 impl<F> CpuTimed<F> {
-    pub fn new(inner: F, report: Arc<Report>) -> Self {
+    pub fn new(inner: F, report: Arc<Report>, limit: std::time::Duration) -> Self {
         CpuTimed {
-            inner: Box::pin(inner),
+            inner: Some(Box::pin(inner)),
             report,
+            limit_ns: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 }
 
-impl<F: Future> Future for CpuTimed<F> {
+impl<F: Future<Output = Result<(), GuestError>>> Future for CpuTimed<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         let before = thread_cpu_ns();
-        let result = self.inner.as_mut().poll(cx);
+        let result = inner.as_mut().poll(cx);
         let spent = thread_cpu_ns().saturating_sub(before);
-        self.report.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        let total = self.report.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
+        if result.is_pending() && total > self.limit_ns {
+            // Dropping the guest drops its store and instance.
+            self.inner = None;
+            return Poll::Ready(Err(GuestError::message(
+                Failure::CpuLimit,
+                format!(
+                    "CPU time limit of {} ms exceeded (measured {:.1} ms, much of it in host calls)",
+                    self.limit_ns / 1_000_000,
+                    total as f64 / 1e6
+                ),
+            )));
+        }
         result
     }
 }

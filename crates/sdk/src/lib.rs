@@ -443,13 +443,18 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         Some(i) => (&rest[..i], rest[i..].to_owned()),
         None => (rest, "/".to_owned()),
     };
-    let path = if path.starts_with('?') { format!("/{path}") } else { path };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path
+    };
     let entries: Vec<(String, Vec<u8>)> = request
         .headers
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect();
-    let fields = Fields::from_list(&entries).map_err(|e| anyhow!("fetch {url}: bad header: {e:?}"))?;
+    let fields =
+        Fields::from_list(&entries).map_err(|e| anyhow!("fetch {url}: bad header: {e:?}"))?;
     let outgoing = wasi::http::types::OutgoingRequest::new(fields);
     let method = match request.method.as_str() {
         "GET" => WasiMethod::Get,
@@ -462,17 +467,29 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         other => WasiMethod::Other(other.to_owned()),
     };
     let invalid = |what: &str| anyhow!("fetch {url}: invalid {what}");
-    outgoing.set_method(&method).map_err(|()| invalid("method"))?;
-    outgoing.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme"))?;
-    outgoing.set_authority(Some(authority)).map_err(|()| invalid("host"))?;
-    outgoing.set_path_with_query(Some(&path)).map_err(|()| invalid("path"))?;
-    let body = outgoing.body().map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
+    outgoing
+        .set_method(&method)
+        .map_err(|()| invalid("method"))?;
+    outgoing
+        .set_scheme(Some(&scheme))
+        .map_err(|()| invalid("scheme"))?;
+    outgoing
+        .set_authority(Some(authority))
+        .map_err(|()| invalid("host"))?;
+    outgoing
+        .set_path_with_query(Some(&path))
+        .map_err(|()| invalid("path"))?;
+    let body = outgoing
+        .body()
+        .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
 
     // Send first, then stream the body: the host forwards it as it is written.
     let pending = wasi::http::outgoing_handler::handle(outgoing, None)
         .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
     {
-        let stream = body.write().map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
+        let stream = body
+            .write()
+            .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
         for piece in request.body.chunks(4096) {
             stream
                 .blocking_write_and_flush(piece)
@@ -493,7 +510,10 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
     let status = StatusCode::from_u16(response.status())?;
     let mut headers = HeaderMap::new();
     for (name, value) in response.headers().entries() {
-        headers.append(HeaderName::from_bytes(name.as_bytes())?, HeaderValue::from_bytes(&value)?);
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_bytes(&value)?,
+        );
     }
     let incoming = response
         .consume()
@@ -513,7 +533,11 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
             }
         }
     }
-    Ok(FetchResponse { status, headers, body })
+    Ok(FetchResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Drive a future to completion on this (single) thread.

@@ -45,7 +45,10 @@ async fn handle(req: Request, _env: Env, ctx: Ctx) -> Result<Response> {
             }
             Ok(Response::text(format!("computed {x}\n")))
         }
-        "/checksum" => Ok(Response::text(format!("{}\n", checksum(number("iters", 1_000_000))))),
+        "/checksum" => Ok(Response::text(format!(
+            "{}\n",
+            checksum(number("iters", 1_000_000))
+        ))),
         "/memory-bomb" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

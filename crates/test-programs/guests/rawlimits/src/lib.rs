@@ -23,7 +23,10 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
                     core::hint::black_box(());
                 }
             }
-            _ => respond(response_out, b"try /no-response, /hang or /respond-then-spin\n"),
+            _ => respond(
+                response_out,
+                b"try /no-response, /hang or /respond-then-spin\n",
+            ),
         }
     }
 }
@@ -34,7 +37,9 @@ fn respond(out: ResponseOutparam, body: &[u8]) {
     ResponseOutparam::set(out, Ok(response));
     {
         let stream = outgoing.write().expect("the stream is taken once");
-        stream.blocking_write_and_flush(body).expect("writing the body");
+        stream
+            .blocking_write_and_flush(body)
+            .expect("writing the body");
     }
     OutgoingBody::finish(outgoing, None).expect("finishing the body");
 }
