@@ -266,7 +266,10 @@ async fn outbound_override_redirects_connections_but_keeps_host_and_path() {
         body.starts_with("ok=1\nerror=none\nbody=upstream says hi"),
         "{body}"
     );
-    assert_eq!(*upstream.hosts.lock().unwrap(), ["api.example.com"]);
+    assert_eq!(
+        *upstream.hosts.lock().unwrap(),
+        ["api.example.com /v1/things"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -301,6 +304,9 @@ async fn oversized_requests_are_refused_by_the_host() {
     let head = chunked_upload(server.addr, 2 << 20).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("x-isola-error: body-size"), "{head}");
+
+    let logs = server.wait_for_log("status=431");
+    assert!(logs.contains("status=413"), "{logs}");
 
     let (status, _, body) = get(&client, &server.url("/")).await;
     assert_eq!((status, body.as_str()), (200, "Hello from Isola!\n"));
@@ -408,4 +414,33 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<u32>>) -> u32 {
         total += task.await.unwrap();
     }
     total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_send_headers_too_slowly_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let project = Project::new(&format!(
+        "[server]\nheader_timeout_ms = 300\n{}",
+        worker("hello", guests::EXAMPLE_HELLO, &["/*"])
+    ));
+    let server = project.serve();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection must be closed by the server");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after the timeout, not before: {waited:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "no request was served"
+    );
+    // Others are served meanwhile and after.
+    assert_eq!(get(&client(), &server.url("/")).await.0, 200);
 }

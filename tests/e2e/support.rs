@@ -218,8 +218,8 @@ pub fn cache_entries(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A real HTTP server standing in for an upstream: it answers every request
-/// with `upstream says hi` after a delay, and remembers the `Host` headers
-/// it saw.
+/// with `upstream says hi` after a delay, and remembers the `Host` header and
+/// path of each request it saw, as `host path`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hosts: Arc<Mutex<Vec<String>>>,
@@ -249,7 +249,9 @@ impl Upstream {
                                     .get("host")
                                     .map(|h| h.to_str().unwrap_or("").to_owned())
                                     .unwrap_or_default();
-                                seen.lock().unwrap().push(host);
+                                seen.lock()
+                                    .unwrap()
+                                    .push(format!("{host} {}", request.uri()));
                                 tokio::time::sleep(delay).await;
                                 Ok::<_, std::convert::Infallible>(hyper::Response::new(
                                     http_body_util::Full::new(bytes::Bytes::from_static(
