@@ -216,25 +216,33 @@ impl Config {
             })?;
         }
         server.state_dir = base.join(raw.server.state_dir.unwrap_or(DEFAULT_STATE_DIR.into()));
-        if let Some(n) = raw.server.max_instances {
-            if *n.get_ref() == 0 {
-                return Err(locate(
-                    Some(n.span()),
-                    Some("server.max_instances".into()),
+        // Counts and budgets where zero would make every request fail.
+        let positive = |value: Spanned<u64>, key: String| {
+            if *value.get_ref() == 0 {
+                Err(locate(
+                    Some(value.span()),
+                    Some(key),
                     "must be at least 1".into(),
-                ));
+                ))
+            } else {
+                Ok(value.into_inner())
             }
-            server.max_instances = n.into_inner();
+        };
+        if let Some(n) = raw.server.max_instances {
+            let span = n.span();
+            server.max_instances = u32::try_from(positive(n, "server.max_instances".into())?)
+                .ok()
+                .filter(|&n| n <= 1_000_000)
+                .ok_or_else(|| {
+                    locate(
+                        Some(span),
+                        Some("server.max_instances".into()),
+                        "must be at most 1000000".into(),
+                    )
+                })?;
         }
         if let Some(fuel) = raw.server.fuel_per_ms {
-            if *fuel.get_ref() == 0 {
-                return Err(locate(
-                    Some(fuel.span()),
-                    Some("server.fuel_per_ms".into()),
-                    "must be at least 1".into(),
-                ));
-            }
-            server.fuel_per_ms = Some(fuel.into_inner());
+            server.fuel_per_ms = Some(positive(fuel, "server.fuel_per_ms".into())?);
         }
         if let Some(bytes) = raw.server.max_header_bytes {
             if !(1024..=16 * 1024).contains(bytes.get_ref()) {
@@ -329,14 +337,7 @@ impl Config {
                 ("memory_mb", w.memory_mb, &mut limits.memory_mb),
             ] {
                 if let Some(value) = value {
-                    if *value.get_ref() == 0 {
-                        return Err(locate(
-                            Some(value.span()),
-                            key(field),
-                            "must be at least 1".into(),
-                        ));
-                    }
-                    *slot = value.into_inner();
+                    *slot = positive(value, format!("worker[{i}].{field}"))?;
                 }
             }
             if let Some(n) = w.subrequests {
@@ -409,7 +410,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<Spanned<String>>,
     state_dir: Option<String>,
-    max_instances: Option<Spanned<u32>>,
+    max_instances: Option<Spanned<u64>>,
     fuel_per_ms: Option<Spanned<u64>>,
     max_header_bytes: Option<Spanned<usize>>,
     max_body_mb: Option<u64>,

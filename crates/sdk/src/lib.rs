@@ -104,13 +104,7 @@ impl Request {
         };
         let authority = request.authority().unwrap_or_default();
         let path_with_query = request.path_with_query().unwrap_or_else(|| "/".into());
-        let mut headers = HeaderMap::new();
-        for (name, value) in request.headers().entries() {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes())?,
-                HeaderValue::from_bytes(&value)?,
-            );
-        }
+        let headers = header_map(&request.headers())?;
         let body = request
             .consume()
             .map_err(|()| anyhow!("request body already consumed"))?;
@@ -156,12 +150,7 @@ impl Request {
     /// The body, chunk by chunk, as it arrives: large uploads need not fit
     /// in memory. A second call yields nothing.
     pub fn body_chunks(&mut self) -> BodyChunks {
-        let body = self.body.take();
-        let stream = body.as_ref().and_then(|b| b.stream().ok());
-        BodyChunks {
-            stream,
-            _body: body,
-        }
+        BodyChunks::new(self.body.take())
     }
 
     /// The whole body.
@@ -192,6 +181,16 @@ pub struct BodyChunks {
     _body: Option<IncomingBody>,
 }
 
+impl BodyChunks {
+    fn new(body: Option<IncomingBody>) -> Self {
+        let stream = body.as_ref().and_then(|b| b.stream().ok());
+        BodyChunks {
+            stream,
+            _body: body,
+        }
+    }
+}
+
 impl Iterator for BodyChunks {
     type Item = Result<Vec<u8>>;
 
@@ -207,10 +206,7 @@ impl Iterator for BodyChunks {
                 }
                 Err(StreamError::LastOperationFailed(e)) => {
                     self.stream = None;
-                    return Some(Err(anyhow!(
-                        "reading the request body: {}",
-                        e.to_debug_string()
-                    )));
+                    return Some(Err(anyhow!("reading the body: {}", e.to_debug_string())));
                 }
             }
         }
@@ -289,13 +285,7 @@ impl Response {
     }
 
     fn send(self, out: ResponseOutparam) -> Result<()> {
-        let entries: Vec<(String, Vec<u8>)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect();
-        let fields =
-            Fields::from_list(&entries).map_err(|e| anyhow!("bad response header: {e:?}"))?;
+        let fields = fields(&self.headers).context("response")?;
         let response = OutgoingResponse::new(fields);
         response
             .set_status_code(self.status.as_u16())
@@ -448,13 +438,7 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
     } else {
         path
     };
-    let entries: Vec<(String, Vec<u8>)> = request
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
-    let fields =
-        Fields::from_list(&entries).map_err(|e| anyhow!("fetch {url}: bad header: {e:?}"))?;
+    let fields = fields(&request.headers).with_context(|| format!("fetch {url}"))?;
     let outgoing = wasi::http::types::OutgoingRequest::new(fields);
     let method = match request.method.as_str() {
         "GET" => WasiMethod::Get,
@@ -508,36 +492,38 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         .map_err(|()| anyhow!("fetch {url}: response taken twice"))?
         .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
     let status = StatusCode::from_u16(response.status())?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in response.headers().entries() {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes())?,
-            HeaderValue::from_bytes(&value)?,
-        );
-    }
+    let headers = header_map(&response.headers())?;
     let incoming = response
         .consume()
         .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
     let mut body = Vec::new();
-    {
-        let stream = incoming
-            .stream()
-            .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => body.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    bail!("fetch {url}: reading the body: {}", e.to_debug_string())
-                }
-            }
-        }
+    for chunk in BodyChunks::new(Some(incoming)) {
+        body.extend_from_slice(&chunk.with_context(|| format!("fetch {url}"))?);
     }
     Ok(FetchResponse {
         status,
         headers,
         body,
     })
+}
+
+fn header_map(fields: &Fields) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in fields.entries() {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_bytes(&value)?,
+        );
+    }
+    Ok(headers)
+}
+
+fn fields(headers: &HeaderMap) -> Result<Fields> {
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    Fields::from_list(&entries).map_err(|e| anyhow!("bad header: {e:?}"))
 }
 
 /// Drive a future to completion on this (single) thread.
