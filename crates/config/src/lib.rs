@@ -77,6 +77,16 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Add `Server-Timing: cpu;dur=…, wall;dur=…` to responses.
     pub server_timing: bool,
+    /// On shutdown, how long in-flight requests and their background
+    /// (waitUntil) work may take before they are cut.
+    pub shutdown_grace_ms: u64,
+    /// Reported to guests in their request info (`request.cf.colo`).
+    pub colo: Option<String>,
+    /// Reported to guests in their request info (`request.cf.country`).
+    pub country: Option<String>,
+    /// A header set by a trusted proxy in front of Isola that carries the
+    /// real client address. Off by default: clients could forge it.
+    pub trusted_client_ip_header: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -90,8 +100,19 @@ impl Default for ServerConfig {
             max_body_bytes: 100 << 20,
             header_timeout_ms: 10_000,
             server_timing: true,
+            shutdown_grace_ms: 30_000,
+            colo: None,
+            country: None,
+            trusted_client_ip_header: None,
         }
     }
+}
+
+/// A service binding: `env.service(binding)` reaches worker `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBinding {
+    pub binding: String,
+    pub service: String,
 }
 
 /// Per-request limits of a worker.
@@ -136,6 +157,11 @@ pub struct WorkerConfig {
     pub server_timing: bool,
     /// Fuel per millisecond of `cpu_ms`; `None` uses the calibrated default.
     pub fuel_per_ms: Option<u64>,
+    /// Where a failed request goes after `pass-through-on-exception`:
+    /// `http(s)://host[:port]`.
+    pub origin: Option<String>,
+    /// Other workers this one may call in-process.
+    pub services: Vec<ServiceBinding>,
 }
 
 impl WorkerConfig {
@@ -151,6 +177,8 @@ impl WorkerConfig {
             outbound_override: None,
             server_timing: true,
             fuel_per_ms: None,
+            origin: None,
+            services: Vec::new(),
         }
     }
 }
@@ -263,6 +291,12 @@ impl Config {
         if let Some(on) = raw.server.server_timing {
             server.server_timing = on;
         }
+        if let Some(ms) = raw.server.shutdown_grace_ms {
+            server.shutdown_grace_ms = ms;
+        }
+        server.colo = raw.server.colo;
+        server.country = raw.server.country;
+        server.trusted_client_ip_header = raw.server.trusted_client_ip_header;
         let server_override =
             match &raw.server.outbound_override {
                 Some(o) => Some(parse_override(o).map_err(|m| {
@@ -278,6 +312,7 @@ impl Config {
         let mut workers = Vec::new();
         let mut names = HashMap::new();
         let mut route_owner: HashMap<String, String> = HashMap::new();
+        let mut service_refs = Vec::new();
         for (i, w) in raw.worker.into_iter().enumerate() {
             let key = |field: &str| Some(format!("worker[{i}].{field}"));
             let name = w.name.get_ref().clone();
@@ -358,6 +393,32 @@ impl Config {
                 ),
                 None => server_override.clone(),
             };
+            let origin = match &w.origin {
+                Some(o) => {
+                    let text = o.get_ref().trim_end_matches('/');
+                    let valid = ["http://", "https://"].iter().any(|scheme| {
+                        text.strip_prefix(scheme)
+                            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+                    });
+                    if !valid {
+                        return Err(locate(
+                            Some(o.span()),
+                            key("origin"),
+                            format!("`{text}` is not of the form http(s)://host[:port]"),
+                        ));
+                    }
+                    Some(text.to_owned())
+                }
+                None => None,
+            };
+            let mut services = Vec::new();
+            for binding in &w.services {
+                service_refs.push((binding.service.clone(), i));
+                services.push(ServiceBinding {
+                    binding: binding.binding.clone(),
+                    service: binding.service.get_ref().clone(),
+                });
+            }
             workers.push(WorkerConfig {
                 name,
                 component,
@@ -368,7 +429,18 @@ impl Config {
                 outbound_override,
                 server_timing: server.server_timing,
                 fuel_per_ms: server.fuel_per_ms,
+                origin,
+                services,
             });
+        }
+        for (service, i) in service_refs {
+            if !names.contains_key(service.get_ref()) {
+                return Err(locate(
+                    Some(service.span()),
+                    Some(format!("worker[{i}].services")),
+                    format!("no worker is named `{}`", service.get_ref()),
+                ));
+            }
         }
         Ok(Config {
             source: path.to_owned(),
@@ -417,6 +489,10 @@ struct RawServer {
     header_timeout_ms: Option<u64>,
     server_timing: Option<bool>,
     outbound_override: Option<Spanned<String>>,
+    shutdown_grace_ms: Option<u64>,
+    colo: Option<String>,
+    country: Option<String>,
+    trusted_client_ip_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +510,16 @@ struct RawWorker {
     #[serde(default)]
     allowed_outbound_hosts: Vec<Spanned<String>>,
     outbound_override: Option<Spanned<String>>,
+    origin: Option<Spanned<String>>,
+    #[serde(default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    binding: String,
+    service: Spanned<String>,
 }
 
 #[cfg(test)]
@@ -481,7 +567,7 @@ mod tests {
         let f = Fixture::new();
         assert_eq!(
             f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`"
+            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
@@ -515,6 +601,14 @@ mod tests {
             "isola.toml:4:10: worker[0].cpu_ms: must be at least 1"
         );
         assert_eq!(f.error(""), "isola.toml: no [[worker]] is configured");
+        assert_eq!(
+            f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nservices = [{ binding = \"AUTH\", service = \"nope\" }]\n"),
+            "isola.toml:4:43: worker[0].services: no worker is named `nope`"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\norigin = \"ftp://x\"\n"),
+            "isola.toml:4:10: worker[0].origin: `ftp://x` is not of the form http(s)://host[:port]"
+        );
         assert!(f.error("[[worker]\n").starts_with("isola.toml:1:"));
     }
 }
