@@ -23,8 +23,13 @@
 
 mod guest_log;
 mod outbound;
+mod pass_through;
 mod report;
+mod services;
 mod state;
+
+pub use pass_through::REPLAY_BUFFER_LIMIT;
+pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
 
 use std::fmt;
 use std::path::Path;
@@ -61,6 +66,30 @@ pub const DEFAULT_FUEL_PER_MS: u64 = 8_500_000;
 /// The client's address. The server puts it in the request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// What the host knows about a request beyond its HTTP message (the
+/// `request.cf` of Workers), given to guests through `request-info`. The
+/// server puts one in the request's extensions; without it the client
+/// address and protocol come from [`ClientAddr`] and the request itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub client_address: Option<std::net::IpAddr>,
+    pub protocol: String,
+    pub tls_version: Option<String>,
+    pub colo: Option<String>,
+    pub country: Option<String>,
+}
+
+/// How `request-info` names an HTTP version.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
 
 /// The id of a request. Put one in the request's extensions to choose it;
 /// otherwise [`Worker::handle`] makes one.
@@ -192,6 +221,22 @@ impl Failure {
     }
 }
 
+/// Counts a running guest task until dropped.
+struct ActiveTask(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveTask {
+    fn start(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        ActiveTask(counter.clone())
+    }
+}
+
+impl Drop for ActiveTask {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a request cost, read from a response's extensions. CPU time and
 /// fuel are final once the guest is done (the body fully read).
 #[derive(Clone)]
@@ -221,6 +266,8 @@ struct GuestError {
     cause: String,
     /// The guest's stack when it trapped, one frame a line.
     backtrace: Option<String>,
+    /// The guest called `pass-through-on-exception` before failing.
+    pass_through: bool,
 }
 
 impl GuestError {
@@ -229,6 +276,7 @@ impl GuestError {
             failure,
             cause: cause.into(),
             backtrace: None,
+            pass_through: false,
         }
     }
 
@@ -237,8 +285,9 @@ impl GuestError {
         Self::message(failure, format!("{error:#}"))
     }
 
-    fn from_trap(error: wasmtime::Error, memory_limit_hit: bool) -> Self {
+    fn from_trap(error: wasmtime::Error, memory_limit_hit: bool, pass_through: bool) -> Self {
         GuestError {
+            pass_through,
             failure: Failure::classify(&error, memory_limit_hit),
             cause: error.root_cause().to_string(),
             backtrace: error
@@ -275,6 +324,12 @@ struct Inner {
     server_timing: bool,
     consume_fuel: bool,
     cache_outcome: CacheOutcome,
+    origin: Option<String>,
+    /// Service binding name (lower-cased) → worker name.
+    bindings: Arc<std::collections::HashMap<String, String>>,
+    services: std::sync::OnceLock<std::sync::Weak<Services>>,
+    /// Guest tasks still running, responses sent or not.
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Worker {
@@ -344,12 +399,34 @@ impl Worker {
                 server_timing: config.server_timing,
                 consume_fuel: engine.consumes_fuel(),
                 cache_outcome,
+                origin: config.origin.clone(),
+                bindings: Arc::new(
+                    config
+                        .services
+                        .iter()
+                        .map(|s| (s.binding.to_ascii_lowercase(), s.service.clone()))
+                        .collect(),
+                ),
+                services: std::sync::OnceLock::new(),
+                active: Arc::default(),
             }),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.inner.shared.name
+    }
+
+    /// Let this worker's service bindings reach the workers of `services`.
+    /// Done by [`Services::new`]; later calls are ignored.
+    pub fn attach_services(&self, services: &Arc<Services>) {
+        let _ = self.inner.services.set(Arc::downgrade(services));
+    }
+
+    /// Requests whose guest is still running, including work a guest does
+    /// after its response was sent (waitUntil).
+    pub fn active_tasks(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
     }
 
     pub fn limits(&self) -> Limits {
@@ -388,12 +465,57 @@ impl Worker {
             subrequests: Arc::default(),
             outcome: std::sync::Mutex::new(Outcome::default()),
         });
-        let mut response = match self.run(request, &request_id, report.clone()).await {
+        let call = request
+            .extensions()
+            .get::<services::CallContext>()
+            .cloned()
+            .unwrap_or_default();
+        let info = request
+            .extensions()
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_else(|| RequestInfo {
+                client_address: report.client.map(|c| c.ip()),
+                protocol: protocol_name(request.version()).to_owned(),
+                ..RequestInfo::default()
+            });
+        let services = services::ServiceCalls {
+            services: self.inner.services.get().cloned().unwrap_or_default(),
+            bindings: self.inner.bindings.clone(),
+            depth: call.depth,
+            locals: Arc::new(std::sync::Mutex::new(call.locals)),
+            request_id: request_id.clone(),
+            info,
+        };
+        let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
+        let (request, replay) = if self.inner.origin.is_some() {
+            match pass_through::prepare(request).await {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tracing::warn!(request_id = %request_id, "reading the request body failed: {e}");
+                    let mut response = Failure::BadRequest.response(&request_id);
+                    report.set_status(response.status().as_u16());
+                    response.extensions_mut().insert(RequestStats(report));
+                    return response;
+                }
+            }
+        } else {
+            (request, None)
+        };
+        let mut response = match self.run(request, services, report.clone()).await {
             Ok(response) => response,
+            Err(GuestError {
+                failure,
+                pass_through: true,
+                ..
+            }) if matches!(failure, Failure::Exception | Failure::NoResponse) => {
+                self.pass_through(failure, replay, &request_id).await
+            }
             Err(GuestError {
                 failure,
                 cause,
                 backtrace,
+                ..
             }) => {
                 tracing::error!(
                     worker = %self.name(),
@@ -425,22 +547,54 @@ impl Worker {
         response
     }
 
-    async fn run<B>(
+    /// The guest failed after asking for a pass-through: answer from the
+    /// origin if that can be done.
+    async fn pass_through(
         &self,
-        request: http::Request<B>,
+        failure: Failure,
+        replay: Option<pass_through::Replay>,
         request_id: &RequestId,
+    ) -> http::Response<Body> {
+        let (origin, replay) = match (&self.inner.origin, replay) {
+            (Some(origin), Some(replay)) => (origin, replay),
+            (None, _) => {
+                tracing::error!(worker = %self.name(), request_id = %request_id, reason = failure.reason(),
+                    "the guest failed and asked for pass-through, but the worker has no `origin` configured");
+                return failure.response(request_id);
+            }
+            (Some(_), None) => {
+                tracing::error!(worker = %self.name(), request_id = %request_id, reason = failure.reason(),
+                    "the guest failed and asked for pass-through, but the request body was not buffered (over {REPLAY_BUFFER_LIMIT} bytes or of unknown length), so it cannot be replayed");
+                return failure.response(request_id);
+            }
+        };
+        match pass_through::forward(origin, replay).await {
+            Ok(response) => {
+                tracing::warn!(worker = %self.name(), request_id = %request_id, reason = failure.reason(), %origin,
+                    status = response.status().as_u16(), "the guest failed; passed the request through to the origin");
+                response
+            }
+            Err(e) => {
+                tracing::error!(worker = %self.name(), request_id = %request_id, %origin,
+                    "the guest failed and the pass-through to the origin failed too: {e}");
+                Failure::Exception.response(request_id)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        services: services::ServiceCalls,
         report: Arc<Report>,
-    ) -> Result<http::Response<Body>, GuestError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
+    ) -> Result<http::Response<Body>, GuestError> {
         let inner = &self.inner;
+        let request_id = services.request_id.clone();
         let subrequests = Subrequests {
             used: report.subrequests.clone(),
             budget: inner.limits.subrequests,
         };
-        let state = HostState::new(inner.shared.clone(), request_id.0.clone(), subrequests);
+        let state = HostState::new(inner.shared.clone(), subrequests, services);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         if inner.consume_fuel {
@@ -474,6 +628,7 @@ impl Worker {
         let (fuel, wall) = (inner.fuel, inner.wall);
         let cpu_limit = Duration::from_millis(inner.limits.cpu_ms);
         let task_report = report.clone();
+        let responded = response_sent.clone();
         let guest = async move {
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -486,17 +641,30 @@ impl Worker {
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().memory_limit_hit;
+            let pass_through = store.data().pass_through_on_exception;
             // Drop the instance here, inside the timed task and off the
             // response's critical path.
             drop(store);
-            result.map_err(|e| GuestError::from_trap(e, memory_limit_hit))
+            match result {
+                Ok(()) if !responded.load(Ordering::Acquire) => Err(GuestError {
+                    pass_through,
+                    ..GuestError::message(
+                        Failure::NoResponse,
+                        "the handler returned without setting a response",
+                    )
+                }),
+                Ok(()) => Ok(()),
+                Err(e) => Err(GuestError::from_trap(e, memory_limit_hit, pass_through)),
+            }
         };
         // The guest runs in its own task so that it can go on after setting
         // the response (streaming the body, waitUntil work). Epochs stop wasm
         // at the wall limit; the timeout also bounds host-side waits.
         let worker = inner.shared.name.clone();
         let id = request_id.clone();
+        let active = ActiveTask::start(&inner.active);
         let task = tokio::spawn(async move {
+            let _active = active;
             let outcome =
                 match tokio::time::timeout(wall, CpuTimed::new(guest, report.clone(), cpu_limit))
                     .await

@@ -11,6 +11,8 @@ use http_body_util::BodyExt;
 use isola_config::OutboundRule;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
+use crate::services::ServiceCalls;
+
 /// A worker's outbound rules, shared by its requests.
 pub(crate) struct OutboundPolicy {
     pub rules: Vec<OutboundRule>,
@@ -53,6 +55,7 @@ type SendResult = Result<
 pub(crate) async fn send(
     policy: Arc<OutboundPolicy>,
     subrequests: Subrequests,
+    services: ServiceCalls,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> SendResult {
@@ -60,6 +63,16 @@ pub(crate) async fn send(
     let scheme = uri.scheme_str().unwrap_or("http").to_owned();
     let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?.clone();
     let host = authority.host().to_owned();
+
+    // Service bindings are declared, so the allow-list does not apply; the
+    // subrequest budget does.
+    if let Some(binding) = ServiceCalls::binding_of(&host) {
+        subrequests
+            .take()
+            .map_err(|why| Error::InternalError(Some(why)))?;
+        let response = services.call(&binding, request).await?;
+        return Ok((response, Box::new(async { Ok(()) })));
+    }
     let port = authority
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });

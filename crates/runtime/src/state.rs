@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::RequestInfo;
+use crate::services::ServiceCalls;
+
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -17,7 +20,7 @@ mod bindings {
     });
 }
 
-use bindings::isola::worker::{ctx, env};
+use bindings::isola::worker::{ctx, env, request_info};
 
 /// What a worker's requests share, built once at load time.
 pub(crate) struct WorkerShared {
@@ -38,13 +41,19 @@ pub(crate) struct HostState {
     hooks: IsolaHttpHooks,
     shared: Arc<WorkerShared>,
     request_id: Arc<str>,
+    info: RequestInfo,
     pub pass_through_on_exception: bool,
     /// Set when the guest asked for more memory than its limit.
     pub memory_limit_hit: bool,
 }
 
 impl HostState {
-    pub fn new(shared: Arc<WorkerShared>, request_id: Arc<str>, subrequests: Subrequests) -> Self {
+    pub fn new(
+        shared: Arc<WorkerShared>,
+        subrequests: Subrequests,
+        services: ServiceCalls,
+    ) -> Self {
+        let request_id = services.request_id.0.clone();
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
             request_id: request_id.clone(),
@@ -61,9 +70,11 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            info: services.info.clone(),
             hooks: IsolaHttpHooks {
                 policy: shared.outbound.clone(),
                 subrequests,
+                services,
             },
             shared,
             request_id,
@@ -122,6 +133,7 @@ impl wasmtime::ResourceLimiter for HostState {
 struct IsolaHttpHooks {
     policy: Arc<OutboundPolicy>,
     subrequests: Subrequests,
+    services: ServiceCalls,
 }
 
 impl WasiHttpHooks for IsolaHttpHooks {
@@ -141,6 +153,7 @@ impl WasiHttpHooks for IsolaHttpHooks {
         Box::new(crate::outbound::send(
             self.policy.clone(),
             self.subrequests.clone(),
+            self.services.clone(),
             request,
             options,
         ))
@@ -154,6 +167,38 @@ impl ctx::Host for HostState {
 
     fn pass_through_on_exception(&mut self) {
         self.pass_through_on_exception = true;
+    }
+
+    fn get_local(&mut self, key: String) -> Option<String> {
+        self.hooks
+            .services
+            .locals
+            .lock()
+            .expect("locals lock")
+            .get(&key)
+            .cloned()
+    }
+
+    fn set_local(&mut self, key: String, value: String) {
+        self.hooks
+            .services
+            .locals
+            .lock()
+            .expect("locals lock")
+            .insert(key, value);
+    }
+}
+
+impl request_info::Host for HostState {
+    fn get(&mut self) -> request_info::Info {
+        request_info::Info {
+            client_address: self.info.client_address.map(|ip| ip.to_string()),
+            protocol: self.info.protocol.clone(),
+            tls_version: self.info.tls_version.clone(),
+            request_id: self.request_id.to_string(),
+            colo: self.info.colo.clone(),
+            country: self.info.country.clone(),
+        }
     }
 }
 
@@ -172,5 +217,6 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     ctx::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     env::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    request_info::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

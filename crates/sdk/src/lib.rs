@@ -28,8 +28,9 @@ mod bindings {
     });
 }
 
+use std::cell::RefCell;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
 pub use anyhow::{Context as _, Error, Result, anyhow, bail};
@@ -53,6 +54,39 @@ impl Env {
     pub fn var(&self, name: &str) -> Option<String> {
         bindings::isola::worker::env::var(name)
     }
+
+    /// The worker bound as `binding` in this worker's `services`.
+    pub fn service(&self, binding: &str) -> Service {
+        Service {
+            binding: binding.to_owned(),
+        }
+    }
+}
+
+/// Another worker, reached in-process through a service binding.
+#[derive(Clone, Debug)]
+pub struct Service {
+    binding: String,
+}
+
+impl Service {
+    /// Send a request to the bound worker. Only the path and query of the
+    /// request's URL matter (`/check`, or a full URL whose host is ignored).
+    /// The call counts as a subrequest; `ctx` locals set so far go with it.
+    pub async fn fetch(&self, request: impl Into<OutboundRequest>) -> Result<FetchResponse> {
+        let mut request = request.into();
+        let path = match request.url.split_once("://") {
+            Some((_, rest)) => rest.find(['/', '?']).map_or("/", |i| &rest[i..]).to_owned(),
+            None => request.url.clone(),
+        };
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        request.url = format!("http://{}.service.isola.internal{path}", self.binding);
+        fetch(request).await
+    }
 }
 
 /// The request's context.
@@ -72,6 +106,79 @@ impl Ctx {
     pub fn pass_through_on_exception(&self) {
         bindings::isola::worker::ctx::pass_through_on_exception()
     }
+
+    /// Run `work` after the response has been sent (it still counts against
+    /// the worker's wall-clock limit). Call it as often as needed: the
+    /// futures run together, and one that fails is logged without stopping
+    /// the others.
+    pub fn wait_until(&self, work: impl Future<Output = Result<()>> + 'static) {
+        BACKGROUND.with(|background| background.borrow_mut().push(Box::pin(work)));
+    }
+
+    /// A request-scoped value set here or by a worker that called this one
+    /// through a service binding.
+    pub fn get_local(&self, key: &str) -> Option<String> {
+        bindings::isola::worker::ctx::get_local(key)
+    }
+
+    /// Set a request-scoped value; workers this request reaches through
+    /// service bindings from now on see it.
+    pub fn set_local(&self, key: &str, value: &str) {
+        bindings::isola::worker::ctx::set_local(key, value)
+    }
+
+    /// A JSON value from [`Ctx::get_local`].
+    #[cfg(feature = "json")]
+    pub fn get_local_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_local(key)
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Set a JSON value with [`Ctx::set_local`].
+    #[cfg(feature = "json")]
+    pub fn set_local_json<T: serde::Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.set_local(key, &serde_json::to_string(value)?);
+        Ok(())
+    }
+}
+
+type Background = Pin<Box<dyn Future<Output = Result<()>>>>;
+
+thread_local! {
+    static BACKGROUND: RefCell<Vec<Background>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Poll every `wait_until` future until all are done (allSettled).
+fn run_background() {
+    let mut pending: Vec<Background> = BACKGROUND.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut cx = Context::from_waker(Waker::noop());
+    while !pending.is_empty() {
+        pending.retain_mut(|work| match work.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(error)) => {
+                eprintln!("waitUntil task failed: {error:?}");
+                false
+            }
+            Poll::Pending => true,
+        });
+        // Work registered by background work joins the set.
+        pending.extend(BACKGROUND.with(|b| std::mem::take(&mut *b.borrow_mut())));
+    }
+}
+
+/// What the host knows about the request beyond the HTTP message: the
+/// `request.cf` of Workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub client_address: Option<String>,
+    /// `HTTP/1.1`, `HTTP/2`, or `internal` for service-binding calls.
+    pub protocol: String,
+    pub tls_version: Option<String>,
+    pub request_id: String,
+    pub colo: Option<String>,
+    pub country: Option<String>,
 }
 
 /// An incoming HTTP request.
@@ -119,6 +226,19 @@ impl Request {
 
     pub fn method(&self) -> &Method {
         &self.method
+    }
+
+    /// Client address, protocol, TLS version, colo and country.
+    pub fn cf(&self) -> RequestInfo {
+        let info = bindings::isola::worker::request_info::get();
+        RequestInfo {
+            client_address: info.client_address,
+            protocol: info.protocol,
+            tls_version: info.tls_version,
+            request_id: info.request_id,
+            colo: info.colo,
+            country: info.country,
+        }
     }
 
     /// The full URL, e.g. `http://example.com/a/b?c=d`.
@@ -554,6 +674,10 @@ pub mod __private {
         let outcome = Request::from_wasi(request)
             .and_then(|request| block_on(handler(request, Env::default(), Ctx::default())))
             .and_then(|response| response.send(out));
+        if outcome.is_ok() {
+            // The response is complete; now the work it left for later.
+            run_background();
+        }
         if let Err(error) = outcome {
             // Log the whole chain, then trap: the host turns the trap into a
             // 500 (or a pass-through to the origin) and logs it too.

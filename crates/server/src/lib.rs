@@ -22,7 +22,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use isola_config::{ServerConfig, WorkerConfig};
 use isola_engine::IsolaEngine;
-use isola_runtime::{Body, ClientAddr, ERROR_HEADER, LoadError, RequestId, Worker, full_body};
+use isola_runtime::{
+    Body, ClientAddr, ERROR_HEADER, LoadError, RequestId, RequestInfo, Services, Worker, full_body,
+};
 use tokio::net::TcpListener;
 
 pub use router::Router;
@@ -51,10 +53,16 @@ pub fn load_workers(
 /// The workers, how requests reach them, and the request limits.
 pub struct App {
     workers: Vec<Worker>,
+    /// Keeps the service-binding registry alive (workers hold weak refs).
+    _services: Arc<Services>,
     router: Router,
     max_header_bytes: usize,
     max_body_bytes: u64,
     header_timeout: Duration,
+    shutdown_grace: Duration,
+    colo: Option<String>,
+    country: Option<String>,
+    trusted_client_ip_header: Option<http::HeaderName>,
 }
 
 impl App {
@@ -67,11 +75,39 @@ impl App {
                 .flat_map(|(i, c)| c.routes.iter().map(move |r| (r.clone(), i))),
         );
         App {
+            _services: Services::new(&workers),
             workers,
             router,
             max_header_bytes: server.max_header_bytes,
             max_body_bytes: server.max_body_bytes,
             header_timeout: Duration::from_millis(server.header_timeout_ms),
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            colo: server.colo.clone(),
+            country: server.country.clone(),
+            trusted_client_ip_header: server
+                .trusted_client_ip_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+        }
+    }
+
+    /// Guest tasks still running across all workers.
+    pub fn active_tasks(&self) -> usize {
+        self.workers.iter().map(Worker::active_tasks).sum()
+    }
+
+    fn request_info<B>(&self, request: &http::Request<B>, client: SocketAddr) -> RequestInfo {
+        let forwarded = self.trusted_client_ip_header.as_ref().and_then(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            // `X-Forwarded-For` style lists name the client first.
+            value.split(',').next()?.trim().parse().ok()
+        });
+        RequestInfo {
+            client_address: Some(forwarded.unwrap_or(client.ip())),
+            protocol: isola_runtime::protocol_name(request.version()).to_owned(),
+            tls_version: None,
+            colo: self.colo.clone(),
+            country: self.country.clone(),
         }
     }
 
@@ -189,6 +225,8 @@ impl App {
         });
         request.extensions_mut().insert(id.clone());
         request.extensions_mut().insert(ClientAddr(client));
+        let info = self.request_info(&request, client);
+        request.extensions_mut().insert(info);
         let response = worker.handle(request).await;
         if too_large.load(Ordering::Relaxed) {
             let detail = format!(
@@ -244,8 +282,8 @@ impl Server {
         let listener = TcpListener::bind(addr).await?;
         Ok(Server {
             listener,
+            shutdown_grace: app.shutdown_grace,
             app: Arc::new(app),
-            shutdown_grace: Duration::from_secs(30),
         })
     }
 
@@ -253,8 +291,9 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serve until `shutdown` resolves, then stop accepting and wait for the
-    /// open connections' in-flight requests (up to `shutdown_grace`).
+    /// Serve until `shutdown` resolves, then stop accepting and wait, up to
+    /// `shutdown_grace` in all, for in-flight requests and for the work
+    /// guests do after responding (waitUntil).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let graceful = GracefulShutdown::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -301,11 +340,23 @@ impl Server {
         }
         drop(self.listener);
         tracing::info!("shutting down: waiting for in-flight requests");
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(self.shutdown_grace) => {
+            () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!("shutdown grace period over; closing remaining connections");
             }
+        }
+        // Background work (waitUntil) outlives its response; give it the
+        // rest of the grace period.
+        while self.app.active_tasks() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match self.app.active_tasks() {
+            0 => tracing::info!("all guest work finished"),
+            cut => tracing::warn!(
+                "shutdown grace period over: cutting {cut} guest task(s) still running (waitUntil work)"
+            ),
         }
         Ok(())
     }
