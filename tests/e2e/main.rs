@@ -4,5 +4,6 @@
 mod support;
 
 mod cli;
+mod lifecycle;
 mod limits;
 mod serving;

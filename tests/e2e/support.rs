@@ -217,62 +217,132 @@ pub fn cache_entries(state_dir: &Path) -> Vec<PathBuf> {
     }
 }
 
-/// A real HTTP server standing in for an upstream: it answers every request
-/// with `upstream says hi` after a delay, and remembers the `Host` header and
-/// path of each request it saw, as `host path`.
+/// A real HTTP server standing in for an upstream or an origin. It
+/// remembers the `Host` header and path of each request (`host path`) and
+/// when each path arrived.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hosts: Arc<Mutex<Vec<String>>>,
+    pub arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
+    /// Answers `upstream says hi` to everything, after `delay`.
     pub async fn start(delay: Duration) -> Upstream {
+        Self::serve(delay, false).await
+    }
+
+    /// Answers with what it received: method, path and query, the `x-test`
+    /// header and the body.
+    pub async fn echo() -> Upstream {
+        Self::serve(Duration::ZERO, true).await
+    }
+
+    async fn serve(delay: Duration, echo: bool) -> Upstream {
         use hyper_util::rt::TokioIo;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = hosts.clone();
+        let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let (seen, arrived) = (hosts.clone(), arrivals.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let seen = seen.clone();
+                let (seen, arrived) = (seen.clone(), arrived.clone());
+                let service = hyper::service::service_fn(move |request| {
+                    let (seen, arrived) = (seen.clone(), arrived.clone());
+                    async move {
+                        let reply = answer(request, &seen, &arrived, delay, echo).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(reply)),
+                        ))
+                    }
+                });
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let seen = seen.clone();
-                            async move {
-                                let host = request
-                                    .headers()
-                                    .get("host")
-                                    .map(|h| h.to_str().unwrap_or("").to_owned())
-                                    .unwrap_or_default();
-                                seen.lock()
-                                    .unwrap()
-                                    .push(format!("{host} {}", request.uri()));
-                                tokio::time::sleep(delay).await;
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    http_body_util::Full::new(bytes::Bytes::from_static(
-                                        b"upstream says hi",
-                                    )),
-                                ))
-                            }
-                        },
-                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Upstream { addr, hosts, task }
+        Upstream {
+            addr,
+            hosts,
+            arrivals,
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Paths seen so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Wait (ten seconds at most) until `path` arrives; return when it did.
+    pub async fn wait_for(&self, path: &str) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = self
+                .arrivals
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, at)| *at);
+            if let Some(at) = arrived {
+                return at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never reached the upstream: {:?}",
+                self.paths()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn answer(
+    request: hyper::Request<hyper::body::Incoming>,
+    seen: &Mutex<Vec<String>>,
+    arrived: &Mutex<Vec<(String, Instant)>>,
+    delay: Duration,
+    echo: bool,
+) -> String {
+    use http_body_util::BodyExt;
+    let path = request.uri().to_string();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    let (host, test) = (header("host"), header("x-test"));
+    seen.lock().unwrap().push(format!("{host} {path}"));
+    arrived.lock().unwrap().push((path.clone(), Instant::now()));
+    tokio::time::sleep(delay).await;
+    if !echo {
+        return "upstream says hi".to_owned();
+    }
+    let method = request.method().clone();
+    let body = request.into_body().collect().await.unwrap().to_bytes();
+    format!(
+        "origin got {method} {path}\nx-test={test}\nbody={}",
+        String::from_utf8_lossy(&body)
+    )
 }
 
 impl Drop for Upstream {
