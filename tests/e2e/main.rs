@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod examples;
 mod lifecycle;
 mod limits;
 mod serving;
