@@ -123,6 +123,7 @@ fn serve(config: Config) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let shutdown = isola_server::shutdown_signal()?;
         let server = Server::bind(config.server.listen, app)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -132,7 +133,7 @@ fn serve(config: Config) -> Result<()> {
         writeln!(stdout, "listening on http://{addr}")?;
         stdout.flush()?;
         drop(stdout);
-        server.run(isola_server::shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok(())
     })
 }

@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod failure;
 mod guest_log;
 mod outbound;
 mod pass_through;
@@ -28,6 +29,8 @@ mod report;
 mod services;
 mod state;
 
+pub use failure::Failure;
+use failure::GuestError;
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
 
@@ -41,8 +44,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use isola_config::{Limits, WorkerConfig};
 use isola_engine::{CacheOutcome, EngineError, IsolaEngine};
+use wasmtime::Store;
 use wasmtime::component::Component;
-use wasmtime::{Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -146,81 +149,6 @@ pub enum LoadError {
     Linker(String),
 }
 
-/// How a request failed, as the client and the log see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Fuel ran out: the CPU budget was spent.
-    CpuLimit,
-    /// The guest wanted more memory than `memory_mb`.
-    MemoryLimit,
-    /// The wall-clock deadline passed.
-    WallLimit,
-    /// A trap, a panic or an error returned by the guest.
-    Exception,
-    /// The handler returned without setting a response.
-    NoResponse,
-    /// The request cannot be given to a guest (e.g. it has no host).
-    BadRequest,
-}
-
-impl Failure {
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            Failure::CpuLimit | Failure::MemoryLimit => http::StatusCode::SERVICE_UNAVAILABLE,
-            Failure::WallLimit => http::StatusCode::GATEWAY_TIMEOUT,
-            Failure::Exception | Failure::NoResponse => http::StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::BadRequest => http::StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// The value of the `x-isola-error` header.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::CpuLimit => "cpu-limit",
-            Failure::MemoryLimit => "memory-limit",
-            Failure::WallLimit => "wall-limit",
-            Failure::Exception => "exception",
-            Failure::NoResponse => "no-response",
-            Failure::BadRequest => "bad-request",
-        }
-    }
-
-    /// `memory_limit_hit`: the guest was refused memory before it failed,
-    /// which is why most languages trap (an allocation failure aborts).
-    fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Self {
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => Failure::CpuLimit,
-            Some(Trap::Interrupt) => Failure::WallLimit,
-            _ if memory_limit_hit => Failure::MemoryLimit,
-            _ => Failure::Exception,
-        }
-    }
-
-    /// Is this one of the limits (rather than a guest fault)?
-    pub fn limit(self) -> Option<&'static str> {
-        matches!(
-            self,
-            Failure::CpuLimit | Failure::WallLimit | Failure::MemoryLimit
-        )
-        .then(|| self.reason())
-    }
-
-    /// The response the client gets: a short body, the reason and the id.
-    pub fn response(self, request_id: &RequestId) -> http::Response<Body> {
-        let body = format!(
-            "{} ({}); request id {request_id}\n",
-            self.status().canonical_reason().unwrap_or("error"),
-            self.reason()
-        );
-        http::Response::builder()
-            .status(self.status())
-            .header(ERROR_HEADER, self.reason())
-            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(full_body(body))
-            .expect("valid error response")
-    }
-}
-
 /// Counts a running guest task until dropped.
 struct ActiveTask(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -256,44 +184,6 @@ impl RequestStats {
     /// Outbound fetches and binding calls made.
     pub fn subrequests(&self) -> u32 {
         self.0.subrequests.load(Ordering::Relaxed)
-    }
-}
-
-/// A failed request, ready to be logged.
-struct GuestError {
-    failure: Failure,
-    /// One line: what went wrong.
-    cause: String,
-    /// The guest's stack when it trapped, one frame a line.
-    backtrace: Option<String>,
-    /// The guest called `pass-through-on-exception` before failing.
-    pass_through: bool,
-}
-
-impl GuestError {
-    fn message(failure: Failure, cause: impl Into<String>) -> Self {
-        GuestError {
-            failure,
-            cause: cause.into(),
-            backtrace: None,
-            pass_through: false,
-        }
-    }
-
-    /// A failure of the host's own plumbing around the guest.
-    fn host(failure: Failure, error: wasmtime::Error) -> Self {
-        Self::message(failure, format!("{error:#}"))
-    }
-
-    fn from_trap(error: wasmtime::Error, memory_limit_hit: bool, pass_through: bool) -> Self {
-        GuestError {
-            pass_through,
-            failure: Failure::classify(&error, memory_limit_hit),
-            cause: error.root_cause().to_string(),
-            backtrace: error
-                .downcast_ref::<wasmtime::WasmBacktrace>()
-                .map(|bt| bt.to_string()),
-        }
     }
 }
 
@@ -506,16 +396,9 @@ impl Worker {
             Ok(response) => response,
             Err(GuestError {
                 failure,
-                pass_through: true,
-                ..
-            }) if matches!(failure, Failure::Exception | Failure::NoResponse) => {
-                self.pass_through(failure, replay, &request_id).await
-            }
-            Err(GuestError {
-                failure,
                 cause,
                 backtrace,
-                ..
+                pass_through,
             }) => {
                 tracing::error!(
                     worker = %self.name(),
@@ -527,7 +410,13 @@ impl Worker {
                     "request failed: {cause}"
                 );
                 report.outcome.lock().expect("report lock").limit = failure.limit();
-                failure.response(&request_id)
+                // Limits are not exceptions: a request that ran out of CPU
+                // is not replayed against the origin.
+                if pass_through && matches!(failure, Failure::Exception | Failure::NoResponse) {
+                    self.pass_through(failure, replay, &request_id).await
+                } else {
+                    failure.response(&request_id)
+                }
             }
         };
         report.set_status(response.status().as_u16());
