@@ -86,32 +86,33 @@ fn build(workspace: &Path, target_dir: &Path) {
 /// The component file stems a guest workspace produces: one per member,
 /// named after its `[lib]` (cdylib, dashes become underscores) or its binary.
 fn artifacts(workspace: &Path) -> Vec<String> {
-    let manifest =
-        std::fs::read_to_string(workspace.join("Cargo.toml")).expect("workspace manifest");
-    let members = manifest
-        .split_once("members")
-        .and_then(|(_, rest)| rest.split_once('['))
-        .and_then(|(_, rest)| rest.split_once(']'))
-        .map(|(list, _)| list)
-        .expect("a `members = [...]` list");
+    let read = |path: PathBuf| -> toml::Table {
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let root = read(workspace.join("Cargo.toml"));
+    let members = root["workspace"]["members"]
+        .as_array()
+        .expect("workspace members");
     members
-        .split(',')
-        .map(|m| m.trim().trim_matches('"'))
-        .filter(|m| !m.is_empty())
+        .iter()
         .map(|member| {
-            let member_manifest =
-                std::fs::read_to_string(workspace.join(member).join("Cargo.toml"))
-                    .expect("member manifest");
-            let name = member_manifest
-                .lines()
-                .find_map(|l| l.strip_prefix("name = "))
-                .expect("a package name")
-                .trim_matches('"')
-                .to_owned();
-            if member_manifest.contains("cdylib") {
+            let member = member.as_str().expect("member paths are strings");
+            let manifest = read(workspace.join(member).join("Cargo.toml"));
+            let name = manifest["package"]["name"]
+                .as_str()
+                .expect("a package name");
+            let is_cdylib = manifest
+                .get("lib")
+                .and_then(|lib| lib.get("crate-type"))
+                .and_then(|types| types.as_array())
+                .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("cdylib")));
+            if is_cdylib {
                 name.replace('-', "_")
             } else {
-                name
+                name.to_owned()
             }
         })
         .collect()
