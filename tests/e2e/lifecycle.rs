@@ -380,3 +380,25 @@ async fn service_binding_loops_stop_at_the_depth_limit() {
     assert_eq!(response.headers()["x-isola-error"], "loop-detected");
     server.wait_for_log("chain deeper than 16");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pass_through_is_impossible_for_bodies_too_large_to_buffer() {
+    let origin = Upstream::echo().await;
+    let project = Project::new(&format!(
+        "{}origin = \"http://127.0.0.1:{}\"\n",
+        worker("lifecycle", guests::LIFECYCLE, &["/*"]),
+        origin.addr.port()
+    ));
+    let server = project.serve();
+    let body = vec![b'x'; (isola_runtime::REPLAY_BUFFER_LIMIT + 1) as usize];
+    let response = client()
+        .post(server.url("/pass-through?mode=trap"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-isola-error"], "exception");
+    server.wait_for_log("so it cannot be replayed");
+    assert!(origin.paths().is_empty());
+}
