@@ -16,6 +16,15 @@ fn lifecycle_project(upstream: &Upstream, extra: &str) -> Project {
     ))
 }
 
+/// A `lifecycle` worker on `/*` whose origin is `origin`.
+fn with_origin(origin: &Upstream) -> Project {
+    Project::new(&format!(
+        "{}origin = \"http://127.0.0.1:{}\"\n",
+        worker("lifecycle", guests::LIFECYCLE, &["/*"]),
+        origin.addr.port()
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_until_work_runs_after_the_client_has_its_response() {
     let upstream = Upstream::start(Duration::ZERO).await;
@@ -99,13 +108,11 @@ async fn shutdown_waits_for_wait_until_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_cuts_background_work_after_the_grace_period() {
-    let upstream = Upstream::start(Duration::ZERO).await;
     let project = Project::new(&format!(
         "[server]\nshutdown_grace_ms = 300\n{}wall_ms = 60000\n",
         worker("lifecycle", guests::LIFECYCLE, &["/*"])
     ));
     let mut server = project.serve();
-    let _ = &upstream;
     assert_eq!(
         get(&client(), &server.url("/wait-until-forever")).await.0,
         200
@@ -120,11 +127,7 @@ async fn shutdown_cuts_background_work_after_the_grace_period() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pass_through_on_exception_forwards_the_original_request_to_the_origin() {
     let origin = Upstream::echo().await;
-    let project = Project::new(&format!(
-        "{}origin = \"http://127.0.0.1:{}\"\n",
-        worker("lifecycle", guests::LIFECYCLE, &["/*"]),
-        origin.addr.port()
-    ));
+    let project = with_origin(&origin);
     let server = project.serve();
     let client = client();
     for mode in ["trap", "error"] {
@@ -384,11 +387,7 @@ async fn service_binding_loops_stop_at_the_depth_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pass_through_is_impossible_for_bodies_too_large_to_buffer() {
     let origin = Upstream::echo().await;
-    let project = Project::new(&format!(
-        "{}origin = \"http://127.0.0.1:{}\"\n",
-        worker("lifecycle", guests::LIFECYCLE, &["/*"]),
-        origin.addr.port()
-    ));
+    let project = with_origin(&origin);
     let server = project.serve();
     let body = vec![b'x'; (isola_runtime::REPLAY_BUFFER_LIMIT + 1) as usize];
     let response = client()
