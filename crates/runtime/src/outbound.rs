@@ -100,8 +100,9 @@ pub(crate) async fn send(
         }
         None if matching.iter().any(|rule| rule.names_host()) => None,
         // Only the wildcard allowed it: the host must be public. Resolve it
-        // here and connect to the checked address, so a DNS answer cannot
-        // change between the check and the connection.
+        // here; plain HTTP then dials the checked address, so a DNS answer
+        // cannot change in between. HTTPS dials the name again (its
+        // certificate must match it), which leaves a DNS-rebinding window.
         None => Some(public_address(&host, port).await.inspect_err(|_| {
             tracing::warn!(target: "isola::outbound", url = %uri, "denied: `*` does not cover loopback or private addresses; name the host in allowed_outbound_hosts");
         })?),
