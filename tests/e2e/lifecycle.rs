@@ -252,6 +252,37 @@ async fn large_uploads_stream_into_the_guest_without_piling_up_in_the_host() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_client_holds_back_a_large_streamed_response() {
+    let project = Project::new(&format!(
+        "{}cpu_ms = 60000\nwall_ms = 120000\n",
+        worker("lifecycle", guests::LIFECYCLE, &["/*"])
+    ));
+    let server = project.serve();
+    let rss_before = rss_kib(server.pid());
+    let mut response = client()
+        .get(server.url("/big?mb=200"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut received = response.chunk().await.unwrap().unwrap().len();
+    // Without back-pressure the guest would now produce all 200 MiB into the
+    // host's memory; with it, the guest waits for this client.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let growth_mib = rss_kib(server.pid()).saturating_sub(rss_before) / 1024;
+    assert!(
+        growth_mib < 64,
+        "host RSS grew {growth_mib} MiB while the client paused"
+    );
+    while received < 8 << 20 {
+        received += response.chunk().await.unwrap().unwrap().len();
+    }
+    drop(response);
+    // The server goes on serving.
+    assert_eq!(get(&client(), &server.url("/info")).await.0, 200);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

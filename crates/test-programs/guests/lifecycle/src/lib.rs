@@ -7,6 +7,7 @@
 //! - `/pass-through?mode=trap|error|none|ok`: ask for pass-through, then fail
 //!   that way (or succeed)
 //! - `/stream?chunks=N&delay=MS`: a body produced chunk by chunk
+//! - `/big?mb=N`: an N MiB body, as fast as the client takes it
 //! - `/hash`: read the body as it streams; answer its length and FNV-1a hash
 //! - `/info`: the request info, one `key=value` a line
 //! - `/auth` → `/tenant` → `/app`: a middleware chain over service bindings
@@ -79,6 +80,11 @@ async fn handle(mut req: Request, env: Env, ctx: Ctx) -> Result<Response> {
                 }
                 format!("chunk {i}\n").into_bytes()
             })))
+        }
+        "/big" => {
+            let chunk = vec![b'z'; 64 * 1024];
+            let chunks = number("mb", 1) * 16;
+            Ok(Response::stream((0..chunks).map(move |_| chunk.clone())))
         }
         "/hash" => {
             let (mut length, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
