@@ -296,7 +296,21 @@ impl Config {
         }
         server.colo = raw.server.colo;
         server.country = raw.server.country;
-        server.trusted_client_ip_header = raw.server.trusted_client_ip_header;
+        if let Some(header) = raw.server.trusted_client_ip_header {
+            let valid = !header.get_ref().is_empty()
+                && header
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(locate(
+                    Some(header.span()),
+                    Some("server.trusted_client_ip_header".into()),
+                    format!("`{}` is not a header name", header.get_ref()),
+                ));
+            }
+            server.trusted_client_ip_header = Some(header.into_inner().to_ascii_lowercase());
+        }
         let server_override =
             match &raw.server.outbound_override {
                 Some(o) => Some(parse_override(o).map_err(|m| {
@@ -492,7 +506,7 @@ struct RawServer {
     shutdown_grace_ms: Option<u64>,
     colo: Option<String>,
     country: Option<String>,
-    trusted_client_ip_header: Option<String>,
+    trusted_client_ip_header: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -601,6 +615,10 @@ mod tests {
             "isola.toml:4:10: worker[0].cpu_ms: must be at least 1"
         );
         assert_eq!(f.error(""), "isola.toml: no [[worker]] is configured");
+        assert_eq!(
+            f.error("[server]\ntrusted_client_ip_header = \"x real ip\"\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),
+            "isola.toml:2:28: server.trusted_client_ip_header: `x real ip` is not a header name"
+        );
         assert_eq!(
             f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nservices = [{ binding = \"AUTH\", service = \"nope\" }]\n"),
             "isola.toml:4:43: worker[0].services: no worker is named `nope`"

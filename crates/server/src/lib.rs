@@ -84,6 +84,7 @@ impl App {
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             colo: server.colo.clone(),
             country: server.country.clone(),
+            // Validated by the config as a header name.
             trusted_client_ip_header: server
                 .trusted_client_ip_header
                 .as_deref()
