@@ -65,18 +65,24 @@ impl Failure {
 
     /// The response the client gets: a short body, the reason and the id.
     pub fn response(self, request_id: &RequestId) -> http::Response<Body> {
-        let body = format!(
-            "{} ({}); request id {request_id}\n",
+        let text = format!(
+            "{} ({}); request id {request_id}",
             self.status().canonical_reason().unwrap_or("error"),
             self.reason()
         );
-        http::Response::builder()
-            .status(self.status())
-            .header(ERROR_HEADER, self.reason())
-            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(full_body(body))
-            .expect("valid error response")
+        error_response(self.status(), self.reason(), &text)
     }
+}
+
+/// A response the host makes itself: `x-isola-error: <reason>` and a one-line
+/// plain-text body.
+pub fn error_response(status: http::StatusCode, reason: &str, text: &str) -> http::Response<Body> {
+    http::Response::builder()
+        .status(status)
+        .header(ERROR_HEADER, reason)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full_body(format!("{text}\n")))
+        .expect("valid error response")
 }
 
 /// A failed request, ready to be logged.

@@ -29,8 +29,8 @@ mod report;
 mod services;
 mod state;
 
-pub use failure::Failure;
 use failure::GuestError;
+pub use failure::{Failure, error_response};
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, WasiBody};
 
-use crate::{RequestId, RequestInfo, Worker, full_body};
+use crate::{RequestId, RequestInfo, Worker};
 
 /// The host of a service-binding URL ends with this.
 pub const SERVICE_HOST_SUFFIX: &str = ".service.isola.internal";
@@ -104,14 +104,11 @@ impl ServiceCalls {
                 service = %service,
                 "service binding call refused: chain deeper than {MAX_CALL_DEPTH}"
             );
-            let response = http::Response::builder()
-                .status(http::StatusCode::LOOP_DETECTED)
-                .header(crate::ERROR_HEADER, "loop-detected")
-                .body(full_body(format!(
-                    "service binding calls nest deeper than {MAX_CALL_DEPTH}\n"
-                )))
-                .expect("valid 508 response");
-            return Ok(response);
+            return Ok(crate::error_response(
+                http::StatusCode::LOOP_DETECTED,
+                "loop-detected",
+                &format!("service binding calls nest deeper than {MAX_CALL_DEPTH}"),
+            ));
         }
         let locals = self.locals.lock().expect("locals lock").clone();
         let extensions = request.extensions_mut();

@@ -418,15 +418,8 @@ impl Response {
             let stream = body
                 .write()
                 .map_err(|()| anyhow!("response body stream taken twice"))?;
-            let write = |bytes: &[u8]| -> Result<()> {
-                // `blocking-write-and-flush` takes at most 4096 bytes a call.
-                for piece in bytes.chunks(4096) {
-                    stream
-                        .blocking_write_and_flush(piece)
-                        .map_err(|e| anyhow!("writing the response body: {e:?}"))?;
-                }
-                Ok(())
-            };
+            let write =
+                |bytes: &[u8]| write_all(&stream, bytes).context("writing the response body");
             match self.body {
                 ResponseBody::Bytes(bytes) => write(&bytes)?,
                 ResponseBody::Chunks(chunks) => {
@@ -594,11 +587,8 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         let stream = body
             .write()
             .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
-        for piece in request.body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(piece)
-                .map_err(|e| anyhow!("fetch {url}: sending the body: {e:?}"))?;
-        }
+        write_all(&stream, &request.body)
+            .with_context(|| format!("fetch {url}: sending the body"))?;
     }
     OutgoingBody::finish(body, None).map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
 
@@ -625,6 +615,17 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         headers,
         body,
     })
+}
+
+/// Write all of `bytes`; `blocking-write-and-flush` takes at most 4096 bytes
+/// a call.
+fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) -> Result<()> {
+    for piece in bytes.chunks(4096) {
+        stream
+            .blocking_write_and_flush(piece)
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    Ok(())
 }
 
 fn header_map(fields: &Fields) -> Result<HeaderMap> {

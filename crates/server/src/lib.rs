@@ -23,7 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use isola_config::{ServerConfig, WorkerConfig};
 use isola_engine::IsolaEngine;
 use isola_runtime::{
-    Body, ClientAddr, ERROR_HEADER, LoadError, RequestId, RequestInfo, Services, Worker, full_body,
+    Body, ClientAddr, LoadError, RequestId, RequestInfo, Services, Worker, error_response,
+    full_body,
 };
 use tokio::net::TcpListener;
 
@@ -159,7 +160,7 @@ impl App {
                 self.max_header_bytes
             );
             return (
-                host_error(
+                error_response(
                     http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "header-size",
                     &detail,
@@ -179,7 +180,7 @@ impl App {
                 self.max_body_bytes
             );
             return (
-                host_error(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
+                error_response(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
                 None,
             );
         }
@@ -235,22 +236,12 @@ impl App {
                 self.max_body_bytes
             );
             return (
-                host_error(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
+                error_response(http::StatusCode::PAYLOAD_TOO_LARGE, "body-size", &detail),
                 Some(worker),
             );
         }
         (response, Some(worker))
     }
-}
-
-/// A response the host makes itself, with the `x-isola-error` reason.
-fn host_error(status: http::StatusCode, reason: &str, detail: &str) -> http::Response<Body> {
-    http::Response::builder()
-        .status(status)
-        .header(ERROR_HEADER, reason)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(full_body(format!("{detail}\n")))
-        .expect("valid error response")
 }
 
 /// Bytes of the request line and headers as sent over HTTP/1.1.
