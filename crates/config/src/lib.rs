@@ -57,6 +57,7 @@ pub struct Config {
     /// The file this was read from (or a description for built-in configs).
     pub source: PathBuf,
     pub server: ServerConfig,
+    pub backends: BackendsConfig,
     pub workers: Vec<WorkerConfig>,
 }
 
@@ -115,6 +116,72 @@ pub struct ServiceBinding {
     pub service: String,
 }
 
+/// A secret's value. It prints as `[redacted]` so it cannot reach a log
+/// line through `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the guest and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `kv_namespaces` entry: workers binding the same `id` share the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvBinding {
+    pub binding: String,
+    pub id: String,
+}
+
+/// `d1_databases` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct D1Binding {
+    pub binding: String,
+    pub database_name: String,
+}
+
+/// `r2_buckets` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct R2Binding {
+    pub binding: String,
+    pub bucket_name: String,
+}
+
+/// `analytics_engine_datasets` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyticsBinding {
+    pub binding: String,
+    pub dataset: String,
+}
+
+/// `[backends]`: where binding state lives. Only the embedded backends
+/// exist so far; a `type` Isola does not implement is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendsConfig {
+    /// Size cap of the Cache API's in-memory store (LRU beyond it).
+    pub cache_max_bytes: u64,
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        BackendsConfig {
+            cache_max_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Per-request limits of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -146,6 +213,12 @@ pub struct WorkerConfig {
     pub component: PathBuf,
     pub routes: Vec<RoutePattern>,
     pub vars: BTreeMap<String, String>,
+    /// Values from `ISOLA_SECRET_<NAME>` or `.dev.vars` beside the config.
+    pub secrets: BTreeMap<String, Secret>,
+    pub kv_namespaces: Vec<KvBinding>,
+    pub d1_databases: Vec<D1Binding>,
+    pub r2_buckets: Vec<R2Binding>,
+    pub analytics_engine_datasets: Vec<AnalyticsBinding>,
     pub limits: Limits,
     /// Where the worker may send outbound HTTP requests; see
     /// [`OutboundRule`]. Empty: nowhere.
@@ -172,6 +245,11 @@ impl WorkerConfig {
             component: component.into(),
             routes: Vec::new(),
             vars: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            kv_namespaces: Vec::new(),
+            d1_databases: Vec::new(),
+            r2_buckets: Vec::new(),
+            analytics_engine_datasets: Vec::new(),
             limits: Limits::default(),
             allowed_outbound_hosts: Vec::new(),
             outbound_override: None,
@@ -197,6 +275,7 @@ impl Config {
         Config {
             source: PathBuf::from("<command line>"),
             server,
+            backends: BackendsConfig::default(),
             workers: vec![worker],
         }
     }
@@ -327,6 +406,8 @@ impl Config {
         let mut names = HashMap::new();
         let mut route_owner: HashMap<String, String> = HashMap::new();
         let mut service_refs = Vec::new();
+        // `.dev.vars`, read when the first secret is looked up.
+        let mut dev_vars: Option<BTreeMap<String, String>> = None;
         for (i, w) in raw.worker.into_iter().enumerate() {
             let key = |field: &str| Some(format!("worker[{i}].{field}"));
             let name = w.name.get_ref().clone();
@@ -429,8 +510,120 @@ impl Config {
             for binding in &w.services {
                 service_refs.push((binding.service.clone(), i));
                 services.push(ServiceBinding {
-                    binding: binding.binding.clone(),
+                    binding: binding.binding.get_ref().clone(),
                     service: binding.service.get_ref().clone(),
+                });
+            }
+            // Every name `env` exposes must be unique within the worker.
+            let mut env_names: HashMap<String, &'static str> = HashMap::new();
+            // Var names are free-form (they are WASI environment variables
+            // too); they only have to leave room for the bindings.
+            for name in w.vars.keys() {
+                env_names.insert(name.clone(), "var");
+            }
+            let mut claim = |name: &Spanned<String>, kind: &'static str, field: &str| {
+                if !is_binding_name(name.get_ref()) {
+                    return Err(locate(
+                        Some(name.span()),
+                        key(field),
+                        format!(
+                            "`{}` is not a valid binding name (a letter or `_`, then letters, digits, `_`)",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                if let Some(other) = env_names.insert(name.get_ref().clone(), kind) {
+                    return Err(locate(
+                        Some(name.span()),
+                        key(field),
+                        format!("`{}` is already bound as a {other}", name.get_ref()),
+                    ));
+                }
+                Ok(())
+            };
+            for binding in &w.services {
+                claim(&binding.binding, "service", "services")?;
+            }
+            let mut secrets = BTreeMap::new();
+            for name in &w.secrets {
+                claim(name, "secret", "secrets")?;
+                let value = secret_value(name.get_ref(), base, &mut dev_vars).map_err(|m| {
+                    locate(Some(name.span()), key("secrets"), m)
+                })?;
+                secrets.insert(name.get_ref().clone(), Secret(value));
+            }
+            let mut kv_namespaces = Vec::new();
+            for entry in &w.kv_namespaces {
+                claim(&entry.binding, "KV namespace", "kv_namespaces")?;
+                nonempty(&entry.id, "kv_namespaces").map_err(|(span, m)| {
+                    locate(Some(span), key("kv_namespaces"), m)
+                })?;
+                kv_namespaces.push(KvBinding {
+                    binding: entry.binding.get_ref().clone(),
+                    id: entry.id.get_ref().clone(),
+                });
+            }
+            let mut d1_databases = Vec::new();
+            for entry in &w.d1_databases {
+                claim(&entry.binding, "D1 database", "d1_databases")?;
+                let name = entry.database_name.get_ref();
+                let valid = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid {
+                    return Err(locate(
+                        Some(entry.database_name.span()),
+                        key("d1_databases"),
+                        format!("`{name}` is not a valid database name (letters, digits, `-`, `_`)"),
+                    ));
+                }
+                d1_databases.push(D1Binding {
+                    binding: entry.binding.get_ref().clone(),
+                    database_name: name.clone(),
+                });
+            }
+            let mut r2_buckets = Vec::new();
+            for entry in &w.r2_buckets {
+                claim(&entry.binding, "R2 bucket", "r2_buckets")?;
+                let name = entry.bucket_name.get_ref();
+                // R2's own rule for bucket names.
+                let valid = (3..=63).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !name.starts_with('-')
+                    && !name.ends_with('-');
+                if !valid {
+                    return Err(locate(
+                        Some(entry.bucket_name.span()),
+                        key("r2_buckets"),
+                        format!(
+                            "`{name}` is not a valid bucket name (3 to 63 lowercase letters, digits and inner `-`)"
+                        ),
+                    ));
+                }
+                r2_buckets.push(R2Binding {
+                    binding: entry.binding.get_ref().clone(),
+                    bucket_name: name.clone(),
+                });
+            }
+            let mut analytics_engine_datasets = Vec::new();
+            for entry in &w.analytics_engine_datasets {
+                claim(&entry.binding, "analytics dataset", "analytics_engine_datasets")?;
+                let name = entry.dataset.get_ref();
+                if !is_binding_name(name) {
+                    return Err(locate(
+                        Some(entry.dataset.span()),
+                        key("analytics_engine_datasets"),
+                        format!(
+                            "`{name}` is not a valid dataset name (a letter or `_`, then letters, digits, `_`): it is queried as an SQL table"
+                        ),
+                    ));
+                }
+                analytics_engine_datasets.push(AnalyticsBinding {
+                    binding: entry.binding.get_ref().clone(),
+                    dataset: name.clone(),
                 });
             }
             workers.push(WorkerConfig {
@@ -438,6 +631,11 @@ impl Config {
                 component,
                 routes,
                 vars: w.vars,
+                secrets,
+                kv_namespaces,
+                d1_databases,
+                r2_buckets,
+                analytics_engine_datasets,
                 limits,
                 allowed_outbound_hosts,
                 outbound_override,
@@ -456,12 +654,122 @@ impl Config {
                 ));
             }
         }
+        let backends = parse_backends(&raw.backends)
+            .map_err(|(span, key, message)| locate(span, Some(key), message))?;
         Ok(Config {
             source: path.to_owned(),
             server,
+            backends,
             workers,
         })
     }
+}
+
+/// Names `env` exposes: usable as JS properties and Rust strings alike.
+fn is_binding_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn nonempty(value: &Spanned<String>, what: &str) -> Result<(), (Range<usize>, String)> {
+    if value.get_ref().is_empty() {
+        Err((value.span(), format!("an empty name in `{what}`")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Environment variable that supplies the secret `name`.
+pub fn secret_env_var(name: &str) -> String {
+    format!("ISOLA_SECRET_{name}")
+}
+
+/// A secret's value: the environment first, then `.dev.vars` beside the
+/// config (Wrangler's file for local secrets). The message never contains
+/// a value.
+fn secret_value(
+    name: &str,
+    base: &Path,
+    dev_vars: &mut Option<BTreeMap<String, String>>,
+) -> Result<String, String> {
+    let variable = secret_env_var(name);
+    if let Some(value) = std::env::var_os(&variable) {
+        return value
+            .into_string()
+            .map_err(|_| format!("secret `{name}`: ${variable} is not valid UTF-8"));
+    }
+    let file = base.join(".dev.vars");
+    if dev_vars.is_none() {
+        let mut values = BTreeMap::new();
+        if file.is_file() {
+            let entries = dotenvy::from_path_iter(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            for entry in entries {
+                // dotenvy's errors name the line, never the value.
+                let (k, v) = entry.map_err(|e| format!("{}: {e}", file.display()))?;
+                values.insert(k, v);
+            }
+        }
+        *dev_vars = Some(values);
+    }
+    dev_vars
+        .as_ref()
+        .and_then(|values| values.get(name))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "secret `{name}` has no value: set ${variable} or add `{name}=...` to {}",
+                file.display()
+            )
+        })
+}
+
+type BackendError = (Option<Range<usize>>, String, String);
+
+fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, BackendError> {
+    let mut config = BackendsConfig::default();
+    let kinds: [(&str, &Option<RawBackend>, &[&str]); 4] = [
+        ("kv", &raw.kv, &["sqlite"]),
+        ("sql", &raw.sql, &["sqlite"]),
+        ("blob", &raw.blob, &["fs"]),
+        ("cache", &raw.cache, &["memory"]),
+    ];
+    for (kind, backend, available) in kinds {
+        let Some(backend) = backend else { continue };
+        let key = format!("backends.{kind}");
+        let kind_name = backend.r#type.get_ref();
+        if !available.contains(&kind_name.as_str()) {
+            return Err((
+                Some(backend.r#type.span()),
+                format!("{key}.type"),
+                format!(
+                    "`{kind_name}` is not an available {kind} backend (available: {})",
+                    available.join(", ")
+                ),
+            ));
+        }
+        if let Some(mb) = &backend.max_mb {
+            if kind != "cache" {
+                return Err((
+                    Some(mb.span()),
+                    format!("{key}.max_mb"),
+                    "only the cache backend has a size cap".into(),
+                ));
+            }
+            if *mb.get_ref() == 0 {
+                return Err((
+                    Some(mb.span()),
+                    format!("{key}.max_mb"),
+                    "must be at least 1".into(),
+                ));
+            }
+            config.cache_max_bytes = mb.get_ref().saturating_mul(1 << 20);
+        }
+    }
+    Ok(config)
 }
 
 /// `outbound_override` must be a plain `http://host:port`.
@@ -489,6 +797,24 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     worker: Vec<RawWorker>,
+    #[serde(default)]
+    backends: RawBackends,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackends {
+    kv: Option<RawBackend>,
+    sql: Option<RawBackend>,
+    blob: Option<RawBackend>,
+    cache: Option<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    r#type: Spanned<String>,
+    max_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -527,13 +853,51 @@ struct RawWorker {
     origin: Option<Spanned<String>>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    kv_namespaces: Vec<RawKv>,
+    #[serde(default)]
+    d1_databases: Vec<RawD1>,
+    #[serde(default)]
+    r2_buckets: Vec<RawR2>,
+    #[serde(default)]
+    analytics_engine_datasets: Vec<RawAnalytics>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
-    binding: String,
+    binding: Spanned<String>,
     service: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKv {
+    binding: Spanned<String>,
+    id: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawD1 {
+    binding: Spanned<String>,
+    database_name: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawR2 {
+    binding: Spanned<String>,
+    bucket_name: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalytics {
+    binding: Spanned<String>,
+    dataset: Spanned<String>,
 }
 
 #[cfg(test)]
@@ -628,5 +992,85 @@ mod tests {
             "isola.toml:4:10: worker[0].origin: `ftp://x` is not of the form http(s)://host[:port]"
         );
         assert!(f.error("[[worker]\n").starts_with("isola.toml:1:"));
+    }
+
+    #[test]
+    fn bindings_and_secrets() {
+        let f = Fixture::new();
+        std::fs::write(
+            f.dir.path().join(".dev.vars"),
+            "# local secrets\nAPI_KEY=\"from-dev-vars\"\nOTHER=x\n",
+        )
+        .unwrap();
+        let config = f
+            .parse(
+                "[backends]\ncache = { type = \"memory\", max_mb = 8 }\n\
+                 [[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nsecrets = [\"API_KEY\"]\n\
+                 kv_namespaces = [{ binding = \"KV\", id = \"app-kv\" }]\n\
+                 d1_databases = [{ binding = \"DB\", database_name = \"app\" }]\n\
+                 r2_buckets = [{ binding = \"BUCKET\", bucket_name = \"assets\" }]\n\
+                 analytics_engine_datasets = [{ binding = \"EVENTS\", dataset = \"events\" }]\n",
+            )
+            .unwrap();
+        assert_eq!(config.backends.cache_max_bytes, 8 << 20);
+        let w = &config.workers[0];
+        assert_eq!(w.secrets["API_KEY"].expose(), "from-dev-vars");
+        assert_eq!(format!("{:?}", w.secrets), "{\"API_KEY\": [redacted]}");
+        assert_eq!(w.kv_namespaces[0].id, "app-kv");
+        assert_eq!(w.d1_databases[0].database_name, "app");
+        assert_eq!(w.r2_buckets[0].bucket_name, "assets");
+        assert_eq!(w.analytics_engine_datasets[0].dataset, "events");
+    }
+
+    #[test]
+    fn binding_errors() {
+        let f = Fixture::new();
+        let worker = "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n";
+        let missing = f.error(&format!("{worker}secrets = [\"ISOLA_TEST_NEVER_SET\"]\n"));
+        assert_eq!(
+            missing,
+            format!(
+                "isola.toml:4:12: worker[0].secrets: secret `ISOLA_TEST_NEVER_SET` has no value: set $ISOLA_SECRET_ISOLA_TEST_NEVER_SET or add `ISOLA_TEST_NEVER_SET=...` to {}",
+                f.dir.path().join(".dev.vars").display()
+            )
+        );
+        assert_eq!(
+            f.error(&format!("{worker}vars = {{ KV = \"x\" }}\nkv_namespaces = [{{ binding = \"KV\", id = \"k\" }}]\n")),
+            "isola.toml:5:30: worker[0].kv_namespaces: `KV` is already bound as a var"
+        );
+        assert_eq!(
+            f.error(&format!("{worker}r2_buckets = [{{ binding = \"B\", bucket_name = \"Bad_Name\" }}]\n")),
+            "isola.toml:4:46: worker[0].r2_buckets: `Bad_Name` is not a valid bucket name (3 to 63 lowercase letters, digits and inner `-`)"
+        );
+        assert_eq!(
+            f.error(&format!("{worker}d1_databases = [{{ binding = \"1DB\", database_name = \"x\" }}]\n")),
+            "isola.toml:4:29: worker[0].d1_databases: `1DB` is not a valid binding name (a letter or `_`, then letters, digits, `_`)"
+        );
+        assert_eq!(
+            f.error(&format!("{worker}analytics_engine_datasets = [{{ binding = \"E\", dataset = \"drop table\" }}]\n")),
+            "isola.toml:4:57: worker[0].analytics_engine_datasets: `drop table` is not a valid dataset name (a letter or `_`, then letters, digits, `_`): it is queried as an SQL table"
+        );
+        assert_eq!(
+            f.error(&format!("[backends]\nkv = {{ type = \"redis\" }}\n{worker}")),
+            "isola.toml:2:15: backends.kv.type: `redis` is not an available kv backend (available: sqlite)"
+        );
+        assert_eq!(
+            f.error(&format!("[backends]\nkv = {{ type = \"sqlite\", max_mb = 3 }}\n{worker}")),
+            "isola.toml:2:34: backends.kv.max_mb: only the cache backend has a size cap"
+        );
+        assert!(
+            f.error(&format!("{worker}kv_namespaces = [{{ binding = \"KV\", id = \"k\", preview_id = \"p\" }}]\n"))
+                .contains("unknown field `preview_id`")
+        );
+    }
+
+    #[test]
+    fn secrets_never_come_from_plain_environment_variables() {
+        // Only `ISOLA_SECRET_<NAME>` supplies a secret, so a worker cannot
+        // declare `PATH` (or any host variable) and read it.
+        let f = Fixture::new();
+        assert!(std::env::var_os("PATH").is_some());
+        let mut cache = None;
+        assert!(secret_value("PATH", f.dir.path(), &mut cache).is_err());
     }
 }
