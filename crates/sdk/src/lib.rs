@@ -20,6 +20,25 @@
 //! I/O in this SDK is synchronous under the hood (WASI 0.2 blocking calls),
 //! so the handler's future normally completes in one poll; a future that
 //! waits on something else is polled again until it is ready.
+//!
+//! # Bindings
+//!
+//! The bindings configured for the worker are opened by name from [`Env`],
+//! with the shape of the Workers API:
+//!
+//! | config | Rust | module |
+//! |---|---|---|
+//! | `kv_namespaces` | `env.kv("KV")?` | [`kv`] |
+//! | `d1_databases` | `env.d1("DB")?` | [`d1`] |
+//! | `r2_buckets` | `env.bucket("BUCKET")?` | [`r2`] |
+//! | `analytics_engine_datasets` | `env.analytics("EVENTS")?` | [`analytics`] |
+//! | (always there) | `caches::default()?`, `caches::open("name")?` | [`caches`] |
+//! | `services` | `env.service("AUTH")` | [`Service`] |
+//!
+//! Their calls fail with an [`anyhow::Error`] holding a [`BindingError`]
+//! (`Invalid`, `SubrequestLimit` or `Backend`) that a handler can
+//! `downcast_ref` to answer each case differently. Every call counts
+//! against the request's subrequest budget, as in Workers.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -27,6 +46,13 @@ mod bindings {
         world: "isola:worker/imports",
     });
 }
+
+pub mod analytics;
+pub mod caches;
+pub mod d1;
+mod error;
+pub mod kv;
+pub mod r2;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -41,7 +67,17 @@ use wasi::http::types::{
 };
 use wasi::io::streams::StreamError;
 
-/// The worker's environment: vars and secrets (and, later, bindings).
+pub use analytics::{DataPoint, Dataset};
+pub use caches::{Cache, CacheKey};
+pub use d1::{D1, D1ExecResult, D1Meta, D1Params, D1Result, D1Row, D1Statement, D1Value};
+pub use error::BindingError;
+pub use kv::{Kv, KvKey, KvList, KvListOptions, KvPutOptions, KvValue};
+pub use r2::{
+    Bucket, R2Body, R2HttpMetadata, R2ListOptions, R2Object, R2ObjectBody, R2Objects, R2PutBody,
+    R2PutOptions, R2Range, R2Upload,
+};
+
+/// The worker's environment: vars, secrets and bindings.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Env {
     _private: (),
@@ -53,6 +89,27 @@ impl Env {
     /// Vars are also WASI environment variables, so `std::env::var` works.
     pub fn var(&self, name: &str) -> Option<String> {
         bindings::isola::worker::env::var(name)
+    }
+
+    /// The KV namespace bound as `binding` in `kv_namespaces`.
+    pub fn kv(&self, binding: &str) -> Result<Kv> {
+        Kv::open(binding)
+    }
+
+    /// The D1 database bound as `binding` in `d1_databases`.
+    pub fn d1(&self, binding: &str) -> Result<D1> {
+        D1::open(binding)
+    }
+
+    /// The R2 bucket bound as `binding` in `r2_buckets`.
+    pub fn bucket(&self, binding: &str) -> Result<Bucket> {
+        Bucket::open(binding)
+    }
+
+    /// The Analytics Engine dataset bound as `binding` in
+    /// `analytics_engine_datasets`.
+    pub fn analytics(&self, binding: &str) -> Result<Dataset> {
+        Dataset::open(binding)
     }
 
     /// The worker bound as `binding` in this worker's `services`.
@@ -258,6 +315,26 @@ impl Request {
         self.path_with_query.split_once('?').map(|(_, q)| q)
     }
 
+    /// The query's `name=value` pairs, percent-decoded (`+` is a space).
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        self.query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode_query(name), decode_query(value))
+            })
+            .collect()
+    }
+
+    /// The first value of the query parameter `name`, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .into_iter()
+            .find_map(|(n, value)| (n == name).then_some(value))
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -335,7 +412,7 @@ impl Iterator for BodyChunks {
 
 enum ResponseBody {
     Bytes(Vec<u8>),
-    Chunks(Box<dyn Iterator<Item = Vec<u8>>>),
+    Chunks(Box<dyn Iterator<Item = Result<Vec<u8>>>>),
 }
 
 /// An outgoing HTTP response.
@@ -369,6 +446,14 @@ impl Response {
     /// A 200 response whose body is produced chunk by chunk: the client gets
     /// the head (and each chunk) while later chunks are still being made.
     pub fn stream(chunks: impl IntoIterator<Item = Vec<u8>> + 'static) -> Self {
+        Self::try_stream(chunks.into_iter().map(Ok))
+    }
+
+    /// Like [`Response::stream`], for chunks that can fail to be made (an
+    /// R2 object body, a request body): on an error the response is cut off
+    /// and the handler fails, so the client sees a broken response rather
+    /// than a short one.
+    pub fn try_stream(chunks: impl IntoIterator<Item = Result<Vec<u8>>> + 'static) -> Self {
         Response {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
@@ -400,8 +485,26 @@ impl Response {
         self.status
     }
 
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.headers
+    }
+
+    /// A header's value as text, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body, when it is held in memory; `None` for a streamed body
+    /// ([`Response::stream`]), which exists only as it is sent.
+    pub fn body(&self) -> Option<&[u8]> {
+        match &self.body {
+            ResponseBody::Bytes(bytes) => Some(bytes),
+            ResponseBody::Chunks(_) => None,
+        }
     }
 
     fn send(self, out: ResponseOutparam) -> Result<()> {
@@ -424,7 +527,7 @@ impl Response {
                 ResponseBody::Bytes(bytes) => write(&bytes)?,
                 ResponseBody::Chunks(chunks) => {
                     for chunk in chunks {
-                        write(&chunk)?;
+                        write(&chunk.context("producing the response body")?)?;
                     }
                 }
             }
@@ -617,6 +720,39 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
     })
 }
 
+/// Percent-decode a path segment or other URL text (`%2F` → `/`). Invalid
+/// escapes are kept as they are; bytes that are not UTF-8 are replaced.
+pub fn percent_decode(text: &str) -> String {
+    decode(text, false)
+}
+
+/// Percent-decode a query component, where `+` is also a space.
+fn decode_query(text: &str) -> String {
+    decode(text, true)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Write all of `bytes`; `blocking-write-and-flush` takes at most 4096 bytes
 /// a call.
 fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) -> Result<()> {
@@ -685,5 +821,20 @@ pub mod __private {
             eprintln!("fetch handler failed: {error:?}");
             panic!("fetch handler returned an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_query, percent_decode};
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c+d"), "a/b c+d");
+        assert_eq!(decode_query("a%2Fb%20c+d"), "a/b c d");
+        assert_eq!(percent_decode("%7B%22k%22%3A1%7D"), "{\"k\":1}");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
     }
 }
