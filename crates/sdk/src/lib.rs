@@ -549,7 +549,7 @@ impl From<&str> for Response {
     }
 }
 
-/// An outbound HTTP request, sent with [`fetch`].
+/// An outbound HTTP request, sent with [`fetch()`].
 pub struct OutboundRequest {
     method: Method,
     url: String,
@@ -602,7 +602,7 @@ impl From<String> for OutboundRequest {
     }
 }
 
-/// The response to a [`fetch`].
+/// The response to a [`fetch()`].
 pub struct FetchResponse {
     status: StatusCode,
     headers: HeaderMap,
