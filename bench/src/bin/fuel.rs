@@ -27,7 +27,8 @@ fn worker(state: &std::path::Path, consume_fuel: bool) -> Worker {
     let mut config = WorkerConfig::new("limits", isola_test_programs::LIMITS);
     config.limits.cpu_ms = 1_000_000;
     config.limits.wall_ms = 1_000_000;
-    Worker::load(&engine, &config).expect("the limits guest loads")
+    let backends = isola_runtime::Backends::embedded(state, 1 << 20).expect("state");
+    Worker::load(&engine, &config, &backends).expect("the limits guest loads")
 }
 
 /// Run one checksum request; return wall time, CPU time and fuel.

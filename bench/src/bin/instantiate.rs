@@ -24,7 +24,8 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
     let engine = IsolaEngine::new(&EngineOptions::new(state.path().join("cache"))).unwrap();
     let config = WorkerConfig::new("hello", isola_test_programs::EXAMPLE_HELLO);
-    let worker = Worker::load(&engine, &config).unwrap();
+    let backends = isola_runtime::Backends::embedded(state.path(), 1 << 20).unwrap();
+    let worker = Worker::load(&engine, &config, &backends).unwrap();
 
     let mut walls = Vec::with_capacity(requests);
     let mut cpus = Vec::with_capacity(requests);

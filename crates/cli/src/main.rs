@@ -1,4 +1,7 @@
-//! `isola`: run, serve, compile and check wasm workers.
+//! `isola`: run, serve, compile and check wasm workers; inspect and seed
+//! their state.
+
+mod state;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use isola_config::{Config, ServerConfig};
 use isola_engine::{EngineOptions, IsolaEngine};
-use isola_server::{App, Server};
+use isola_server::{App, Backends, Server};
 
 #[derive(Parser)]
 #[command(name = "isola", version, about = "A WebAssembly worker host")]
@@ -52,6 +55,32 @@ enum Command {
         input: PathBuf,
         #[arg(long, default_value = isola_config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+    },
+    /// Read and write KV namespaces (by `id` or binding name).
+    Kv {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: state::KvCommand,
+    },
+    /// Run SQL against a D1 database (by `database_name` or binding name).
+    Sql {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        database: String,
+        /// One statement; its rows are printed as JSON lines.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        sql: Option<String>,
+        /// Run the `;`-separated statements of a file (migrations).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Query the analytics datasets written by workers.
+    Analytics {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: state::AnalyticsCommand,
     },
 }
 
@@ -99,7 +128,29 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compile { inputs, state_dir } => compile(&inputs, &state_dir),
         Command::Check { input, state_dir } => check(&input, &state_dir),
+        Command::Kv { config, command } => state::kv(&Config::load(&config)?, command),
+        Command::Sql {
+            config,
+            database,
+            sql,
+            file,
+        } => state::sql(&Config::load(&config)?, &database, sql, file),
+        Command::Analytics { config, command } => {
+            state::analytics(&Config::load(&config)?, command)
+        }
     }
+}
+
+/// The state behind the workers' bindings.
+fn backends_for(config: &Config) -> Result<Backends> {
+    Backends::embedded(&config.server.state_dir, config.backends.cache_max_bytes).with_context(
+        || {
+            format!(
+                "cannot open the state in {}",
+                config.server.state_dir.display()
+            )
+        },
+    )
 }
 
 fn engine_for(config: &Config) -> Result<IsolaEngine> {
@@ -117,7 +168,8 @@ fn engine_for(config: &Config) -> Result<IsolaEngine> {
 
 fn serve(config: Config) -> Result<()> {
     let engine = engine_for(&config)?;
-    let workers = isola_server::load_workers(&engine, &config.workers)?;
+    let backends = backends_for(&config)?;
+    let workers = isola_server::load_workers(&engine, &config.workers, &backends)?;
     let app = App::new(workers, &config.workers, &config.server);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -201,7 +253,7 @@ fn compile(inputs: &[PathBuf], state_dir: &Path) -> Result<()> {
 fn check(input: &Path, state_dir: &Path) -> Result<()> {
     for config in configs_for(std::slice::from_ref(&input.to_owned()), state_dir)? {
         let engine = engine_for(&config)?;
-        isola_server::load_workers(&engine, &config.workers)?;
+        isola_server::load_workers(&engine, &config.workers, &backends_for(&config)?)?;
         println!(
             "{}: ok ({} worker{})",
             config.source.display(),

@@ -12,6 +12,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// Longest line kept before it is logged in pieces.
 const MAX_LINE: usize = 16 * 1024;
 
+/// Secret values shorter than this are not masked in guest output.
+pub(crate) const MIN_MASKED_SECRET: usize = 4;
+
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Stream {
     Stdout,
@@ -23,6 +26,8 @@ pub(crate) enum Stream {
 pub(crate) struct GuestLog {
     pub worker: Arc<str>,
     pub request_id: Arc<str>,
+    /// Secret values of the worker: never written to the log as they are.
+    pub secrets: Arc<[String]>,
     pub stream: Stream,
 }
 
@@ -71,7 +76,20 @@ impl LineWriter {
 
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
-        let line = line.trim_end_matches('\r');
+        let mut line = line.trim_end_matches('\r').to_owned();
+        // A guest may print a secret by mistake; the log never shows it.
+        // Very short values are left alone: masking them would garble
+        // ordinary text and hide little.
+        for secret in self
+            .log
+            .secrets
+            .iter()
+            .filter(|s| s.len() >= MIN_MASKED_SECRET)
+        {
+            if line.contains(secret.as_str()) {
+                line = line.replace(secret.as_str(), "[secret]");
+            }
+        }
         let GuestLog {
             worker, request_id, ..
         } = &self.log;

@@ -14,13 +14,16 @@
 //! use http_body_util::{BodyExt, Empty};
 //!
 //! let engine = IsolaEngine::new(&EngineOptions::new(".isola/cache"))?;
-//! let worker = isola_runtime::Worker::load(&engine, &WorkerConfig::new("hello", "hello.wasm"))?;
+//! // Where KV, SQL, blob and analytics state lives; a cache of 64 MiB.
+//! let backends = isola_runtime::Backends::embedded(".isola".as_ref(), 64 << 20)?;
+//! let worker = isola_runtime::Worker::load(&engine, &WorkerConfig::new("hello", "hello.wasm"), &backends)?;
 //! let request = http::Request::get("http://localhost/").body(Empty::<bytes::Bytes>::new())?;
 //! let response = worker.handle(request).await;
 //! let body = response.into_body().collect().await?.to_bytes();
 //! # Ok(()) }
 //! ```
 
+mod env_bindings;
 mod failure;
 mod guest_log;
 mod outbound;
@@ -31,6 +34,7 @@ mod state;
 
 use failure::GuestError;
 pub use failure::{Failure, error_response};
+pub use isola_bindings::Backends;
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
 
@@ -147,6 +151,8 @@ pub enum LoadError {
     NoHandler { path: String, reason: String },
     #[error("cannot set up the host linker: {0}")]
     Linker(String),
+    #[error("worker `{worker}`: cannot open its bindings: {reason}")]
+    Bindings { worker: String, reason: String },
 }
 
 /// Counts a running guest task until dropped.
@@ -225,11 +231,19 @@ struct Inner {
 impl Worker {
     /// Compile (or load from the cache) the worker's component and
     /// pre-instantiate it against everything Isola provides.
-    pub fn load(engine: &IsolaEngine, config: &WorkerConfig) -> Result<Worker, LoadError> {
+    ///
+    /// `backends` hold the state behind the worker's bindings (KV, SQL,
+    /// blob, cache, analytics); all workers of a process share them.
+    pub fn load(
+        engine: &IsolaEngine,
+        config: &WorkerConfig,
+        backends: &Backends,
+    ) -> Result<Worker, LoadError> {
         let loaded = engine.load_component(&config.component)?;
         Self::from_component(
             engine,
             config,
+            backends,
             &loaded.component,
             loaded.outcome,
             &config.component,
@@ -241,6 +255,7 @@ impl Worker {
     pub fn from_component(
         engine: &IsolaEngine,
         config: &WorkerConfig,
+        backends: &Backends,
         component: &Component,
         cache_outcome: CacheOutcome,
         path: &Path,
@@ -259,14 +274,26 @@ impl Worker {
             path: path_text(),
             reason: format!("{e:#}"),
         })?;
+        let mut vars = config.vars.clone();
+        for (name, secret) in &config.secrets {
+            vars.insert(name.clone(), secret.expose().to_owned());
+        }
+        let bindings = env_bindings::WorkerBindings::new(config, backends).map_err(|e| {
+            LoadError::Bindings {
+                worker: config.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let shared = Arc::new(WorkerShared {
             name: config.name.as_str().into(),
-            environment: config
-                .vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+            environment: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            vars,
+            secret_values: config
+                .secrets
+                .values()
+                .map(|s| s.expose().to_owned())
                 .collect(),
-            vars: config.vars.clone(),
+            bindings,
             outbound: Arc::new(OutboundPolicy {
                 rules: config.allowed_outbound_hosts.clone(),
                 override_authority: config.outbound_override.clone(),

@@ -13,21 +13,46 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::guest_log::{GuestLog, Stream};
 use crate::outbound::{OutboundPolicy, Subrequests};
 
-mod bindings {
+pub(crate) mod generated {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "isola:worker/imports",
+        // Binding calls reach backends (SQLite, files, later the network):
+        // async, so a slow one never blocks the executor thread. A bad
+        // handle traps; backend failures are the guest's `error`.
+        imports: {
+            "isola:worker/kv": async | trappable,
+            "isola:worker/sql": async | trappable,
+            "isola:worker/blob": async | trappable,
+            "isola:worker/cache": async | trappable,
+            "isola:worker/analytics": async | trappable,
+        },
+        with: {
+            "isola:worker/kv.namespace": crate::env_bindings::KvHandle,
+            "isola:worker/sql.database": crate::env_bindings::SqlHandle,
+            "isola:worker/blob.bucket": crate::env_bindings::BucketHandle,
+            "isola:worker/blob.body": crate::env_bindings::BodyHandle,
+            "isola:worker/blob.upload": crate::env_bindings::UploadHandle,
+            "isola:worker/cache.cache": crate::env_bindings::CacheHandle,
+            "isola:worker/analytics.dataset": crate::env_bindings::DatasetHandle,
+        },
+        require_store_data_send: true,
     });
 }
 
-use bindings::isola::worker::{ctx, env, request_info};
+use generated::isola::worker::{analytics, blob, cache, ctx, env, kv, request_info, sql, types};
 
 /// What a worker's requests share, built once at load time.
 pub(crate) struct WorkerShared {
     pub name: Arc<str>,
+    /// Vars and secrets: what `env.var` answers.
     pub vars: BTreeMap<String, String>,
-    /// `vars` as WASI environment variables, so `std::env::var` works too.
+    /// `vars` and secrets as WASI environment variables, so `std::env::var`
+    /// works too.
     pub environment: Vec<(String, String)>,
+    /// Secret values, masked in guest log lines.
+    pub secret_values: Arc<[String]>,
+    pub bindings: crate::env_bindings::WorkerBindings,
     pub outbound: Arc<OutboundPolicy>,
     /// Largest linear memory, in bytes.
     pub memory_limit: usize,
@@ -37,9 +62,9 @@ pub(crate) struct WorkerShared {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     hooks: IsolaHttpHooks,
-    shared: Arc<WorkerShared>,
+    pub(crate) shared: Arc<WorkerShared>,
     request_id: Arc<str>,
     info: RequestInfo,
     pub pass_through_on_exception: bool,
@@ -57,6 +82,7 @@ impl HostState {
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
             request_id: request_id.clone(),
+            secrets: shared.secret_values.clone(),
             stream,
         };
         // No preopened directories, no inherited environment, no network:
@@ -81,6 +107,12 @@ impl HostState {
             pass_through_on_exception: false,
             memory_limit_hit: false,
         }
+    }
+}
+
+impl HostState {
+    pub(crate) fn subrequests(&self) -> &Subrequests {
+        &self.hooks.subrequests
     }
 }
 
@@ -218,5 +250,11 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     ctx::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     env::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     request_info::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    kv::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    sql::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    blob::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    cache::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    analytics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

@@ -40,9 +40,11 @@ fn load(component: &[u8]) -> Result<Worker, LoadError> {
     let engine = IsolaEngine::new(&EngineOptions::new(state.path().join("cache"))).unwrap();
     let path = Path::new("contract.wasm");
     let loaded = engine.cache().load(engine.engine(), path, component)?;
+    let backends = isola_runtime::Backends::embedded(state.path(), 1 << 20).unwrap();
     Worker::from_component(
         &engine,
         &WorkerConfig::new("contract", path),
+        &backends,
         &loaded.component,
         loaded.outcome,
         path,

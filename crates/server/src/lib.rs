@@ -28,6 +28,7 @@ use isola_runtime::{
 };
 use tokio::net::TcpListener;
 
+pub use isola_runtime::Backends;
 pub use router::Router;
 
 /// Header carrying the request id on every response.
@@ -38,11 +39,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub fn load_workers(
     engine: &IsolaEngine,
     configs: &[WorkerConfig],
+    backends: &Backends,
 ) -> Result<Vec<Worker>, LoadError> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = configs
             .iter()
-            .map(|config| scope.spawn(move || Worker::load(engine, config)))
+            .map(|config| scope.spawn(move || Worker::load(engine, config, backends)))
             .collect();
         handles
             .into_iter()
