@@ -43,6 +43,9 @@ impl Backends {
     /// `d1/<database>.sqlite`, `r2/<bucket>/`, `analytics.sqlite`, and an
     /// in-memory cache of at most `cache_max_bytes`.
     pub fn embedded(state_dir: &Path, cache_max_bytes: u64) -> Result<Backends> {
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            BindingError::Backend(format!("cannot create {}: {e}", state_dir.display()))
+        })?;
         Ok(Backends {
             kv: Arc::new(kv::SqliteKv::open(&state_dir.join("kv.sqlite"))?),
             sql: Arc::new(sql::SqliteSql::new(&state_dir.join("d1"))?),
@@ -52,5 +55,141 @@ impl Backends {
                 &state_dir.join("analytics.sqlite"),
             )?),
         })
+    }
+}
+
+/// A [`BindingError::Backend`] carrying `e`'s message.
+pub(crate) fn backend_err(e: impl std::fmt::Display) -> BindingError {
+    BindingError::Backend(e.to_string())
+}
+
+/// Run blocking work (SQLite, filesystem) off the async worker threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BindingError::Backend(format!("blocking task failed: {e}")))?
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Opens (creating) a read-write SQLite file the way every embedded backend
+/// wants it: WAL so readers never block the writer, `synchronous=NORMAL`
+/// (in WAL mode a committed transaction survives a process crash; only an
+/// OS crash or power loss can lose the last few commits, never corrupt the
+/// file), and a busy timeout so a second process sharing the state dir waits
+/// for the write lock instead of failing at once.
+pub(crate) fn open_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // journal_mode returns the resulting mode as a row.
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    Ok(conn)
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded SQLite connection stays
+/// consistent even if a thread panicked while holding it (SQLite rolls back
+/// an unfinished statement itself).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Inverse of [`hex`]; `None` for anything else.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The smallest string greater than every string that starts with `prefix`
+/// (`None` if there is none). SQLite's BINARY collation compares UTF-8 bytes,
+/// and UTF-8 byte order is code point order, so `key >= prefix AND key <
+/// successor` selects exactly the keys with that prefix and can use the
+/// index, with no LIKE wildcards to escape.
+pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_bounds_exactly_the_prefixed_strings() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        assert_eq!(prefix_successor(""), None);
+        let succ = prefix_successor("a/").unwrap();
+        for key in ["a/", "a/b", "a/\u{10FFFF}\u{10FFFF}"] {
+            assert!(key.as_bytes() < succ.as_bytes(), "{key}");
+        }
+        for key in ["a0", "b", "a\u{10FFFF}"] {
+            assert!(key.as_bytes() >= succ.as_bytes(), "{key}");
+        }
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+        assert_eq!(unhex("00abff"), Some(vec![0, 0xab, 0xff]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("é0"), None);
+    }
+
+    #[tokio::test]
+    async fn embedded_creates_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("nested").join("state");
+        let backends = Backends::embedded(&state, 1 << 20).unwrap();
+        assert!(state.join("kv.sqlite").exists());
+        assert!(state.join("d1").is_dir());
+        assert!(state.join("analytics.sqlite").exists());
+        let kv = kv::KvNamespace::new(backends.kv.clone(), "ns");
+        kv.put("k", b"v".to_vec(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(kv.get("k").await.unwrap().unwrap().data, b"v");
+        let db = backends.sql.open("app").unwrap();
+        db.exec("CREATE TABLE t (x)".into()).await.unwrap();
+        assert!(state.join("d1").join("app.sqlite").exists());
     }
 }

@@ -1,0 +1,461 @@
+use super::*;
+
+fn store(dir: &tempfile::TempDir) -> FsBlobStore {
+    FsBlobStore::new(&dir.path().join("r2")).unwrap()
+}
+
+async fn put(s: &FsBlobStore, key: &str, body: &[u8]) -> ObjectInfo {
+    let mut upload = s.put("b", key, PutOptions::default()).await.unwrap();
+    upload.write(Bytes::copy_from_slice(body)).await.unwrap();
+    upload.finish().await.unwrap()
+}
+
+async fn read(body: BodyStream) -> Vec<u8> {
+    body.try_fold(Vec::new(), |mut acc, chunk| async move {
+        acc.extend_from_slice(&chunk);
+        Ok(acc)
+    })
+    .await
+    .unwrap()
+}
+
+async fn get(s: &FsBlobStore, key: &str, range: Option<Range>) -> Result<Vec<u8>> {
+    let (_, body) = s.get("b", key, range).await?.expect("object exists");
+    Ok(read(body).await)
+}
+
+/// Every regular file under `dir`, relative.
+fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn key_rules() {
+    let long = "k".repeat(1025);
+    for bad in [
+        "", "../x", "/abs", "a/../b", "a/./b", ".", "..", "a/..", "a\0b", "a\\b", &long,
+    ] {
+        assert!(
+            matches!(validate_key(bad), Err(BindingError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    let msg = validate_key(&long).unwrap_err().to_string();
+    assert_eq!(msg, "object key is 1025 bytes; the limit is 1024");
+    for good in [
+        "a",
+        "a/b",
+        "dir/",
+        "a//b",
+        "..a",
+        "a..",
+        "a.b/.c",
+        "é ü/#1",
+        &"k".repeat(1024),
+    ] {
+        validate_key(good).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bucket_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    for bad in ["", "Up", "a_b", "../x", "a/b", "a.b"] {
+        assert!(
+            matches!(s.head(bad, "k").await, Err(BindingError::Invalid(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(
+            s.put(bad, "k", PutOptions::default()).await.err(),
+            Some(BindingError::Invalid(_))
+        ));
+    }
+    assert!(!dir.path().join("r2/Up").exists());
+}
+
+#[tokio::test]
+async fn put_head_get_delete_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    assert_eq!(s.head("b", "k").await.unwrap(), None);
+    assert!(s.get("b", "k", None).await.unwrap().is_none());
+    let http = HttpMetadata {
+        content_type: Some("text/plain".into()),
+        cache_control: Some("max-age=60".into()),
+        ..Default::default()
+    };
+    let custom = vec![
+        ("b".to_owned(), "2".to_owned()),
+        ("a".to_owned(), "1".to_owned()),
+    ];
+    let mut upload = s
+        .put(
+            "b",
+            "dir/k",
+            PutOptions {
+                http_metadata: http.clone(),
+                custom_metadata: custom.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    upload.write(Bytes::from_static(b"hello ")).await.unwrap();
+    upload.write(Bytes::new()).await.unwrap();
+    upload.write(Bytes::from_static(b"world")).await.unwrap();
+    let info = upload.finish().await.unwrap();
+    assert_eq!(info.key, "dir/k");
+    assert_eq!(info.size, 11);
+    // md5("hello world")
+    assert_eq!(info.etag, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+    assert_eq!(info.http_metadata, http);
+    assert_eq!(info.custom_metadata, custom);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(info.uploaded <= now_ms && info.uploaded + 60_000 > now_ms);
+
+    assert_eq!(s.head("b", "dir/k").await.unwrap(), Some(info.clone()));
+    let (got, body) = s.get("b", "dir/k", None).await.unwrap().unwrap();
+    assert_eq!(got, info);
+    assert_eq!(read(body).await, b"hello world");
+
+    // Survives reopening: the index is on disk.
+    drop(s);
+    let s = store(&dir);
+    assert_eq!(s.head("b", "dir/k").await.unwrap(), Some(info));
+
+    // An empty object.
+    let empty = put(&s, "empty", b"").await;
+    assert_eq!(empty.size, 0);
+    assert_eq!(empty.etag, "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(get(&s, "empty", None).await.unwrap(), b"");
+
+    // `a` and `a/b`, `dir/` and `a//b` coexist: keys are not file paths.
+    for key in ["a", "a/b", "dir/", "a//b"] {
+        put(&s, key, key.as_bytes()).await;
+    }
+    for key in ["a", "a/b", "dir/", "a//b"] {
+        assert_eq!(get(&s, key, None).await.unwrap(), key.as_bytes());
+    }
+
+    s.delete("b", &["dir/k".into(), "missing".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.head("b", "dir/k").await.unwrap(), None);
+    assert_eq!(s.head("b", "a").await.unwrap(), None);
+    assert!(s.head("b", "a/b").await.unwrap().is_some());
+    assert!(matches!(
+        s.delete("b", &["../x".into()]).await,
+        Err(BindingError::Invalid(_))
+    ));
+    // Only the remaining objects' files are left.
+    assert_eq!(files(&dir.path().join("r2/b")).len(), 4);
+}
+
+#[tokio::test]
+async fn overwrite_replaces_atomically_and_leaves_no_file_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let old_body = vec![b'o'; 100_000];
+    put(&s, "k", &old_body).await;
+    // A reader that opened the old object before the overwrite.
+    let (old_info, old_stream) = s.get("b", "k", None).await.unwrap().unwrap();
+
+    let mut upload = s.put("b", "k", PutOptions::default()).await.unwrap();
+    upload.write(Bytes::from(vec![b'n'; 50_000])).await.unwrap();
+    // Not finished: readers still see the old object.
+    assert_eq!(s.head("b", "k").await.unwrap(), Some(old_info.clone()));
+    assert_eq!(get(&s, "k", None).await.unwrap(), old_body);
+    let new_info = upload.finish().await.unwrap();
+    assert_eq!(new_info.size, 50_000);
+
+    assert_eq!(
+        read(old_stream).await,
+        old_body,
+        "the old reader is unaffected"
+    );
+    assert_eq!(get(&s, "k", None).await.unwrap(), vec![b'n'; 50_000]);
+    assert_eq!(files(&dir.path().join("r2/b")).len(), 1);
+}
+
+#[tokio::test]
+async fn dropping_an_upload_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let mut upload = s.put("b", "k", PutOptions::default()).await.unwrap();
+    // Enough for whole parts to reach the disk.
+    for _ in 0..40 {
+        upload
+            .write(Bytes::from(vec![7u8; 64 * 1024]))
+            .await
+            .unwrap();
+    }
+    drop(upload);
+    assert_eq!(s.head("b", "k").await.unwrap(), None);
+    assert!(s.get("b", "k", None).await.unwrap().is_none());
+    assert!(
+        s.list("b", ListOptions::default())
+            .await
+            .unwrap()
+            .objects
+            .is_empty()
+    );
+    // The staging file goes on the blocking pool; give it a moment.
+    let root = dir.path().join("r2/b");
+    for _ in 0..100 {
+        if files(&root).is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("leftover files: {:?}", files(&root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_streams_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 320; // 20 MiB
+    let chunk = |i: usize| -> Bytes {
+        (0..CHUNK)
+            .map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let mut expected = Md5::new();
+    let mut upload = s.put("b", "big", PutOptions::default()).await.unwrap();
+    for i in 0..CHUNKS {
+        let c = chunk(i);
+        expected.update(&c);
+        upload.write(c).await.unwrap();
+    }
+    let expected = crate::hex(&expected.finalize());
+    let info = upload.finish().await.unwrap();
+    assert_eq!(info.size, (CHUNK * CHUNKS) as u64);
+    assert_eq!(info.etag, expected);
+
+    let (_, mut body) = s.get("b", "big", None).await.unwrap().unwrap();
+    let mut hasher = Md5::new();
+    let (mut total, mut largest) = (0usize, 0usize);
+    while let Some(piece) = body.next().await {
+        let piece = piece.unwrap();
+        total += piece.len();
+        largest = largest.max(piece.len());
+        hasher.update(&piece);
+    }
+    assert_eq!(total, CHUNK * CHUNKS);
+    assert_eq!(crate::hex(&hasher.finalize()), expected);
+    assert!(
+        largest <= 1024 * 1024,
+        "streamed, not read whole: {largest}"
+    );
+
+    // A range from the middle of it.
+    let start = 5 * CHUNK as u64 + 100;
+    let got = get(
+        &s,
+        "big",
+        Some(Range {
+            offset: Some(start),
+            length: Some(1000),
+            suffix: None,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, chunk(5)[100..1100]);
+}
+
+#[tokio::test]
+async fn ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    put(&s, "k", b"0123456789").await;
+    let r = |offset, length, suffix| {
+        Some(Range {
+            offset,
+            length,
+            suffix,
+        })
+    };
+    let cases: [(Option<Range>, &[u8]); 9] = [
+        (r(Some(2), Some(3), None), b"234"),
+        (r(Some(7), None, None), b"789"),
+        (r(None, Some(4), None), b"0123"),
+        (r(Some(8), Some(100), None), b"89"),
+        (r(Some(10), None, None), b""),
+        (r(Some(3), Some(0), None), b""),
+        (r(None, None, Some(3)), b"789"),
+        (r(None, None, Some(100)), b"0123456789"),
+        (r(None, None, None), b"0123456789"),
+    ];
+    for (range, want) in cases {
+        assert_eq!(get(&s, "k", range).await.unwrap(), want, "{range:?}");
+    }
+    let err = get(&s, "k", r(Some(11), None, None)).await.unwrap_err();
+    assert_eq!(
+        err,
+        BindingError::Invalid("range offset 11 is beyond the end of the 10-byte object".into())
+    );
+    assert!(matches!(
+        get(&s, "k", r(Some(1), None, Some(2))).await,
+        Err(BindingError::Invalid(_))
+    ));
+}
+
+async fn list(
+    s: &FsBlobStore,
+    prefix: &str,
+    delimiter: Option<&str>,
+    limit: u32,
+    cursor: Option<String>,
+) -> ListResult {
+    s.list(
+        "b",
+        ListOptions {
+            prefix: Some(prefix.into()),
+            delimiter: delimiter.map(String::from),
+            cursor,
+            limit: Some(limit),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Every page, flattened to "key" and "prefix/" items with a marker.
+async fn walk(s: &FsBlobStore, prefix: &str, delimiter: Option<&str>, limit: u32) -> Vec<String> {
+    let mut items = vec![];
+    let mut cursor = None;
+    for _ in 0..100 {
+        let page = list(s, prefix, delimiter, limit, cursor).await;
+        assert!(page.objects.len() + page.delimited_prefixes.len() <= limit as usize);
+        let mut page_items: Vec<String> = page
+            .objects
+            .iter()
+            .map(|o| o.key.clone())
+            .chain(page.delimited_prefixes.iter().map(|p| format!("[{p}]")))
+            .collect();
+        page_items.sort_by(|a, b| a.trim_start_matches('[').cmp(b.trim_start_matches('[')));
+        items.extend(page_items);
+        if !page.truncated {
+            assert_eq!(page.cursor, None);
+            return items;
+        }
+        assert_eq!(
+            page.objects.len() + page.delimited_prefixes.len(),
+            limit as usize,
+            "a truncated page is full"
+        );
+        cursor = Some(page.cursor.expect("a truncated page has a cursor"));
+    }
+    panic!("listing does not end");
+}
+
+#[tokio::test]
+async fn listing_with_prefix_delimiter_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let keys = [
+        "a/1", "a/2", "a/3", "b", "c/x/1", "c/x/2", "c/y", "d", "e%", "e_", "e/", "é",
+    ];
+    for key in keys {
+        put(&s, key, key.as_bytes()).await;
+    }
+    let mut sorted = keys.map(String::from).to_vec();
+    sorted.sort();
+    for limit in [1, 2, 3, 1000] {
+        assert_eq!(walk(&s, "", None, limit).await, sorted, "limit {limit}");
+        assert_eq!(
+            walk(&s, "", Some("/"), limit).await,
+            ["[a/]", "b", "[c/]", "d", "e%", "[e/]", "e_", "é"],
+            "limit {limit}"
+        );
+        assert_eq!(
+            walk(&s, "c/", Some("/"), limit).await,
+            ["[c/x/]", "c/y"],
+            "limit {limit}"
+        );
+        assert_eq!(walk(&s, "c/x", None, limit).await, ["c/x/1", "c/x/2"]);
+        // Wildcards in a prefix are literal.
+        assert_eq!(walk(&s, "e_", Some("/"), limit).await, ["e_"]);
+    }
+    // A multi-character delimiter.
+    assert_eq!(walk(&s, "", Some("/x/"), 1000).await.len(), keys.len() - 1);
+
+    let page = list(&s, "", Some("/"), 2, None).await;
+    assert_eq!(page.delimited_prefixes, ["a/"]);
+    assert_eq!(page.objects[0].key, "b");
+    assert!(page.truncated);
+    // The cursor after a rolled-up prefix resumes past all of it.
+    let page = list(&s, "", Some("/"), 1, None).await;
+    assert_eq!(page.delimited_prefixes, ["a/"]);
+    let next = list(&s, "", Some("/"), 1, page.cursor).await;
+    assert_eq!(next.objects[0].key, "b");
+    // Objects carry their metadata in listings too.
+    assert_eq!(next.objects[0].size, 1);
+
+    for bad in [0, 1001] {
+        let err = s
+            .list(
+                "b",
+                ListOptions {
+                    limit: Some(bad),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("limit is {bad}")),
+            "{err}"
+        );
+    }
+    let err = s
+        .list(
+            "b",
+            ListOptions {
+                cursor: Some("nothex".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BindingError::Invalid(_)));
+    // Another bucket is empty.
+    assert!(
+        s.list("other", ListOptions::default())
+            .await
+            .unwrap()
+            .objects
+            .is_empty()
+    );
+}
+
+#[test]
+fn cursors_round_trip() {
+    for resume in [
+        Resume::After("a/b".into()),
+        Resume::PastPrefix("é/".into()),
+        Resume::After(String::new()),
+    ] {
+        assert_eq!(decode_cursor(&encode_cursor(&resume)).unwrap(), resume);
+    }
+    assert!(decode_cursor("").is_err());
+    assert!(decode_cursor(&crate::hex(b"zkey")).is_err());
+}
