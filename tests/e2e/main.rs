@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bindings;
 mod cli;
 mod examples;
 mod lifecycle;
