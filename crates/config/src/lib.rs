@@ -547,17 +547,15 @@ impl Config {
             let mut secrets = BTreeMap::new();
             for name in &w.secrets {
                 claim(name, "secret", "secrets")?;
-                let value = secret_value(name.get_ref(), base, &mut dev_vars).map_err(|m| {
-                    locate(Some(name.span()), key("secrets"), m)
-                })?;
+                let value = secret_value(name.get_ref(), base, &mut dev_vars)
+                    .map_err(|m| locate(Some(name.span()), key("secrets"), m))?;
                 secrets.insert(name.get_ref().clone(), Secret(value));
             }
             let mut kv_namespaces = Vec::new();
             for entry in &w.kv_namespaces {
                 claim(&entry.binding, "KV namespace", "kv_namespaces")?;
-                nonempty(&entry.id, "kv_namespaces").map_err(|(span, m)| {
-                    locate(Some(span), key("kv_namespaces"), m)
-                })?;
+                nonempty(&entry.id, "kv_namespaces")
+                    .map_err(|(span, m)| locate(Some(span), key("kv_namespaces"), m))?;
                 kv_namespaces.push(KvBinding {
                     binding: entry.binding.get_ref().clone(),
                     id: entry.id.get_ref().clone(),
@@ -575,7 +573,9 @@ impl Config {
                     return Err(locate(
                         Some(entry.database_name.span()),
                         key("d1_databases"),
-                        format!("`{name}` is not a valid database name (letters, digits, `-`, `_`)"),
+                        format!(
+                            "`{name}` is not a valid database name (letters, digits, `-`, `_`)"
+                        ),
                     ));
                 }
                 d1_databases.push(D1Binding {
@@ -610,7 +610,11 @@ impl Config {
             }
             let mut analytics_engine_datasets = Vec::new();
             for entry in &w.analytics_engine_datasets {
-                claim(&entry.binding, "analytics dataset", "analytics_engine_datasets")?;
+                claim(
+                    &entry.binding,
+                    "analytics dataset",
+                    "analytics_engine_datasets",
+                )?;
                 let name = entry.dataset.get_ref();
                 if !is_binding_name(name) {
                     return Err(locate(
@@ -1039,11 +1043,15 @@ mod tests {
             "isola.toml:5:30: worker[0].kv_namespaces: `KV` is already bound as a var"
         );
         assert_eq!(
-            f.error(&format!("{worker}r2_buckets = [{{ binding = \"B\", bucket_name = \"Bad_Name\" }}]\n")),
+            f.error(&format!(
+                "{worker}r2_buckets = [{{ binding = \"B\", bucket_name = \"Bad_Name\" }}]\n"
+            )),
             "isola.toml:4:46: worker[0].r2_buckets: `Bad_Name` is not a valid bucket name (3 to 63 lowercase letters, digits and inner `-`)"
         );
         assert_eq!(
-            f.error(&format!("{worker}d1_databases = [{{ binding = \"1DB\", database_name = \"x\" }}]\n")),
+            f.error(&format!(
+                "{worker}d1_databases = [{{ binding = \"1DB\", database_name = \"x\" }}]\n"
+            )),
             "isola.toml:4:29: worker[0].d1_databases: `1DB` is not a valid binding name (a letter or `_`, then letters, digits, `_`)"
         );
         assert_eq!(
@@ -1051,16 +1059,22 @@ mod tests {
             "isola.toml:4:57: worker[0].analytics_engine_datasets: `drop table` is not a valid dataset name (a letter or `_`, then letters, digits, `_`): it is queried as an SQL table"
         );
         assert_eq!(
-            f.error(&format!("[backends]\nkv = {{ type = \"redis\" }}\n{worker}")),
+            f.error(&format!(
+                "[backends]\nkv = {{ type = \"redis\" }}\n{worker}"
+            )),
             "isola.toml:2:15: backends.kv.type: `redis` is not an available kv backend (available: sqlite)"
         );
         assert_eq!(
-            f.error(&format!("[backends]\nkv = {{ type = \"sqlite\", max_mb = 3 }}\n{worker}")),
+            f.error(&format!(
+                "[backends]\nkv = {{ type = \"sqlite\", max_mb = 3 }}\n{worker}"
+            )),
             "isola.toml:2:34: backends.kv.max_mb: only the cache backend has a size cap"
         );
         assert!(
-            f.error(&format!("{worker}kv_namespaces = [{{ binding = \"KV\", id = \"k\", preview_id = \"p\" }}]\n"))
-                .contains("unknown field `preview_id`")
+            f.error(&format!(
+                "{worker}kv_namespaces = [{{ binding = \"KV\", id = \"k\", preview_id = \"p\" }}]\n"
+            ))
+            .contains("unknown field `preview_id`")
         );
     }
 
