@@ -204,6 +204,8 @@ impl FsBlobStore {
     }
 
     /// The object store rooted at `<dir>/<bucket>/`, created on first use.
+    /// The directory is made inline (once per bucket per process, a couple
+    /// of syscalls), not worth a trip to the blocking pool.
     fn bucket(&self, bucket: &str) -> Result<Arc<LocalFileSystem>> {
         validate_bucket(bucket)?;
         let mut buckets = lock(&self.buckets);
@@ -413,6 +415,20 @@ fn lower_bound(prefix: &str, resume: Option<&Resume>) -> Option<LowerBound> {
     })
 }
 
+/// Objects of bucket `?1` from key `?2` (inclusive or not) below `?3` (if
+/// `bounded`), at most `?4`. Distinct statement texts rather than `?3 IS
+/// NULL OR key < ?3`, so SQLite always sees a plain range it can seek in the
+/// primary key.
+fn scan_sql(inclusive: bool, bounded: bool) -> String {
+    let op = if inclusive { ">=" } else { ">" };
+    let upper = if bounded { "key < ?3" } else { "?3 IS NULL" };
+    format!(
+        "SELECT {COLUMNS} FROM objects
+         WHERE bucket = ?1 AND key {op} ?2 AND {upper}
+         ORDER BY key LIMIT ?4"
+    )
+}
+
 /// Feeds objects from `from` (and below `upper`) in key order to `each`
 /// until it returns false or `limit` rows were read. Rows are read lazily,
 /// so stopping early costs nothing.
@@ -424,19 +440,7 @@ fn scan(
     limit: usize,
     mut each: impl FnMut(ObjectInfo) -> bool,
 ) -> rusqlite::Result<()> {
-    let op = if from.inclusive { ">=" } else { ">" };
-    // Distinct statement texts rather than `?3 IS NULL OR key < ?3`, so
-    // SQLite always sees a plain range it can seek in the primary key.
-    let upper_clause = if upper.is_some() {
-        "key < ?3"
-    } else {
-        "?3 IS NULL"
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM objects
-         WHERE bucket = ?1 AND key {op} ?2 AND {upper_clause}
-         ORDER BY key LIMIT ?4"
-    ))?;
+    let mut stmt = conn.prepare_cached(&scan_sql(from.inclusive, upper.is_some()))?;
     let mut rows = stmt.query(params![bucket, from.key, upper, limit as i64])?;
     while let Some(row) = rows.next()? {
         if !each(object_info(row)?) {

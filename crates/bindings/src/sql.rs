@@ -260,6 +260,10 @@ fn sql_err(e: rusqlite::Error) -> BindingError {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(msg))
         | rusqlite::Error::SqlInputError { msg, .. } => BindingError::Backend(msg),
+        rusqlite::Error::Empty => BindingError::Invalid("the SQL holds no statement".into()),
+        rusqlite::Error::MultipleStatement => BindingError::Invalid(
+            "the SQL holds more than one statement; use exec() or batch()".into(),
+        ),
         other => backend_err(other),
     }
 }

@@ -459,3 +459,58 @@ fn cursors_round_trip() {
     assert!(decode_cursor("").is_err());
     assert!(decode_cursor(&crate::hex(b"zkey")).is_err());
 }
+
+#[test]
+fn listing_seeks_in_the_primary_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let conn = lock(&s.index);
+    for inclusive in [true, false] {
+        for bounded in [true, false] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", scan_sql(inclusive, bounded));
+            let upper = Some("b").filter(|_| bounded);
+            let plan: String = conn
+                .prepare(&sql)
+                .unwrap()
+                .query_map(params!["b", "a", upper, 10], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            // SQLite prints `>=` as `>` in query plans.
+            assert!(plan.contains("PRIMARY KEY (bucket=? AND key>?"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_overwrites_leave_one_object_and_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(store(&dir));
+    let tasks: Vec<_> = (0..10u8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut upload = s.put("b", "k", PutOptions::default()).await.unwrap();
+                for _ in 0..4 {
+                    upload.write(Bytes::from(vec![i; 10_000])).await.unwrap();
+                }
+                upload.finish().await.unwrap()
+            })
+        })
+        .collect();
+    let mut etags = vec![];
+    for t in tasks {
+        etags.push(t.await.unwrap().etag);
+    }
+    let info = s.head("b", "k").await.unwrap().unwrap();
+    assert!(etags.contains(&info.etag));
+    let body = get(&s, "k", None).await.unwrap();
+    assert_eq!(body.len(), 40_000);
+    assert!(
+        body.iter().all(|&b| b == body[0]),
+        "one writer's bytes only"
+    );
+    assert_eq!(crate::hex(&Md5::digest(&body)), info.etag);
+    assert_eq!(files(&dir.path().join("r2/b")).len(), 1);
+}
