@@ -77,8 +77,52 @@ pub struct BodyHandle {
     pending: Bytes,
 }
 
-/// An object being written by the guest.
-pub struct UploadHandle(Box<dyn backend::blob::BlobUpload>);
+/// An object being written by the guest. The backend's upload runs in a
+/// task of its own: hashing and writing are storage work, not the guest's,
+/// so they must not count against its CPU limit (which measures the
+/// guest's thread), and the guest can produce the next chunk meanwhile.
+pub struct UploadHandle {
+    steps: tokio::sync::mpsc::Sender<UploadStep>,
+    outcome: tokio::sync::oneshot::Receiver<Result<backend::blob::ObjectInfo, BindingError>>,
+}
+
+enum UploadStep {
+    Chunk(Bytes),
+    Finish,
+}
+
+impl UploadHandle {
+    fn spawn(mut upload: Box<dyn backend::blob::BlobUpload>) -> Self {
+        // A few chunks in flight: enough to overlap, little memory.
+        let (steps, mut receiver) = tokio::sync::mpsc::channel(4);
+        let (report, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = async {
+                while let Some(step) = receiver.recv().await {
+                    match step {
+                        UploadStep::Chunk(chunk) => upload.write(chunk).await?,
+                        UploadStep::Finish => return upload.finish().await.map(Some),
+                    }
+                }
+                // The guest dropped the upload: dropping ours discards it.
+                Ok(None)
+            }
+            .await;
+            if let Some(result) = result.transpose() {
+                let _ = report.send(result);
+            }
+        });
+        UploadHandle { steps, outcome }
+    }
+
+    /// The backend's error once its task has stopped early.
+    async fn failure(&mut self) -> BindingError {
+        match (&mut self.outcome).await {
+            Ok(Err(e)) => e,
+            _ => BindingError::Backend("the upload was interrupted".into()),
+        }
+    }
+}
 
 fn guest_error(error: BindingError) -> Error {
     match error {
@@ -403,7 +447,7 @@ impl blob::HostBucket for HostState {
         let store = self.bindings().backends.blob.clone();
         let result: CallResult<_> = call!(self, store.put(&bucket, &key, options));
         match result? {
-            Ok(upload) => Ok(Ok(self.table.push(UploadHandle(upload))?)),
+            Ok(upload) => Ok(Ok(self.table.push(UploadHandle::spawn(upload))?)),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -475,16 +519,22 @@ impl blob::HostBody for HostState {
 impl blob::HostUpload for HostState {
     async fn write(&mut self, this: Resource<UploadHandle>, chunk: Vec<u8>) -> CallResult<()> {
         let upload = self.table.get_mut(&this)?;
-        Ok(upload
-            .0
-            .write(Bytes::from(chunk))
-            .await
-            .map_err(guest_error))
+        let step = UploadStep::Chunk(Bytes::from(chunk));
+        if upload.steps.send(step).await.is_err() {
+            return Ok(Err(guest_error(upload.failure().await)));
+        }
+        Ok(Ok(()))
     }
 
     async fn finish(&mut self, this: Resource<UploadHandle>) -> CallResult<blob::Object> {
-        let upload = self.table.delete(this)?;
-        Ok(upload.0.finish().await.map(object_out).map_err(guest_error))
+        let mut upload = self.table.delete(this)?;
+        if upload.steps.send(UploadStep::Finish).await.is_err() {
+            return Ok(Err(guest_error(upload.failure().await)));
+        }
+        Ok(match (&mut upload.outcome).await {
+            Ok(result) => result.map(object_out).map_err(guest_error),
+            Err(_) => Err(Error::Backend("the upload was interrupted".into())),
+        })
     }
 
     async fn drop(&mut self, this: Resource<UploadHandle>) -> wasmtime::Result<()> {
