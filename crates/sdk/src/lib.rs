@@ -507,7 +507,11 @@ impl Response {
         }
     }
 
-    fn send(self, out: ResponseOutparam) -> Result<()> {
+    /// Send the response. For a HEAD request (`head`) no body is written,
+    /// whatever the handler gave: the headers may still say how long the
+    /// GET body would be (`content-length`), which wasi-http would otherwise
+    /// hold against the empty body.
+    fn send(self, out: ResponseOutparam, head: bool) -> Result<()> {
         let fields = fields(&self.headers).context("response")?;
         let response = OutgoingResponse::new(fields);
         response
@@ -517,6 +521,12 @@ impl Response {
             .body()
             .map_err(|()| anyhow!("response body taken twice"))?;
         ResponseOutparam::set(out, Ok(response));
+        if head {
+            return match OutgoingBody::finish(body, None) {
+                Ok(()) | Err(wasi::http::types::ErrorCode::HttpResponseBodySize(_)) => Ok(()),
+                Err(e) => Err(anyhow!("finishing the response: {e:?}")),
+            };
+        }
         {
             let stream = body
                 .write()
@@ -808,9 +818,11 @@ pub mod __private {
         F: FnOnce(Request, Env, Ctx) -> Fut,
         Fut: Future<Output = Result<Response>>,
     {
-        let outcome = Request::from_wasi(request)
-            .and_then(|request| block_on(handler(request, Env::default(), Ctx::default())))
-            .and_then(|response| response.send(out));
+        let outcome = Request::from_wasi(request).and_then(|request| {
+            let head = request.method() == Method::HEAD;
+            let response = block_on(handler(request, Env::default(), Ctx::default()))?;
+            response.send(out, head)
+        });
         if outcome.is_ok() {
             // The response is complete; now the work it left for later.
             run_background();

@@ -166,6 +166,24 @@ impl R2Object {
         }
     }
 
+    /// A bodiless 200 response for a HEAD request: `etag`,
+    /// `content-length` (the object's size), `accept-ranges: bytes` and the
+    /// HTTP metadata as headers.
+    pub fn head_response(&self) -> Response {
+        let mut response = Response::empty(200);
+        let headers = response.headers_mut();
+        self.write_http_metadata(headers);
+        if let Ok(etag) = HeaderValue::from_str(&self.http_etag()) {
+            headers.insert(http::header::ETAG, etag);
+        }
+        headers.insert(http::header::CONTENT_LENGTH, self.size.into());
+        headers.insert(
+            http::header::ACCEPT_RANGES,
+            HeaderValue::from_static("bytes"),
+        );
+        response
+    }
+
     /// The etag quoted, as an `ETag` header carries it.
     pub fn http_etag(&self) -> String {
         format!("\"{}\"", self.etag)

@@ -76,13 +76,8 @@ async fn fetch(mut req: Request, env: Env, _ctx: Ctx) -> Result<Response> {
             }
         }
         Method::HEAD => match bucket.head(&key).await? {
-            Some(object) => {
-                let mut response = Response::empty(200);
-                object.write_http_metadata(response.headers_mut());
-                Ok(response
-                    .with_header("etag", &object.http_etag())
-                    .with_header("accept-ranges", "bytes"))
-            }
+            // etag, content-length and the stored content-type; no body.
+            Some(object) => Ok(object.head_response()),
             None => Ok(Response::empty(404)),
         },
         Method::DELETE => {

@@ -358,9 +358,7 @@ async fn counter(env: &Env) -> Result<Response> {
 
 // ---- R2 ----
 
-fn object_headers(object: &R2Object, headers: &mut HeaderMap) {
-    object.write_http_metadata(headers);
-    set_header(headers, "etag", object.http_etag().as_bytes());
+fn custom_headers(object: &R2Object, headers: &mut HeaderMap) {
     for (name, value) in &object.custom_metadata {
         set_header(headers, &format!("x-meta-{name}"), value.as_bytes());
     }
@@ -393,16 +391,11 @@ async fn r2_get(req: &Request, env: &Env, key: &str) -> Result<Response> {
     let Some(object) = env.bucket("BUCKET")?.get_range(key, range).await? else {
         return Ok(Response::empty(404));
     };
-    let custom = object.custom_metadata.clone();
+    let mut headers = HeaderMap::new();
+    custom_headers(&object, &mut headers);
     // Streams the body: the object is never held whole.
     let mut response = object.into_response();
-    for (name, value) in &custom {
-        set_header(
-            response.headers_mut(),
-            &format!("x-meta-{name}"),
-            value.as_bytes(),
-        );
-    }
+    response.headers_mut().extend(headers);
     Ok(response)
 }
 
@@ -410,9 +403,9 @@ async fn r2_head(env: &Env, key: &str) -> Result<Response> {
     let Some(object) = env.bucket("BUCKET")?.head(key).await? else {
         return Ok(Response::empty(404));
     };
-    // No content-length: wasi-http checks it against the (empty) body.
-    let mut response = Response::empty(200);
-    object_headers(&object, response.headers_mut());
+    // etag, content-length, content-type...; the SDK sends no body for HEAD.
+    let mut response = object.head_response();
+    custom_headers(&object, response.headers_mut());
     Ok(response)
 }
 
