@@ -154,11 +154,9 @@ pub fn kv(config: &Config, command: KvCommand) -> Result<()> {
                     }
                     keys.push(entry);
                 }
-                if let Some(limit) = limit {
-                    if keys.len() >= limit {
-                        keys.truncate(limit);
-                        break;
-                    }
+                if let Some(limit) = limit.filter(|&limit| keys.len() >= limit) {
+                    keys.truncate(limit);
+                    break;
                 }
                 if page.list_complete {
                     break;
