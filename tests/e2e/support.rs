@@ -144,6 +144,20 @@ impl Server {
         }
     }
 
+    /// Wait until some log line satisfies `matches`, or panic after a few
+    /// seconds.
+    pub fn wait_for_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if logs.lines().any(&matches) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "no matching log line:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
