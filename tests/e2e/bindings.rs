@@ -516,7 +516,10 @@ async fn r2_streams_ranges_metadata_and_listing() {
     let head = send(&server, Method::HEAD, "/r2/photos/cat.bin", &[], Vec::new()).await;
     expect(&head, 200);
     assert_eq!(head.header("content-length"), Some("5242880"));
-    assert_eq!(head.header("etag").map(|e| e.trim_matches('"')), Some(md5.as_str()));
+    assert_eq!(
+        head.header("etag").map(|e| e.trim_matches('"')),
+        Some(md5.as_str())
+    );
     assert_eq!(head.header("x-meta-owner"), Some("ada"));
     assert!(head.body.is_empty());
     expect(

@@ -150,3 +150,19 @@ fn compile_fills_the_cache_ahead_of_serving() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr_of(&missing).contains("/nonexistent/x.wasm: file not found"));
 }
+
+#[test]
+fn the_shipped_examples_config_is_valid() {
+    // guest-examples/isola.toml points at guest-examples/target; the test
+    // build puts the same components in target/guests.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("guest-examples/isola.toml")).unwrap();
+    let built = std::path::Path::new(guests::EXAMPLE_HELLO).parent().unwrap();
+    let text = text.replace(
+        "\"target/wasm32-wasip2/release/",
+        &format!("\"{}/", built.display()),
+    );
+    let project = Project::new(&text);
+    let output = run_isola(&["check", project.config().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+}

@@ -91,3 +91,121 @@ async fn middleware_chain_passes_typed_context_and_guards_the_app() {
         (400, "missing context: user and tenant\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_counter_counts_views_per_path() {
+    let project = Project::new(&format!(
+        "{}vars = {{ PREFIX = \"/views\" }}\nkv_namespaces = [{{ binding = \"KV\", id = \"kv-counter\" }}]\n",
+        worker(
+            "kv-counter",
+            guests::EXAMPLE_KV_COUNTER,
+            &["/views", "/views/*"]
+        ),
+    ));
+    let server = project.serve();
+    let client = client();
+    for expected in 1..=3 {
+        let response = client.get(server.url("/views/about")).send().await.unwrap();
+        assert_eq!(response.headers()["x-views"], expected.to_string().as_str());
+    }
+    client.get(server.url("/views/home")).send().await.unwrap();
+    let (status, _, body) = get(&client, &server.url("/views")).await;
+    assert_eq!(status, 200, "{body}");
+    let counts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(counts, serde_json::json!({"/about": 3, "/home": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posts_api_lists_posts_and_counts_views_after_responding() {
+    let project = Project::new(&format!(
+        "{}d1_databases = [{{ binding = \"DB\", database_name = \"posts\" }}]\n",
+        worker(
+            "posts-api",
+            guests::EXAMPLE_POSTS_API,
+            &["/posts", "/posts/*"]
+        ),
+    ));
+    let server = project.serve();
+    let client = client();
+    let created = client
+        .post(server.url("/posts"))
+        .body(r#"{"title": "hello", "body": "first post"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"].clone();
+    assert_eq!(id, 1);
+    for _ in 0..2 {
+        let (status, _, body) = get(&client, &server.url("/posts/1")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("first post"), "{body}");
+    }
+    // Views are recorded in waitUntil, after each response: poll briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = get(&client, &server.url("/posts")).await;
+        let posts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(posts[0]["title"], "hello", "{posts}");
+        if posts[0]["views"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views never reached 2: {posts}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = get(&client, &server.url("/posts/99")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_stream_files_in_and_out() {
+    let project = Project::new(&format!(
+        "{}cpu_ms = 1000\nr2_buckets = [{{ binding = \"BUCKET\", bucket_name = \"uploads\" }}]\n",
+        worker("uploads", guests::EXAMPLE_UPLOADS, &["/files", "/files/*"]),
+    ));
+    let server = project.serve();
+    let client = client();
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let put = client
+        .put(server.url("/files/docs/big.bin"))
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let back = client
+        .get(server.url("/files/docs/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 200);
+    assert_eq!(back.headers()["content-type"], "application/octet-stream");
+    assert!(back.bytes().await.unwrap() == body, "the file changed");
+    let part = client
+        .get(server.url("/files/docs/big.bin"))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), &body[100..200]);
+    let (_, _, listing) = get(&client, &server.url("/files")).await;
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(
+        listing["folders"],
+        serde_json::json!(["docs/"]),
+        "{listing}"
+    );
+    let deleted = client
+        .delete(server.url("/files/docs/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, _, _) = get(&client, &server.url("/files/docs/big.bin")).await;
+    assert_eq!(status, 404);
+}
