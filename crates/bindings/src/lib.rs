@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod blob;
 pub mod cache;
 pub mod kv;
+pub mod queue;
 pub mod sql;
 
 use std::path::Path;
@@ -36,6 +37,7 @@ pub struct Backends {
     pub blob: Arc<dyn blob::BlobStore>,
     pub cache: Arc<dyn cache::CacheStore>,
     pub analytics: Arc<dyn analytics::AnalyticsSink>,
+    pub queues: Arc<dyn queue::QueueStore>,
 }
 
 impl Backends {
@@ -54,6 +56,7 @@ impl Backends {
             analytics: Arc::new(analytics::SqliteAnalytics::open(
                 &state_dir.join("analytics.sqlite"),
             )?),
+            queues: Arc::new(queue::SqliteQueues::open(&state_dir.join("queues.sqlite"))?),
         })
     }
 }
