@@ -157,7 +157,9 @@ fn the_shipped_examples_config_is_valid() {
     // build puts the same components in target/guests.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let text = std::fs::read_to_string(root.join("guest-examples/isola.toml")).unwrap();
-    let built = std::path::Path::new(guests::EXAMPLE_HELLO).parent().unwrap();
+    let built = std::path::Path::new(guests::EXAMPLE_HELLO)
+        .parent()
+        .unwrap();
     let text = text.replace(
         "\"target/wasm32-wasip2/release/",
         &format!("\"{}/", built.display()),
