@@ -166,6 +166,68 @@ pub struct AnalyticsBinding {
     pub dataset: String,
 }
 
+/// `queues.producers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProducer {
+    pub binding: String,
+    pub queue: String,
+}
+
+/// `queues.consumers` entry (Wrangler's keys and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConsumer {
+    pub queue: String,
+    /// Most messages per batch (1..=100, default 10).
+    pub max_batch_size: u32,
+    /// Longest wait for a batch to fill, in seconds (0..=60, default 5).
+    pub max_batch_timeout: u64,
+    /// Deliveries after the first before a message is dead-lettered
+    /// (0..=100, default 3).
+    pub max_retries: u32,
+    pub dead_letter_queue: Option<String>,
+    /// Batches of this queue in flight at once (1..=250, default 1).
+    pub max_concurrency: u32,
+    /// Delay before a retried message is delivered again, in seconds
+    /// (default 0); a retry's own delay wins.
+    pub retry_delay: u64,
+}
+
+/// A validated cron expression: five fields (minute hour day month
+/// weekday, UTC) or, as an Isola extension, six with seconds first.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    pub expression: String,
+    pub schedule: croner::Cron,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression
+    }
+}
+
+impl CronSchedule {
+    pub fn parse(expression: &str) -> Result<CronSchedule, String> {
+        let fields = expression.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!(
+                "`{expression}` has {fields} fields; a cron expression has 5 (minute hour day month weekday) or 6 (seconds first)"
+            ));
+        }
+        let parser = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build();
+        let schedule = parser
+            .parse(expression)
+            .map_err(|e| format!("`{expression}` is not a valid cron expression: {e}"))?;
+        Ok(CronSchedule {
+            expression: expression.to_owned(),
+            schedule,
+        })
+    }
+}
+
 /// `[backends]`: where binding state lives. Only the embedded backends
 /// exist so far; a `type` Isola does not implement is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +281,13 @@ pub struct WorkerConfig {
     pub d1_databases: Vec<D1Binding>,
     pub r2_buckets: Vec<R2Binding>,
     pub analytics_engine_datasets: Vec<AnalyticsBinding>,
+    pub queue_producers: Vec<QueueProducer>,
+    pub queue_consumers: Vec<QueueConsumer>,
+    /// `triggers.crons`.
+    pub crons: Vec<CronSchedule>,
+    /// CPU budget of a scheduled run or a queue batch (`triggers.cpu_ms`);
+    /// `limits.cpu_ms` when unset.
+    pub trigger_cpu_ms: Option<u64>,
     pub limits: Limits,
     /// Where the worker may send outbound HTTP requests; see
     /// [`OutboundRule`]. Empty: nowhere.
@@ -250,6 +319,10 @@ impl WorkerConfig {
             d1_databases: Vec::new(),
             r2_buckets: Vec::new(),
             analytics_engine_datasets: Vec::new(),
+            queue_producers: Vec::new(),
+            queue_consumers: Vec::new(),
+            crons: Vec::new(),
+            trigger_cpu_ms: None,
             limits: Limits::default(),
             allowed_outbound_hosts: Vec::new(),
             outbound_override: None,
@@ -406,6 +479,8 @@ impl Config {
         let mut names = HashMap::new();
         let mut route_owner: HashMap<String, String> = HashMap::new();
         let mut service_refs = Vec::new();
+        // Each queue has at most one consumer.
+        let mut consumer_owner: HashMap<String, String> = HashMap::new();
         // `.dev.vars`, read when the first secret is looked up.
         let mut dev_vars: Option<BTreeMap<String, String>> = None;
         for (i, w) in raw.worker.into_iter().enumerate() {
@@ -630,12 +705,104 @@ impl Config {
                     dataset: name.clone(),
                 });
             }
+            let mut queue_producers = Vec::new();
+            for entry in &w.queues.producers {
+                claim(&entry.binding, "queue", "queues.producers")?;
+                check_queue_name(&entry.queue)
+                    .map_err(|m| locate(Some(entry.queue.span()), key("queues.producers"), m))?;
+                queue_producers.push(QueueProducer {
+                    binding: entry.binding.get_ref().clone(),
+                    queue: entry.queue.get_ref().clone(),
+                });
+            }
+            let mut queue_consumers = Vec::new();
+            for entry in &w.queues.consumers {
+                let field = key("queues.consumers");
+                check_queue_name(&entry.queue)
+                    .map_err(|m| locate(Some(entry.queue.span()), field.clone(), m))?;
+                if let Some(other) =
+                    consumer_owner.insert(entry.queue.get_ref().clone(), name.clone())
+                {
+                    return Err(locate(
+                        Some(entry.queue.span()),
+                        field,
+                        format!(
+                            "queue `{}` already has a consumer: worker `{other}`",
+                            entry.queue.get_ref()
+                        ),
+                    ));
+                }
+                let ranged = |value: &Option<Spanned<u64>>,
+                              default: u64,
+                              range: std::ops::RangeInclusive<u64>,
+                              what: &str| {
+                    match value {
+                        None => Ok(default),
+                        Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+                        Some(v) => Err(locate(
+                            Some(v.span()),
+                            key("queues.consumers"),
+                            format!(
+                                "{what} must be between {} and {}",
+                                range.start(),
+                                range.end()
+                            ),
+                        )),
+                    }
+                };
+                let dead_letter_queue = match &entry.dead_letter_queue {
+                    Some(dlq) => {
+                        check_queue_name(dlq)
+                            .map_err(|m| locate(Some(dlq.span()), key("queues.consumers"), m))?;
+                        if dlq.get_ref() == entry.queue.get_ref() {
+                            return Err(locate(
+                                Some(dlq.span()),
+                                key("queues.consumers"),
+                                "a queue cannot be its own dead letter queue".into(),
+                            ));
+                        }
+                        Some(dlq.get_ref().clone())
+                    }
+                    None => None,
+                };
+                queue_consumers.push(QueueConsumer {
+                    queue: entry.queue.get_ref().clone(),
+                    max_batch_size: ranged(&entry.max_batch_size, 10, 1..=100, "max_batch_size")?
+                        as u32,
+                    max_batch_timeout: ranged(
+                        &entry.max_batch_timeout,
+                        5,
+                        0..=60,
+                        "max_batch_timeout",
+                    )?,
+                    max_retries: ranged(&entry.max_retries, 3, 0..=100, "max_retries")? as u32,
+                    dead_letter_queue,
+                    max_concurrency: ranged(&entry.max_concurrency, 1, 1..=250, "max_concurrency")?
+                        as u32,
+                    retry_delay: ranged(&entry.retry_delay, 0, 0..=43_200, "retry_delay")?,
+                });
+            }
+            let mut crons = Vec::new();
+            for expression in &w.triggers.crons {
+                crons.push(
+                    CronSchedule::parse(expression.get_ref())
+                        .map_err(|m| locate(Some(expression.span()), key("triggers.crons"), m))?,
+                );
+            }
+            let trigger_cpu_ms = match w.triggers.cpu_ms {
+                Some(ms) => Some(positive(ms, format!("worker[{i}].triggers.cpu_ms"))?),
+                None => None,
+            };
             workers.push(WorkerConfig {
                 name,
                 component,
                 routes,
                 vars: w.vars,
                 secrets,
+                queue_producers,
+                queue_consumers,
+                crons,
+                trigger_cpu_ms,
                 kv_namespaces,
                 d1_databases,
                 r2_buckets,
@@ -676,6 +843,22 @@ fn is_binding_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Queue names as Cloudflare allows them: letters, digits, `-`, `_`.
+fn check_queue_name(name: &Spanned<String>) -> Result<(), String> {
+    let text = name.get_ref();
+    let valid = (1..=63).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{text}` is not a valid queue name (1 to 63 letters, digits, `-`, `_`)"
+        ))
+    }
 }
 
 fn nonempty(value: &Spanned<String>, what: &str) -> Result<(), (Range<usize>, String)> {
@@ -867,6 +1050,46 @@ struct RawWorker {
     r2_buckets: Vec<RawR2>,
     #[serde(default)]
     analytics_engine_datasets: Vec<RawAnalytics>,
+    #[serde(default)]
+    queues: RawQueues,
+    #[serde(default)]
+    triggers: RawTriggers,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueues {
+    #[serde(default)]
+    producers: Vec<RawProducer>,
+    #[serde(default)]
+    consumers: Vec<RawConsumer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProducer {
+    binding: Spanned<String>,
+    queue: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    queue: Spanned<String>,
+    max_batch_size: Option<Spanned<u64>>,
+    max_batch_timeout: Option<Spanned<u64>>,
+    max_retries: Option<Spanned<u64>>,
+    dead_letter_queue: Option<Spanned<String>>,
+    max_concurrency: Option<Spanned<u64>>,
+    retry_delay: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTriggers {
+    #[serde(default)]
+    crons: Vec<Spanned<String>>,
+    cpu_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -1086,5 +1309,62 @@ mod tests {
         assert!(std::env::var_os("PATH").is_some());
         let mut cache = None;
         assert!(secret_value("PATH", f.dir.path(), &mut cache).is_err());
+    }
+
+    #[test]
+    fn queues_and_triggers() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n\
+                 [worker.queues]\nproducers = [{ binding = \"JOBS\", queue = \"jobs\" }]\n\
+                 consumers = [{ queue = \"jobs\", max_batch_size = 5, dead_letter_queue = \"jobs-dlq\" }]\n\
+                 [worker.triggers]\ncrons = [\"*/5 * * * *\", \"*/2 * * * * *\"]\ncpu_ms = 500\n",
+            )
+            .unwrap();
+        let w = &config.workers[0];
+        assert_eq!(w.queue_producers[0].queue, "jobs");
+        let c = &w.queue_consumers[0];
+        assert_eq!(
+            (
+                c.max_batch_size,
+                c.max_batch_timeout,
+                c.max_retries,
+                c.max_concurrency
+            ),
+            (5, 5, 3, 1)
+        );
+        assert_eq!(c.dead_letter_queue.as_deref(), Some("jobs-dlq"));
+        assert_eq!(w.crons.len(), 2);
+        assert_eq!(w.trigger_cpu_ms, Some(500));
+
+        let worker = "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n";
+        assert_eq!(
+            f.error(&format!(
+                "{worker}[worker.triggers]\ncrons = [\"61 * * * *\"]\n"
+            ))
+            .split(": ")
+            .take(2)
+            .collect::<Vec<_>>(),
+            ["isola.toml:5:10", "worker[0].triggers.crons"]
+        );
+        assert!(
+            f.error(&format!("{worker}[worker.triggers]\ncrons = [\"* * *\"]\n"))
+                .contains("has 3 fields")
+        );
+        assert_eq!(
+            f.error(&format!(
+                "{worker}[worker.queues]\nconsumers = [{{ queue = \"q\", max_batch_size = 101 }}]\n"
+            )),
+            "isola.toml:5:46: worker[0].queues.consumers: max_batch_size must be between 1 and 100"
+        );
+        assert_eq!(
+            f.error(&format!("{worker}[worker.queues]\nconsumers = [{{ queue = \"q\", dead_letter_queue = \"q\" }}]\n")),
+            "isola.toml:5:49: worker[0].queues.consumers: a queue cannot be its own dead letter queue"
+        );
+        assert!(
+            f.error(&format!("{worker}[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n[[worker]]\nname = \"b\"\ncomponent = \"app.wasm\"\n[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n"))
+                .contains("queue `q` already has a consumer: worker `a`")
+        );
     }
 }
