@@ -32,6 +32,7 @@
 //! | `d1_databases` | `env.d1("DB")?` | [`d1`] |
 //! | `r2_buckets` | `env.bucket("BUCKET")?` | [`r2`] |
 //! | `analytics_engine_datasets` | `env.analytics("EVENTS")?` | [`analytics`] |
+//! | `queues.producers` | `env.queue("JOBS")?` | [`queue`] |
 //! | (always there) | `caches::default()?`, `caches::open("name")?` | [`caches`] |
 //! | `services` | `env.service("AUTH")` | [`Service`] |
 //!
@@ -39,6 +40,31 @@
 //! (`Invalid`, `SubrequestLimit` or `Backend`) that a handler can
 //! `downcast_ref` to answer each case differently. Every call counts
 //! against the request's subrequest budget, as in Workers.
+//!
+//! # Other handlers
+//!
+//! Besides `fetch`, a worker may handle cron triggers and queue batches:
+//!
+//! ```ignore
+//! #[isola_sdk::scheduled]
+//! async fn scheduled(event: ScheduledEvent, env: Env, ctx: Ctx) -> Result<()> {
+//!     println!("{} fired at {}", event.cron, event.scheduled_time);
+//!     Ok(())
+//! }
+//!
+//! #[isola_sdk::queue]
+//! async fn queue(batch: MessageBatch, env: Env, ctx: Ctx) -> Result<()> {
+//!     for message in &batch.messages {
+//!         println!("{}: {}", message.id, message.text()?);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each attribute makes the component export that handler
+//! (`isola:worker/scheduled`, `isola:worker/queue-consumer`); a worker
+//! without it does not, and the host then does not offer it that trigger.
+//! `ctx.wait_until` work finishes before the handler's call returns.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -51,7 +77,9 @@ pub mod analytics;
 pub mod caches;
 pub mod d1;
 mod error;
+mod handlers;
 pub mod kv;
+pub mod queue;
 pub mod r2;
 
 use std::cell::RefCell;
@@ -61,7 +89,7 @@ use std::task::{Context, Poll, Waker};
 
 pub use anyhow::{Context as _, Error, Result, anyhow, bail};
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-pub use isola_sdk_macros::fetch;
+pub use isola_sdk_macros::{fetch, queue, scheduled};
 use wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme,
 };
@@ -71,7 +99,9 @@ pub use analytics::{DataPoint, Dataset};
 pub use caches::{Cache, CacheKey};
 pub use d1::{D1, D1ExecResult, D1Meta, D1Params, D1Result, D1Row, D1Statement, D1Value};
 pub use error::BindingError;
+pub use handlers::ScheduledEvent;
 pub use kv::{Kv, KvKey, KvList, KvListOptions, KvPutOptions, KvValue};
+pub use queue::{Message, MessageBatch, Queue, QueueMessage, QueueSendOptions};
 pub use r2::{
     Bucket, R2Body, R2HttpMetadata, R2ListOptions, R2Object, R2ObjectBody, R2Objects, R2PutBody,
     R2PutOptions, R2Range, R2Upload,
@@ -110,6 +140,11 @@ impl Env {
     /// `analytics_engine_datasets`.
     pub fn analytics(&self, binding: &str) -> Result<Dataset> {
         Dataset::open(binding)
+    }
+
+    /// The queue bound as `binding` in `queues.producers`.
+    pub fn queue(&self, binding: &str) -> Result<Queue> {
+        Queue::open(binding)
     }
 
     /// The worker bound as `binding` in this worker's `services`.
@@ -809,6 +844,11 @@ pub mod __private {
     pub use wasi;
     pub use wasi::exports::http::incoming_handler::Guest as IncomingHandler;
     pub use wasi::http::types::{IncomingRequest, ResponseOutparam};
+
+    pub use crate::handlers::{
+        QueueGuest, ScheduledGuest, WitMessageBatch, WitOutcome, WitScheduledEvent, queue_bindings,
+        run_queue, run_scheduled, scheduled_bindings,
+    };
 
     use super::*;
 
