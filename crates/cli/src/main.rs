@@ -75,12 +75,31 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Fire a worker's handler once, in this process, with the worker's
+    /// bindings and limits.
+    Trigger {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: TriggerCommand,
+    },
     /// Query the analytics datasets written by workers.
     Analytics {
         #[arg(long, default_value = "isola.toml")]
         config: PathBuf,
         #[command(subcommand)]
         command: state::AnalyticsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerCommand {
+    /// Run the `scheduled` handler as if `--cron` (default: the worker's
+    /// first `triggers.crons` entry) fired now.
+    Cron {
+        worker: String,
+        #[arg(long)]
+        cron: Option<String>,
     },
 }
 
@@ -135,6 +154,10 @@ fn run(cli: Cli) -> Result<()> {
             sql,
             file,
         } => state::sql(&Config::load(&config)?, &database, sql, file),
+        Command::Trigger {
+            config,
+            command: TriggerCommand::Cron { worker, cron },
+        } => trigger_cron(&Config::load(&config)?, &worker, cron),
         Command::Analytics { config, command } => {
             state::analytics(&Config::load(&config)?, command)
         }
@@ -170,7 +193,7 @@ fn serve(config: Config) -> Result<()> {
     let engine = engine_for(&config)?;
     let backends = backends_for(&config)?;
     let workers = isola_server::load_workers(&engine, &config.workers, &backends)?;
-    let app = App::new(workers, &config.workers, &config.server);
+    let app = App::new(workers.clone(), &config.workers, &config.server);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -180,14 +203,55 @@ fn serve(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = server.local_addr()?;
+        let mut triggers = isola_server::Triggers::start(
+            &workers,
+            &config.workers,
+            backends.queues.clone(),
+            &config.server.state_dir,
+        )
+        .await;
         // Exactly one line on stdout, which scripts and tests wait for.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{addr}")?;
         stdout.flush()?;
         drop(stdout);
-        server.run(shutdown).await?;
+        server
+            .run(async {
+                shutdown.await;
+                // No new firings or batches once shutdown starts.
+                triggers.stop();
+            })
+            .await?;
         Ok(())
     })
+}
+
+fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()> {
+    let Some(worker_config) = config.workers.iter().find(|w| w.name == name) else {
+        bail!("{}: no worker is named `{name}`", config.source.display());
+    };
+    let cron = cron
+        .or_else(|| worker_config.crons.first().map(|c| c.expression.clone()))
+        .with_context(|| format!("worker `{name}` has no triggers.crons; give --cron"))?;
+    let engine = engine_for(config)?;
+    let backends = backends_for(config)?;
+    let worker =
+        isola_server::load_workers(&engine, std::slice::from_ref(worker_config), &backends)?
+            .remove(0);
+    if !worker.handles_scheduled() {
+        bail!("worker `{name}` does not export a scheduled handler");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    runtime
+        .block_on(isola_server::triggers::fire(&worker, &cron, now_ms))
+        .map_err(|e| anyhow::anyhow!("the scheduled handler failed: {e}"))?;
+    println!("{name}: scheduled `{cron}` ok");
+    Ok(())
 }
 
 /// Configs named on the command line: a `.toml` is read as a config file,

@@ -13,7 +13,7 @@ use isola_config::WorkerConfig;
 use wasmtime::component::Resource;
 
 use crate::state::HostState;
-use crate::state::generated::isola::worker::{analytics, blob, cache, kv, sql, types};
+use crate::state::generated::isola::worker::{analytics, blob, cache, kv, queue, sql, types};
 
 type Error = types::Error;
 /// A host call's result: the outer error traps (a bad handle), the inner
@@ -26,6 +26,8 @@ pub(crate) struct WorkerBindings {
     sql: HashMap<String, Arc<dyn backend::sql::SqlDatabase>>,
     buckets: HashMap<String, String>,
     datasets: HashMap<String, String>,
+    /// Producer binding → queue name.
+    queues: HashMap<String, String>,
     backends: Backends,
     /// Cache API entries are kept per worker, so one worker can neither read
     /// nor poison another's cache.
@@ -58,6 +60,11 @@ impl WorkerBindings {
                 .iter()
                 .map(|a| (a.binding.clone(), a.dataset.clone()))
                 .collect(),
+            queues: config
+                .queue_producers
+                .iter()
+                .map(|p| (p.binding.clone(), p.queue.clone()))
+                .collect(),
             backends: backends.clone(),
             cache_scope: config.name.clone(),
         })
@@ -69,6 +76,7 @@ pub struct SqlHandle(Arc<dyn backend::sql::SqlDatabase>);
 pub struct BucketHandle(String);
 pub struct CacheHandle(String);
 pub struct DatasetHandle(String);
+pub struct ProducerHandle(String);
 
 /// An object body being read by the guest.
 pub struct BodyHandle {
@@ -650,6 +658,71 @@ impl analytics::HostDataset for HostState {
     }
 
     async fn drop(&mut self, this: Resource<DatasetHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+// ---- Queue producers ----
+
+fn outgoing(body: Vec<u8>, options: queue::SendOptions) -> backend::queue::OutgoingMessage {
+    backend::queue::OutgoingMessage {
+        body,
+        content_type: options
+            .content_type
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        delay: std::time::Duration::from_secs(options.delay_seconds.unwrap_or(0).into()),
+    }
+}
+
+impl queue::Host for HostState {}
+
+impl HostState {
+    async fn send_messages(
+        &mut self,
+        this: &Resource<ProducerHandle>,
+        messages: Vec<backend::queue::OutgoingMessage>,
+    ) -> CallResult<()> {
+        let queue = self.table.get(this)?.0.clone();
+        if let Err(e) = backend::queue::validate(&messages) {
+            return Ok(Err(guest_error(e)));
+        }
+        let store = self.bindings().backends.queues.clone();
+        call!(self, store.send(&queue, messages))
+    }
+}
+
+impl queue::HostProducer for HostState {
+    async fn open(&mut self, binding: String) -> CallResult<Resource<ProducerHandle>> {
+        let Some(queue) = self.bindings().queues.get(&binding).cloned() else {
+            return Ok(Err(unbound("queue", &binding)));
+        };
+        Ok(Ok(self.table.push(ProducerHandle(queue))?))
+    }
+
+    async fn send(
+        &mut self,
+        this: Resource<ProducerHandle>,
+        body: Vec<u8>,
+        options: queue::SendOptions,
+    ) -> CallResult<()> {
+        self.send_messages(&this, vec![outgoing(body, options)])
+            .await
+    }
+
+    async fn send_batch(
+        &mut self,
+        this: Resource<ProducerHandle>,
+        messages: Vec<queue::OutgoingMessage>,
+    ) -> CallResult<()> {
+        let messages = messages
+            .into_iter()
+            .map(|m| outgoing(m.body, m.options))
+            .collect();
+        self.send_messages(&this, messages).await
+    }
+
+    async fn drop(&mut self, this: Resource<ProducerHandle>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
     }

@@ -31,12 +31,14 @@ mod pass_through;
 mod report;
 mod services;
 mod state;
+mod triggers;
 
 use failure::GuestError;
 pub use failure::{Failure, error_response};
 pub use isola_bindings::Backends;
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
+pub use triggers::{MessageOutcome, QueueMessage, TriggerError, TriggerRun};
 
 use std::fmt;
 use std::path::Path;
@@ -151,6 +153,12 @@ pub enum LoadError {
     NoHandler { path: String, reason: String },
     #[error("cannot set up the host linker: {0}")]
     Linker(String),
+    #[error("{path}: {reason}, but the component does not export `isola:worker/{handler}`")]
+    MissingHandler {
+        path: String,
+        handler: &'static str,
+        reason: String,
+    },
     #[error("worker `{worker}`: cannot open its bindings: {reason}")]
     Bindings { worker: String, reason: String },
 }
@@ -210,6 +218,10 @@ pub struct Worker {
 struct Inner {
     shared: Arc<WorkerShared>,
     pre: ProxyPre<HostState>,
+    scheduled: Option<triggers::scheduled_world::ScheduledHandlerPre<HostState>>,
+    queue: Option<triggers::queue_world::QueueHandlerPre<HostState>>,
+    /// CPU budget of a scheduled run or queue batch.
+    trigger_cpu_ms: u64,
     limits: Limits,
     fuel: u64,
     /// Fuel between yields to the async executor, so that a spinning guest
@@ -270,6 +282,24 @@ impl Worker {
                     path: path_text(),
                     reason: format!("{e:#}"),
                 })?;
+        // The optional handlers are whatever the component exports.
+        let scheduled =
+            triggers::scheduled_world::ScheduledHandlerPre::new(instance_pre.clone()).ok();
+        let queue = triggers::queue_world::QueueHandlerPre::new(instance_pre.clone()).ok();
+        if !config.crons.is_empty() && scheduled.is_none() {
+            return Err(LoadError::MissingHandler {
+                path: path_text(),
+                handler: "scheduled",
+                reason: format!("worker `{}` has `triggers.crons`", config.name),
+            });
+        }
+        if !config.queue_consumers.is_empty() && queue.is_none() {
+            return Err(LoadError::MissingHandler {
+                path: path_text(),
+                handler: "queue-consumer",
+                reason: format!("worker `{}` consumes queues", config.name),
+            });
+        }
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NoHandler {
             path: path_text(),
             reason: format!("{e:#}"),
@@ -308,6 +338,9 @@ impl Worker {
             inner: Arc::new(Inner {
                 shared,
                 pre,
+                scheduled,
+                queue,
+                trigger_cpu_ms: config.trigger_cpu_ms.unwrap_or(config.limits.cpu_ms),
                 limits: config.limits,
                 fuel: config.limits.cpu_ms.saturating_mul(fuel_per_ms),
                 fuel_yield_interval: fuel_per_ms,

@@ -92,12 +92,13 @@ impl<F> CpuTimed<F> {
     }
 }
 
-impl<F: Future<Output = Result<(), GuestError>>> Future for CpuTimed<F> {
+impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Ok(()));
+            // Already cut off at the limit and reported: nothing more comes.
+            return Poll::Pending;
         };
         let before = thread_cpu_ns();
         let result = inner.as_mut().poll(cx);

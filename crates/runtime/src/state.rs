@@ -26,6 +26,7 @@ pub(crate) mod generated {
             "isola:worker/blob": async | trappable,
             "isola:worker/cache": async | trappable,
             "isola:worker/analytics": async | trappable,
+            "isola:worker/queue": async | trappable,
         },
         with: {
             "isola:worker/kv.namespace": crate::env_bindings::KvHandle,
@@ -35,12 +36,15 @@ pub(crate) mod generated {
             "isola:worker/blob.upload": crate::env_bindings::UploadHandle,
             "isola:worker/cache.cache": crate::env_bindings::CacheHandle,
             "isola:worker/analytics.dataset": crate::env_bindings::DatasetHandle,
+            "isola:worker/queue.producer": crate::env_bindings::ProducerHandle,
         },
         require_store_data_send: true,
     });
 }
 
-use generated::isola::worker::{analytics, blob, cache, ctx, env, kv, request_info, sql, types};
+use generated::isola::worker::{
+    analytics, blob, cache, ctx, env, kv, queue, request_info, sql, types,
+};
 
 /// What a worker's requests share, built once at load time.
 pub(crate) struct WorkerShared {
@@ -256,5 +260,6 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     blob::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     cache::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     analytics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    queue::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

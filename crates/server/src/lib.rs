@@ -28,8 +28,11 @@ use isola_runtime::{
 };
 use tokio::net::TcpListener;
 
+pub mod triggers;
+
 pub use isola_runtime::Backends;
 pub use router::Router;
+pub use triggers::Triggers;
 
 /// Header carrying the request id on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

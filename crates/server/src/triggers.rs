@@ -1,0 +1,333 @@
+//! Cron triggers and queue consumers: the loops that call a worker's
+//! `scheduled` and `queue` handlers. Each firing and each batch gets an id
+//! and one `isola::trigger` log line with its outcome.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use isola_bindings::queue::{Delivery, QueueStore};
+use isola_config::{CronSchedule, QueueConsumer, WorkerConfig};
+use isola_runtime::{MessageOutcome, QueueMessage, Worker};
+use tokio::task::JoinHandle;
+
+/// How often an idle consumer looks for new messages. Polling keeps the
+/// backend interface small (no cross-process notification) and costs one
+/// indexed SQLite read per interval.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// The running trigger loops; stopped when dropped or by [`Triggers::stop`].
+pub struct Triggers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Triggers {
+    /// Start a cron loop per `triggers.crons` entry and `max_concurrency`
+    /// consumer loops per `queues.consumers` entry. `workers[i]` is
+    /// described by `configs[i]`.
+    pub async fn start(
+        workers: &[Worker],
+        configs: &[WorkerConfig],
+        queues: Arc<dyn QueueStore>,
+        state_dir: &Path,
+    ) -> Triggers {
+        let mut tasks = Vec::new();
+        // A single node: leases left by a previous process are void.
+        match queues.release_all_leases().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(target: "isola::trigger", released = n,
+                "messages in flight when the host last stopped will be delivered again"),
+            Err(e) => tracing::error!(target: "isola::trigger", "cannot release old leases: {e}"),
+        }
+        let ledger = Arc::new(CronLedger::load(state_dir.join("cron-state.json")));
+        for (worker, config) in workers.iter().zip(configs) {
+            for cron in &config.crons {
+                ledger.report_missed(worker.name(), cron);
+                tasks.push(tokio::spawn(cron_loop(
+                    worker.clone(),
+                    cron.clone(),
+                    ledger.clone(),
+                )));
+            }
+            for consumer in &config.queue_consumers {
+                for _ in 0..consumer.max_concurrency {
+                    tasks.push(tokio::spawn(consumer_loop(
+                        worker.clone(),
+                        consumer.clone(),
+                        queues.clone(),
+                    )));
+                }
+            }
+        }
+        Triggers { tasks }
+    }
+
+    /// Stop firing and consuming. A batch cut off here is delivered again
+    /// later (its messages stay leased, then are released).
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Triggers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// When each cron last fired, kept in `cron-state.json` so a restart can
+/// tell which firings it missed.
+struct CronLedger {
+    path: PathBuf,
+    last: Mutex<BTreeMap<String, u64>>,
+}
+
+impl CronLedger {
+    fn load(path: PathBuf) -> Self {
+        let last = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        CronLedger {
+            path,
+            last: Mutex::new(last),
+        }
+    }
+
+    fn key(worker: &str, cron: &CronSchedule) -> String {
+        format!("{worker} {}", cron.expression)
+    }
+
+    /// Log the firings that fell in the downtime; they are not replayed.
+    fn report_missed(&self, worker: &str, cron: &CronSchedule) {
+        let Some(&last) = self
+            .last
+            .lock()
+            .expect("ledger lock")
+            .get(&Self::key(worker, cron))
+        else {
+            return;
+        };
+        let Some(since) = chrono::DateTime::from_timestamp_millis(last as i64) else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        let missed = cron
+            .schedule
+            .iter_after(since)
+            .take_while(|t| *t < now)
+            .take(10_000)
+            .count();
+        if missed > 0 {
+            tracing::warn!(target: "isola::trigger", worker, cron = %cron.expression, missed,
+                last_fired = %since.to_rfc3339(),
+                "firings missed while the host was down are not replayed");
+        }
+    }
+
+    fn record(&self, worker: &str, cron: &CronSchedule, at_ms: u64) {
+        let text = {
+            let mut last = self.last.lock().expect("ledger lock");
+            last.insert(Self::key(worker, cron), at_ms);
+            serde_json::to_vec_pretty(&*last).expect("a map of numbers serialises")
+        };
+        // Written atomically; losing it only loses the missed-firing report.
+        let temp = self.path.with_extension("json.tmp");
+        if let Err(e) =
+            std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, &self.path))
+        {
+            tracing::warn!(target: "isola::trigger", "cannot record the cron state: {e}");
+        }
+    }
+}
+
+async fn cron_loop(worker: Worker, cron: CronSchedule, ledger: Arc<CronLedger>) {
+    loop {
+        let now = chrono::Utc::now();
+        let next = match cron.schedule.find_next_occurrence(&now, false) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(target: "isola::trigger", worker = worker.name(), cron = %cron.expression,
+                    "the schedule has no next firing: {e}");
+                return;
+            }
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let due_ms = next.timestamp_millis() as u64;
+        ledger.record(worker.name(), &cron, due_ms);
+        // Each firing runs on its own, so a slow one does not delay the next.
+        let worker = worker.clone();
+        let expression = cron.expression.clone();
+        tokio::spawn(async move { fire(&worker, &expression, due_ms).await });
+    }
+}
+
+/// Run one firing and log its outcome; `Ok` when the handler succeeded.
+pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String> {
+    let run = worker.scheduled(cron, due_ms).await;
+    match &run.result {
+        Ok(()) => {
+            tracing::info!(target: "isola::trigger", kind = "scheduled", id = %run.id,
+                worker = worker.name(), cron, outcome = "ok", "scheduled run finished");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(target: "isola::trigger", kind = "scheduled", id = %run.id,
+                worker = worker.name(), cron, outcome = e.failure.reason(),
+                backtrace = e.backtrace.as_deref().unwrap_or("none"),
+                "scheduled run failed: {}", e.cause);
+            Err(format!("{} ({})", e.cause, run.id))
+        }
+    }
+}
+
+async fn consumer_loop(worker: Worker, consumer: QueueConsumer, queues: Arc<dyn QueueStore>) {
+    let max = consumer.max_batch_size as usize;
+    let batch_timeout = Duration::from_secs(consumer.max_batch_timeout);
+    // Long enough to cover the wait for a full batch and the handler's run.
+    let lease =
+        batch_timeout + Duration::from_millis(worker.limits().wall_ms) + Duration::from_secs(30);
+    loop {
+        let mut batch = match queues.lease(&consumer.queue, max, lease).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(target: "isola::trigger", queue = %consumer.queue, "cannot read the queue: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        }
+        // Wait for the batch to fill, up to `max_batch_timeout` after its
+        // first message.
+        let deadline = tokio::time::Instant::now() + batch_timeout;
+        while batch.len() < max && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep_until((tokio::time::Instant::now() + IDLE_POLL).min(deadline)).await;
+            match queues
+                .lease(&consumer.queue, max - batch.len(), lease)
+                .await
+            {
+                Ok(more) => batch.extend(more),
+                Err(e) => {
+                    tracing::error!(target: "isola::trigger", queue = %consumer.queue, "cannot read the queue: {e}");
+                    break;
+                }
+            }
+        }
+        deliver(&worker, &consumer, queues.as_ref(), batch).await;
+    }
+}
+
+/// Hand one batch to the consumer and settle every message: ack, retry
+/// with backoff, or dead-letter once `max_retries` is spent.
+async fn deliver(
+    worker: &Worker,
+    consumer: &QueueConsumer,
+    queues: &dyn QueueStore,
+    batch: Vec<Delivery>,
+) {
+    let messages: Vec<QueueMessage> = batch
+        .iter()
+        .map(|d| QueueMessage {
+            id: d.id.clone(),
+            body: d.body.clone(),
+            content_type: d.content_type.clone(),
+            timestamp_ms: d.timestamp_ms,
+            attempts: d.attempts,
+        })
+        .collect();
+    let run = worker.queue(&consumer.queue, messages).await;
+    let outcomes = match &run.result {
+        Ok(outcomes) => outcomes.clone(),
+        // A trap or a limit retries the whole batch.
+        Err(_) => vec![MessageOutcome::Retry(None); batch.len()],
+    };
+    let (mut acked, mut retried, mut dead) = (Vec::new(), 0, 0);
+    for (delivery, outcome) in batch.iter().zip(outcomes) {
+        let settled = match outcome {
+            MessageOutcome::Ack => {
+                acked.push(delivery.id.clone());
+                Ok(())
+            }
+            MessageOutcome::Retry(_) if delivery.attempts > consumer.max_retries => {
+                dead += 1;
+                match &consumer.dead_letter_queue {
+                    Some(dlq) => queues.dead_letter(&consumer.queue, &delivery.id, dlq).await,
+                    None => {
+                        tracing::warn!(target: "isola::trigger", queue = %consumer.queue, message = %delivery.id,
+                            attempts = delivery.attempts, "message dropped after its last retry (no dead_letter_queue)");
+                        queues
+                            .ack(&consumer.queue, std::slice::from_ref(&delivery.id))
+                            .await
+                    }
+                }
+            }
+            MessageOutcome::Retry(delay) => {
+                retried += 1;
+                let delay = delay
+                    .map(u64::from)
+                    .unwrap_or_else(|| backoff(consumer, delivery.attempts));
+                queues
+                    .retry(&consumer.queue, &delivery.id, Duration::from_secs(delay))
+                    .await
+            }
+        };
+        if let Err(e) = settled {
+            // The lease runs out and the message comes again: at least once.
+            tracing::error!(target: "isola::trigger", queue = %consumer.queue, message = %delivery.id,
+                "cannot settle the message: {e}");
+        }
+    }
+    if let Err(e) = queues.ack(&consumer.queue, &acked).await {
+        tracing::error!(target: "isola::trigger", queue = %consumer.queue, "cannot ack the batch: {e}");
+    }
+    let attempts = batch.iter().map(|d| d.attempts).max().unwrap_or(0);
+    match &run.result {
+        Ok(_) => tracing::info!(target: "isola::trigger", kind = "queue", id = %run.id,
+            worker = worker.name(), queue = %consumer.queue, messages = batch.len(), acked = acked.len(),
+            retried, dead_lettered = dead, attempts, outcome = "ok", "queue batch finished"),
+        Err(e) => tracing::error!(target: "isola::trigger", kind = "queue", id = %run.id,
+            worker = worker.name(), queue = %consumer.queue, messages = batch.len(), acked = acked.len(),
+            retried, dead_lettered = dead, attempts, outcome = e.failure.reason(),
+            backtrace = e.backtrace.as_deref().unwrap_or("none"),
+            "queue batch failed, its messages are retried: {}", e.cause),
+    }
+}
+
+/// `retry_delay` doubled for each earlier attempt (capped at 12 hours, as
+/// Workers caps delays); 0 keeps retries immediate.
+fn backoff(consumer: &QueueConsumer, attempts: u32) -> u64 {
+    let doublings = attempts.saturating_sub(1).min(16);
+    consumer
+        .retry_delay
+        .saturating_mul(1 << doublings)
+        .min(12 * 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_retry_delay() {
+        let mut consumer = QueueConsumer {
+            queue: "q".into(),
+            max_batch_size: 10,
+            max_batch_timeout: 5,
+            max_retries: 3,
+            dead_letter_queue: None,
+            max_concurrency: 1,
+            retry_delay: 0,
+        };
+        assert_eq!(backoff(&consumer, 3), 0);
+        consumer.retry_delay = 5;
+        assert_eq!([1, 2, 3, 4].map(|a| backoff(&consumer, a)), [5, 10, 20, 40]);
+        assert_eq!(backoff(&consumer, 40), 12 * 3600);
+    }
+}
