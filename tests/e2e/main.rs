@@ -9,3 +9,4 @@ mod examples;
 mod lifecycle;
 mod limits;
 mod serving;
+mod triggers;
