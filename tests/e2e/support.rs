@@ -105,6 +105,8 @@ impl Server {
             .read_line(&mut first)
             .expect("reading isola's stdout");
         let Some(addr) = first.trim().strip_prefix("listening on http://") else {
+            // It may still be running (a wrong first line): stop it.
+            let _ = child.kill();
             let status = child.wait().ok();
             std::thread::sleep(Duration::from_millis(100));
             panic!(

@@ -259,3 +259,55 @@ fn handlers_a_component_does_not_export_are_start_up_errors() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_fires_scheduled_handlers() {
+    // A free loopback port for the admin listener.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let project = project("triggers.crons = [\"0 0 1 1 *\"]");
+    let config = std::fs::read_to_string(project.config()).unwrap();
+    std::fs::write(
+        project.config(),
+        format!("[server]\nadmin = \"{admin}\"\nadmin_token = \"letmein\"\n{config}"),
+    )
+    .unwrap();
+    let server = project.serve();
+    let url = |path: &str| format!("http://{admin}{path}");
+    let client = client();
+    let refused = client.post(url("/__scheduled")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let fired = client
+        .post(url("/__scheduled?cron=*%2F10+*+*+*+*"))
+        .bearer_auth("letmein")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fired.status(), 200, "{}", fired.text().await.unwrap());
+    assert_eq!(kv(&server, "cron:*/10 * * * *").await.as_deref(), Some("1"));
+    // Without ?cron, the worker's configured expression.
+    let fired = client
+        .post(url("/__scheduled?worker=triggers"))
+        .bearer_auth("letmein")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fired.status(), 200);
+    assert_eq!(kv(&server, "cron:0 0 1 1 *").await.as_deref(), Some("1"));
+    let health = client
+        .get(url("/healthz"))
+        .bearer_auth("letmein")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The public listener does not have the endpoint.
+    let public = client
+        .post(server.url("/__scheduled"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+}

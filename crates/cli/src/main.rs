@@ -203,6 +203,27 @@ fn serve(config: Config) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = server.local_addr()?;
+        let mut admin_addr_bound = None;
+        if let Some(admin_addr) = config.server.admin {
+            let schedulable = workers
+                .iter()
+                .zip(&config.workers)
+                .map(|(worker, c)| isola_server::admin::Schedulable {
+                    worker: worker.clone(),
+                    crons: c.crons.iter().map(|c| c.expression.clone()).collect(),
+                })
+                .collect();
+            let token = config
+                .server
+                .admin_token
+                .as_ref()
+                .map(|t| t.expose().to_owned());
+            let admin = isola_server::admin::Admin::bind(admin_addr, schedulable, token)
+                .await
+                .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
+            admin_addr_bound = Some(admin.local_addr()?);
+            tokio::spawn(admin.run());
+        }
         let mut triggers = isola_server::Triggers::start(
             &workers,
             &config.workers,
@@ -210,9 +231,12 @@ fn serve(config: Config) -> Result<()> {
             &config.server.state_dir,
         )
         .await;
-        // Exactly one line on stdout, which scripts and tests wait for.
+        // The first line on stdout, which scripts and tests wait for.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{addr}")?;
+        if let Some(admin) = admin_addr_bound {
+            writeln!(stdout, "admin listening on http://{admin}")?;
+        }
         stdout.flush()?;
         drop(stdout);
         server

@@ -88,6 +88,12 @@ pub struct ServerConfig {
     /// A header set by a trusted proxy in front of Isola that carries the
     /// real client address. Off by default: clients could forge it.
     pub trusted_client_ip_header: Option<String>,
+    /// The admin listener (operator endpoints such as `POST /__scheduled`);
+    /// off unless configured.
+    pub admin: Option<SocketAddr>,
+    /// Bearer token every admin call must carry; required when `admin` is
+    /// not a loopback address.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +111,8 @@ impl Default for ServerConfig {
             colo: None,
             country: None,
             trusted_client_ip_header: None,
+            admin: None,
+            admin_token: None,
         }
     }
 }
@@ -463,6 +471,27 @@ impl Config {
             }
             server.trusted_client_ip_header = Some(header.into_inner().to_ascii_lowercase());
         }
+        if let Some(admin) = &raw.server.admin {
+            let addr: SocketAddr = admin.get_ref().parse().map_err(|_| {
+                locate(
+                    Some(admin.span()),
+                    Some("server.admin".into()),
+                    format!(
+                        "`{}` is not an address such as 127.0.0.1:8788",
+                        admin.get_ref()
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() && raw.server.admin_token.is_none() {
+                return Err(locate(
+                    Some(admin.span()),
+                    Some("server.admin".into()),
+                    "an admin listener off loopback needs `admin_token`".into(),
+                ));
+            }
+            server.admin = Some(addr);
+        }
+        server.admin_token = raw.server.admin_token.clone().map(Secret);
         let server_override =
             match &raw.server.outbound_override {
                 Some(o) => Some(parse_override(o).map_err(|m| {
@@ -1020,6 +1049,8 @@ struct RawServer {
     colo: Option<String>,
     country: Option<String>,
     trusted_client_ip_header: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1172,7 +1203,7 @@ mod tests {
         let f = Fixture::new();
         assert_eq!(
             f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`"
+            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
@@ -1206,6 +1237,10 @@ mod tests {
             "isola.toml:4:10: worker[0].cpu_ms: must be at least 1"
         );
         assert_eq!(f.error(""), "isola.toml: no [[worker]] is configured");
+        assert_eq!(
+            f.error("[server]\nadmin = \"0.0.0.0:8788\"\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),
+            "isola.toml:2:9: server.admin: an admin listener off loopback needs `admin_token`"
+        );
         assert_eq!(
             f.error("[server]\ntrusted_client_ip_header = \"x real ip\"\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),
             "isola.toml:2:28: server.trusted_client_ip_header: `x real ip` is not a header name"

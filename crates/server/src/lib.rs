@@ -28,6 +28,7 @@ use isola_runtime::{
 };
 use tokio::net::TcpListener;
 
+pub mod admin;
 pub mod triggers;
 
 pub use isola_runtime::Backends;
