@@ -40,10 +40,8 @@ async fn kv(server: &Server, key: &str) -> Option<String> {
 async fn wait_for_kv(server: &Server, key: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(value) = kv(server, key).await {
-            if done(&value) {
-                return value;
-            }
+        if let Some(value) = kv(server, key).await.filter(|v| done(v)) {
+            return value;
         }
         assert!(
             Instant::now() < deadline,
@@ -123,7 +121,7 @@ async fn cron_fires_on_demand_and_failures_are_reported() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "1");
 
     // The handler's error fails the command and is logged.
-    let failing = Project::new(&std::fs::read_to_string(&config).unwrap().replace(
+    let failing = Project::new(&std::fs::read_to_string(config).unwrap().replace(
         "cpu_ms = 500",
         "cpu_ms = 500\nvars = { SCHEDULED_FAIL = \"1\" }",
     ));

@@ -239,16 +239,18 @@ impl Worker {
         let fuel = inner
             .trigger_cpu_ms
             .saturating_mul(inner.fuel_yield_interval);
-        if inner.consume_fuel {
-            if let Err(e) = store
+        let fuel_set = if inner.consume_fuel {
+            store
                 .set_fuel(fuel)
                 .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
-            {
-                return TriggerRun {
-                    id,
-                    result: Err(GuestError::host(Failure::Exception, e).into()),
-                };
-            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = fuel_set {
+            return TriggerRun {
+                id,
+                result: Err(GuestError::host(Failure::Exception, e).into()),
+            };
         }
         store.set_epoch_deadline(inner.wall_ticks);
 
