@@ -209,3 +209,51 @@ async fn uploads_stream_files_in_and_out() {
     let (status, _, _) = get(&client, &server.url("/files/docs/big.bin")).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fan_out_splits_a_job_into_queue_messages_and_reports_progress() {
+    let project = Project::new(&format!(
+        "{}d1_databases = [{{ binding = \"DB\", database_name = \"fan-out\" }}]\n\
+         queues.producers = [{{ binding = \"DOCS\", queue = \"fan-out-docs\" }}]\n\
+         queues.consumers = [{{ queue = \"fan-out-docs\", max_batch_size = 10, max_batch_timeout = 1, max_retries = 3, dead_letter_queue = \"fan-out-dlq\" }}]\n\
+         triggers.crons = [\"*/1 * * * *\"]\n",
+        worker("fan-out", guests::EXAMPLE_FAN_OUT, &["/jobs", "/jobs/*"]),
+    ));
+    let server = project.serve();
+    let client = client();
+    let created = client.post(server.url("/jobs")).send().await.unwrap();
+    assert_eq!(created.status(), 202);
+    let job: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(job["total"], 200, "{job}");
+    let id = job["id"].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _, body) = get(&client, &server.url(&format!("/jobs/{id}"))).await;
+        assert_eq!(status, 200, "{body}");
+        let progress: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if progress["done"] == 200 {
+            assert!(progress["finished_at"].is_string(), "{progress}");
+            assert!(progress["words"].as_u64().unwrap() > 0, "{progress}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not finish: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The cron handler reports progress; fire it now instead of waiting a
+    // minute.
+    let output = crate::support::run_isola(&[
+        "trigger",
+        "--config",
+        project.config().to_str().unwrap(),
+        "cron",
+        "fan-out",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        crate::support::stderr_of(&output)
+    );
+}
