@@ -66,26 +66,38 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The namespace `name` names: a `kv_namespaces` id or binding name.
-fn kv_namespace_id(config: &Config, name: &str) -> Result<String> {
-    let ids: BTreeSet<&str> = config
-        .workers
-        .iter()
-        .flat_map(|w| &w.kv_namespaces)
-        .filter(|kv| kv.id == name || kv.binding == name)
-        .map(|kv| kv.id.as_str())
+/// The one store `name` refers to, among `(id, binding)` pairs from every
+/// worker: by its id (or database name) or by a binding name.
+fn resolve<'a>(
+    config: &Config,
+    what: &str,
+    name: &str,
+    entries: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<String> {
+    let ids: BTreeSet<&str> = entries
+        .filter(|(id, binding)| *id == name || *binding == name)
+        .map(|(id, _)| id)
         .collect();
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id").to_owned()),
         0 => bail!(
-            "{}: no KV namespace has the id or binding `{name}`",
+            "{}: no {what} has the name or binding `{name}`",
             config.source.display()
         ),
         _ => bail!(
-            "`{name}` is a binding of several KV namespaces ({}); give the id",
+            "`{name}` is a binding of several {what}s ({}); give the name",
             ids.into_iter().collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+fn kv_namespace_id(config: &Config, name: &str) -> Result<String> {
+    let entries = config
+        .workers
+        .iter()
+        .flat_map(|w| &w.kv_namespaces)
+        .map(|kv| (kv.id.as_str(), kv.binding.as_str()));
+    resolve(config, "KV namespace", name, entries)
 }
 
 pub fn kv(config: &Config, command: KvCommand) -> Result<()> {
@@ -169,26 +181,13 @@ pub fn kv(config: &Config, command: KvCommand) -> Result<()> {
     Ok(())
 }
 
-/// The database `name` names: a `d1_databases` database name or binding.
 fn database_name(config: &Config, name: &str) -> Result<String> {
-    let names: BTreeSet<&str> = config
+    let entries = config
         .workers
         .iter()
         .flat_map(|w| &w.d1_databases)
-        .filter(|d1| d1.database_name == name || d1.binding == name)
-        .map(|d1| d1.database_name.as_str())
-        .collect();
-    match names.len() {
-        1 => Ok(names.into_iter().next().expect("one name").to_owned()),
-        0 => bail!(
-            "{}: no D1 database has the name or binding `{name}`",
-            config.source.display()
-        ),
-        _ => bail!(
-            "`{name}` is a binding of several D1 databases ({}); give the database name",
-            names.into_iter().collect::<Vec<_>>().join(", ")
-        ),
-    }
+        .map(|d1| (d1.database_name.as_str(), d1.binding.as_str()));
+    resolve(config, "D1 database", name, entries)
 }
 
 pub fn sql(
