@@ -923,9 +923,17 @@ fn secret_value(
         if file.is_file() {
             let entries = dotenvy::from_path_iter(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            for entry in entries {
-                // dotenvy's errors name the line, never the value.
-                let (k, v) = entry.map_err(|e| format!("{}: {e}", file.display()))?;
+            for (n, entry) in entries.enumerate() {
+                // dotenvy's parse error quotes the whole line, which may hold
+                // a secret: say where, never what.
+                let (k, v) = entry.map_err(|e| match e {
+                    dotenvy::Error::LineParse(..) => format!(
+                        "{}: entry {} is not NAME=value (dotenv syntax)",
+                        file.display(),
+                        n + 1
+                    ),
+                    other => format!("cannot read {}: {other}", file.display()),
+                })?;
                 values.insert(k, v);
             }
         }
@@ -1401,5 +1409,19 @@ mod tests {
             f.error(&format!("{worker}[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n[[worker]]\nname = \"b\"\ncomponent = \"app.wasm\"\n[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n"))
                 .contains("queue `q` already has a consumer: worker `a`")
         );
+    }
+
+    #[test]
+    fn a_malformed_dev_vars_file_never_echoes_its_lines() {
+        let f = Fixture::new();
+        std::fs::write(
+            f.dir.path().join(".dev.vars"),
+            "GOOD=1\nAPI_KEY 'hunter2-secret\n",
+        )
+        .unwrap();
+        let error = f
+            .error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nsecrets = [\"API_KEY\"]\n");
+        assert!(error.contains("is not NAME=value"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }
