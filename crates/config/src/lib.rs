@@ -955,11 +955,12 @@ type BackendError = (Option<Range<usize>>, String, String);
 
 fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, BackendError> {
     let mut config = BackendsConfig::default();
-    let kinds: [(&str, &Option<RawBackend>, &[&str]); 4] = [
+    let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
         ("kv", &raw.kv, &["sqlite"]),
         ("sql", &raw.sql, &["sqlite"]),
         ("blob", &raw.blob, &["fs"]),
         ("cache", &raw.cache, &["memory"]),
+        ("queue", &raw.queue, &["sqlite"]),
     ];
     for (kind, backend, available) in kinds {
         let Some(backend) = backend else { continue };
@@ -1032,6 +1033,7 @@ struct RawBackends {
     sql: Option<RawBackend>,
     blob: Option<RawBackend>,
     cache: Option<RawBackend>,
+    queue: Option<RawBackend>,
 }
 
 #[derive(Deserialize)]
@@ -1274,7 +1276,7 @@ mod tests {
         .unwrap();
         let config = f
             .parse(
-                "[backends]\ncache = { type = \"memory\", max_mb = 8 }\n\
+                "[backends]\ncache = { type = \"memory\", max_mb = 8 }\nqueue = { type = \"sqlite\" }\n\
                  [[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nsecrets = [\"API_KEY\"]\n\
                  kv_namespaces = [{ binding = \"KV\", id = \"app-kv\" }]\n\
                  d1_databases = [{ binding = \"DB\", database_name = \"app\" }]\n\
@@ -1329,6 +1331,12 @@ mod tests {
                 "[backends]\nkv = {{ type = \"redis\" }}\n{worker}"
             )),
             "isola.toml:2:15: backends.kv.type: `redis` is not an available kv backend (available: sqlite)"
+        );
+        assert_eq!(
+            f.error(&format!(
+                "[backends]\nqueue = {{ type = \"redis\" }}\n{worker}"
+            )),
+            "isola.toml:2:18: backends.queue.type: `redis` is not an available queue backend (available: sqlite)"
         );
         assert_eq!(
             f.error(&format!(
