@@ -360,20 +360,23 @@ fn http_metadata_in(m: blob::HttpMetadata) -> backend::blob::HttpMetadata {
     }
 }
 
+fn http_metadata_out(m: backend::blob::HttpMetadata) -> blob::HttpMetadata {
+    blob::HttpMetadata {
+        content_type: m.content_type,
+        content_language: m.content_language,
+        content_disposition: m.content_disposition,
+        content_encoding: m.content_encoding,
+        cache_control: m.cache_control,
+    }
+}
+
 fn object_out(o: backend::blob::ObjectInfo) -> blob::Object {
-    let m = o.http_metadata;
     blob::Object {
         key: o.key,
         size: o.size,
         etag: o.etag,
         uploaded: o.uploaded,
-        http_metadata: blob::HttpMetadata {
-            content_type: m.content_type,
-            content_language: m.content_language,
-            content_disposition: m.content_disposition,
-            content_encoding: m.content_encoding,
-            cache_control: m.cache_control,
-        },
+        http_metadata: http_metadata_out(o.http_metadata),
         custom_metadata: o.custom_metadata,
     }
 }

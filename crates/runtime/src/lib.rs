@@ -44,7 +44,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -57,7 +57,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use outbound::{OutboundPolicy, Subrequests};
-use report::{CpuTimed, Outcome, Report};
+use report::{Report, within_limits};
 use state::{HostState, WorkerShared};
 
 /// The body of a response produced by a worker; it streams from the guest.
@@ -404,17 +404,13 @@ impl Worker {
             .get::<RequestId>()
             .cloned()
             .unwrap_or_else(RequestId::generate);
-        let report = Arc::new(Report {
-            worker: self.inner.shared.name.clone(),
-            request_id: request_id.0.clone(),
-            method: request.method().clone(),
-            path: request.uri().path().to_owned(),
-            client: request.extensions().get::<ClientAddr>().map(|c| c.0),
-            started: Instant::now(),
-            cpu_ns: AtomicU64::new(0),
-            subrequests: Arc::default(),
-            outcome: std::sync::Mutex::new(Outcome::default()),
-        });
+        let report = Report::new(
+            self.inner.shared.name.clone(),
+            request_id.0.clone(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            request.extensions().get::<ClientAddr>().map(|c| c.0),
+        );
         let call = request
             .extensions()
             .get::<services::CallContext>()
@@ -531,14 +527,16 @@ impl Worker {
         }
     }
 
-    async fn run(
+    /// A fresh store for one run with the worker's limits armed: `fuel`
+    /// (when fuel is on), the epoch deadline of `wall_ms`, the memory
+    /// limiter, and the subrequest budget counted in `report`.
+    fn new_store(
         &self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
         services: services::ServiceCalls,
-        report: Arc<Report>,
-    ) -> Result<http::Response<Body>, GuestError> {
+        report: &Report,
+        fuel: u64,
+    ) -> Result<Store<HostState>, GuestError> {
         let inner = &self.inner;
-        let request_id = services.request_id.clone();
         let subrequests = Subrequests {
             used: report.subrequests.clone(),
             budget: inner.limits.subrequests,
@@ -548,11 +546,23 @@ impl Worker {
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         if inner.consume_fuel {
             store
-                .set_fuel(inner.fuel)
+                .set_fuel(fuel)
                 .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
                 .map_err(|e| GuestError::host(Failure::Exception, e))?;
         }
         store.set_epoch_deadline(inner.wall_ticks);
+        Ok(store)
+    }
+
+    async fn run(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        services: services::ServiceCalls,
+        report: Arc<Report>,
+    ) -> Result<http::Response<Body>, GuestError> {
+        let inner = &self.inner;
+        let request_id = services.request_id.clone();
+        let mut store = self.new_store(services, &report, inner.fuel)?;
 
         let incoming = store
             .data_mut()
@@ -614,16 +624,7 @@ impl Worker {
         let active = ActiveTask::start(&inner.active);
         let task = tokio::spawn(async move {
             let _active = active;
-            let outcome =
-                match tokio::time::timeout(wall, CpuTimed::new(guest, report.clone(), cpu_limit))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(GuestError::message(
-                        Failure::WallLimit,
-                        format!("wall-clock limit of {} ms reached", wall.as_millis()),
-                    )),
-                };
+            let outcome = within_limits(guest, report.clone(), wall, cpu_limit).await;
             match outcome {
                 Err(error) if response_sent.load(Ordering::Acquire) => {
                     report.outcome.lock().expect("report lock").limit = error.failure.limit();

@@ -33,6 +33,27 @@ pub(crate) struct Outcome {
 }
 
 impl Report {
+    /// A run starting now; nothing spent yet.
+    pub fn new(
+        worker: Arc<str>,
+        request_id: Arc<str>,
+        method: http::Method,
+        path: String,
+        client: Option<std::net::SocketAddr>,
+    ) -> Arc<Report> {
+        Arc::new(Report {
+            worker,
+            request_id,
+            method,
+            path,
+            client,
+            started: Instant::now(),
+            cpu_ns: AtomicU64::new(0),
+            subrequests: Arc::default(),
+            outcome: Mutex::new(Outcome::default()),
+        })
+    }
+
     pub fn cpu_ms(&self) -> f64 {
         self.cpu_ns.load(Ordering::Relaxed) as f64 / 1e6
     }
@@ -117,6 +138,23 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
             )));
         }
         result
+    }
+}
+
+/// Run `guest` under the wall-clock limit (which also bounds host-side
+/// waits) and the CPU-time backstop, accounting its CPU time in `report`.
+pub(crate) async fn within_limits<T>(
+    guest: impl Future<Output = Result<T, GuestError>>,
+    report: Arc<Report>,
+    wall: std::time::Duration,
+    cpu_limit: std::time::Duration,
+) -> Result<T, GuestError> {
+    match tokio::time::timeout(wall, CpuTimed::new(guest, report, cpu_limit)).await {
+        Ok(result) => result,
+        Err(_) => Err(GuestError::message(
+            Failure::WallLimit,
+            format!("wall-clock limit of {} ms reached", wall.as_millis()),
+        )),
     }
 }
 

@@ -4,14 +4,12 @@
 //! (method `SCHEDULED` or `QUEUE`, the cron expression or queue as path).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::Store;
 
 use crate::failure::{Failure, GuestError};
-use crate::outbound::Subrequests;
-use crate::report::{CpuTimed, Outcome, Report};
+use crate::report::{Report, within_limits};
 use crate::state::HostState;
 use crate::{ActiveTask, RequestId, RequestInfo, Worker, services};
 
@@ -205,17 +203,13 @@ impl Worker {
     {
         let inner = &self.inner;
         let id = RequestId::generate();
-        let report = Arc::new(Report {
-            worker: inner.shared.name.clone(),
-            request_id: id.0.clone(),
-            method: http::Method::from_bytes(method.as_bytes()).expect("a valid method name"),
-            path: target,
-            client: None,
-            started: Instant::now(),
-            cpu_ns: AtomicU64::new(0),
-            subrequests: Arc::default(),
-            outcome: std::sync::Mutex::new(Outcome::default()),
-        });
+        let report = Report::new(
+            inner.shared.name.clone(),
+            id.0.clone(),
+            http::Method::from_bytes(method.as_bytes()).expect("a valid method name"),
+            target,
+            None,
+        );
         let services = services::ServiceCalls {
             services: inner.services.get().cloned().unwrap_or_default(),
             bindings: inner.bindings.clone(),
@@ -227,32 +221,18 @@ impl Worker {
                 ..RequestInfo::default()
             },
         };
-        let subrequests = Subrequests {
-            used: report.subrequests.clone(),
-            budget: inner.limits.subrequests,
-        };
-        let mut store = Store::new(
-            inner.pre.engine(),
-            HostState::new(inner.shared.clone(), subrequests, services),
-        );
-        store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         let fuel = inner
             .trigger_cpu_ms
             .saturating_mul(inner.fuel_yield_interval);
-        let fuel_set = if inner.consume_fuel {
-            store
-                .set_fuel(fuel)
-                .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
-        } else {
-            Ok(())
+        let store = match self.new_store(services, &report, fuel) {
+            Ok(store) => store,
+            Err(e) => {
+                return TriggerRun {
+                    id,
+                    result: Err(e.into()),
+                };
+            }
         };
-        if let Err(e) = fuel_set {
-            return TriggerRun {
-                id,
-                result: Err(GuestError::host(Failure::Exception, e).into()),
-            };
-        }
-        store.set_epoch_deadline(inner.wall_ticks);
 
         let task_report = report.clone();
         let guest = async move {
@@ -269,13 +249,7 @@ impl Worker {
         let timed_report = report.clone();
         let task = tokio::spawn(async move {
             let _active = active;
-            match tokio::time::timeout(wall, CpuTimed::new(guest, timed_report, cpu_limit)).await {
-                Ok(result) => result,
-                Err(_) => Err(GuestError::message(
-                    Failure::WallLimit,
-                    format!("wall-clock limit of {} ms reached", wall.as_millis()),
-                )),
-            }
+            within_limits(guest, timed_report, wall, cpu_limit).await
         });
         let result = match task.await {
             Ok(result) => result,
