@@ -1,6 +1,7 @@
 //! `isola`: run, serve, compile and check wasm workers; inspect and seed
 //! their state.
 
+mod js;
 mod state;
 
 use std::io::{IsTerminal, Write};
@@ -31,6 +32,20 @@ enum Command {
         /// Compile cache and embedded state.
         #[arg(long, default_value = isola_config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+    },
+    /// Build a JavaScript worker (`export default { fetch, ... }`) into a
+    /// component, with componentize-js (installed from npm on first use).
+    Build {
+        /// The worker's entry module; relative imports are bundled.
+        #[arg(required_unless_present = "setup")]
+        main: Option<PathBuf>,
+        /// Where to write the component (default: the module's name with
+        /// `.wasm`, in the current directory).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// Only install the JavaScript toolchain (for CI and images).
+        #[arg(long, conflicts_with_all = ["main", "out"])]
+        setup: bool,
     },
     /// Serve the workers of a config file.
     Serve {
@@ -138,8 +153,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             serve(Config::single(component, server))
         }
+        Command::Build { main, out, setup } => build(main, out, setup),
         Command::Serve { config, listen } => {
-            let mut config = Config::load(&config)?;
+            let mut config = load_config(&config)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
@@ -157,11 +173,48 @@ fn run(cli: Cli) -> Result<()> {
         Command::Trigger {
             config,
             command: TriggerCommand::Cron { worker, cron },
-        } => trigger_cron(&Config::load(&config)?, &worker, cron),
+        } => trigger_cron(&load_config(&config)?, &worker, cron),
         Command::Analytics { config, command } => {
             state::analytics(&Config::load(&config)?, command)
         }
     }
+}
+
+/// Read a config file for serving: parse and validate it, then build its
+/// JavaScript workers (`main = "….js"`) into components.
+fn load_config(path: &Path) -> Result<Config> {
+    let config = Config::load(path)?;
+    js::build_workers(&config)?;
+    Ok(config)
+}
+
+fn build(main: Option<PathBuf>, out: Option<PathBuf>, setup: bool) -> Result<()> {
+    if setup {
+        let dir = js::setup()?;
+        println!("JavaScript toolchain ready in {}", dir.display());
+        return Ok(());
+    }
+    let main = main.expect("clap requires `main` without --setup");
+    let out = out.unwrap_or_else(|| {
+        let stem = main.file_stem().unwrap_or(main.as_os_str());
+        PathBuf::from(stem).with_extension("wasm")
+    });
+    let built = js::build(&main, &out)?;
+    let size = std::fs::metadata(&built.component)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "{}: {} ({:.1} MB{})",
+        main.display(),
+        built.component.display(),
+        size as f64 / 1e6,
+        match (built.cached, &built.world) {
+            (true, _) => ", cached".to_owned(),
+            (false, Some(world)) => format!(", world {world}"),
+            (false, None) => String::new(),
+        }
+    );
+    Ok(())
 }
 
 /// The state behind the workers' bindings.
@@ -285,7 +338,7 @@ fn configs_for(inputs: &[PathBuf], state_dir: &Path) -> Result<Vec<Config>> {
         .iter()
         .map(|input| {
             if input.extension().is_some_and(|e| e == "toml") {
-                Ok(Config::load(input)?)
+                load_config(input)
             } else if input.is_file() {
                 let server = ServerConfig {
                     state_dir: state_dir.to_owned(),

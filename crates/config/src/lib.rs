@@ -280,7 +280,12 @@ impl Default for Limits {
 pub struct WorkerConfig {
     pub name: String,
     /// Path of the component, resolved against the config file's directory.
+    /// For a JavaScript worker (`main`), where its build will be written.
     pub component: PathBuf,
+    /// A JavaScript worker's entry module (`main = "src/worker.js"`),
+    /// resolved like `component`. `isola serve`, `dev` and `check` build it
+    /// into `component` before loading.
+    pub main: Option<PathBuf>,
     pub routes: Vec<RoutePattern>,
     pub vars: BTreeMap<String, String>,
     /// Values from `ISOLA_SECRET_<NAME>` or `.dev.vars` beside the config.
@@ -320,6 +325,7 @@ impl WorkerConfig {
         WorkerConfig {
             name: name.into(),
             component: component.into(),
+            main: None,
             routes: Vec::new(),
             vars: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -533,14 +539,47 @@ impl Config {
                     format!("worker `{name}` is defined twice"),
                 ));
             }
-            let component = base.join(w.component.get_ref());
-            if !component.is_file() {
-                return Err(locate(
-                    Some(w.component.span()),
-                    key("component"),
-                    format!("component file not found: {}", component.display()),
-                ));
-            }
+            let (component, main) = match (&w.component, &w.main) {
+                (Some(component), None) => {
+                    let path = base.join(component.get_ref());
+                    if !path.is_file() {
+                        return Err(locate(
+                            Some(component.span()),
+                            key("component"),
+                            format!("component file not found: {}", path.display()),
+                        ));
+                    }
+                    (path, None)
+                }
+                (None, Some(main)) => {
+                    let path = base.join(main.get_ref());
+                    if !path.is_file() {
+                        return Err(locate(
+                            Some(main.span()),
+                            key("main"),
+                            format!("worker module not found: {}", path.display()),
+                        ));
+                    }
+                    // Built by the CLI before loading; one file per worker.
+                    let built = server.state_dir.join("build").join(format!("{name}.wasm"));
+                    (built, Some(path))
+                }
+                (Some(_), Some(main)) => {
+                    return Err(locate(
+                        Some(main.span()),
+                        key("main"),
+                        "give either `component` (a .wasm) or `main` (a JavaScript module), not both"
+                            .into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(locate(
+                        Some(w.name.span()),
+                        key("component"),
+                        "missing `component` (a .wasm) or `main` (a JavaScript module)".into(),
+                    ));
+                }
+            };
             let routes = match w.routes {
                 Some(routes) => routes
                     .into_iter()
@@ -825,6 +864,7 @@ impl Config {
             workers.push(WorkerConfig {
                 name,
                 component,
+                main,
                 routes,
                 vars: w.vars,
                 secrets,
@@ -1067,7 +1107,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawWorker {
     name: Spanned<String>,
-    component: Spanned<String>,
+    component: Option<Spanned<String>>,
+    main: Option<Spanned<String>>,
     routes: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     vars: BTreeMap<String, String>,
@@ -1230,9 +1271,20 @@ mod tests {
             f.error("[server]\nlisten = \"nowhere\"\n[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n"),
             "isola.toml:2:10: server.listen: `nowhere` is not an address such as 127.0.0.1:8787"
         );
-        assert!(
-            f.error("[[worker]]\nname = \"app\"\n")
-                .starts_with("isola.toml:1:1: missing field `component`")
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\n"),
+            "isola.toml:2:8: worker[0].component: missing `component` (a .wasm) or `main` (a JavaScript module)"
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\nmain = \"src/missing.js\"\n"),
+            format!(
+                "isola.toml:3:8: worker[0].main: worker module not found: {}",
+                f.dir.path().join("src/missing.js").display()
+            )
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nmain = \"app.wasm\"\n"),
+            "isola.toml:4:8: worker[0].main: give either `component` (a .wasm) or `main` (a JavaScript module), not both"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nroutes = [\"/*\"]\n[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n"),

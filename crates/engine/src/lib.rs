@@ -5,8 +5,12 @@
 //! interruption are on, instances come from a pooling allocator with
 //! copy-on-write memory images, and components are compiled once and then
 //! loaded from `<cache_dir>/<sha256>-<engine hash>.cwasm` by `mmap`.
+//! Cranelift's incremental cache (`<cache_dir>/incremental/`) lets components
+//! that share code (every JS worker carries the same engine) share its
+//! compiled functions.
 
 mod cache;
+mod incremental;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,8 +86,14 @@ impl IsolaEngine {
     /// Build the engine and start its epoch ticker thread, which stops by
     /// itself once the last clone of the engine is dropped.
     pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
-        let engine = Engine::new(&engine_config(options))
+        let mut config = engine_config(options);
+        let incremental = options.cache_dir.join("incremental");
+        config
+            .enable_incremental_compilation(std::sync::Arc::new(
+                incremental::IncrementalCache::new(incremental),
+            ))
             .map_err(|e| EngineError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| EngineError::Engine(format!("{e:#}")))?;
         let cache = CompileCache::open(&engine, &options.cache_dir)?;
         spawn_epoch_ticker(&engine);
         Ok(IsolaEngine {

@@ -76,20 +76,7 @@ impl LineWriter {
 
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
-        let mut line = line.trim_end_matches('\r').to_owned();
-        // A guest may print a secret by mistake; the log never shows it.
-        // Very short values are left alone: masking them would garble
-        // ordinary text and hide little.
-        for secret in self
-            .log
-            .secrets
-            .iter()
-            .filter(|s| s.len() >= MIN_MASKED_SECRET)
-        {
-            if line.contains(secret.as_str()) {
-                line = line.replace(secret.as_str(), "[secret]");
-            }
-        }
+        let line = mask_secrets(line.trim_end_matches('\r'), &self.log.secrets);
         let GuestLog {
             worker, request_id, ..
         } = &self.log;
@@ -150,4 +137,17 @@ impl tokio::io::AsyncWrite for LineWriter {
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// `text` with every secret value replaced by `[secret]`: a guest may print
+/// a secret by mistake, and the log never shows it. Very short values are
+/// left alone: masking them would garble ordinary text and hide little.
+pub(crate) fn mask_secrets(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_MASKED_SECRET) {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "[secret]");
+        }
+    }
+    text
 }

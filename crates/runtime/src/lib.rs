@@ -324,6 +324,7 @@ impl Worker {
                 .map(|s| s.expose().to_owned())
                 .collect(),
             bindings,
+            env_names: state::env_names(config),
             outbound: Arc::new(OutboundPolicy {
                 rules: config.allowed_outbound_hosts.clone(),
                 override_authority: config.outbound_override.clone(),

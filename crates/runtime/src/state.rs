@@ -21,6 +21,7 @@ pub(crate) mod generated {
         // async, so a slow one never blocks the executor thread. A bad
         // handle traps; backend failures are the guest's `error`.
         imports: {
+            "isola:worker/ctx.abort": trappable,
             "isola:worker/kv": async | trappable,
             "isola:worker/sql": async | trappable,
             "isola:worker/blob": async | trappable,
@@ -57,6 +58,8 @@ pub(crate) struct WorkerShared {
     /// Secret values, masked in guest log lines.
     pub secret_values: Arc<[String]>,
     pub bindings: crate::env_bindings::WorkerBindings,
+    /// Every name of the worker's `env` and what it is (`env.bindings`).
+    pub env_names: Vec<env::Binding>,
     pub outbound: Arc<OutboundPolicy>,
     /// Largest linear memory, in bytes.
     pub memory_limit: usize,
@@ -205,6 +208,13 @@ impl ctx::Host for HostState {
         self.pass_through_on_exception = true;
     }
 
+    fn abort(&mut self, message: String) -> wasmtime::Result<()> {
+        Err(wasmtime::Error::msg(crate::guest_log::mask_secrets(
+            &message,
+            &self.shared.secret_values,
+        )))
+    }
+
     fn get_local(&mut self, key: String) -> Option<String> {
         self.hooks
             .services
@@ -242,6 +252,65 @@ impl env::Host for HostState {
     fn var(&mut self, name: String) -> Option<String> {
         self.shared.vars.get(&name).cloned()
     }
+
+    fn bindings(&mut self) -> Vec<env::Binding> {
+        self.shared.env_names.clone()
+    }
+}
+
+/// The names of a worker's `env`, as `env.bindings` lists them.
+pub(crate) fn env_names(config: &isola_config::WorkerConfig) -> Vec<env::Binding> {
+    use env::BindingKind as Kind;
+    let named = |kind: Kind| move |name: &String| (name.clone(), kind);
+    let mut names: Vec<(String, Kind)> = Vec::new();
+    names.extend(config.vars.keys().map(named(Kind::Var)));
+    names.extend(config.secrets.keys().map(named(Kind::Secret)));
+    names.extend(
+        config
+            .kv_namespaces
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Kv)),
+    );
+    names.extend(
+        config
+            .d1_databases
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Sql)),
+    );
+    names.extend(
+        config
+            .r2_buckets
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Blob)),
+    );
+    names.extend(
+        config
+            .analytics_engine_datasets
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Analytics)),
+    );
+    names.extend(
+        config
+            .queue_producers
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Queue)),
+    );
+    names.extend(
+        config
+            .services
+            .iter()
+            .map(|b| &b.binding)
+            .map(named(Kind::Service)),
+    );
+    names
+        .into_iter()
+        .map(|(name, kind)| env::Binding { name, kind })
+        .collect()
 }
 
 /// Everything a worker may import: all of WASI 0.2 (cargo's wasm32-wasip2

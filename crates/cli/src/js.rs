@@ -1,0 +1,234 @@
+//! JavaScript workers: `isola build worker.js`, and the build step `serve`,
+//! `dev` and `check` run for workers configured with `main = "….js"`.
+//!
+//! The heavy lifting is done by npm packages (esbuild bundles,
+//! componentize-js compiles to a component) driven by `sdk/js/src/build.mjs`.
+//! The SDK shim, the build script, the WIT and the pinned `package.json` +
+//! lockfile are compiled into this binary and written to a toolchain
+//! directory under the user's cache on first use, where `npm install` installs
+//! the packages. The directory is named by a hash of those files, so a new
+//! `isola` never runs an older shim.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use isola_config::Config;
+use sha2::{Digest, Sha256};
+
+/// The files of the toolchain directory, by their path in it.
+const TOOLCHAIN_FILES: &[(&str, &str)] = &[
+    ("package.json", include_str!("../../../sdk/js/package.json")),
+    (
+        "package-lock.json",
+        include_str!("../../../sdk/js/package-lock.json"),
+    ),
+    ("src/shim.js", include_str!("../../../sdk/js/src/shim.js")),
+    (
+        "src/build.mjs",
+        include_str!("../../../sdk/js/src/build.mjs"),
+    ),
+    ("wit/worker.wit", include_str!("../../../wit/worker.wit")),
+    (
+        "wit/deps/cli.wit",
+        include_str!("../../../wit/deps/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../../../wit/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem.wit"),
+    ),
+    (
+        "wit/deps/http.wit",
+        include_str!("../../../wit/deps/http.wit"),
+    ),
+    ("wit/deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    (
+        "wit/deps/random.wit",
+        include_str!("../../../wit/deps/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../../../wit/deps/sockets.wit"),
+    ),
+];
+
+/// Where Isola keeps what it builds for the user: `$ISOLA_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/isola`, else `~/.cache/isola`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ISOLA_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("isola");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache").join("isola"),
+        None => std::env::temp_dir().join("isola-cache"),
+    }
+}
+
+fn toolchain_version() -> String {
+    let mut hash = Sha256::new();
+    for (path, text) in TOOLCHAIN_FILES {
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    }
+    format!("{:x}", hash.finalize())[..16].to_owned()
+}
+
+/// Holds an exclusive lock on a file for as long as it lives: one `npm install`
+/// and one componentize-js run at a time per machine (each takes most of
+/// the CPU and ~1 GB; a second one waits and then finds the cache filled).
+struct Lock(File);
+
+impl Lock {
+    fn acquire(path: &Path) -> Result<Lock> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(Lock(file))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// The installed toolchain directory, installing it first if needed.
+/// Call with the build lock held.
+fn toolchain() -> Result<PathBuf> {
+    let base = cache_root().join("js-toolchain");
+    let dir = base.join(toolchain_version());
+    if dir.join("node_modules/.package-lock.json").is_file() {
+        return Ok(dir);
+    }
+    require_tool("node")?;
+    require_tool("npm")?;
+    eprintln!(
+        "installing the JavaScript toolchain (componentize-js, esbuild) into {}",
+        dir.display()
+    );
+    let staging = base.join(format!(".staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    for (path, text) in TOOLCHAIN_FILES {
+        let target = staging.join(path);
+        std::fs::create_dir_all(target.parent().expect("toolchain files are in a directory"))?;
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    std::fs::write(staging.join("VERSION"), toolchain_version())?;
+    let status = Command::new("npm")
+        // `npm ci` refuses lockfiles that list platform-specific optional
+        // packages for other platforms (npm 11); `install` honours the
+        // lockfile all the same.
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&staging)
+        .status()
+        .context("cannot run npm")?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&staging);
+        bail!(
+            "`npm install` failed ({status}) installing the JavaScript toolchain; is the npm registry reachable?"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&staging, &dir)
+        .with_context(|| format!("cannot move the toolchain into {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn require_tool(tool: &str) -> Result<()> {
+    match Command::new(tool).arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        _ => bail!(
+            "building JavaScript workers needs Node.js (18 or newer) and npm on PATH: `{tool} --version` did not run"
+        ),
+    }
+}
+
+fn build_lock() -> Result<Lock> {
+    let base = cache_root().join("js-toolchain");
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    Lock::acquire(&base.join(".lock"))
+}
+
+/// Install the toolchain now (for CI and container images).
+pub fn setup() -> Result<PathBuf> {
+    let _lock = build_lock()?;
+    toolchain()
+}
+
+/// What [`build`] made.
+#[derive(Debug)]
+pub struct Built {
+    pub component: PathBuf,
+    /// Taken from the build cache: the bundle had been built before.
+    pub cached: bool,
+    /// Exported handlers' world, when it was built now.
+    pub world: Option<String>,
+}
+
+/// Build the worker module `main` into the component `out`.
+pub fn build(main: &Path, out: &Path) -> Result<Built> {
+    let _lock = build_lock()?;
+    let toolchain = toolchain()?;
+    let output = Command::new("node")
+        .arg(toolchain.join("src/build.mjs"))
+        .arg("--main")
+        .arg(main)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache_root().join("js-builds"))
+        .output()
+        .context("cannot run node")?;
+    if !output.status.success() {
+        let message = String::from_utf8_lossy(&output.stderr);
+        bail!("{}", message.trim_end());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(|| format!("unexpected output from the JS build: {stdout}"))?;
+    Ok(Built {
+        component: out.to_owned(),
+        cached: summary["cached"].as_bool().unwrap_or(false),
+        world: summary["world"].as_str().map(str::to_owned),
+    })
+}
+
+/// Build every worker of `config` that has a `main` module into its
+/// `component` path.
+pub fn build_workers(config: &Config) -> Result<()> {
+    for worker in &config.workers {
+        let Some(main) = &worker.main else { continue };
+        let started = std::time::Instant::now();
+        let built = build(main, &worker.component).with_context(|| {
+            format!("worker `{}`: cannot build {}", worker.name, main.display())
+        })?;
+        tracing::info!(
+            worker = %worker.name,
+            main = %main.display(),
+            cached = built.cached,
+            ms = started.elapsed().as_millis() as u64,
+            "built JavaScript worker"
+        );
+    }
+    Ok(())
+}

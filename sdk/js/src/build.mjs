@@ -1,0 +1,183 @@
+// Build a Cloudflare-style JavaScript worker into an `isola:worker`
+// component. Driven by `isola build`; run from the toolchain directory that
+// holds this file, the shim, the WIT and node_modules.
+//
+//   node build.mjs --main src/worker.js --out worker.wasm --cache DIR
+//
+// 1. esbuild bundles the worker (relative ES imports, npm packages) into one
+//    module: StarlingMonkey takes a single file, and esbuild's errors name
+//    file, line and column.
+// 2. The bundle's handlers (fetch, scheduled, queue) pick the WIT world, so
+//    the component exports exactly the handlers the worker defines.
+// 3. componentize-js turns shim + bundle into a component.
+// Outputs are cached by the SHA-256 of the bundle and this toolchain.
+
+import { createHash } from "node:crypto";
+import { execFile } from "node:child_process";
+import { copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { promisify } from "node:util";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const toolchain = resolve(here, "..");
+
+function parseArgs(argv) {
+  const args = {};
+  for (let i = 0; i < argv.length; i += 2) {
+    const key = argv[i];
+    if (!key.startsWith("--") || argv[i + 1] === undefined) {
+      throw new Error(`usage: build.mjs --main FILE --out FILE --cache DIR (at ${key})`);
+    }
+    args[key.slice(2)] = argv[i + 1];
+  }
+  for (const required of ["main", "out", "cache"]) {
+    if (!args[required]) throw new Error(`missing --${required}`);
+  }
+  return args;
+}
+
+/** An esbuild failure as `file:line:col: error: text` lines. */
+class BuildError extends Error {}
+
+async function bundle(esbuild, entry, outfile) {
+  try {
+    await esbuild.build({
+      entryPoints: [entry],
+      outfile,
+      bundle: true,
+      format: "esm",
+      platform: "neutral",
+      target: "es2022",
+      // Prefer the builds packages publish for Workers and browsers.
+      conditions: ["workerd", "worker", "browser"],
+      mainFields: ["browser", "module", "main"],
+      external: ["isola:worker/*"],
+      logLevel: "silent",
+      charset: "utf8",
+    });
+  } catch (e) {
+    if (!Array.isArray(e.errors)) throw e;
+    const lines = e.errors.map((error) => {
+      const where = error.location
+        ? `${relative(process.cwd(), resolve(error.location.file))}:${error.location.line}:${error.location.column + 1}: `
+        : "";
+      return `${where}error: ${error.text}`;
+    });
+    throw new BuildError(lines.join("\n"));
+  }
+}
+
+/** Which optional handlers the worker's default export defines: evaluated
+ * in a separate node process, as StarlingMonkey evaluates it at build time
+ * anyway. When that fails (the module needs Workers-only globals at the top
+ * level), the bundle's text decides. */
+async function detectHandlers(userBundle) {
+  const probe = `
+    const m = await import(${JSON.stringify(pathToFileURL(userBundle).href)});
+    const w = m.default ?? {};
+    const has = (name) => typeof w[name] === "function";
+    console.log(JSON.stringify({ ok: true, scheduled: has("scheduled"), queue: has("queue") }));`;
+  try {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ["--input-type=module", "-e", probe],
+      { timeout: 20000 },
+    );
+    const result = JSON.parse(stdout.trim().split("\n").pop());
+    if (result.ok) return result;
+  } catch {
+    // Fall through to the text check.
+  }
+  const text = await readFile(userBundle, "utf8");
+  return {
+    scheduled: /\bscheduled\s*\(\s*\w*\s*,/.test(text) || /\bscheduled\s*:\s*(async\s*)?(function|\()/.test(text),
+    queue: /\bqueue\s*\(\s*\w*\s*,/.test(text) || /\bqueue\s*:\s*(async\s*)?(function|\()/.test(text),
+  };
+}
+
+function worldFor({ scheduled, queue }) {
+  if (scheduled && queue) return "worker-scheduled-queue";
+  if (scheduled) return "worker-scheduled";
+  if (queue) return "worker-queue";
+  return "worker";
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const mainPath = resolve(args.main);
+  if (!existsSync(mainPath)) throw new BuildError(`${args.main}: file not found`);
+  const esbuild = await import(pathToFileURL(join(toolchain, "node_modules/esbuild/lib/main.js")).href);
+  const work = await mkdtemp(join(tmpdir(), "isola-js-"));
+  try {
+    const userBundle = join(work, "user.mjs");
+    await bundle(esbuild, mainPath, userBundle);
+    const userCode = await readFile(userBundle);
+
+    const version = await readFile(join(toolchain, "VERSION"), "utf8");
+    const key = createHash("sha256").update(version).update("\0").update(userCode).digest("hex");
+    await mkdir(args.cache, { recursive: true });
+    const cached = join(args.cache, `${key}.wasm`);
+    const out = resolve(args.out);
+    if (existsSync(cached)) {
+      await place(cached, out);
+      console.log(JSON.stringify({ out, cached: true }));
+      return;
+    }
+
+    const handlers = await detectHandlers(userBundle);
+    const world = worldFor(handlers);
+    const entry = join(work, "entry.mjs");
+    const shim = join(toolchain, "src/shim.js");
+    // The shim comes first: its top level installs `caches` and friends
+    // before the worker's module runs.
+    await writeFile(
+      entry,
+      [
+        `import { installFetch, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
+        `import * as userModule from ${JSON.stringify(userBundle)};`,
+        `const worker = userModule.default;`,
+        `installFetch(worker);`,
+        handlers.scheduled ? `export const scheduled = scheduledExport(worker);` : "",
+        handlers.queue ? `export const queueConsumer = queueExport(worker);` : "",
+        "",
+      ].join("\n"),
+    );
+    const finalBundle = join(work, "worker.js");
+    await bundle(esbuild, entry, finalBundle);
+
+    const { componentize } = await import(
+      pathToFileURL(join(toolchain, "node_modules/@bytecodealliance/componentize-js/src/componentize.js")).href
+    );
+    const started = Date.now();
+    const { component } = await componentize({
+      sourcePath: finalBundle,
+      witPath: join(toolchain, "wit"),
+      worldName: world,
+    });
+    const temp = `${cached}.${process.pid}.tmp`;
+    await writeFile(temp, component);
+    await rename(temp, cached);
+    await place(cached, out);
+    console.log(
+      JSON.stringify({ out, cached: false, world, bytes: component.byteLength, ms: Date.now() - started }),
+    );
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function place(from, to) {
+  if (from === to) return;
+  await mkdir(dirname(to), { recursive: true });
+  const temp = `${to}.${process.pid}.tmp`;
+  await copyFile(from, temp);
+  await rename(temp, to);
+}
+
+main().catch((e) => {
+  console.error(e instanceof BuildError ? e.message : `error: ${e?.stack ?? e}`);
+  process.exit(1);
+});

@@ -1,0 +1,890 @@
+// The Isola JavaScript SDK shim: runs a Cloudflare-style worker module
+// (`export default { fetch, scheduled, queue }`) on the `isola:worker` WIT
+// imports and exports. `isola build` bundles it with the worker; every
+// request gets a fresh instance, so nothing here outlives one event.
+
+import * as ctxApi from "isola:worker/ctx@0.1.0";
+import * as envApi from "isola:worker/env@0.1.0";
+import * as requestInfo from "isola:worker/request-info@0.1.0";
+import { Namespace } from "isola:worker/kv@0.1.0";
+import { Database } from "isola:worker/sql@0.1.0";
+import { Bucket, Upload } from "isola:worker/blob@0.1.0";
+import { Cache } from "isola:worker/cache@0.1.0";
+import { Dataset } from "isola:worker/analytics@0.1.0";
+import { Producer } from "isola:worker/queue@0.1.0";
+
+const SERVICE_HOST_SUFFIX = ".service.isola.internal";
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// ---------------------------------------------------------------- errors
+
+/** The text of a thrown value, with its stack when it has one. */
+function errorText(e) {
+  if (e instanceof Error) {
+    const stack = e.stack ? `\n${e.stack.trimEnd()}` : "";
+    return `${e.name}: ${e.message}${stack}`;
+  }
+  try {
+    return typeof e === "string" ? e : JSON.stringify(e);
+  } catch {
+    return String(e);
+  }
+}
+
+/** A binding call's `error` variant as a JavaScript Error. */
+function bindingError(e) {
+  const payload = e && e.payload;
+  if (payload && typeof payload.tag === "string") {
+    const error = new Error(String(payload.val));
+    error.name =
+      payload.tag === "invalid"
+        ? "TypeError"
+        : payload.tag === "subrequest-limit"
+          ? "TooManySubrequests"
+          : "BackendError";
+    return error;
+  }
+  return e;
+}
+
+/** Run a binding call, turning its `error` into an Error. */
+function call(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw bindingError(e);
+  }
+}
+
+// ---------------------------------------------------------------- bytes
+
+async function toBytes(value) {
+  if (value === null || value === undefined) return new Uint8Array(0);
+  if (typeof value === "string") return encoder.encode(value);
+  if (value instanceof Uint8Array) return value;
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
+  if (ArrayBuffer.isView(value)) {
+    return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  }
+  if (value instanceof ReadableStream || value instanceof Blob) {
+    return new Uint8Array(await new Response(value).arrayBuffer());
+  }
+  throw new TypeError(
+    "expected a string, ArrayBuffer, ArrayBufferView, Blob or ReadableStream",
+  );
+}
+
+function concat(chunks) {
+  const total = chunks.reduce((n, c) => n + c.byteLength, 0);
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const c of chunks) {
+    out.set(c, offset);
+    offset += c.byteLength;
+  }
+  return out;
+}
+
+const toSeconds = (value) =>
+  value === undefined || value === null ? undefined : BigInt(Math.floor(Number(value)));
+const fromBig = (value) => (value === undefined ? undefined : Number(value));
+
+// ---------------------------------------------------------------- KV
+
+class KVNamespace {
+  #binding;
+  #handle;
+  constructor(binding) {
+    this.#binding = binding;
+  }
+  #ns() {
+    this.#handle ??= call(() => Namespace.open(this.#binding));
+    return this.#handle;
+  }
+
+  async get(key, options) {
+    const type = typeof options === "string" ? options : (options?.type ?? "text");
+    const value = call(() => this.#ns().get(String(key)));
+    return value === undefined ? null : decodeKv(value.data, type);
+  }
+
+  async getWithMetadata(key, options) {
+    const type = typeof options === "string" ? options : (options?.type ?? "text");
+    const value = call(() => this.#ns().get(String(key)));
+    if (value === undefined) return { value: null, metadata: null, cacheStatus: null };
+    return {
+      value: decodeKv(value.data, type),
+      metadata: value.metadata === undefined ? null : JSON.parse(value.metadata),
+      cacheStatus: null,
+    };
+  }
+
+  async put(key, value, options = {}) {
+    const data = await toBytes(value);
+    const metadata =
+      options.metadata === undefined ? undefined : JSON.stringify(options.metadata);
+    call(() =>
+      this.#ns().put(String(key), data, {
+        expirationTtl: toSeconds(options.expirationTtl),
+        expiration: toSeconds(options.expiration),
+        metadata,
+      }),
+    );
+  }
+
+  async delete(key) {
+    call(() => this.#ns().delete(String(key)));
+  }
+
+  async list(options = {}) {
+    const result = call(() =>
+      this.#ns().list({
+        prefix: options.prefix ?? undefined,
+        limit: options.limit ?? undefined,
+        cursor: options.cursor || undefined,
+      }),
+    );
+    const keys = result.keys.map((k) => {
+      const key = { name: k.name };
+      if (k.expiration !== undefined) key.expiration = Number(k.expiration);
+      if (k.metadata !== undefined) key.metadata = JSON.parse(k.metadata);
+      return key;
+    });
+    const page = { keys, list_complete: result.listComplete, cacheStatus: null };
+    if (!result.listComplete) page.cursor = result.cursor;
+    return page;
+  }
+}
+
+function decodeKv(bytes, type) {
+  switch (type) {
+    case "text":
+      return decoder.decode(bytes);
+    case "json":
+      return JSON.parse(decoder.decode(bytes));
+    case "arrayBuffer":
+      return bytes.slice().buffer;
+    case "stream":
+      return new Response(bytes).body;
+    default:
+      throw new TypeError(`unknown KV type "${type}": use text, json, arrayBuffer or stream`);
+  }
+}
+
+// ---------------------------------------------------------------- D1
+
+function sqlValue(value) {
+  if (value === null || value === undefined) return { tag: "null" };
+  switch (typeof value) {
+    case "number":
+      return Number.isInteger(value)
+        ? { tag: "integer", val: BigInt(value) }
+        : { tag: "real", val: value };
+    case "bigint":
+      return { tag: "integer", val: value };
+    case "boolean":
+      return { tag: "integer", val: value ? 1n : 0n };
+    case "string":
+      return { tag: "text", val: value };
+  }
+  if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) {
+    return {
+      tag: "blob",
+      val:
+        value instanceof ArrayBuffer
+          ? new Uint8Array(value)
+          : new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
+    };
+  }
+  throw new TypeError(`D1_TYPE_ERROR: type '${typeof value}' not supported for value '${value}'`);
+}
+
+function jsValue(value) {
+  switch (value.tag) {
+    case "null":
+      return null;
+    case "integer":
+      return Number(value.val);
+    case "real":
+      return value.val;
+    case "text":
+      return value.val;
+    case "blob":
+      return Array.from(value.val);
+  }
+}
+
+function d1Meta(meta) {
+  return {
+    duration: meta.durationMs,
+    rows_read: Number(meta.rowsRead),
+    rows_written: Number(meta.rowsWritten),
+    last_row_id: Number(meta.lastRowId),
+    changed_db: meta.changedDb,
+    changes: Number(meta.changes),
+    size_after: 0,
+    served_by: "isola",
+  };
+}
+
+function d1Objects(rows) {
+  return rows.rows.map((row) => {
+    const object = {};
+    rows.columns.forEach((column, i) => {
+      object[column] = jsValue(row[i]);
+    });
+    return object;
+  });
+}
+
+function d1Result(rows) {
+  return { success: true, meta: d1Meta(rows.meta), results: d1Objects(rows) };
+}
+
+class D1PreparedStatement {
+  #db;
+  constructor(db, sql, params = []) {
+    this.#db = db;
+    this.sql = sql;
+    this.params = params;
+  }
+  bind(...values) {
+    return new D1PreparedStatement(this.#db, this.sql, values.map(sqlValue));
+  }
+  statement() {
+    return { sql: this.sql, params: this.params };
+  }
+  #query() {
+    return call(() => this.#db.handle().query(this.statement()));
+  }
+  async first(column) {
+    const rows = this.#query();
+    const [first] = d1Objects(rows);
+    if (first === undefined) return null;
+    if (column === undefined) return first;
+    if (!(column in first)) throw new Error(`D1_COLUMN_NOTFOUND: Column not found (${column})`);
+    return first[column];
+  }
+  async all() {
+    return d1Result(this.#query());
+  }
+  async run() {
+    return d1Result(this.#query());
+  }
+  async raw(options = {}) {
+    const rows = this.#query();
+    const values = rows.rows.map((row) => row.map(jsValue));
+    return options.columnNames ? [rows.columns, ...values] : values;
+  }
+}
+
+class D1Database {
+  #binding;
+  #handle;
+  constructor(binding) {
+    this.#binding = binding;
+  }
+  handle() {
+    this.#handle ??= call(() => Database.open(this.#binding));
+    return this.#handle;
+  }
+  prepare(sql) {
+    return new D1PreparedStatement(this, sql);
+  }
+  async batch(statements) {
+    const results = call(() => this.handle().batch(statements.map((s) => s.statement())));
+    return results.map(d1Result);
+  }
+  async exec(sql) {
+    const result = call(() => this.handle().exec(sql));
+    return { count: result.count, duration: result.durationMs };
+  }
+}
+
+// ---------------------------------------------------------------- R2
+
+const HTTP_METADATA_FIELDS = [
+  ["contentType", "content-type"],
+  ["contentLanguage", "content-language"],
+  ["contentDisposition", "content-disposition"],
+  ["contentEncoding", "content-encoding"],
+  ["cacheControl", "cache-control"],
+];
+
+function httpMetadataIn(value) {
+  const out = {};
+  if (!value) return out;
+  const headers = value instanceof Headers ? value : null;
+  for (const [field, header] of HTTP_METADATA_FIELDS) {
+    const v = headers ? headers.get(header) : value[field];
+    if (v !== null && v !== undefined) out[field] = String(v);
+  }
+  return out;
+}
+
+class R2Object {
+  constructor(object, range) {
+    this.key = object.key;
+    this.version = object.etag;
+    this.size = Number(object.size);
+    this.etag = object.etag;
+    this.httpEtag = `"${object.etag}"`;
+    this.uploaded = new Date(Number(object.uploaded));
+    this.httpMetadata = {};
+    for (const [field] of HTTP_METADATA_FIELDS) {
+      if (object.httpMetadata[field] !== undefined) {
+        this.httpMetadata[field] = object.httpMetadata[field];
+      }
+    }
+    this.customMetadata = Object.fromEntries(object.customMetadata);
+    this.checksums = { md5: hexToBytes(object.etag).buffer };
+    this.storageClass = "Standard";
+    if (range) this.range = range;
+  }
+  writeHttpMetadata(headers) {
+    for (const [field, header] of HTTP_METADATA_FIELDS) {
+      if (this.httpMetadata[field] !== undefined) headers.set(header, this.httpMetadata[field]);
+    }
+  }
+}
+
+function hexToBytes(hex) {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+const READ_CHUNK = 64 * 1024;
+
+class R2ObjectBody extends R2Object {
+  #stream;
+  constructor(object, body, range) {
+    super(object, range);
+    this.#stream = new ReadableStream({
+      pull(controller) {
+        const chunk = call(() => body.read(READ_CHUNK));
+        if (chunk.byteLength === 0) controller.close();
+        else controller.enqueue(chunk);
+      },
+    });
+  }
+  get body() {
+    return this.#stream;
+  }
+  get bodyUsed() {
+    return this.#stream.locked;
+  }
+  arrayBuffer() {
+    return new Response(this.#stream).arrayBuffer();
+  }
+  text() {
+    return new Response(this.#stream).text();
+  }
+  json() {
+    return new Response(this.#stream).json();
+  }
+  blob() {
+    return new Response(this.#stream).blob();
+  }
+}
+
+function r2Range(range) {
+  if (!range) return undefined;
+  if (range instanceof Headers) {
+    const match = /^bytes=(\d*)-(\d*)$/.exec(range.get("range") ?? "");
+    if (!match) return undefined;
+    const [, start, end] = match;
+    if (start === "") return { suffix: BigInt(end) };
+    return end === ""
+      ? { offset: BigInt(start) }
+      : { offset: BigInt(start), length: BigInt(end) - BigInt(start) + 1n };
+  }
+  return {
+    offset: toSeconds(range.offset),
+    length: toSeconds(range.length),
+    suffix: toSeconds(range.suffix),
+  };
+}
+
+class R2Bucket {
+  #binding;
+  #handle;
+  constructor(binding) {
+    this.#binding = binding;
+  }
+  #bucket() {
+    this.#handle ??= call(() => Bucket.open(this.#binding));
+    return this.#handle;
+  }
+  async head(key) {
+    const object = call(() => this.#bucket().head(String(key)));
+    return object === undefined ? null : new R2Object(object);
+  }
+  async get(key, options = {}) {
+    const range = r2Range(options.range);
+    const found = call(() => this.#bucket().get(String(key), range));
+    if (found === undefined) return null;
+    const [object, body] = found;
+    return new R2ObjectBody(object, body, options.range ? rangeOf(range, object) : undefined);
+  }
+  async put(key, value, options = {}) {
+    const upload = call(() =>
+      this.#bucket().put(String(key), {
+        httpMetadata: httpMetadataIn(options.httpMetadata),
+        customMetadata: Object.entries(options.customMetadata ?? {}).map(([k, v]) => [
+          k,
+          String(v),
+        ]),
+      }),
+    );
+    if (value instanceof ReadableStream) {
+      const reader = value.getReader();
+      for (;;) {
+        const { done, value: chunk } = await reader.read();
+        if (done) break;
+        const bytes = await toBytes(chunk);
+        call(() => upload.write(bytes));
+      }
+    } else {
+      const bytes = await toBytes(value);
+      for (let i = 0; i < bytes.byteLength; i += READ_CHUNK) {
+        const chunk = bytes.subarray(i, i + READ_CHUNK);
+        call(() => upload.write(chunk));
+      }
+    }
+    return new R2Object(call(() => Upload.finish(upload)));
+  }
+  async delete(keys) {
+    const list = Array.isArray(keys) ? keys.map(String) : [String(keys)];
+    call(() => this.#bucket().delete(list));
+  }
+  async list(options = {}) {
+    const result = call(() =>
+      this.#bucket().list({
+        prefix: options.prefix ?? undefined,
+        delimiter: options.delimiter ?? undefined,
+        cursor: options.cursor || undefined,
+        limit: options.limit ?? undefined,
+      }),
+    );
+    const page = {
+      objects: result.objects.map((o) => new R2Object(o)),
+      delimitedPrefixes: result.delimitedPrefixes,
+      truncated: result.truncated,
+    };
+    if (result.truncated) page.cursor = result.cursor;
+    return page;
+  }
+}
+
+function rangeOf(range, object) {
+  const size = Number(object.size);
+  if (range.suffix !== undefined) return { suffix: Number(range.suffix) };
+  const offset = Number(range.offset ?? 0n);
+  const length =
+    range.length === undefined ? size - offset : Math.min(Number(range.length), size - offset);
+  return { offset, length };
+}
+
+// ---------------------------------------------------------------- Queues
+
+const CONTENT_TYPES = {
+  json: "application/json",
+  text: "text/plain",
+  bytes: "application/octet-stream",
+  v8: "application/json",
+};
+
+async function outgoing(body, options = {}) {
+  const type = options.contentType ?? "json";
+  const contentType = CONTENT_TYPES[type];
+  if (!contentType) {
+    throw new TypeError(`unknown contentType "${type}": use json, text, bytes or v8`);
+  }
+  const bytes =
+    type === "json" || type === "v8"
+      ? encoder.encode(JSON.stringify(body))
+      : await toBytes(body);
+  return {
+    body: bytes,
+    options: { contentType, delaySeconds: options.delaySeconds ?? undefined },
+  };
+}
+
+class WorkerQueue {
+  #binding;
+  #handle;
+  constructor(binding) {
+    this.#binding = binding;
+  }
+  #producer() {
+    this.#handle ??= call(() => Producer.open(this.#binding));
+    return this.#handle;
+  }
+  async send(body, options = {}) {
+    const message = await outgoing(body, options);
+    call(() => this.#producer().send(message.body, message.options));
+  }
+  async sendBatch(messages, options = {}) {
+    const batch = [];
+    for (const m of messages) {
+      batch.push(
+        await outgoing(m.body, {
+          contentType: m.contentType,
+          delaySeconds: m.delaySeconds ?? options.delaySeconds,
+        }),
+      );
+    }
+    call(() => this.#producer().sendBatch(batch));
+  }
+}
+
+function incomingBody(message) {
+  const type = message.contentType.split(";")[0].trim();
+  if (type === "application/json") return JSON.parse(decoder.decode(message.body));
+  if (type.startsWith("text/")) return decoder.decode(message.body);
+  return message.body.slice().buffer;
+}
+
+// ---------------------------------------------------------------- Analytics
+
+class AnalyticsEngineDataset {
+  #binding;
+  #handle;
+  constructor(binding) {
+    this.#binding = binding;
+  }
+  writeDataPoint(point = {}) {
+    this.#handle ??= call(() => Dataset.open(this.#binding));
+    const bytes = (v) =>
+      v === null || v === undefined
+        ? new Uint8Array(0)
+        : typeof v === "string"
+          ? encoder.encode(v)
+          : v instanceof ArrayBuffer
+            ? new Uint8Array(v)
+            : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    call(() =>
+      this.#handle.writeDataPoint({
+        blobs: (point.blobs ?? []).map(bytes),
+        doubles: (point.doubles ?? []).map(Number),
+        indexes: (point.indexes ?? []).map(bytes),
+      }),
+    );
+  }
+}
+
+// ---------------------------------------------------------------- services
+
+class Fetcher {
+  #host;
+  constructor(binding) {
+    this.#host = `${binding.toLowerCase()}${SERVICE_HOST_SUFFIX}`;
+  }
+  fetch(input, init) {
+    const request = new Request(input, init);
+    const url = new URL(request.url);
+    url.protocol = "http:";
+    url.host = this.#host;
+    return fetch(new Request(url, request));
+  }
+}
+
+// ---------------------------------------------------------------- env, ctx
+
+function makeEnv() {
+  const env = {};
+  for (const { name, kind } of envApi.bindings()) {
+    switch (kind) {
+      case "var":
+      case "secret":
+        env[name] = envApi.var(name);
+        break;
+      case "kv":
+        env[name] = new KVNamespace(name);
+        break;
+      case "sql":
+        env[name] = new D1Database(name);
+        break;
+      case "blob":
+        env[name] = new R2Bucket(name);
+        break;
+      case "analytics":
+        env[name] = new AnalyticsEngineDataset(name);
+        break;
+      case "queue":
+        env[name] = new WorkerQueue(name);
+        break;
+      case "service":
+        env[name] = new Fetcher(name);
+        break;
+    }
+  }
+  return env;
+}
+
+/** Request-scoped values that travel with the request through service
+ * bindings: Isola's answer to passing context down a middleware chain. */
+const locals = {
+  get(key) {
+    const value = ctxApi.getLocal(String(key));
+    return value === undefined ? undefined : JSON.parse(value);
+  },
+  set(key, value) {
+    ctxApi.setLocal(String(key), JSON.stringify(value));
+  },
+};
+
+/** `ctx` of a fetch event: waitUntil work runs after the response is sent. */
+class ExecutionContext {
+  #waitUntil;
+  constructor(waitUntil) {
+    this.#waitUntil = waitUntil;
+  }
+  waitUntil(promise) {
+    // allSettled semantics: one failed task neither fails the others nor
+    // the response; it is logged.
+    this.#waitUntil(
+      Promise.resolve(promise).catch((e) => {
+        console.error(`waitUntil task failed: ${errorText(e)}`);
+      }),
+    );
+  }
+  passThroughOnException() {
+    ctxApi.passThroughOnException();
+  }
+  get requestId() {
+    return ctxApi.requestId();
+  }
+  get locals() {
+    return locals;
+  }
+  get props() {
+    return {};
+  }
+}
+
+/** End the run as failed: the host answers 500 (or passes the request to
+ * the origin) and logs the stack. */
+function fail(e) {
+  ctxApi.abort(`Uncaught ${errorText(e)}`);
+  throw e;
+}
+
+function attachCf(request) {
+  const info = requestInfo.get();
+  const cf = {
+    httpProtocol: info.protocol,
+    requestId: info.requestId,
+  };
+  if (info.clientAddress !== undefined) cf.clientAddress = info.clientAddress;
+  if (info.tlsVersion !== undefined) cf.tlsVersion = info.tlsVersion;
+  if (info.colo !== undefined) cf.colo = info.colo;
+  if (info.country !== undefined) cf.country = info.country;
+  try {
+    Object.defineProperty(request, "cf", { value: cf, enumerable: true });
+  } catch {
+    // A request that already has `cf` keeps it.
+  }
+}
+
+// ---------------------------------------------------------------- Cache API
+
+function headerList(headers) {
+  return [...headers].map(([name, value]) => [name, encoder.encode(value)]);
+}
+
+class WorkerCache {
+  #name;
+  #handle;
+  constructor(name) {
+    this.#name = name;
+  }
+  #cache() {
+    this.#handle ??= call(() => Cache.open(this.#name));
+    return this.#handle;
+  }
+  async match(input, options = {}) {
+    const request = input instanceof Request ? input : new Request(input);
+    if (request.method !== "GET" && !options.ignoreMethod) return undefined;
+    const found = call(() => this.#cache().match(request.url, headerList(request.headers)));
+    if (found === undefined) return undefined;
+    const headers = new Headers();
+    for (const [name, value] of found.headers) headers.append(name, decoder.decode(value));
+    return new Response(found.status === 204 || found.status === 304 ? null : found.body, {
+      status: found.status,
+      headers,
+    });
+  }
+  async put(input, response) {
+    const request = input instanceof Request ? input : new Request(input);
+    if (request.method !== "GET") {
+      throw new TypeError("Cannot cache response to non-GET request.");
+    }
+    if (response.bodyUsed) throw new TypeError("Response body is already used");
+    const body = new Uint8Array(await response.arrayBuffer());
+    call(() =>
+      this.#cache().put(request.url, headerList(request.headers), {
+        status: response.status,
+        headers: headerList(response.headers),
+        body,
+      }),
+    );
+  }
+  async delete(input, options = {}) {
+    const request = input instanceof Request ? input : new Request(input);
+    if (request.method !== "GET" && !options.ignoreMethod) return false;
+    return call(() => this.#cache().delete(request.url, headerList(request.headers)));
+  }
+}
+
+// ---------------------------------------------------------------- globals
+
+/** Workers' `crypto.subtle.timingSafeEqual`: compares in time that depends
+ * only on the length. */
+function timingSafeEqual(a, b) {
+  const x = a instanceof ArrayBuffer ? new Uint8Array(a) : new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const y = b instanceof ArrayBuffer ? new Uint8Array(b) : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  if (x.byteLength !== y.byteLength) {
+    throw new TypeError("Input buffers must have the same byte length");
+  }
+  let diff = 0;
+  for (let i = 0; i < x.byteLength; i++) diff |= x[i] ^ y[i];
+  return diff === 0;
+}
+
+function installGlobals() {
+  const named = new Map();
+  const caches = {
+    default: new WorkerCache("default"),
+    async open(name) {
+      if (!named.has(name)) named.set(name, new WorkerCache(String(name)));
+      return named.get(name);
+    },
+  };
+  Object.defineProperty(globalThis, "caches", { value: caches, enumerable: true });
+  if (globalThis.crypto?.subtle && !crypto.subtle.timingSafeEqual) {
+    Object.defineProperty(crypto.subtle, "timingSafeEqual", { value: timingSafeEqual });
+  }
+  if (typeof Response.json !== "function") {
+    Response.json = (data, init = {}) => {
+      const headers = new Headers(init.headers);
+      if (!headers.has("content-type")) headers.set("content-type", "application/json");
+      return new Response(JSON.stringify(data), { ...init, headers });
+    };
+  }
+}
+
+installGlobals();
+
+// ---------------------------------------------------------------- handlers
+
+/** Serve fetch events with `worker.fetch(request, env, ctx)`. */
+export function installFetch(worker) {
+  // A module without a default export is a service-worker style script:
+  // it registers its own fetch listener.
+  if (worker === undefined) return;
+  addEventListener("fetch", (event) => {
+    const ctx = new ExecutionContext((promise) => event.waitUntil(promise));
+    event.respondWith(
+      (async () => {
+        try {
+          if (typeof worker?.fetch !== "function") {
+            throw new Error("the worker's default export has no fetch handler");
+          }
+          const request = event.request;
+          attachCf(request);
+          const response = await worker.fetch(request, makeEnv(), ctx);
+          if (!(response instanceof Response)) {
+            throw new TypeError(
+              `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
+            );
+          }
+          return response;
+        } catch (e) {
+          return fail(e);
+        }
+      })(),
+    );
+  });
+}
+
+/** Run `body(ctx)` and then every waitUntil task (allSettled). */
+async function runTrigger(body) {
+  const tasks = [];
+  const ctx = new ExecutionContext((promise) => tasks.push(promise));
+  try {
+    await body(ctx);
+  } finally {
+    await Promise.allSettled(tasks);
+  }
+}
+
+/** The `scheduled` export: `worker.scheduled(controller, env, ctx)`. */
+export function scheduledExport(worker) {
+  return {
+    async handle(event) {
+      try {
+        await runTrigger((ctx) =>
+          worker.scheduled(
+            {
+              cron: event.cron,
+              scheduledTime: Number(event.scheduledTime),
+              type: "scheduled",
+              noRetry() {},
+            },
+            makeEnv(),
+            ctx,
+          ),
+        );
+      } catch (e) {
+        console.error(`Uncaught ${errorText(e)}`);
+        throw e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+      }
+    },
+  };
+}
+
+/** The `queue-consumer` export: `worker.queue(batch, env, ctx)`, with
+ * per-message ack()/retry() and ackAll()/retryAll(). */
+export function queueExport(worker) {
+  return {
+    async handle(incoming) {
+      // Explicit calls win; otherwise a handler that returns acks all and
+      // one that throws retries all (as in Workers).
+      const decisions = incoming.messages.map(() => undefined);
+      let all;
+      const messages = incoming.messages.map((m, i) => ({
+        id: m.id,
+        timestamp: new Date(Number(m.timestamp)),
+        body: incomingBody(m),
+        attempts: m.attempts,
+        ack() {
+          decisions[i] ??= { tag: "ack" };
+        },
+        retry(options = {}) {
+          decisions[i] ??= { tag: "retry", val: options.delaySeconds ?? undefined };
+        },
+      }));
+      const batch = {
+        queue: incoming.queue,
+        messages,
+        ackAll() {
+          all ??= { tag: "ack" };
+        },
+        retryAll(options = {}) {
+          all ??= { tag: "retry", val: options.delaySeconds ?? undefined };
+        },
+      };
+      let fallback = { tag: "ack" };
+      try {
+        await runTrigger((ctx) => worker.queue(batch, makeEnv(), ctx));
+      } catch (e) {
+        console.error(`Uncaught ${errorText(e)}`);
+        fallback = { tag: "retry", val: undefined };
+      }
+      return decisions.map((d) => d ?? all ?? fallback);
+    },
+  };
+}
