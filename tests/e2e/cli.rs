@@ -160,10 +160,24 @@ fn the_shipped_examples_config_is_valid() {
     let built = std::path::Path::new(guests::EXAMPLE_HELLO)
         .parent()
         .unwrap();
-    let text = text.replace(
-        "\"target/wasm32-wasip2/release/",
-        &format!("\"{}/", built.display()),
-    );
+    let text = text
+        .replace(
+            "\"target/wasm32-wasip2/release/",
+            &format!("\"{}/", built.display()),
+        )
+        .replace(
+            "main = \"js/",
+            &format!("main = \"{}/guest-examples/js/", root.display()),
+        )
+        // The JS tests' compile cache already holds these workers.
+        .replace(
+            "state_dir = \"../.isola\"",
+            &format!(
+                "state_dir = \".isola\"\ncache_dir = {:?}",
+                crate::js::shared_cache().display().to_string()
+            ),
+        );
+    crate::js::warm_up();
     let project = Project::new(&text);
     let output = run_isola(&["check", project.config().to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr_of(&output));

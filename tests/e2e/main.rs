@@ -6,6 +6,7 @@ mod support;
 mod bindings;
 mod cli;
 mod examples;
+mod js;
 mod lifecycle;
 mod limits;
 mod serving;

@@ -155,6 +155,41 @@ async fn plain_wasi_http_components_run_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn instance_reuse_is_opt_in_and_never_shares_an_instance_at_once() {
+    let project = Project::new(&format!(
+        "{}instance_reuse = 3\n",
+        worker("counter", guests::COUNTER, &["/*"])
+    ));
+    let server = project.serve();
+    let client = client();
+    // One request at a time: the same instance serves three, then a new one.
+    let answers: Vec<String> = {
+        let mut answers = Vec::new();
+        for _ in 0..7 {
+            answers.push(get(&client, &server.url("/")).await.2);
+            // The instance goes back to the pool when its task ends, just
+            // after the client has the response.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        answers
+    };
+    assert_eq!(answers, ["1", "2", "3", "1", "2", "3", "1"]);
+    // At once: every request has an instance of its own, each serving at
+    // most three in all.
+    let concurrent: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/"));
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    for request in concurrent {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(["1", "2", "3"].contains(&body.as_str()), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_request_gets_a_fresh_instance() {
     let project = Project::new(&worker("counter", guests::COUNTER, &["/*"]));
     let server = project.serve();

@@ -4,10 +4,10 @@
 //! The heavy lifting is done by npm packages (esbuild bundles,
 //! componentize-js compiles to a component) driven by `sdk/js/src/build.mjs`.
 //! The SDK shim, the build script, the WIT and the pinned `package.json` +
-//! lockfile are compiled into this binary and written to a toolchain
-//! directory under the user's cache on first use, where `npm install` installs
-//! the packages. The directory is named by a hash of those files, so a new
-//! `isola` never runs an older shim.
+//! lockfile are compiled into this binary and written under the user's
+//! cache on first use, where `npm install` installs the packages: once per
+//! lockfile, with the SDK files in a subdirectory named by their hash, so a
+//! new `isola` never runs an older shim.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,13 +17,19 @@ use anyhow::{Context, Result, bail};
 use isola_config::Config;
 use sha2::{Digest, Sha256};
 
-/// The files of the toolchain directory, by their path in it.
-const TOOLCHAIN_FILES: &[(&str, &str)] = &[
+/// The npm packages, pinned: installed once per lockfile.
+const NPM_FILES: &[(&str, &str)] = &[
     ("package.json", include_str!("../../../sdk/js/package.json")),
     (
         "package-lock.json",
         include_str!("../../../sdk/js/package-lock.json"),
     ),
+];
+
+/// Isola's own part of the toolchain: written beside the packages, in a
+/// directory named by its hash, so editing the shim never reinstalls npm
+/// packages and two `isola` versions never run each other's shim.
+const SDK_FILES: &[(&str, &str)] = &[
     ("src/shim.js", include_str!("../../../sdk/js/src/shim.js")),
     (
         "src/build.mjs",
@@ -72,15 +78,30 @@ pub fn cache_root() -> PathBuf {
     }
 }
 
-fn toolchain_version() -> String {
+/// A short hash naming a set of files.
+fn version_of(files: &[(&str, &str)]) -> String {
     let mut hash = Sha256::new();
-    for (path, text) in TOOLCHAIN_FILES {
+    for (path, text) in files {
         hash.update(path.as_bytes());
         hash.update([0]);
         hash.update(text.as_bytes());
         hash.update([0]);
     }
     format!("{:x}", hash.finalize())[..16].to_owned()
+}
+
+/// Write `files` into a new directory `dir` (through a staging directory,
+/// so a half-written one is never used).
+fn write_files(dir: &Path, files: &[(&str, &str)], extra: &[(&str, &str)]) -> Result<PathBuf> {
+    let staging = dir.with_extension(format!("staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    for (path, text) in files.iter().chain(extra) {
+        let target = staging.join(path);
+        std::fs::create_dir_all(target.parent().expect("toolchain files are in a directory"))?;
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    Ok(staging)
 }
 
 /// Holds an exclusive lock on a file for as long as it lives: one `npm install`
@@ -108,29 +129,35 @@ impl Drop for Lock {
     }
 }
 
-/// The installed toolchain directory, installing it first if needed.
-/// Call with the build lock held.
+/// The installed toolchain: `<cache>/js-toolchain/<npm hash>/` holds the
+/// npm packages, and its `sdk-<hash>/` the shim, build script and WIT.
+/// Installs what is missing. Call with the build lock held.
 fn toolchain() -> Result<PathBuf> {
-    let base = cache_root().join("js-toolchain");
-    let dir = base.join(toolchain_version());
-    if dir.join("node_modules/.package-lock.json").is_file() {
-        return Ok(dir);
+    let packages = cache_root()
+        .join("js-toolchain")
+        .join(version_of(NPM_FILES));
+    if !packages.join("node_modules/.package-lock.json").is_file() {
+        install_packages(&packages)?;
     }
+    let sdk_version = version_of(SDK_FILES);
+    let sdk = packages.join(format!("sdk-{sdk_version}"));
+    if !sdk.join("VERSION").is_file() {
+        let staging = write_files(&sdk, SDK_FILES, &[("VERSION", &sdk_version)])?;
+        let _ = std::fs::remove_dir_all(&sdk);
+        std::fs::rename(&staging, &sdk)
+            .with_context(|| format!("cannot move the JS SDK into {}", sdk.display()))?;
+    }
+    Ok(sdk)
+}
+
+fn install_packages(dir: &Path) -> Result<()> {
     require_tool("node")?;
     require_tool("npm")?;
     eprintln!(
         "installing the JavaScript toolchain (componentize-js, esbuild) into {}",
         dir.display()
     );
-    let staging = base.join(format!(".staging-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    for (path, text) in TOOLCHAIN_FILES {
-        let target = staging.join(path);
-        std::fs::create_dir_all(target.parent().expect("toolchain files are in a directory"))?;
-        std::fs::write(&target, text)
-            .with_context(|| format!("cannot write {}", target.display()))?;
-    }
-    std::fs::write(staging.join("VERSION"), toolchain_version())?;
+    let staging = write_files(dir, NPM_FILES, &[])?;
     let status = Command::new("npm")
         // `npm ci` refuses lockfiles that list platform-specific optional
         // packages for other platforms (npm 11); `install` honours the
@@ -145,10 +172,9 @@ fn toolchain() -> Result<PathBuf> {
             "`npm install` failed ({status}) installing the JavaScript toolchain; is the npm registry reachable?"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&staging, &dir)
-        .with_context(|| format!("cannot move the toolchain into {}", dir.display()))?;
-    Ok(dir)
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("cannot move the toolchain into {}", dir.display()))
 }
 
 fn require_tool(tool: &str) -> Result<()> {

@@ -230,7 +230,7 @@ fn backends_for(config: &Config) -> Result<Backends> {
 }
 
 fn engine_for(config: &Config) -> Result<IsolaEngine> {
-    let mut options = EngineOptions::new(config.server.state_dir.join("cache"));
+    let mut options = EngineOptions::new(config.server.cache_dir());
     options.max_instances = config.server.max_instances;
     let largest = config
         .workers

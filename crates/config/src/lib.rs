@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Absolute, or relative to the current directory.
     pub state_dir: PathBuf,
+    /// Compiled components and Cranelift's incremental cache; `None`:
+    /// `<state_dir>/cache`. Several state dirs may share one.
+    pub cache_dir: Option<PathBuf>,
     /// Size of the instance pool: the most requests in flight at once.
     pub max_instances: u32,
     /// Fuel per millisecond of `cpu_ms`; `None` uses the calibrated default.
@@ -96,11 +99,21 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
 }
 
+impl ServerConfig {
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("cache"))
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            cache_dir: None,
             max_instances: 1000,
             fuel_per_ms: None,
             max_header_bytes: 8 * 1024,
@@ -317,6 +330,10 @@ pub struct WorkerConfig {
     pub origin: Option<String>,
     /// Other workers this one may call in-process.
     pub services: Vec<ServiceBinding>,
+    /// Requests one instance may serve, one after another and never at
+    /// once (opt-in throughput for JS workers); 0 or 1: a fresh instance
+    /// per request, the default.
+    pub instance_reuse: u32,
 }
 
 impl WorkerConfig {
@@ -344,6 +361,7 @@ impl WorkerConfig {
             fuel_per_ms: None,
             origin: None,
             services: Vec::new(),
+            instance_reuse: 0,
         }
     }
 }
@@ -410,6 +428,7 @@ impl Config {
             })?;
         }
         server.state_dir = base.join(raw.server.state_dir.unwrap_or(DEFAULT_STATE_DIR.into()));
+        server.cache_dir = raw.server.cache_dir.as_ref().map(|dir| base.join(dir));
         // Counts and budgets where zero would make every request fail.
         let positive = |value: Spanned<u64>, key: String| {
             if *value.get_ref() == 0 {
@@ -883,6 +902,7 @@ impl Config {
                 fuel_per_ms: server.fuel_per_ms,
                 origin,
                 services,
+                instance_reuse: w.instance_reuse,
             });
         }
         for (service, i) in service_refs {
@@ -1088,6 +1108,7 @@ struct RawBackend {
 struct RawServer {
     listen: Option<Spanned<String>>,
     state_dir: Option<String>,
+    cache_dir: Option<String>,
     max_instances: Option<Spanned<u64>>,
     fuel_per_ms: Option<Spanned<u64>>,
     max_header_bytes: Option<Spanned<usize>>,
@@ -1116,6 +1137,8 @@ struct RawWorker {
     wall_ms: Option<Spanned<u64>>,
     memory_mb: Option<Spanned<u64>>,
     subrequests: Option<u32>,
+    #[serde(default)]
+    instance_reuse: u32,
     #[serde(default)]
     allowed_outbound_hosts: Vec<Spanned<String>>,
     outbound_override: Option<Spanned<String>>,
@@ -1235,6 +1258,23 @@ mod tests {
     }
 
     #[test]
+    fn a_javascript_worker_is_built_into_the_state_dir() {
+        let f = Fixture::new();
+        std::fs::create_dir(f.dir.path().join("src")).unwrap();
+        std::fs::write(f.dir.path().join("src/worker.js"), "").unwrap();
+        let config = f
+            .parse("[server]\ncache_dir = \"cc\"\n[[worker]]\nname = \"js\"\nmain = \"src/worker.js\"\n")
+            .unwrap();
+        let w = &config.workers[0];
+        assert_eq!(
+            w.main.as_deref(),
+            Some(f.dir.path().join("src/worker.js").as_path())
+        );
+        assert_eq!(w.component, f.dir.path().join(".isola/build/js.wasm"));
+        assert_eq!(config.server.cache_dir(), f.dir.path().join("cc"));
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let f = Fixture::new();
         let config = f
@@ -1254,7 +1294,7 @@ mod tests {
         let f = Fixture::new();
         assert_eq!(
             f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`"
+            "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),

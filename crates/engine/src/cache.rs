@@ -59,6 +59,8 @@ pub struct CompileCache {
     /// One slot per wasm digest: concurrent loads of the same wasm wait on
     /// the slot's lock, so it is compiled once.
     loaded: Mutex<HashMap<String, Slot>>,
+    /// Held while compiling.
+    compiling: Mutex<()>,
     memory_hits: AtomicU64,
     disk_hits: AtomicU64,
     compiled: AtomicU64,
@@ -75,6 +77,7 @@ impl CompileCache {
             dir: dir.to_owned(),
             engine_hash: engine_hash(engine),
             loaded: Mutex::default(),
+            compiling: Mutex::default(),
             memory_hits: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
             compiled: AtomicU64::new(0),
@@ -152,6 +155,12 @@ impl CompileCache {
                 (component, CacheOutcome::Disk)
             }
             None => {
+                // One compilation at a time: each one already spreads its
+                // functions over every core, and the next one then finds
+                // the functions it shares with this one (all of the JS
+                // engine, for JS workers) in the incremental cache instead
+                // of compiling them a second time in parallel.
+                let _one_at_a_time = self.compiling.lock().expect("compile lock");
                 let started = Instant::now();
                 let artifact =
                     engine

@@ -25,7 +25,9 @@ pub(crate) enum Stream {
 #[derive(Clone)]
 pub(crate) struct GuestLog {
     pub worker: Arc<str>,
-    pub request_id: Arc<str>,
+    /// The request being served: an instance reused across requests
+    /// (`instance_reuse`) moves it on.
+    pub request_id: Arc<std::sync::RwLock<Arc<str>>>,
     /// Secret values of the worker: never written to the log as they are.
     pub secrets: Arc<[String]>,
     pub stream: Stream,
@@ -80,6 +82,7 @@ impl LineWriter {
         let GuestLog {
             worker, request_id, ..
         } = &self.log;
+        let request_id = request_id.read().expect("request id lock").clone();
         match self.log.stream {
             Stream::Stdout => {
                 tracing::info!(target: "isola::guest", worker = %worker, request_id = %request_id, stream = "stdout", "{line}")

@@ -53,8 +53,8 @@ use isola_engine::{CacheOutcome, EngineError, IsolaEngine};
 use wasmtime::Store;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use outbound::{OutboundPolicy, Subrequests};
 use report::{Report, within_limits};
@@ -238,6 +238,17 @@ struct Inner {
     services: std::sync::OnceLock<std::sync::Weak<Services>>,
     /// Guest tasks still running, responses sent or not.
     active: Arc<std::sync::atomic::AtomicUsize>,
+    /// `instance_reuse`: requests one instance may serve (0: one).
+    reuse: u32,
+    /// Instances waiting for their next request (`instance_reuse`).
+    idle: Arc<std::sync::Mutex<Vec<Reusable>>>,
+}
+
+/// An instance kept for another request, with the requests it has served.
+struct Reusable {
+    store: Store<HostState>,
+    proxy: Proxy,
+    served: u32,
 }
 
 impl Worker {
@@ -360,6 +371,8 @@ impl Worker {
                 ),
                 services: std::sync::OnceLock::new(),
                 active: Arc::default(),
+                reuse: config.instance_reuse,
+                idle: Arc::default(),
             }),
         })
     }
@@ -555,6 +568,37 @@ impl Worker {
         Ok(store)
     }
 
+    /// An idle instance kept by `instance_reuse`, if there is one.
+    fn take_idle(&self) -> Option<Reusable> {
+        if self.inner.reuse <= 1 {
+            return None;
+        }
+        self.inner.idle.lock().expect("idle lock").pop()
+    }
+
+    /// Re-arm a reused instance for its next request: fresh fuel, a fresh
+    /// wall deadline, this request's id, locals and subrequest budget.
+    fn rearm(
+        &self,
+        mut store: Store<HostState>,
+        services: services::ServiceCalls,
+        report: &Report,
+    ) -> Result<Store<HostState>, GuestError> {
+        let inner = &self.inner;
+        let subrequests = Subrequests {
+            used: report.subrequests.clone(),
+            budget: inner.limits.subrequests,
+        };
+        store.data_mut().begin_request(subrequests, services);
+        if inner.consume_fuel {
+            store
+                .set_fuel(inner.fuel)
+                .map_err(|e| GuestError::host(Failure::Exception, e))?;
+        }
+        store.set_epoch_deadline(inner.wall_ticks);
+        Ok(store)
+    }
+
     async fn run(
         &self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -563,7 +607,13 @@ impl Worker {
     ) -> Result<http::Response<Body>, GuestError> {
         let inner = &self.inner;
         let request_id = services.request_id.clone();
-        let mut store = self.new_store(services, &report, inner.fuel)?;
+        let (mut store, reused) = match self.take_idle() {
+            Some(idle) => (
+                self.rearm(idle.store, services, &report)?,
+                Some((idle.proxy, idle.served)),
+            ),
+            None => (self.new_store(services, &report, inner.fuel)?, None),
+        };
 
         let incoming = store
             .data_mut()
@@ -589,22 +639,45 @@ impl Worker {
         let cpu_limit = Duration::from_millis(inner.limits.cpu_ms);
         let task_report = report.clone();
         let responded = response_sent.clone();
+        let (reuse, idle) = (inner.reuse, inner.idle.clone());
         let guest = async move {
+            let (reused_proxy, served) = match reused {
+                Some((proxy, served)) => (Some(proxy), served),
+                None => (None, 0),
+            };
+            let mut kept_proxy = None;
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
+                let proxy = match reused_proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
+                let result = proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
-                    .await
+                    .await;
+                kept_proxy = Some(proxy);
+                result
             }
             .await;
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().memory_limit_hit;
             let pass_through = store.data().pass_through_on_exception;
-            // Drop the instance here, inside the timed task and off the
-            // response's critical path.
-            drop(store);
+            // An instance that served its request cleanly may serve the next
+            // (`instance_reuse`); one that failed in any way never does.
+            let clean = result.is_ok() && responded.load(Ordering::Acquire) && !memory_limit_hit;
+            match kept_proxy {
+                Some(proxy) if clean && served + 1 < reuse => {
+                    idle.lock().expect("idle lock").push(Reusable {
+                        store,
+                        proxy,
+                        served: served + 1,
+                    })
+                }
+                // Drop the instance here, inside the timed task and off
+                // the response's critical path.
+                _ => drop(store),
+            }
             match result {
                 Ok(()) if !responded.load(Ordering::Acquire) => Err(GuestError {
                     pass_through,

@@ -73,6 +73,8 @@ pub(crate) struct HostState {
     hooks: IsolaHttpHooks,
     pub(crate) shared: Arc<WorkerShared>,
     request_id: Arc<str>,
+    /// What the guest's stdout and stderr lines are tagged with.
+    log_request_id: Arc<std::sync::RwLock<Arc<str>>>,
     info: RequestInfo,
     pub pass_through_on_exception: bool,
     /// Set when the guest asked for more memory than its limit.
@@ -86,9 +88,10 @@ impl HostState {
         services: ServiceCalls,
     ) -> Self {
         let request_id = services.request_id.0.clone();
+        let log_request_id = Arc::new(std::sync::RwLock::new(request_id.clone()));
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
-            request_id: request_id.clone(),
+            request_id: log_request_id.clone(),
             secrets: shared.secret_values.clone(),
             stream,
         };
@@ -111,9 +114,24 @@ impl HostState {
             },
             shared,
             request_id,
+            log_request_id,
             pass_through_on_exception: false,
             memory_limit_hit: false,
         }
+    }
+
+    /// Point a reused instance's host state at its next request: what the
+    /// guest sees of the request (id, info, locals) and what it is charged
+    /// (subrequests) are that request's; nothing of the last one remains
+    /// on the host side.
+    pub fn begin_request(&mut self, subrequests: Subrequests, services: ServiceCalls) {
+        self.request_id = services.request_id.0.clone();
+        *self.log_request_id.write().expect("request id lock") = self.request_id.clone();
+        self.info = services.info.clone();
+        self.hooks.subrequests = subrequests;
+        self.hooks.services = services;
+        self.pass_through_on_exception = false;
+        self.memory_limit_hit = false;
     }
 }
 

@@ -1,6 +1,6 @@
 // Build a Cloudflare-style JavaScript worker into an `isola:worker`
-// component. Driven by `isola build`; run from the toolchain directory that
-// holds this file, the shim, the WIT and node_modules.
+// component. Driven by `isola build`, which writes this file, the shim and
+// the WIT into a directory beside the installed npm packages.
 //
 //   node build.mjs --main src/worker.js --out worker.wasm --cache DIR
 //
@@ -22,7 +22,10 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
 const here = dirname(fileURLToPath(import.meta.url));
+// `sdk-<hash>/` (shim, this script, WIT) sits inside the directory that
+// holds the npm packages.
 const toolchain = resolve(here, "..");
+const modules = resolve(toolchain, "..", "node_modules");
 
 function parseArgs(argv) {
   const args = {};
@@ -43,8 +46,13 @@ function parseArgs(argv) {
 class BuildError extends Error {}
 
 async function bundle(esbuild, entry, outfile) {
+  // Paths in the bundle's comments are relative to the entry's directory,
+  // so the same sources bundle to the same bytes (and hit the build cache)
+  // whatever directory `isola` runs in.
+  const base = dirname(entry);
   try {
     await esbuild.build({
+      absWorkingDir: base,
       entryPoints: [entry],
       outfile,
       bundle: true,
@@ -62,7 +70,7 @@ async function bundle(esbuild, entry, outfile) {
     if (!Array.isArray(e.errors)) throw e;
     const lines = e.errors.map((error) => {
       const where = error.location
-        ? `${relative(process.cwd(), resolve(error.location.file))}:${error.location.line}:${error.location.column + 1}: `
+        ? `${relative(process.cwd(), resolve(base, error.location.file))}:${error.location.line}:${error.location.column + 1}: `
         : "";
       return `${where}error: ${error.text}`;
     });
@@ -109,7 +117,7 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   const mainPath = resolve(args.main);
   if (!existsSync(mainPath)) throw new BuildError(`${args.main}: file not found`);
-  const esbuild = await import(pathToFileURL(join(toolchain, "node_modules/esbuild/lib/main.js")).href);
+  const esbuild = await import(pathToFileURL(join(modules, "esbuild/lib/main.js")).href);
   const work = await mkdtemp(join(tmpdir(), "isola-js-"));
   try {
     const userBundle = join(work, "user.mjs");
@@ -149,7 +157,7 @@ async function main() {
     await bundle(esbuild, entry, finalBundle);
 
     const { componentize } = await import(
-      pathToFileURL(join(toolchain, "node_modules/@bytecodealliance/componentize-js/src/componentize.js")).href
+      pathToFileURL(join(modules, "@bytecodealliance/componentize-js/src/componentize.js")).href
     );
     const started = Date.now();
     const { component } = await componentize({

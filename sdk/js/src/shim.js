@@ -754,7 +754,51 @@ function timingSafeEqual(a, b) {
   return diff === 0;
 }
 
+// StarlingMonkey's Response has no clone(). Ours tees the body: the clone
+// reads one branch, and the original is redirected to the other (its
+// `body`, `bodyUsed` and body readers). The engine reads a Response's body
+// from its internal slot, not from these properties, so the Response a
+// fetch handler returns goes through `settled()`.
+const TEED_BODY = Symbol("isola.teedBody");
+
+function redirectBody(response, stream) {
+  const read = (method) => () => new Response(stream)[method]();
+  response[TEED_BODY] = stream;
+  Object.defineProperties(response, {
+    body: { get: () => stream, configurable: true },
+    bodyUsed: { get: () => stream.locked, configurable: true },
+    text: { value: read("text"), configurable: true },
+    json: { value: read("json"), configurable: true },
+    arrayBuffer: { value: read("arrayBuffer"), configurable: true },
+    blob: { value: read("blob"), configurable: true },
+  });
+}
+
+function cloneResponse() {
+  if (this.bodyUsed) throw new TypeError("Response.clone: the body has already been used");
+  const init = { status: this.status, statusText: this.statusText, headers: new Headers(this.headers) };
+  const source = this[TEED_BODY] ?? this.body;
+  if (source === null) return new Response(null, init);
+  const [mine, theirs] = source.tee();
+  redirectBody(this, mine);
+  return new Response(theirs, init);
+}
+
+/** A Response the engine can send: a cloned one is rebuilt on its branch. */
+function settled(response) {
+  const stream = response[TEED_BODY];
+  if (stream === undefined) return response;
+  return new Response(stream, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
 function installGlobals() {
+  if (typeof Response.prototype.clone !== "function") {
+    Object.defineProperty(Response.prototype, "clone", { value: cloneResponse, configurable: true });
+  }
   const named = new Map();
   const caches = {
     default: new WorkerCache("default"),
@@ -801,7 +845,7 @@ export function installFetch(worker) {
               `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
             );
           }
-          return response;
+          return settled(response);
         } catch (e) {
           return fail(e);
         }

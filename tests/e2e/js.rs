@@ -1,0 +1,677 @@
+//! JavaScript workers: Cloudflare-style modules configured with
+//! `main = "….js"`, built by `isola` through esbuild and componentize-js,
+//! then served like any component: a fresh instance per request.
+//!
+//! Every JS component is ~14 MB and takes seconds to compile, so the tests
+//! share one compile cache (`[server] cache_dir`), filled once by
+//! [`warm_up`] before the first test serves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use crate::support::{Project, Server, Upstream, client, get, run_isola, stderr_of};
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .display()
+        .to_string()
+}
+
+fn apis() -> String {
+    repo("tests/js/apis.js")
+}
+
+fn example(name: &str) -> String {
+    repo(&format!("guest-examples/js/{name}/worker.js"))
+}
+
+pub(crate) fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("js-compile-cache")
+}
+
+/// `[server]` with the shared compile cache, then `workers`.
+fn js_project(workers: &str) -> Project {
+    let project = Project::new(&format!(
+        "[server]\ncache_dir = {:?}\n\n{workers}",
+        shared_cache().display().to_string()
+    ));
+    std::fs::write(project.path(".dev.vars"), "API_KEY=sk-live-0123456789\n").unwrap();
+    project
+}
+
+fn js_worker(name: &str, main: &str, routes: &[&str]) -> String {
+    let routes: Vec<String> = routes.iter().map(|r| format!("{r:?}")).collect();
+    format!(
+        "[[worker]]\nname = {name:?}\nmain = {main:?}\nroutes = [{}]\n",
+        routes.join(", ")
+    )
+}
+
+/// Build and compile every JS worker of these tests once, one at a time,
+/// before any test serves one.
+pub(crate) fn warm_up() {
+    static WARM: Once = Once::new();
+    WARM.call_once(|| {
+        let mut workers = js_worker("apis", &apis(), &[]);
+        for name in [
+            "hello",
+            "proxy-cache",
+            "fail-open",
+            "page-views",
+            "kv-cache",
+            "middleware",
+            "scheduled",
+            "queue",
+        ] {
+            workers.push_str(&js_worker(name, &example(name), &[]));
+        }
+        let project = js_project(&workers);
+        let output = run_isola(&["compile", project.config().to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "building the JS workers failed:\n{}",
+            stderr_of(&output)
+        );
+    });
+}
+
+fn serve(project: &Project) -> Server {
+    warm_up();
+    project.serve()
+}
+
+/// The `apis` test worker with every binding kind, and `auth` (the same
+/// module) behind a service binding.
+fn apis_project(extra: &str) -> Project {
+    apis_project_with_vars("", extra)
+}
+
+/// As [`apis_project`], with more `vars` entries (`NAME = "value", `).
+fn apis_project_with_vars(vars: &str, extra: &str) -> Project {
+    js_project(&format!(
+        "{}vars = {{ {vars}GREETING = \"hi from vars\" }}\nsecrets = [\"API_KEY\"]\n\
+         kv_namespaces = [{{ binding = \"KV\", id = \"js-kv\" }}]\n\
+         d1_databases = [{{ binding = \"DB\", database_name = \"js\" }}]\n\
+         r2_buckets = [{{ binding = \"BUCKET\", bucket_name = \"js-files\" }}]\n\
+         queues.producers = [{{ binding = \"JOBS\", queue = \"js-jobs\" }}]\n\
+         services = [{{ binding = \"AUTH\", service = \"auth\" }}]\n{extra}\n{}",
+        js_worker("apis", &apis(), &["/*"]),
+        js_worker("auth", &apis(), &[]),
+    ))
+}
+
+async fn json(server: &Server, path: &str) -> serde_json::Value {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "GET {path}; logs:\n{}",
+        server.logs()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_example_serves_and_module_state_never_survives_a_request() {
+    let project = js_project(&format!(
+        "{}{}",
+        js_worker("hello", &example("hello"), &["/hello/*"]),
+        js_worker("apis", &apis(), &["/*"])
+    ));
+    let server = serve(&project);
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/hello/there")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "Hello from JavaScript on Isola! You asked for /hello/there\n"
+        )
+    );
+    for _ in 0..3 {
+        let (status, _, body) = get(&client, &server.url("/counter")).await;
+        assert_eq!((status, body.as_str()), (200, "1"));
+    }
+    // A worker importing a sibling module was bundled and runs.
+    let (_, _, body) = get(&client, &server.url("/sibling")).await;
+    assert_eq!(body, "hello isola from a sibling module");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_reuse_keeps_a_js_instance_for_the_next_request_until_it_fails() {
+    let server = serve(&apis_project("instance_reuse = 3\n"));
+    let client = client();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&client, &server.url("/counter")).await.2);
+        // The instance goes back to the pool when its task ends, just
+        // after the client has the response.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answers, ["1", "2", "3", "1"]);
+    // The next request's ctx and env are its own.
+    let response = client.get(server.url("/log")).send().await.unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = server.wait_for_line(|l| l.contains("hello from console.log"));
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // An instance that threw is never used again.
+    let (status, _, _) = get(&client, &server.url("/throw")).await;
+    assert_eq!(status, 500);
+    assert_eq!(get(&client, &server.url("/counter")).await.2, "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_holds_vars_secrets_bindings_and_request_cf() {
+    let server = serve(&apis_project(""));
+    let env = json(&server, "/env").await;
+    assert_eq!(env["greeting"], "hi from vars");
+    assert_eq!(env["secretLength"], "sk-live-0123456789".len());
+    assert_eq!(
+        env["kinds"],
+        serde_json::json!({"KV": "KVNamespace", "DB": "D1Database", "BUCKET": "R2Bucket",
+                           "JOBS": "WorkerQueue", "AUTH": "Fetcher"})
+    );
+    assert_eq!(env["cf"]["httpProtocol"], "HTTP/1.1");
+    assert_eq!(env["cf"]["clientAddress"], "127.0.0.1");
+    assert_eq!(env["cf"]["requestId"].as_str().unwrap().len(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_api_matches_workers_kv() {
+    let server = serve(&apis_project(""));
+    let kv = json(&server, "/kv").await;
+    assert_eq!(kv["text"], "hello");
+    assert_eq!(kv["json"], serde_json::json!({"a": 1}));
+    assert_eq!(kv["jsonOpt"], serde_json::json!({"a": 1}));
+    assert_eq!(kv["bytes"], serde_json::json!([1, 2, 3]));
+    assert_eq!(kv["stream"], "streamed value");
+    assert_eq!(
+        kv["withMeta"],
+        serde_json::json!({"value": {"a": 1}, "metadata": {"v": 2}, "cacheStatus": null})
+    );
+    assert_eq!(kv["missing"], serde_json::Value::Null);
+    assert_eq!(kv["page1"], serde_json::json!(["bytes", "json"]));
+    assert_eq!(kv["complete1"], false);
+    assert_eq!(kv["page2"], serde_json::json!(["stream", "text", "ttl"]));
+    assert_eq!(kv["ttlExpires"], true);
+    assert_eq!(kv["deleted"], serde_json::Value::Null);
+    assert!(
+        kv["badKey"].as_str().unwrap().starts_with("TypeError: "),
+        "{}",
+        kv["badKey"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn d1_api_matches_workers_d1() {
+    let server = serve(&apis_project(""));
+    let d1 = json(&server, "/d1").await;
+    assert_eq!(
+        d1["runMeta"],
+        serde_json::json!({"changes": 1, "lastRowId": 1, "success": true})
+    );
+    assert_eq!(d1["batchLength"], 2);
+    assert_eq!(
+        d1["all"],
+        serde_json::json!([
+            {"id": 1, "name": "ann", "score": 1.5, "data": [7, 8]},
+            {"id": 2, "name": "bob", "score": 2, "data": null},
+            {"id": 3, "name": "cy", "score": 3.25, "data": null},
+        ])
+    );
+    assert_eq!(d1["first"], serde_json::json!({"name": "bob"}));
+    assert_eq!(d1["firstColumn"], 3);
+    assert_eq!(
+        d1["raw"],
+        serde_json::json!([["id", "name"], [1, "ann"], [2, "bob"], [3, "cy"]])
+    );
+    assert_eq!(d1["none"], serde_json::Value::Null);
+    assert!(
+        d1["error"]
+            .as_str()
+            .unwrap()
+            .contains("no such table: missing_table"),
+        "{}",
+        d1["error"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn r2_queue_service_and_cache_apis_work() {
+    let project = apis_project("");
+    let server = serve(&project);
+    let r2 = json(&server, "/r2").await;
+    assert_eq!(
+        r2,
+        serde_json::json!({
+            "putSize": 12, "etagQuoted": true, "text": "hello object",
+            "contentType": "text/plain", "owner": "ann", "uploadedIsDate": true,
+            "range": "object", "headSize": 15, "objects": ["top.txt"],
+            "prefixes": ["dir/"], "afterDelete": null,
+        })
+    );
+
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/queue")).await;
+    assert_eq!((status, body.as_str()), (200, "sent 3\n"));
+
+    let (_, _, body) = get(&client, &server.url("/service")).await;
+    assert_eq!(body, "200 you are ann at /whoami");
+
+    let cache = json(&server, "/cache").await;
+    assert_eq!(
+        cache,
+        serde_json::json!({"before": true, "after": "cached body", "deleted": true,
+                           "gone": true, "defaultIsCache": true})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn web_platform_apis_are_there() {
+    let server = serve(&apis_project(""));
+    let web = json(&server, "/web").await;
+    assert_eq!(web["hmacLength"], 32);
+    assert_eq!(web["verified"], true);
+    assert_eq!(
+        web["digestHex"],
+        "ab530a13e45914982b79f9b7e3fba994cfd1f3fb22f71cea1afbf02b460c6d1d"
+    );
+    assert_eq!(web["equal"], true);
+    assert_eq!(web["unequal"], false);
+    assert_eq!(web["randomLength"], 8);
+    assert_eq!(web["uuid"], true);
+    assert_eq!(web["base64"], "aXNvbGE=");
+    assert_eq!(web["decoded"], "isola");
+    assert_eq!(
+        web["cloned"],
+        serde_json::json!({"nested": {"list": [1, 2]}})
+    );
+    assert_eq!(web["transformed"], "SHOUT");
+    assert_eq!(web["params"], serde_json::json!({"a": "1", "b": "two"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_until_runs_after_the_response_and_console_lines_carry_the_request_id() {
+    let server = serve(&apis_project(""));
+    let client = client();
+    let response = client.get(server.url("/wait-until")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "answered first\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = get(&client, &server.url("/waited")).await;
+        if body == "done after the response" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "waitUntil work never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A rejected waitUntil task is logged and fails nothing else.
+    server.wait_for_log("waitUntil task failed: Error: one failed task");
+
+    let response = client.get(server.url("/log")).send().await.unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let line = server.wait_for_line(|l| l.contains("hello from console.log"));
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+    let line = server.wait_for_line(|l| l.contains("and from console.error"));
+    assert!(line.contains("stream=\"stderr\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cpu_limit_stops_a_busy_loop_while_awaiting_a_slow_upstream_is_free() {
+    let upstream = Upstream::start(Duration::from_millis(400)).await;
+    let project = apis_project_with_vars(
+        &format!("SLOW_URL = {:?}, ", upstream.url("/slow")),
+        &format!(
+            "cpu_ms = 30\nallowed_outbound_hosts = [{:?}]\n",
+            upstream.url("")
+        ),
+    );
+    let server = serve(&project);
+    let client = client();
+    let response = client.get(server.url("/busy")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-isola-error"], "cpu-limit");
+
+    let started = Instant::now();
+    let (status, _, body) = get(&client, &server.url("/slow-upstream")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("upstream said "), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncaught_exception_is_a_500_with_the_stack_in_the_log() {
+    let server = serve(&apis_project(""));
+    let client = client();
+    for (path, message) in [
+        ("/throw", "Uncaught Error: something broke in the worker"),
+        ("/reject", "Uncaught TypeError: rejected on purpose"),
+    ] {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 500, "{path}");
+        assert_eq!(response.headers()["x-isola-error"], "exception");
+        let line = server.wait_for_line(|l| l.contains(message));
+        // The stack names the bundled module and a line and column.
+        assert!(line.contains("worker.js:"), "{line}");
+    }
+}
+
+#[test]
+fn a_syntax_error_fails_build_and_check_with_file_line_and_column() {
+    let broken = repo("tests/js/broken.js");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("broken.wasm");
+    let output = run_isola(&["build", &broken, "-o", out.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("broken.js:4:3: error: Expected \")\" but found \"}\""),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let project = js_project(&js_worker("broken", &broken, &["/*"]));
+    let output = run_isola(&["check", project.config().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("worker `broken`: cannot build"), "{stderr}");
+    assert!(stderr.contains("broken.js:4:3: error:"), "{stderr}");
+}
+
+#[test]
+fn build_writes_a_component_file_and_reuses_its_build_cache() {
+    warm_up();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hello.wasm");
+    let output = run_isola(&["build", &example("hello"), "-o", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let wasm = std::fs::read(&out).unwrap();
+    assert_eq!(&wasm[..4], b"\0asm");
+    assert!(wasm.len() > 1_000_000, "{} bytes", wasm.len());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("cached"), "{stdout}");
+}
+
+// ------------------------------------------------------------ the examples
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_cache_example_adds_a_header_and_caches_in_wait_until() {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let origin = upstream.url("");
+    let project = js_project(&format!(
+        "{}vars = {{ ORIGIN_URL = {origin:?} }}\nallowed_outbound_hosts = [{origin:?}]\n",
+        js_worker("proxy", &example("proxy-cache"), &["/js/proxy/*"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+    let response = client
+        .get(server.url("/js/proxy/page?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", server.logs());
+    assert_eq!(response.headers()["x-foo"], "bar");
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    assert_eq!(response.text().await.unwrap(), "upstream says hi");
+    // The cache.put in waitUntil lands after the response; then the
+    // upstream is no longer asked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client
+            .get(server.url("/js/proxy/page?x=1"))
+            .send()
+            .await
+            .unwrap();
+        if response.headers()["x-cache"] == "HIT" {
+            assert_eq!(response.headers()["x-foo"], "bar");
+            assert_eq!(response.text().await.unwrap(), "upstream says hi");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served from the cache");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = upstream.paths().len();
+    let (_, _, _) = get(&client, &server.url("/js/proxy/page?x=1")).await;
+    assert_eq!(upstream.paths().len(), asked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_open_example_passes_through_to_the_origin_when_it_throws() {
+    let origin = Upstream::echo().await;
+    let project = js_project(&format!(
+        "{}origin = \"http://127.0.0.1:{}\"\n",
+        js_worker("fail-open", &example("fail-open"), &["/*"]),
+        origin.addr.port()
+    ));
+    let server = serve(&project);
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/a")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "enriched by the worker: GET /a (0 bytes)\n")
+    );
+    let (status, _, body) = get(&client, &server.url("/a?crash")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "origin got GET /a?crash\nx-test=\nbody=")
+    );
+    let response = client
+        .post(server.url("/b"))
+        .header("x-test", "kept")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "origin got POST /b\nx-test=kept\nbody=not json"
+    );
+    server.wait_for_log("Uncaught SyntaxError");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_views_example_upserts_in_wait_until() {
+    let project = js_project(&format!(
+        "{}d1_databases = [{{ binding = \"DB\", database_name = \"views\" }}]\n",
+        js_worker("views", &example("page-views"), &["/js/views/*"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+    for path in ["/js/views/a", "/js/views/b", "/js/views/a", "/js/views/a"] {
+        let (status, _, body) = get(&client, &server.url(path)).await;
+        assert_eq!((status, body), (200, format!("you are on {path}\n")));
+    }
+    let expected = serde_json::json!([
+        {"path": "/js/views/a", "views": 3},
+        {"path": "/js/views/b", "views": 1},
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if json(&server, "/js/views/top").await == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upserts never all landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_cache_example_warms_kv_with_an_hour_ttl() {
+    let upstream = Upstream::start(Duration::ZERO).await;
+    let origin = upstream.url("");
+    let project = js_project(&format!(
+        "{}vars = {{ ORIGIN_URL = {origin:?} }}\nallowed_outbound_hosts = [{origin:?}]\n\
+         kv_namespaces = [{{ binding = \"CACHE\", id = \"warm\" }}]\n",
+        js_worker("kv-cache", &example("kv-cache"), &["/js/kv/*"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+    let response = client.get(server.url("/js/kv/item")).send().await.unwrap();
+    assert_eq!(response.headers()["x-kv"], "miss");
+    let entry = serde_json::json!({"status": 200, "body": "upstream says hi"});
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap(), entry);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.get(server.url("/js/kv/item")).send().await.unwrap();
+        if response.headers()["x-kv"] == "hit" {
+            assert!(response.headers().contains_key("x-fetched-at"));
+            assert_eq!(response.json::<serde_json::Value>().await.unwrap(), entry);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered from KV");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.paths(), ["/item"]);
+    // The operator's view: the key expires in an hour.
+    let output = run_isola(&[
+        "kv",
+        "--config",
+        project.config().to_str().unwrap(),
+        "list",
+        "CACHE",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let keys: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let listed = &keys[0];
+    assert_eq!(listed["name"], "/item", "{keys}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiration = listed["expiration"].as_u64().unwrap();
+    assert!((now + 3590..=now + 3610).contains(&expiration), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn middleware_example_passes_a_typed_context_down_the_chain() {
+    let main = example("middleware");
+    let project = js_project(&format!(
+        "{}vars = {{ ROLE = \"auth\" }}\nservices = [{{ binding = \"TENANT\", service = \"tenant\" }}]\n\
+         {}vars = {{ ROLE = \"tenant\" }}\nservices = [{{ binding = \"APP\", service = \"app\" }}]\n\
+         {}vars = {{ ROLE = \"app\" }}\n",
+        js_worker("auth", &main, &["/js/chain/*"]),
+        js_worker("tenant", &main, &[]),
+        js_worker("app", &main, &["/js/app/*"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+    let response = client
+        .get(server.url("/js/chain/me"))
+        .header("authorization", "Bearer token-alice")
+        .header("x-tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"user": {"id": "alice", "role": "admin"}, "tenant": "acme",
+                           "trail": ["auth", "tenant", "app"]})
+    );
+    let (status, _, _) = get(&client, &server.url("/js/chain/me")).await;
+    assert_eq!(status, 401);
+    // A context that would not fit the 5 KB header guard is a 400.
+    let note = "n".repeat(5000);
+    let response = client
+        .get(server.url(&format!("/js/chain/me?note={note}")))
+        .header("authorization", "Bearer token-bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .starts_with("bad request: context payload is ")
+    );
+    // Reaching the last step without the header is the callee's 400.
+    let (status, _, body) = get(&client, &server.url("/js/app/x")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "bad request: missing x-cf-ctx-payload\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_example_runs_on_a_cron_firing() {
+    let project = js_project(&format!(
+        "{}kv_namespaces = [{{ binding = \"KV\", id = \"cron\" }}]\ntriggers.crons = [\"*/5 * * * *\"]\n",
+        js_worker("cron", &example("scheduled"), &["/js/cron"]),
+    ));
+    warm_up();
+    let config = project.config();
+    let output = run_isola(&[
+        "trigger",
+        "--config",
+        config.to_str().unwrap(),
+        "cron",
+        "cron",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("cron */5 * * * * fired for "));
+    let server = serve(&project);
+    let last = json(&server, "/js/cron").await;
+    assert_eq!(last["lastRun"]["cron"], "*/5 * * * *");
+    let at = last["lastRun"]["scheduledTime"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(at <= now && now - at < 120_000, "{at} vs {now}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_example_consumes_acks_and_dead_letters() {
+    let project = js_project(&format!(
+        "{}kv_namespaces = [{{ binding = \"STATE\", id = \"jobs\" }}]\n\
+         queues.producers = [{{ binding = \"JOBS\", queue = \"js-jobs\" }}]\n\
+         queues.consumers = [{{ queue = \"js-jobs\", max_batch_size = 10, max_batch_timeout = 1, max_retries = 2, dead_letter_queue = \"js-jobs-dlq\" }}]\n",
+        js_worker("jobs", &example("queue"), &["/js/jobs"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+    let response = client
+        .post(server.url("/js/jobs?n=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if json(&server, "/js/jobs").await == serde_json::json!({"total": 15, "handled": 5}) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the jobs were never all consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = client
+        .post(server.url("/js/jobs?n=1&fail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    server.wait_for_line(|l| l.contains("queue batch finished") && l.contains("dead_lettered=1"));
+    assert!(server.logs().contains("job 1 failed (attempt 3)"));
+    assert_eq!(
+        json(&server, "/js/jobs").await,
+        serde_json::json!({"total": 15, "handled": 5})
+    );
+}
