@@ -142,36 +142,22 @@ async fn hello_example_serves_and_module_state_never_survives_a_request() {
     assert_eq!(body, "hello isola from a sibling module");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn instance_reuse_keeps_a_js_instance_for_the_next_request_until_it_fails() {
-    let server = serve(&apis_project("instance_reuse = 3\n"));
-    let client = client();
-    let mut answers = Vec::new();
-    for _ in 0..4 {
-        answers.push(get(&client, &server.url("/counter")).await.2);
-        // The instance goes back to the pool when its task ends, just
-        // after the client has the response.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(answers, ["1", "2", "3", "1"]);
-    // The next request's ctx and env are its own.
-    let response = client.get(server.url("/log")).send().await.unwrap();
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let line = server.wait_for_line(|l| l.contains("hello from console.log"));
-    assert!(line.contains(&format!("request_id={id}")), "{line}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // An instance that threw is never used again.
-    let (status, _, _) = get(&client, &server.url("/throw")).await;
-    assert_eq!(status, 500);
-    assert_eq!(get(&client, &server.url("/counter")).await.2, "1");
+#[test]
+fn instance_reuse_is_refused_for_js_workers_with_the_reason() {
+    let project = apis_project("instance_reuse = 3\n");
+    let output = run_isola(&["check", project.config().to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("worker[0].instance_reuse: JavaScript workers cannot reuse instances"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn env_holds_vars_secrets_bindings_and_request_cf() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let env = json(&server, "/env").await;
     assert_eq!(env["greeting"], "hi from vars");
     assert_eq!(env["secretLength"], "sk-live-0123456789".len());
@@ -187,7 +173,8 @@ async fn env_holds_vars_secrets_bindings_and_request_cf() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_api_matches_workers_kv() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let kv = json(&server, "/kv").await;
     assert_eq!(kv["text"], "hello");
     assert_eq!(kv["json"], serde_json::json!({"a": 1}));
@@ -213,7 +200,8 @@ async fn kv_api_matches_workers_kv() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn d1_api_matches_workers_d1() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let d1 = json(&server, "/d1").await;
     assert_eq!(
         d1["runMeta"],
@@ -277,7 +265,8 @@ async fn r2_queue_service_and_cache_apis_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn web_platform_apis_are_there() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let web = json(&server, "/web").await;
     assert_eq!(web["hmacLength"], 32);
     assert_eq!(web["verified"], true);
@@ -301,7 +290,8 @@ async fn web_platform_apis_are_there() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_until_runs_after_the_response_and_console_lines_carry_the_request_id() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let client = client();
     let response = client.get(server.url("/wait-until")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -354,7 +344,8 @@ async fn cpu_limit_stops_a_busy_loop_while_awaiting_a_slow_upstream_is_free() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uncaught_exception_is_a_500_with_the_stack_in_the_log() {
-    let server = serve(&apis_project(""));
+    let project = apis_project("");
+    let server = serve(&project);
     let client = client();
     for (path, message) in [
         ("/throw", "Uncaught Error: something broke in the worker"),

@@ -558,6 +558,20 @@ impl Config {
                     format!("worker `{name}` is defined twice"),
                 ));
             }
+            let instance_reuse = match &w.instance_reuse {
+                // StarlingMonkey (componentize-js 0.23) dispatches one fetch
+                // event per instance: a second request on the same instance
+                // fails with "respondWith can't be called twice".
+                Some(reuse) if *reuse.get_ref() > 1 && w.main.is_some() => {
+                    return Err(locate(
+                        Some(reuse.span()),
+                        key("instance_reuse"),
+                        "JavaScript workers cannot reuse instances: StarlingMonkey (componentize-js 0.23) serves one fetch event per instance".into(),
+                    ));
+                }
+                Some(reuse) => *reuse.get_ref(),
+                None => 0,
+            };
             let (component, main) = match (&w.component, &w.main) {
                 (Some(component), None) => {
                     let path = base.join(component.get_ref());
@@ -902,7 +916,7 @@ impl Config {
                 fuel_per_ms: server.fuel_per_ms,
                 origin,
                 services,
-                instance_reuse: w.instance_reuse,
+                instance_reuse,
             });
         }
         for (service, i) in service_refs {
@@ -1137,8 +1151,7 @@ struct RawWorker {
     wall_ms: Option<Spanned<u64>>,
     memory_mb: Option<Spanned<u64>>,
     subrequests: Option<u32>,
-    #[serde(default)]
-    instance_reuse: u32,
+    instance_reuse: Option<Spanned<u32>>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<Spanned<String>>,
     outbound_override: Option<Spanned<String>>,
@@ -1321,6 +1334,10 @@ mod tests {
                 "isola.toml:3:8: worker[0].main: worker module not found: {}",
                 f.dir.path().join("src/missing.js").display()
             )
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\nmain = \"app.wasm\"\ninstance_reuse = 10\n"),
+            "isola.toml:4:18: worker[0].instance_reuse: JavaScript workers cannot reuse instances: StarlingMonkey (componentize-js 0.23) serves one fetch event per instance"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nmain = \"app.wasm\"\n"),

@@ -779,16 +779,62 @@ function cloneResponse() {
   const init = { status: this.status, statusText: this.statusText, headers: new Headers(this.headers) };
   const source = this[TEED_BODY] ?? this.body;
   if (source === null) return new Response(null, init);
-  const [mine, theirs] = source.tee();
+  const [mine, theirs] = tee(source);
   redirectBody(this, mine);
   return new Response(theirs, init);
 }
 
-/** A Response the engine can send: a cloned one is rebuilt on its branch. */
-function settled(response) {
+/** Split `source` into two streams that each see every chunk. Written out
+ * rather than `source.tee()`: StarlingMonkey sends a response whose body is
+ * a branch of a host body straight from the host stream, and the other
+ * branch then sees nothing. Reading `source` here keeps both fed. A slow
+ * branch buffers what the other has read. */
+function tee(source) {
+  const reader = source.getReader();
+  const branches = new Set();
+  let reading = null;
+  const pump = () => {
+    reading ??= reader.read().then(
+      ({ done, value }) => {
+        reading = null;
+        for (const controller of branches) {
+          if (done) controller.close();
+          else controller.enqueue(value);
+        }
+      },
+      (error) => {
+        reading = null;
+        for (const controller of branches) controller.error(error);
+      },
+    );
+    return reading;
+  };
+  const branch = () => {
+    let mine;
+    return new ReadableStream({
+      start(controller) {
+        mine = controller;
+        branches.add(controller);
+      },
+      pull: pump,
+      cancel() {
+        branches.delete(mine);
+        if (branches.size === 0) reader.cancel();
+      },
+    });
+  };
+  return [branch(), branch()];
+}
+
+/** A Response the engine can send: a cloned one is rebuilt on its branch,
+ * read here in full. Handing the engine the branch itself left the other
+ * branch (the clone, typically being cached in waitUntil) empty, so a
+ * response that was cloned is buffered instead of streamed. */
+async function settled(response) {
   const stream = response[TEED_BODY];
   if (stream === undefined) return response;
-  return new Response(stream, {
+  const body = await new Response(stream).arrayBuffer();
+  return new Response(body, {
     status: response.status,
     statusText: response.statusText,
     headers: response.headers,
@@ -845,7 +891,7 @@ export function installFetch(worker) {
               `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
             );
           }
-          return settled(response);
+          return await settled(response);
         } catch (e) {
           return fail(e);
         }
