@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use isola_bindings::lease::LeaseStore;
 use isola_bindings::queue::{Delivery, QueueStore};
 use isola_config::{CronSchedule, QueueConsumer, WorkerConfig};
 use isola_runtime::{MessageOutcome, QueueMessage, Worker};
@@ -25,15 +26,20 @@ pub struct Triggers {
 impl Triggers {
     /// Start a cron loop per `triggers.crons` entry and `max_concurrency`
     /// consumer loops per `queues.consumers` entry. `workers[i]` is
-    /// described by `configs[i]`.
+    /// described by `configs[i]`. Each cron firing runs only where
+    /// `leases` grants it: on this node alone with the embedded backends,
+    /// on exactly one node of a cluster sharing a Redis queue backend.
     pub async fn start(
         workers: &[Worker],
         configs: &[WorkerConfig],
         queues: Arc<dyn QueueStore>,
+        leases: Arc<dyn LeaseStore>,
         state_dir: &Path,
     ) -> Triggers {
         let mut tasks = Vec::new();
-        // A single node: leases left by a previous process are void.
+        // A single node: leases left by a previous process are void. (A
+        // shared queue backend releases nothing here: other nodes' leases
+        // are live, and a dead node's run out.)
         match queues.release_all_leases().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(target: "isola::trigger", released = n,
@@ -48,6 +54,7 @@ impl Triggers {
                     worker.clone(),
                     cron.clone(),
                     ledger.clone(),
+                    leases.clone(),
                 )));
             }
             for consumer in &config.queue_consumers {
@@ -144,7 +151,24 @@ impl CronLedger {
     }
 }
 
-async fn cron_loop(worker: Worker, cron: CronSchedule, ledger: Arc<CronLedger>) {
+/// How long a firing's lease is kept: until the next firing (so a node
+/// whose clock lags cannot run it again), at least a minute, at most a day.
+fn lease_ttl(cron: &CronSchedule, due: chrono::DateTime<chrono::Utc>) -> Duration {
+    let next = cron
+        .schedule
+        .find_next_occurrence(&due, false)
+        .ok()
+        .and_then(|next| (next - due).to_std().ok())
+        .unwrap_or_default();
+    next.clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
+}
+
+async fn cron_loop(
+    worker: Worker,
+    cron: CronSchedule,
+    ledger: Arc<CronLedger>,
+    leases: Arc<dyn LeaseStore>,
+) {
     loop {
         let now = chrono::Utc::now();
         let next = match cron.schedule.find_next_occurrence(&now, false) {
@@ -159,6 +183,22 @@ async fn cron_loop(worker: Worker, cron: CronSchedule, ledger: Arc<CronLedger>) 
         tokio::time::sleep(wait).await;
         let due_ms = next.timestamp_millis() as u64;
         ledger.record(worker.name(), &cron, due_ms);
+        // One lease per firing: worker, expression and scheduled time.
+        let key = format!("cron:{}:{}:{due_ms}", worker.name(), cron.expression);
+        match leases.acquire(&key, lease_ttl(&cron, next)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(target: "isola::trigger", worker = worker.name(), cron = %cron.expression,
+                    due_ms, "another node runs this firing");
+                continue;
+            }
+            Err(e) => {
+                // Running it without the lease could run it twice.
+                tracing::error!(target: "isola::trigger", worker = worker.name(), cron = %cron.expression,
+                    due_ms, "firing skipped: cannot take its lease: {e}");
+                continue;
+            }
+        }
         // Each firing runs on its own, so a slow one does not delay the next.
         let worker = worker.clone();
         let expression = cron.expression.clone();
