@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 /// indexed SQLite read per interval.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// Added to a batch's lease beyond its batch timeout and `wall_ms`.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// The running trigger loops; stopped when dropped or by [`Triggers::stop`].
 pub struct Triggers {
     tasks: Vec<JoinHandle<()>>,
@@ -212,12 +215,12 @@ pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String
     match &run.result {
         Ok(()) => {
             tracing::info!(target: "isola::trigger", kind = "scheduled", id = %run.id,
-                worker = worker.name(), cron, outcome = "ok", "scheduled run finished");
+                worker = worker.name(), cron, due_ms, outcome = "ok", "scheduled run finished");
             Ok(())
         }
         Err(e) => {
             tracing::error!(target: "isola::trigger", kind = "scheduled", id = %run.id,
-                worker = worker.name(), cron, outcome = e.failure.reason(),
+                worker = worker.name(), cron, due_ms, outcome = e.failure.reason(),
                 backtrace = e.backtrace.as_deref().unwrap_or("none"),
                 "scheduled run failed: {}", e.cause);
             Err(format!("{} ({})", e.cause, run.id))
@@ -228,9 +231,11 @@ pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String
 async fn consumer_loop(worker: Worker, consumer: QueueConsumer, queues: Arc<dyn QueueStore>) {
     let max = consumer.max_batch_size as usize;
     let batch_timeout = Duration::from_secs(consumer.max_batch_timeout);
-    // Long enough to cover the wait for a full batch and the handler's run.
-    let lease =
-        batch_timeout + Duration::from_millis(worker.limits().wall_ms) + Duration::from_secs(30);
+    // Long enough to cover the wait for a full batch, the handler's run
+    // (cut at `wall_ms`) and settling the batch. It is also how long the
+    // messages of a consumer that died stay hidden before another consumer
+    // (on any node sharing the queue) gets them again.
+    let lease = batch_timeout + Duration::from_millis(worker.limits().wall_ms) + LEASE_MARGIN;
     loop {
         let mut batch = match queues.lease(&consumer.queue, max, lease).await {
             Ok(batch) => batch,
