@@ -160,6 +160,21 @@ async fn two_nodes_share_kv_sql_and_objects() {
         .unwrap();
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.text().await.unwrap(), "quarterly numbers");
+
+    // Cache API: stored through A, a hit through B (same Host, same URL).
+    let cached = |server: &Server| {
+        client()
+            .get(server.url("/cached/page?cc=max-age%3D60"))
+            .header("host", "app.test")
+            .send()
+    };
+    let miss = cached(&a).await.unwrap();
+    assert_eq!(miss.headers()["x-cache"], "miss");
+    assert_eq!(miss.headers()["x-stored"], "true");
+    let generated = miss.text().await.unwrap();
+    let hit = cached(&b).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "hit");
+    assert_eq!(hit.text().await.unwrap(), generated);
 }
 
 /// The `triggers` guest (consumer of `jobs`, crons) on shared backends.

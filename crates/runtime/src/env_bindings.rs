@@ -543,7 +543,8 @@ impl blob::HostUpload for HostState {
         let upload = self.table.get_mut(&this)?;
         let step = UploadStep::Chunk(Bytes::from(chunk));
         if upload.steps.send(step).await.is_err() {
-            return Ok(Err(self.guest_error(upload.failure().await)));
+            let error = upload.failure().await;
+            return Ok(Err(self.guest_error(error)));
         }
         Ok(Ok(()))
     }
@@ -551,7 +552,8 @@ impl blob::HostUpload for HostState {
     async fn finish(&mut self, this: Resource<UploadHandle>) -> CallResult<blob::Object> {
         let mut upload = self.table.delete(this)?;
         if upload.steps.send(UploadStep::Finish).await.is_err() {
-            return Ok(Err(self.guest_error(upload.failure().await)));
+            let error = upload.failure().await;
+            return Ok(Err(self.guest_error(error)));
         }
         Ok(match (&mut upload.outcome).await {
             Ok(result) => result.map(object_out).map_err(|e| self.guest_error(e)),
