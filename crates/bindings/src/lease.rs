@@ -75,3 +75,28 @@ impl From<redis::RedisError> for BindingError {
         crate::connect::redis_err(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_per_key_until_it_expires() {
+        let url = crate::test_services::shared_redis().url();
+        let a = RedisLeases::new(crate::connect::redis_connection(&url).await.unwrap());
+        let b = RedisLeases::new(crate::connect::redis_connection(&url).await.unwrap());
+        let key = crate::test_services::unique("cron");
+        let ttl = Duration::from_millis(300);
+        assert!(a.acquire(&key, ttl).await.unwrap());
+        assert!(!b.acquire(&key, ttl).await.unwrap());
+        assert!(!a.acquire(&key, ttl).await.unwrap());
+        assert!(b.acquire(&format!("{key}-next"), ttl).await.unwrap());
+        // A holder that never comes back blocks the key only until expiry.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.acquire(&key, ttl).await.unwrap());
+        assert!(a.is_shared());
+        assert!(LocalLeases.acquire(&key, ttl).await.unwrap());
+        assert!(LocalLeases.acquire(&key, ttl).await.unwrap());
+        assert!(!LocalLeases.is_shared());
+    }
+}

@@ -52,7 +52,11 @@ impl Triggers {
         let ledger = Arc::new(CronLedger::load(state_dir.join("cron-state.json")));
         for (worker, config) in workers.iter().zip(configs) {
             for cron in &config.crons {
-                ledger.report_missed(worker.name(), cron);
+                // Sharing the firings with other nodes, this one cannot
+                // tell which were missed by the whole cluster.
+                if !leases.is_shared() {
+                    ledger.report_missed(worker.name(), cron);
+                }
                 tasks.push(tokio::spawn(cron_loop(
                     worker.clone(),
                     cron.clone(),
