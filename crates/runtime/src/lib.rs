@@ -605,6 +605,7 @@ impl Worker {
         let subrequests = Subrequests {
             used: report.subrequests.clone(),
             budget: inner.limits.subrequests,
+            backend_failed: report.backend_failed.clone(),
         };
         store.data_mut().begin_request(subrequests, services);
         if inner.consume_fuel {
