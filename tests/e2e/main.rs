@@ -5,6 +5,7 @@ mod support;
 
 mod bindings;
 mod cli;
+mod cluster;
 mod examples;
 mod js;
 mod lifecycle;

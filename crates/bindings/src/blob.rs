@@ -136,7 +136,7 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_bucket(bucket: &str) -> Result<()> {
+pub(crate) fn validate_bucket(bucket: &str) -> Result<()> {
     let valid = !bucket.is_empty()
         && bucket
             .bytes()
@@ -152,9 +152,9 @@ fn validate_bucket(bucket: &str) -> Result<()> {
 
 /// Parts handed to `object_store` while an upload streams in; the local
 /// store writes each at its offset as soon as it is full.
-const PART_BYTES: usize = 1024 * 1024;
+pub(crate) const PART_BYTES: usize = 1024 * 1024;
 /// Parts in flight per upload before `write` waits (back-pressure).
-const PARTS_IN_FLIGHT: usize = 4;
+pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 
 /// The embedded backend: `<dir>/<bucket>/...` plus `<dir>/index.sqlite`.
 ///
@@ -326,7 +326,7 @@ fn http_from_json(json: &str) -> HttpMetadata {
 }
 
 /// The byte range `range` selects in an object of `size` bytes.
-fn resolve_range(range: Option<Range>, size: u64) -> Result<std::ops::Range<u64>> {
+pub(crate) fn resolve_range(range: Option<Range>, size: u64) -> Result<std::ops::Range<u64>> {
     let Some(range) = range else {
         return Ok(0..size);
     };
@@ -353,7 +353,7 @@ fn resolve_range(range: Option<Range>, size: u64) -> Result<std::ops::Range<u64>
 
 /// Where a listing resumes.
 #[derive(Debug, Clone, PartialEq)]
-enum Resume {
+pub(crate) enum Resume {
     /// Strictly after this key (the last object returned).
     After(String),
     /// After every key under this rolled-up prefix.
@@ -361,7 +361,7 @@ enum Resume {
 }
 
 /// Cursors are opaque to callers: hex of a tag byte and the key or prefix.
-fn encode_cursor(resume: &Resume) -> String {
+pub(crate) fn encode_cursor(resume: &Resume) -> String {
     let (tag, s) = match resume {
         Resume::After(key) => ('k', key),
         Resume::PastPrefix(prefix) => ('p', prefix),
@@ -369,7 +369,7 @@ fn encode_cursor(resume: &Resume) -> String {
     crate::hex(format!("{tag}{s}").as_bytes())
 }
 
-fn decode_cursor(cursor: &str) -> Result<Resume> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<Resume> {
     let text = crate::unhex(cursor).and_then(|b| String::from_utf8(b).ok());
     match text.as_deref().map(|t| t.split_at_checked(1)) {
         Some(Some(("k", key))) => Ok(Resume::After(key.to_owned())),
@@ -382,14 +382,14 @@ fn decode_cursor(cursor: &str) -> Result<Resume> {
 
 /// The first key a listing may still return: `key`, or the first after it.
 #[derive(Debug, Clone, PartialEq)]
-struct LowerBound {
-    key: String,
-    inclusive: bool,
+pub(crate) struct LowerBound {
+    pub(crate) key: String,
+    pub(crate) inclusive: bool,
 }
 
 /// Where a listing under `prefix` continues from `resume`; `None` when
 /// nothing can follow.
-fn lower_bound(prefix: &str, resume: Option<&Resume>) -> Option<LowerBound> {
+pub(crate) fn lower_bound(prefix: &str, resume: Option<&Resume>) -> Option<LowerBound> {
     let from = match resume {
         None => LowerBound {
             key: prefix.to_owned(),

@@ -104,9 +104,7 @@ struct Variant {
 
 impl Variant {
     fn matches(&self, request_headers: &Headers) -> bool {
-        self.vary
-            .iter()
-            .all(|(name, value)| header_value(request_headers, name).as_ref() == value.as_ref())
+        vary_matches(&self.vary, request_headers)
     }
 }
 
@@ -157,7 +155,7 @@ fn key(scope: &str, cache: &str, url: &str) -> Key {
 
 /// All values of header `name` (case-insensitive), joined by `", "` as
 /// HTTP allows for repeated fields; `None` if absent.
-fn header_value(headers: &Headers, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn header_value(headers: &Headers, name: &str) -> Option<Vec<u8>> {
     let mut values = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -284,6 +282,107 @@ fn freshness_lifetime(directives: &[Directive], headers: &Headers, now_secs: i64
     Some(expires.saturating_sub(date))
 }
 
+/// A response ready to store: what `put` decided and computed, shared by
+/// every cache backend so they all store exactly the same things.
+pub(crate) struct Prepared {
+    pub vary: Vec<(String, Option<Vec<u8>>)>,
+    pub response: CachedResponse,
+    pub initial_age: u64,
+    /// Seconds it stays fresh from now.
+    pub remaining: u64,
+    pub bytes: u64,
+}
+
+/// Decide whether `response` may be stored (`Ok(None)`: not storable) and
+/// prepare it: headers it must not keep stripped, the request headers its
+/// `Vary` names captured, its freshness from now (`now` in ms).
+pub(crate) fn prepare_put(
+    scope: &str,
+    cache: &str,
+    url: &str,
+    request_headers: &Headers,
+    response: CachedResponse,
+    now: u64,
+) -> Result<Option<Prepared>> {
+    if response.status == 206 {
+        return Err(BindingError::Invalid(
+            "cannot cache a 206 Partial Content response".into(),
+        ));
+    }
+    let vary = header_str(&response.headers, "vary")
+        .map(|v| field_names(&v))
+        .unwrap_or_default();
+    if vary.iter().any(|n| n == "*") {
+        return Err(BindingError::Invalid(
+            "cannot cache a response with Vary: *".into(),
+        ));
+    }
+    let directives =
+        parse_cache_control(&header_str(&response.headers, "cache-control").unwrap_or_default());
+    // `private` / `no-cache` with field names only forbid storing those
+    // fields (RFC 9111 §5.2.2.4, §5.2.2.7); without, the whole response.
+    let mut stripped: Vec<String> = vec!["age".into()];
+    for d in &directives {
+        match (d.name.as_str(), &d.value) {
+            ("no-store", _) => return Ok(None),
+            ("private" | "no-cache", None) => return Ok(None),
+            ("private" | "no-cache", Some(fields)) => stripped.extend(field_names(fields)),
+            _ => {}
+        }
+    }
+    // Like Cloudflare: a cookie-setting response is not cached unless
+    // the cookie is marked private (and then it is dropped).
+    if header_value(&response.headers, "set-cookie").is_some()
+        && !stripped.iter().any(|n| n == "set-cookie")
+    {
+        return Ok(None);
+    }
+    let now_secs = (now / 1000) as i64;
+    let Some(lifetime) = freshness_lifetime(&directives, &response.headers, now_secs) else {
+        return Ok(None);
+    };
+    let initial_age = parse_seconds(header_str(&response.headers, "age").as_deref()) as u64;
+    let remaining = lifetime.saturating_sub(initial_age as i64);
+    if remaining <= 0 {
+        return Ok(None);
+    }
+
+    let mut response = response;
+    response
+        .headers
+        .retain(|(name, _)| !stripped.iter().any(|s| name.eq_ignore_ascii_case(s)));
+    let vary: Vec<(String, Option<Vec<u8>>)> = vary
+        .into_iter()
+        .map(|name| {
+            let value = header_value(request_headers, &name);
+            (name, value)
+        })
+        .collect();
+    let bytes = (scope.len() + cache.len() + url.len() + response.body.len()) as u64
+        + response
+            .headers
+            .iter()
+            .map(|(n, v)| (n.len() + v.len()) as u64)
+            .sum::<u64>()
+        + vary
+            .iter()
+            .map(|(n, v)| (n.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum::<u64>();
+    Ok(Some(Prepared {
+        vary,
+        response,
+        initial_age,
+        remaining: remaining as u64,
+        bytes,
+    }))
+}
+
+/// Whether a variant stored with `vary` answers a request with `request_headers`.
+pub(crate) fn vary_matches(vary: &[(String, Option<Vec<u8>>)], request_headers: &Headers) -> bool {
+    vary.iter()
+        .all(|(name, value)| header_value(request_headers, name).as_ref() == value.as_ref())
+}
+
 #[async_trait]
 impl CacheStore for MemoryCache {
     async fn match_(
@@ -332,72 +431,17 @@ impl CacheStore for MemoryCache {
         request_headers: &Headers,
         response: CachedResponse,
     ) -> Result<bool> {
-        if response.status == 206 {
-            return Err(BindingError::Invalid(
-                "cannot cache a 206 Partial Content response".into(),
-            ));
-        }
-        let vary = header_str(&response.headers, "vary")
-            .map(|v| field_names(&v))
-            .unwrap_or_default();
-        if vary.iter().any(|n| n == "*") {
-            return Err(BindingError::Invalid(
-                "cannot cache a response with Vary: *".into(),
-            ));
-        }
-        let directives = parse_cache_control(
-            &header_str(&response.headers, "cache-control").unwrap_or_default(),
-        );
-        // `private` / `no-cache` with field names only forbid storing those
-        // fields (RFC 9111 §5.2.2.4, §5.2.2.7); without, the whole response.
-        let mut stripped: Vec<String> = vec!["age".into()];
-        for d in &directives {
-            match (d.name.as_str(), &d.value) {
-                ("no-store", _) => return Ok(false),
-                ("private" | "no-cache", None) => return Ok(false),
-                ("private" | "no-cache", Some(fields)) => stripped.extend(field_names(fields)),
-                _ => {}
-            }
-        }
-        // Like Cloudflare: a cookie-setting response is not cached unless
-        // the cookie is marked private (and then it is dropped).
-        if header_value(&response.headers, "set-cookie").is_some()
-            && !stripped.iter().any(|n| n == "set-cookie")
-        {
-            return Ok(false);
-        }
         let now = self.now_ms();
-        let now_secs = (now / 1000) as i64;
-        let Some(lifetime) = freshness_lifetime(&directives, &response.headers, now_secs) else {
+        let Some(Prepared {
+            vary,
+            response,
+            initial_age,
+            remaining,
+            bytes,
+        }) = prepare_put(scope, cache, url, request_headers, response, now)?
+        else {
             return Ok(false);
         };
-        let initial_age = parse_seconds(header_str(&response.headers, "age").as_deref()) as u64;
-        let remaining = lifetime.saturating_sub(initial_age as i64);
-        if remaining <= 0 {
-            return Ok(false);
-        }
-
-        let mut response = response;
-        response
-            .headers
-            .retain(|(name, _)| !stripped.iter().any(|s| name.eq_ignore_ascii_case(s)));
-        let vary: Vec<(String, Option<Vec<u8>>)> = vary
-            .into_iter()
-            .map(|name| {
-                let value = header_value(request_headers, &name);
-                (name, value)
-            })
-            .collect();
-        let bytes = (scope.len() + cache.len() + url.len() + response.body.len()) as u64
-            + response
-                .headers
-                .iter()
-                .map(|(n, v)| (n.len() + v.len()) as u64)
-                .sum::<u64>()
-            + vary
-                .iter()
-                .map(|(n, v)| (n.len() + v.as_ref().map_or(0, Vec::len)) as u64)
-                .sum::<u64>();
         if bytes > self.max_bytes {
             return Ok(false);
         }
@@ -405,7 +449,7 @@ impl CacheStore for MemoryCache {
             vary,
             response,
             stored_at_ms: now,
-            fresh_until_ms: now.saturating_add((remaining as u64).saturating_mul(1000)),
+            fresh_until_ms: now.saturating_add(remaining.saturating_mul(1000)),
             initial_age,
             bytes,
         };
@@ -485,6 +529,199 @@ mod tests {
     fn age(r: &CachedResponse) -> String {
         let v = header_value(&r.headers, "age").unwrap();
         String::from_utf8(v).unwrap()
+    }
+
+    /// A cache under test: the memory LRU or Redis (a worker scope of its
+    /// own per test on the shared server).
+    struct Fixture {
+        cache: std::sync::Arc<dyn CacheStore>,
+        scope: String,
+    }
+
+    impl Fixture {
+        fn embedded() -> Self {
+            Fixture {
+                cache: std::sync::Arc::new(MemoryCache::new(1 << 20)),
+                scope: "w".into(),
+            }
+        }
+
+        async fn distributed() -> Self {
+            let url = crate::test_services::shared_redis().url();
+            let conn = crate::connect::redis_connection(&url).await.unwrap();
+            Fixture {
+                cache: std::sync::Arc::new(crate::redis_cache::RedisCache::new(conn)),
+                scope: crate::test_services::unique("w"),
+            }
+        }
+
+        async fn put(&self, req: &[(&str, &str)], r: CachedResponse) -> Result<bool> {
+            self.cache
+                .put(&self.scope, "default", URL, &h(req), r)
+                .await
+        }
+
+        async fn get(&self, req: &[(&str, &str)]) -> Option<CachedResponse> {
+            self.cache
+                .match_(&self.scope, "default", URL, &h(req))
+                .await
+                .unwrap()
+        }
+    }
+
+    crate::for_each_backend!(
+        fresh_responses_are_served_with_age_until_stale,
+        what_is_refused,
+        variants_follow_vary,
+    );
+
+    async fn fresh_responses_are_served_with_age_until_stale(f: &Fixture) {
+        let r = resp(
+            &[
+                ("Cache-Control", "max-age=2"),
+                ("Content-Type", "text/plain"),
+            ],
+            "hello",
+        );
+        assert!(f.put(&[], r.clone()).await.unwrap());
+        let hit = f.get(&[]).await.unwrap();
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.body, "hello");
+        assert_eq!(
+            header_str(&hit.headers, "content-type").unwrap(),
+            "text/plain"
+        );
+        assert_eq!(age(&hit), "0");
+        // Another scope or cache name never sees it.
+        let other = format!("{}-other", f.scope);
+        assert!(
+            f.cache
+                .match_(&other, "default", URL, &[])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            f.cache
+                .match_(&f.scope, "named", URL, &[])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // An Age it came with counts.
+        let aged = resp(&[("cache-control", "max-age=100"), ("age", "90")], "old");
+        assert!(f.put(&[("x", "1")], aged).await.unwrap());
+        assert_eq!(age(&f.get(&[]).await.unwrap()), "90");
+        assert!(f.cache.delete(&f.scope, "default", URL, &[]).await.unwrap());
+        assert!(!f.cache.delete(&f.scope, "default", URL, &[]).await.unwrap());
+        assert_eq!(f.get(&[]).await, None);
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let short = resp(&[("cache-control", "max-age=1")], "short");
+        assert!(f.put(&[], short).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(f.get(&[]).await, None, "stale after its max-age");
+    }
+
+    async fn what_is_refused(f: &Fixture) {
+        let mut partial = resp(&[("cache-control", "max-age=60")], "");
+        partial.status = 206;
+        assert!(matches!(
+            f.put(&[], partial).await,
+            Err(BindingError::Invalid(_))
+        ));
+        let star = resp(&[("cache-control", "max-age=60"), ("vary", "*")], "");
+        assert!(matches!(
+            f.put(&[], star).await,
+            Err(BindingError::Invalid(_))
+        ));
+        for headers in [
+            vec![("cache-control", "max-age=60, no-store")],
+            vec![("cache-control", "max-age=60, private")],
+            vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            vec![],
+            vec![("cache-control", "max-age=0")],
+        ] {
+            assert!(
+                !f.put(&[], resp(&headers, "")).await.unwrap(),
+                "{headers:?}"
+            );
+        }
+        assert!(f.get(&[]).await.is_none());
+        let cookie = resp(
+            &[
+                ("cache-control", "max-age=60, private=\"Set-Cookie\""),
+                ("Set-Cookie", "a=b"),
+                ("x-kept", "1"),
+            ],
+            "body",
+        );
+        assert!(f.put(&[], cookie).await.unwrap());
+        let hit = f.get(&[]).await.unwrap();
+        assert!(header_value(&hit.headers, "set-cookie").is_none());
+        assert!(header_value(&hit.headers, "x-kept").is_some());
+    }
+
+    async fn variants_follow_vary(f: &Fixture) {
+        let vary = |body: &str| {
+            resp(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("Vary", "accept-encoding, X-Lang"),
+                ],
+                body,
+            )
+        };
+        f.put(
+            &[("Accept-Encoding", "gzip"), ("x-lang", "en")],
+            vary("gzip-en"),
+        )
+        .await
+        .unwrap();
+        f.put(
+            &[("accept-encoding", "br"), ("x-lang", "en")],
+            vary("br-en"),
+        )
+        .await
+        .unwrap();
+        f.put(&[("accept-encoding", "br")], vary("br-none"))
+            .await
+            .unwrap();
+        let body = |r: Option<CachedResponse>| r.map(|r| r.body);
+        assert_eq!(
+            body(
+                f.get(&[("ACCEPT-ENCODING", "gzip"), ("X-LANG", "en")])
+                    .await
+            )
+            .unwrap(),
+            "gzip-en"
+        );
+        assert_eq!(
+            body(f.get(&[("x-lang", "en"), ("accept-encoding", "br")]).await).unwrap(),
+            "br-en"
+        );
+        assert_eq!(
+            body(f.get(&[("accept-encoding", "br")]).await).unwrap(),
+            "br-none"
+        );
+        assert_eq!(body(f.get(&[("accept-encoding", "zstd")]).await), None);
+        f.put(&[("accept-encoding", "br")], vary("br-none-2"))
+            .await
+            .unwrap();
+        assert_eq!(
+            body(f.get(&[("accept-encoding", "br")]).await).unwrap(),
+            "br-none-2"
+        );
+        assert_eq!(
+            body(
+                f.get(&[("accept-encoding", "gzip"), ("x-lang", "en")])
+                    .await
+            )
+            .unwrap(),
+            "gzip-en",
+            "replacing one variant keeps the others"
+        );
+        assert!(f.cache.delete(&f.scope, "default", URL, &[]).await.unwrap());
+        assert_eq!(body(f.get(&[("accept-encoding", "br")]).await), None);
     }
 
     #[test]

@@ -407,6 +407,49 @@ mod tests {
         Arc::new(SqliteKv::open(&dir.path().join("kv.sqlite")).unwrap())
     }
 
+    /// A KV backend under test: the embedded one or Redis. Tests of both
+    /// take their namespaces from here (unique per test on the shared
+    /// Redis).
+    struct Fixture {
+        store: Arc<dyn KvStore>,
+        prefix: String,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    impl Fixture {
+        fn embedded() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            Fixture {
+                store: open(&dir),
+                prefix: String::new(),
+                _dir: Some(dir),
+            }
+        }
+
+        async fn distributed() -> Self {
+            let url = crate::test_services::shared_redis().url();
+            let conn = crate::connect::redis_connection(&url).await.unwrap();
+            Fixture {
+                store: Arc::new(crate::redis_kv::RedisKv::new(conn)),
+                prefix: crate::test_services::unique("kv"),
+                _dir: None,
+            }
+        }
+
+        fn ns(&self, name: &str) -> KvNamespace {
+            KvNamespace::new(self.store.clone(), &format!("{}{name}", self.prefix))
+        }
+    }
+
+    crate::for_each_backend!(
+        put_get_delete_and_namespaces_are_separate,
+        limits_are_enforced_with_clear_messages,
+        expired_keys_are_never_returned,
+        list_pages_in_byte_order_with_prefix,
+        concurrent_puts_all_land,
+        large_values_round_trip,
+    );
+
     fn ns(store: Arc<SqliteKv>, name: &str) -> KvNamespace {
         KvNamespace::new(store, name)
     }
@@ -418,12 +461,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn put_get_delete_and_namespaces_are_separate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let a = ns(store.clone(), "a");
-        let b = ns(store, "b");
+    async fn put_get_delete_and_namespaces_are_separate(f: &Fixture) {
+        let a = f.ns("a");
+        let b = f.ns("b");
         a.put(
             "k",
             b"one".to_vec(),
@@ -457,10 +497,8 @@ mod tests {
         assert_eq!(a.get("k").await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn limits_are_enforced_with_clear_messages() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = ns(open(&dir), "n");
+    async fn limits_are_enforced_with_clear_messages(f: &Fixture) {
+        let kv = f.ns("n");
         let long = "k".repeat(600);
         assert_eq!(
             invalid_msg(kv.get(&long).await),
@@ -544,6 +582,73 @@ mod tests {
         );
     }
 
+    async fn expired_keys_are_never_returned(f: &Fixture) {
+        let kv = f.ns("n");
+        let past = unix_now() - 10;
+        // Straight into the backend: the namespace refuses past expirations.
+        f.store
+            .put(
+                &format!("{}n", f.prefix),
+                "old",
+                b"x".to_vec(),
+                Some(past),
+                None,
+            )
+            .await
+            .unwrap();
+        kv.put(
+            "soon",
+            b"s".to_vec(),
+            PutOptions {
+                expiration_ttl: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        kv.put(
+            "ttl",
+            b"y".to_vec(),
+            PutOptions {
+                expiration_ttl: Some(100),
+                metadata: Some("[1]".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(kv.get("old").await.unwrap(), None);
+        assert_eq!(kv.get("soon").await.unwrap().unwrap().data, b"s");
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        assert_eq!(kv.get("soon").await.unwrap(), None);
+        let listed = kv.list(Default::default()).await.unwrap();
+        let names: Vec<_> = listed.keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["ttl"]);
+        let exp = listed.keys[0].expiration.unwrap();
+        assert!((unix_now() + 97..=unix_now() + 100).contains(&exp));
+        assert_eq!(listed.keys[0].metadata.as_deref(), Some("[1]"));
+        // A put without expiry clears the old one.
+        kv.put("ttl", b"z".to_vec(), Default::default())
+            .await
+            .unwrap();
+        let listed = kv.list(Default::default()).await.unwrap();
+        assert_eq!(listed.keys[0].expiration, None);
+        assert_eq!(listed.keys[0].metadata, None);
+    }
+
+    async fn large_values_round_trip(f: &Fixture) {
+        let kv = f.ns("n");
+        let big: Vec<u8> = (0..MAX_VALUE_BYTES).map(|i| (i % 251) as u8).collect();
+        kv.put("big", big.clone(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(kv.get("big").await.unwrap().unwrap().data, big);
+        kv.put("bin", vec![0, 255, 10, 13], Default::default())
+            .await
+            .unwrap();
+        assert_eq!(kv.get("bin").await.unwrap().unwrap().data, [0, 255, 10, 13]);
+    }
+
     #[tokio::test]
     async fn expired_keys_are_hidden_then_purged() {
         let dir = tempfile::tempdir().unwrap();
@@ -585,10 +690,8 @@ mod tests {
         assert_eq!(kv.get("ttl").await.unwrap().unwrap().data, b"y");
     }
 
-    #[tokio::test]
-    async fn list_pages_in_byte_order_with_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = ns(open(&dir), "n");
+    async fn list_pages_in_byte_order_with_prefix(f: &Fixture) {
+        let kv = f.ns("n");
         let keys = [
             "a",
             "a%",
@@ -608,7 +711,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        ns(open(&dir), "other")
+        f.ns("other")
             .put("a/0", vec![], Default::default())
             .await
             .unwrap();
@@ -713,10 +816,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_puts_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = ns(open(&dir), "n");
+    async fn concurrent_puts_all_land(f: &Fixture) {
+        let kv = f.ns("n");
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let kv = kv.clone();

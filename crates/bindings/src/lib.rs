@@ -9,9 +9,18 @@
 pub mod analytics;
 pub mod blob;
 pub mod cache;
+pub mod connect;
 pub mod kv;
+pub mod lease;
+pub mod pg_sql;
 pub mod queue;
+pub mod redis_cache;
+pub mod redis_kv;
+pub mod redis_queue;
+pub mod s3_blob;
 pub mod sql;
+#[cfg(any(test, feature = "test-services"))]
+pub mod test_services;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +47,9 @@ pub struct Backends {
     pub cache: Arc<dyn cache::CacheStore>,
     pub analytics: Arc<dyn analytics::AnalyticsSink>,
     pub queues: Arc<dyn queue::QueueStore>,
+    /// Who runs a cron firing: every node in embedded mode, one node of the
+    /// cluster with a Redis queue backend.
+    pub leases: Arc<dyn lease::LeaseStore>,
 }
 
 impl Backends {
@@ -57,6 +69,7 @@ impl Backends {
                 &state_dir.join("analytics.sqlite"),
             )?),
             queues: Arc::new(queue::SqliteQueues::open(&state_dir.join("queues.sqlite"))?),
+            leases: Arc::new(lease::LocalLeases),
         })
     }
 }
@@ -147,6 +160,27 @@ pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Runs each named test body (`async fn body(f: &Fixture)`) against the
+/// embedded backend and the distributed one: `Fixture::embedded()` and
+/// `Fixture::distributed().await` of the calling test module. One suite,
+/// two backends, so both keep the same guest-visible semantics.
+#[cfg(test)]
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$body(&super::Fixture::embedded()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() {
+                super::$body(&super::Fixture::distributed().await).await;
+            }
+        }
+    )* };
 }
 
 #[cfg(test)]

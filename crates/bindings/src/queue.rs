@@ -371,6 +371,145 @@ mod tests {
         Arc::new(SqliteQueues::open(&dir.path().join("queues.sqlite")).unwrap())
     }
 
+    /// A queue backend under test: the embedded one or Redis Streams. On
+    /// the shared Redis, every queue name gets this test's own prefix.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        prefix: Option<String>,
+        store: Arc<dyn QueueStore>,
+    }
+
+    impl Fixture {
+        fn embedded() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(&dir);
+            Fixture {
+                dir,
+                prefix: None,
+                store,
+            }
+        }
+
+        async fn distributed() -> Self {
+            let prefix = crate::test_services::unique("q");
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                store: redis_store(&prefix).await,
+                prefix: Some(prefix),
+            }
+        }
+
+        fn store(&self) -> Arc<dyn QueueStore> {
+            self.store.clone()
+        }
+
+        /// Another store on the same data, through its own connection.
+        async fn second(&self) -> Arc<dyn QueueStore> {
+            match &self.prefix {
+                None => open(&self.dir),
+                Some(prefix) => redis_store(prefix).await,
+            }
+        }
+    }
+
+    async fn redis_store(prefix: &str) -> Arc<dyn QueueStore> {
+        let url = crate::test_services::shared_redis().url();
+        let conn = crate::connect::redis_connection(&url).await.unwrap();
+        Arc::new(Prefixed {
+            inner: Arc::new(crate::redis_queue::RedisQueues::new(conn)),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// Prefixes every queue name, so tests sharing one Redis keep apart.
+    struct Prefixed {
+        inner: Arc<dyn QueueStore>,
+        prefix: String,
+    }
+
+    impl Prefixed {
+        fn name(&self, queue: &str) -> String {
+            format!("{}-{queue}", self.prefix)
+        }
+    }
+
+    #[async_trait]
+    impl QueueStore for Prefixed {
+        async fn send(&self, queue: &str, messages: Vec<OutgoingMessage>) -> Result<()> {
+            self.inner.send(&self.name(queue), messages).await
+        }
+        async fn lease(&self, queue: &str, max: usize, lease: Duration) -> Result<Vec<Delivery>> {
+            self.inner.lease(&self.name(queue), max, lease).await
+        }
+        async fn ack(&self, queue: &str, ids: &[String]) -> Result<()> {
+            self.inner.ack(&self.name(queue), ids).await
+        }
+        async fn retry(&self, queue: &str, id: &str, delay: Duration) -> Result<()> {
+            self.inner.retry(&self.name(queue), id, delay).await
+        }
+        async fn dead_letter(&self, queue: &str, id: &str, dlq: &str) -> Result<()> {
+            self.inner
+                .dead_letter(&self.name(queue), id, &self.name(dlq))
+                .await
+        }
+        async fn depth(&self, queue: &str) -> Result<u64> {
+            self.inner.depth(&self.name(queue)).await
+        }
+        async fn next_visible(&self, queue: &str) -> Result<Option<SystemTime>> {
+            self.inner.next_visible(&self.name(queue)).await
+        }
+        async fn release_all_leases(&self) -> Result<u64> {
+            self.inner.release_all_leases().await
+        }
+    }
+
+    crate::for_each_backend!(
+        send_lease_ack_round_trip,
+        leases_in_send_order_with_unique_ids,
+        an_invalid_message_stores_none_of_the_batch,
+        delay_hides_a_message_until_due,
+        an_expired_lease_delivers_again,
+        retry_makes_visible_after_the_delay,
+        dead_letter_moves_the_message_with_its_attempts,
+        concurrent_leases_never_share_a_message,
+        a_lease_held_by_a_dead_consumer_is_taken_over,
+    );
+
+    /// A consumer that leased messages and vanished (no ack, no retry):
+    /// another consumer gets them once the lease runs out, with their
+    /// attempts counted, and they are then gone for good once acked.
+    async fn a_lease_held_by_a_dead_consumer_is_taken_over(f: &Fixture) {
+        let (a, b) = (f.store(), f.second().await);
+        a.send("q", (0..5).map(|i| msg(&i.to_string())).collect())
+            .await
+            .unwrap();
+        let held = a.lease("q", 3, Duration::from_millis(700)).await.unwrap();
+        assert_eq!(bodies(&held), ["0", "1", "2"]);
+        drop(a);
+        let rest = b.lease("q", 10, MINUTE).await.unwrap();
+        assert_eq!(bodies(&rest), ["3", "4"]);
+        b.ack("q", &ids(&rest)).await.unwrap();
+        assert!(b.lease("q", 10, MINUTE).await.unwrap().is_empty());
+        wait_until_visible(b.as_ref(), "q").await;
+        let again = b.lease("q", 10, MINUTE).await.unwrap();
+        assert_eq!(ids(&again), ids(&held));
+        assert!(again.iter().all(|d| d.attempts == 2));
+        b.ack("q", &ids(&again)).await.unwrap();
+        assert_eq!(b.depth("q").await.unwrap(), 0);
+        assert_eq!(b.next_visible("q").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn redis_leaves_leases_to_run_out() {
+        let f = Fixture::distributed().await;
+        let q = f.store();
+        q.send("q", vec![msg("a")]).await.unwrap();
+        assert_eq!(q.lease("q", 10, MINUTE).await.unwrap().len(), 1);
+        // Another node may hold it: nothing is released at start-up.
+        assert_eq!(q.release_all_leases().await.unwrap(), 0);
+        assert!(q.lease("q", 10, MINUTE).await.unwrap().is_empty());
+    }
+
     fn msg(body: &str) -> OutgoingMessage {
         OutgoingMessage {
             body: body.as_bytes().to_vec(),
@@ -401,7 +540,7 @@ mod tests {
     }
 
     /// Sleeps until `queue`'s next message is due (plus a little).
-    async fn wait_until_visible(q: &SqliteQueues, queue: &str) {
+    async fn wait_until_visible(q: &dyn QueueStore, queue: &str) {
         let at = q.next_visible(queue).await.unwrap().unwrap();
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::sleep(wait + Duration::from_millis(20)).await;
@@ -432,10 +571,8 @@ mod tests {
         assert!(invalid_msg(validate(&[untyped])).contains("content type"));
     }
 
-    #[tokio::test]
-    async fn send_lease_ack_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn send_lease_ack_round_trip(f: &Fixture) {
+        let q = f.store();
         let before = now_ms() as u64;
         q.send(
             "jobs",
@@ -471,10 +608,8 @@ mod tests {
         assert_eq!(q.next_visible("jobs").await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn leases_in_send_order_with_unique_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn leases_in_send_order_with_unique_ids(f: &Fixture) {
+        let q = f.store();
         let names: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
         q.send("q", names[..10].iter().map(|n| msg(n)).collect())
             .await
@@ -498,10 +633,8 @@ mod tests {
         assert!(q.lease("q", 0, MINUTE).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn an_invalid_message_stores_none_of_the_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn an_invalid_message_stores_none_of_the_batch(f: &Fixture) {
+        let q = f.store();
         let mut big = msg("");
         big.body = vec![0; MAX_MESSAGE_BYTES + 1];
         let r = q.send("q", vec![msg("a"), msg("b"), big]).await;
@@ -512,10 +645,8 @@ mod tests {
         assert!(q.lease("q", 100, MINUTE).await.unwrap().is_empty());
     }
 
-    #[tokio::test]
-    async fn delay_hides_a_message_until_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn delay_hides_a_message_until_due(f: &Fixture) {
+        let q = f.store();
         let sent = SystemTime::now();
         q.send(
             "q",
@@ -535,23 +666,21 @@ mod tests {
             (Duration::from_millis(1499)..Duration::from_millis(2500)).contains(&delay),
             "{delay:?}"
         );
-        wait_until_visible(&q, "q").await;
+        wait_until_visible(q.as_ref(), "q").await;
         let got = q.lease("q", 10, MINUTE).await.unwrap();
         assert_eq!(bodies(&got), ["late"]);
         assert_eq!(got[0].attempts, 1);
     }
 
-    #[tokio::test]
-    async fn an_expired_lease_delivers_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn an_expired_lease_delivers_again(f: &Fixture) {
+        let q = f.store();
         q.send("q", vec![msg("a")]).await.unwrap();
         let first = q.lease("q", 10, Duration::from_millis(1000)).await.unwrap();
         assert_eq!(first[0].attempts, 1);
         assert!(q.lease("q", 10, MINUTE).await.unwrap().is_empty());
         let due = q.next_visible("q").await.unwrap().unwrap();
         assert!(due > SystemTime::now());
-        wait_until_visible(&q, "q").await;
+        wait_until_visible(q.as_ref(), "q").await;
         let second = q.lease("q", 10, MINUTE).await.unwrap();
         assert_eq!(second.len(), 1);
         assert_eq!(second[0].id, first[0].id);
@@ -559,10 +688,8 @@ mod tests {
         assert_eq!(second[0].attempts, 2);
     }
 
-    #[tokio::test]
-    async fn retry_makes_visible_after_the_delay() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn retry_makes_visible_after_the_delay(f: &Fixture) {
+        let q = f.store();
         q.send("q", vec![msg("a"), msg("b")]).await.unwrap();
         let got = q.lease("q", 10, MINUTE).await.unwrap();
         // Immediate retry: visible at once, attempts kept.
@@ -578,16 +705,14 @@ mod tests {
         assert_eq!(again[0].attempts, 2);
         q.ack("q", &ids(&again)).await.unwrap();
         assert!(q.lease("q", 10, MINUTE).await.unwrap().is_empty());
-        wait_until_visible(&q, "q").await;
+        wait_until_visible(q.as_ref(), "q").await;
         let again = q.lease("q", 10, MINUTE).await.unwrap();
         assert_eq!(bodies(&again), ["b"]);
         assert_eq!(again[0].attempts, 2);
     }
 
-    #[tokio::test]
-    async fn dead_letter_moves_the_message_with_its_attempts() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = open(&dir);
+    async fn dead_letter_moves_the_message_with_its_attempts(f: &Fixture) {
+        let q = f.store();
         q.send(
             "q",
             vec![OutgoingMessage {
@@ -619,11 +744,10 @@ mod tests {
         assert_eq!(q.depth("elsewhere").await.unwrap(), 0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_leases_never_share_a_message() {
-        let dir = tempfile::tempdir().unwrap();
-        // Two stores on one file (two connections), as two processes would.
-        let stores = [open(&dir), open(&dir)];
+    async fn concurrent_leases_never_share_a_message(f: &Fixture) {
+        // Two stores on one file or server (two connections), as two
+        // processes would.
+        let stores = [f.store(), f.second().await];
         for batch in 0..2 {
             let msgs = (0..100).map(|i| msg(&format!("{}", batch * 100 + i)));
             stores[0].send("q", msgs.collect()).await.unwrap();

@@ -218,15 +218,29 @@ fn build(main: Option<PathBuf>, out: Option<PathBuf>, setup: bool) -> Result<()>
 }
 
 /// The state behind the workers' bindings.
+/// The backends `[backends]` names, connected and checked (an unreachable
+/// server stops start-up with its URL, credentials redacted). Connections
+/// live on the bindings' own background runtime, so this works before any
+/// runtime of ours exists.
 fn backends_for(config: &Config) -> Result<Backends> {
-    Backends::embedded(&config.server.state_dir, config.backends.cache_max_bytes).with_context(
-        || {
-            format!(
-                "cannot open the state in {}",
-                config.server.state_dir.display()
-            )
-        },
-    )
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(Backends::connect(
+            &config.backends,
+            &config.server.state_dir,
+        ))
+        .with_context(|| {
+            if config.backends.is_distributed() {
+                format!("{}: cannot start the backends", config.source.display())
+            } else {
+                format!(
+                    "cannot open the state in {}",
+                    config.server.state_dir.display()
+                )
+            }
+        })
 }
 
 fn engine_for(config: &Config) -> Result<IsolaEngine> {
@@ -281,6 +295,7 @@ fn serve(config: Config) -> Result<()> {
             &workers,
             &config.workers,
             backends.queues.clone(),
+            backends.leases.clone(),
             &config.server.state_dir,
         )
         .await;

@@ -249,20 +249,58 @@ impl CronSchedule {
     }
 }
 
-/// `[backends]`: where binding state lives. Only the embedded backends
-/// exist so far; a `type` Isola does not implement is an error.
+/// `[backends]`: where binding state lives. A `type` Isola does not
+/// implement is an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendsConfig {
     /// Size cap of the Cache API's in-memory store (LRU beyond it).
     pub cache_max_bytes: u64,
+    pub kv: Backend,
+    pub sql: Backend,
+    pub blob: Backend,
+    pub cache: Backend,
+    pub queue: Backend,
 }
 
 impl Default for BackendsConfig {
     fn default() -> Self {
         BackendsConfig {
             cache_max_bytes: 64 << 20,
+            kv: Backend::Embedded,
+            sql: Backend::Embedded,
+            blob: Backend::Embedded,
+            cache: Backend::Embedded,
+            queue: Backend::Embedded,
         }
     }
+}
+
+impl BackendsConfig {
+    /// Whether any binding state lives outside this process's state dir.
+    pub fn is_distributed(&self) -> bool {
+        [&self.kv, &self.sql, &self.blob, &self.cache, &self.queue]
+            .iter()
+            .any(|b| !matches!(b, Backend::Embedded))
+    }
+}
+
+/// One `[backends]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the filesystem or memory, under `state_dir`.
+    Embedded,
+    /// `redis://[user:password@]host:port[/db]` (kv, cache, queue).
+    Redis { url: String },
+    /// `postgres://user:password@host:port/database` (sql).
+    Postgres { url: String },
+    /// One S3 bucket (blob); credentials come from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    S3 {
+        /// `http(s)://host:port` of an S3-compatible service; AWS when unset.
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+    },
 }
 
 /// Per-request limits of a worker.
@@ -1027,14 +1065,17 @@ fn secret_value(
 
 type BackendError = (Option<Range<usize>>, String, String);
 
+/// A `[backends]` field, where it is, and the backend types that have it.
+type FieldRule<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
+
 fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, BackendError> {
     let mut config = BackendsConfig::default();
     let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
-        ("kv", &raw.kv, &["sqlite"]),
-        ("sql", &raw.sql, &["sqlite"]),
-        ("blob", &raw.blob, &["fs"]),
-        ("cache", &raw.cache, &["memory"]),
-        ("queue", &raw.queue, &["sqlite"]),
+        ("kv", &raw.kv, &["sqlite", "redis"]),
+        ("sql", &raw.sql, &["sqlite", "postgres"]),
+        ("blob", &raw.blob, &["fs", "s3"]),
+        ("cache", &raw.cache, &["memory", "redis"]),
+        ("queue", &raw.queue, &["sqlite", "redis"]),
     ];
     for (kind, backend, available) in kinds {
         let Some(backend) = backend else { continue };
@@ -1050,14 +1091,103 @@ fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, BackendError> {
                 ),
             ));
         }
-        if let Some(mb) = &backend.max_mb {
-            if kind != "cache" {
-                return Err((
-                    Some(mb.span()),
-                    format!("{key}.max_mb"),
-                    "only the cache backend has a size cap".into(),
-                ));
+        // Every field but `type` belongs to some backend types only.
+        let fields: [FieldRule; 5] = [
+            (
+                "max_mb",
+                backend.max_mb.as_ref().map(Spanned::span),
+                &["memory"],
+            ),
+            (
+                "url",
+                backend.url.as_ref().map(Spanned::span),
+                &["redis", "postgres"],
+            ),
+            (
+                "endpoint",
+                backend.endpoint.as_ref().map(Spanned::span),
+                &["s3"],
+            ),
+            (
+                "region",
+                backend.region.as_ref().map(Spanned::span),
+                &["s3"],
+            ),
+            (
+                "bucket",
+                backend.bucket.as_ref().map(Spanned::span),
+                &["s3"],
+            ),
+        ];
+        for (field, span, types) in fields {
+            if let Some(span) = span
+                && !types.contains(&kind_name.as_str())
+            {
+                let message = if field == "max_mb" {
+                    "only the cache backend has a size cap".to_owned()
+                } else {
+                    format!("a `{kind_name}` backend has no `{field}`")
+                };
+                return Err((Some(span), format!("{key}.{field}"), message));
             }
+        }
+        let required = |value: &Option<Spanned<String>>, field: &str| {
+            value
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    (
+                        Some(backend.r#type.span()),
+                        format!("{key}.{field}"),
+                        format!("a `{kind_name}` backend needs `{field}`"),
+                    )
+                })
+        };
+        let parsed = match kind_name.as_str() {
+            "redis" | "postgres" => {
+                let url = required(&backend.url, "url")?;
+                let scheme = if kind_name == "redis" {
+                    ["redis://", "rediss://"].as_slice()
+                } else {
+                    ["postgres://", "postgresql://"].as_slice()
+                };
+                if !scheme.iter().any(|s| url.starts_with(s)) {
+                    return Err((
+                        backend.url.as_ref().map(Spanned::span),
+                        format!("{key}.url"),
+                        format!("must start with {}", scheme.join(" or ")),
+                    ));
+                }
+                if kind_name == "redis" {
+                    Backend::Redis { url }
+                } else {
+                    Backend::Postgres { url }
+                }
+            }
+            "s3" => {
+                let endpoint = backend.endpoint.as_ref().map(|e| e.get_ref().clone());
+                if let Some(e) = &backend.endpoint
+                    && !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://"))
+                {
+                    return Err((
+                        Some(e.span()),
+                        format!("{key}.endpoint"),
+                        "must start with http:// or https://".into(),
+                    ));
+                }
+                Backend::S3 {
+                    endpoint,
+                    region: backend
+                        .region
+                        .as_ref()
+                        .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
+                    bucket: required(&backend.bucket, "bucket")?,
+                }
+            }
+            _ => Backend::Embedded,
+        };
+        if let Some(mb) = &backend.max_mb {
             if *mb.get_ref() == 0 {
                 return Err((
                     Some(mb.span()),
@@ -1067,6 +1197,13 @@ fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, BackendError> {
             }
             config.cache_max_bytes = mb.get_ref().saturating_mul(1 << 20);
         }
+        *match kind {
+            "kv" => &mut config.kv,
+            "sql" => &mut config.sql,
+            "blob" => &mut config.blob,
+            "cache" => &mut config.cache,
+            _ => &mut config.queue,
+        } = parsed;
     }
     Ok(config)
 }
@@ -1115,6 +1252,10 @@ struct RawBackends {
 struct RawBackend {
     r#type: Spanned<String>,
     max_mb: Option<Spanned<u64>>,
+    url: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1376,6 +1517,51 @@ mod tests {
     }
 
     #[test]
+    fn distributed_backends() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                "[backends]\nkv = { type = \"redis\", url = \"redis://127.0.0.1:6379\" }\n\
+                 cache = { type = \"redis\", url = \"redis://127.0.0.1:6379/1\" }\n\
+                 sql = { type = \"postgres\", url = \"postgres://isola:pw@db/isola\" }\n\
+                 blob = { type = \"s3\", endpoint = \"http://127.0.0.1:9000\", bucket = \"isola\" }\n\
+                 queue = { type = \"redis\", url = \"redis://127.0.0.1:6379\" }\n\
+                 [[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n",
+            )
+            .unwrap();
+        let b = &config.backends;
+        assert!(b.is_distributed());
+        assert_eq!(
+            b.kv,
+            Backend::Redis {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(
+            b.cache,
+            Backend::Redis {
+                url: "redis://127.0.0.1:6379/1".into()
+            }
+        );
+        assert_eq!(
+            b.sql,
+            Backend::Postgres {
+                url: "postgres://isola:pw@db/isola".into()
+            }
+        );
+        assert_eq!(
+            b.blob,
+            Backend::S3 {
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: "us-east-1".into(),
+                bucket: "isola".into()
+            }
+        );
+        assert_eq!(b.queue, b.kv);
+        assert!(!BackendsConfig::default().is_distributed());
+    }
+
+    #[test]
     fn bindings_and_secrets() {
         let f = Fixture::new();
         std::fs::write(
@@ -1439,13 +1625,44 @@ mod tests {
             f.error(&format!(
                 "[backends]\nkv = {{ type = \"redis\" }}\n{worker}"
             )),
-            "isola.toml:2:15: backends.kv.type: `redis` is not an available kv backend (available: sqlite)"
+            "isola.toml:2:15: backends.kv.url: a `redis` backend needs `url`"
         );
         assert_eq!(
             f.error(&format!(
-                "[backends]\nqueue = {{ type = \"redis\" }}\n{worker}"
+                "[backends]\nkv = {{ type = \"postgres\", url = \"postgres://h/d\" }}\n{worker}"
             )),
-            "isola.toml:2:18: backends.queue.type: `redis` is not an available queue backend (available: sqlite)"
+            "isola.toml:2:15: backends.kv.type: `postgres` is not an available kv backend (available: sqlite, redis)"
+        );
+        assert_eq!(
+            f.error(&format!(
+                "[backends]\nqueue = {{ type = \"kafka\" }}\n{worker}"
+            )),
+            "isola.toml:2:18: backends.queue.type: `kafka` is not an available queue backend (available: sqlite, redis)"
+        );
+        assert_eq!(
+            f.error(&format!(
+                "[backends]\nkv = {{ type = \"redis\", url = \"http://x\" }}\n{worker}"
+            )),
+            "isola.toml:2:30: backends.kv.url: must start with redis:// or rediss://"
+        );
+        assert_eq!(
+            f.error(&format!(
+                "[backends]\nsql = {{ type = \"sqlite\", url = \"postgres://h/d\" }}\n{worker}"
+            )),
+            "isola.toml:2:32: backends.sql.url: a `sqlite` backend has no `url`"
+        );
+        assert_eq!(
+            f.error(&format!(
+                "[backends]\nblob = {{ type = \"s3\", region = \"eu\" }}\n{worker}"
+            )),
+            "isola.toml:2:17: backends.blob.bucket: a `s3` backend needs `bucket`"
+        );
+        let unknown = f.error(&format!(
+            "[backends]\nblob = {{ type = \"s3\", bucket = \"b\", secret = \"x\" }}\n{worker}"
+        ));
+        assert!(
+            unknown.starts_with("isola.toml:2:") && unknown.contains("secret"),
+            "unknown keys are errors with their position: {unknown}"
         );
         assert_eq!(
             f.error(&format!(

@@ -152,6 +152,17 @@ impl HostState {
     fn charge(&self) -> Result<(), Error> {
         self.subrequests().take().map_err(Error::SubrequestLimit)
     }
+
+    /// `error` as the guest sees it; a `backend` one is remembered, so a
+    /// request that then fails answers 503 (`backend`), not 500.
+    fn guest_error(&self, error: BindingError) -> Error {
+        if matches!(error, BindingError::Backend(_)) {
+            self.subrequests()
+                .backend_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        guest_error(error)
+    }
 }
 
 /// Charge the call, then run it and translate its error.
@@ -160,7 +171,7 @@ macro_rules! call {
         if let Err(e) = $state.charge() {
             return Ok(Err(e));
         }
-        Ok($body.await.map_err(guest_error))
+        Ok($body.await.map_err(|e| $state.guest_error(e)))
     }};
 }
 
@@ -404,7 +415,7 @@ impl blob::HostBucket for HostState {
     ) -> CallResult<Option<blob::Object>> {
         let bucket = self.bucket(&this)?;
         if let Err(e) = backend::blob::validate_key(&key) {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let store = self.bindings().backends.blob.clone();
         let result: CallResult<_> = call!(self, store.head(&bucket, &key));
@@ -419,7 +430,7 @@ impl blob::HostBucket for HostState {
     ) -> CallResult<Option<(blob::Object, Resource<BodyHandle>)>> {
         let bucket = self.bucket(&this)?;
         if let Err(e) = backend::blob::validate_key(&key) {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let range = range.map(|r| backend::blob::Range {
             offset: r.offset,
@@ -449,7 +460,7 @@ impl blob::HostBucket for HostState {
     ) -> CallResult<Resource<UploadHandle>> {
         let bucket = self.bucket(&this)?;
         if let Err(e) = backend::blob::validate_key(&key) {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let options = backend::blob::PutOptions {
             http_metadata: http_metadata_in(options.http_metadata),
@@ -469,7 +480,7 @@ impl blob::HostBucket for HostState {
             .iter()
             .find_map(|k| backend::blob::validate_key(k).err())
         {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let store = self.bindings().backends.blob.clone();
         call!(self, store.delete(&bucket, &keys))
@@ -513,7 +524,7 @@ impl blob::HostBody for HostState {
         while body.pending.is_empty() {
             match body.stream.next().await {
                 Some(Ok(chunk)) => body.pending = chunk,
-                Some(Err(e)) => return Ok(Err(guest_error(e))),
+                Some(Err(e)) => return Ok(Err(self.guest_error(e))),
                 None => return Ok(Ok(Vec::new())),
             }
         }
@@ -532,7 +543,8 @@ impl blob::HostUpload for HostState {
         let upload = self.table.get_mut(&this)?;
         let step = UploadStep::Chunk(Bytes::from(chunk));
         if upload.steps.send(step).await.is_err() {
-            return Ok(Err(guest_error(upload.failure().await)));
+            let error = upload.failure().await;
+            return Ok(Err(self.guest_error(error)));
         }
         Ok(Ok(()))
     }
@@ -540,10 +552,11 @@ impl blob::HostUpload for HostState {
     async fn finish(&mut self, this: Resource<UploadHandle>) -> CallResult<blob::Object> {
         let mut upload = self.table.delete(this)?;
         if upload.steps.send(UploadStep::Finish).await.is_err() {
-            return Ok(Err(guest_error(upload.failure().await)));
+            let error = upload.failure().await;
+            return Ok(Err(self.guest_error(error)));
         }
         Ok(match (&mut upload.outcome).await {
-            Ok(result) => result.map(object_out).map_err(guest_error),
+            Ok(result) => result.map(object_out).map_err(|e| self.guest_error(e)),
             Err(_) => Err(Error::Backend("the upload was interrupted".into())),
         })
     }
@@ -654,7 +667,7 @@ impl analytics::HostDataset for HostState {
             indexes: point.indexes,
         };
         if let Err(e) = backend::analytics::validate(&point) {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let sink = self.bindings().backends.analytics.clone();
         call!(self, sink.write(&dataset, point))
@@ -688,7 +701,7 @@ impl HostState {
     ) -> CallResult<()> {
         let queue = self.table.get(this)?.0.clone();
         if let Err(e) = backend::queue::validate(&messages) {
-            return Ok(Err(guest_error(e)));
+            return Ok(Err(self.guest_error(e)));
         }
         let store = self.bindings().backends.queues.clone();
         call!(self, store.send(&queue, messages))

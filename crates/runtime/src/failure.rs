@@ -19,12 +19,17 @@ pub enum Failure {
     NoResponse,
     /// The request cannot be given to a guest (e.g. it has no host).
     BadRequest,
+    /// The guest failed after a binding call met a failing backend (a
+    /// store that is down): the guest did not handle the `backend` error.
+    Backend,
 }
 
 impl Failure {
     pub fn status(self) -> http::StatusCode {
         match self {
-            Failure::CpuLimit | Failure::MemoryLimit => http::StatusCode::SERVICE_UNAVAILABLE,
+            Failure::CpuLimit | Failure::MemoryLimit | Failure::Backend => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::WallLimit => http::StatusCode::GATEWAY_TIMEOUT,
             Failure::Exception | Failure::NoResponse => http::StatusCode::INTERNAL_SERVER_ERROR,
             Failure::BadRequest => http::StatusCode::BAD_REQUEST,
@@ -40,6 +45,7 @@ impl Failure {
             Failure::Exception => "exception",
             Failure::NoResponse => "no-response",
             Failure::BadRequest => "bad-request",
+            Failure::Backend => "backend",
         }
     }
 

@@ -480,9 +480,25 @@ impl Worker {
                     "request failed: {cause}"
                 );
                 report.outcome.lock().expect("report lock").limit = failure.limit();
+                // A guest that fails after a store failed it answers 503:
+                // the fault is the store's, and it is worth retrying.
+                let failure = if failure == Failure::Exception
+                    && report
+                        .backend_failed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    Failure::Backend
+                } else {
+                    failure
+                };
                 // Limits are not exceptions: a request that ran out of CPU
                 // is not replayed against the origin.
-                if pass_through && matches!(failure, Failure::Exception | Failure::NoResponse) {
+                if pass_through
+                    && matches!(
+                        failure,
+                        Failure::Exception | Failure::NoResponse | Failure::Backend
+                    )
+                {
                     self.pass_through(failure, replay, &request_id).await
                 } else {
                     failure.response(&request_id)
@@ -554,6 +570,7 @@ impl Worker {
         let subrequests = Subrequests {
             used: report.subrequests.clone(),
             budget: inner.limits.subrequests,
+            backend_failed: report.backend_failed.clone(),
         };
         let state = HostState::new(inner.shared.clone(), subrequests, services);
         let mut store = Store::new(inner.pre.engine(), state);
@@ -588,6 +605,7 @@ impl Worker {
         let subrequests = Subrequests {
             used: report.subrequests.clone(),
             budget: inner.limits.subrequests,
+            backend_failed: report.backend_failed.clone(),
         };
         store.data_mut().begin_request(subrequests, services);
         if inner.consume_fuel {

@@ -25,6 +25,8 @@ pub(crate) struct OutboundPolicy {
 pub(crate) struct Subrequests {
     pub used: Arc<AtomicU32>,
     pub budget: u32,
+    /// Set when a binding call of this request got a `backend` error.
+    pub backend_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Subrequests {
@@ -219,6 +221,7 @@ mod tests {
         let budget = Subrequests {
             used: Arc::default(),
             budget: 2,
+            backend_failed: Arc::default(),
         };
         let clone = budget.clone();
         assert!(budget.take().is_ok());

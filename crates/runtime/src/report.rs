@@ -22,6 +22,8 @@ pub(crate) struct Report {
     /// Thread CPU time spent running the guest, in nanoseconds.
     pub cpu_ns: AtomicU64,
     pub subrequests: Arc<AtomicU32>,
+    /// A binding call got a `backend` error (see [`Failure::Backend`]).
+    pub backend_failed: Arc<std::sync::atomic::AtomicBool>,
     pub outcome: Mutex<Outcome>,
 }
 
@@ -50,6 +52,7 @@ impl Report {
             started: Instant::now(),
             cpu_ns: AtomicU64::new(0),
             subrequests: Arc::default(),
+            backend_failed: Arc::default(),
             outcome: Mutex::new(Outcome::default()),
         })
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use isola_bindings::lease::LeaseStore;
 use isola_bindings::queue::{Delivery, QueueStore};
 use isola_config::{CronSchedule, QueueConsumer, WorkerConfig};
 use isola_runtime::{MessageOutcome, QueueMessage, Worker};
@@ -17,6 +18,9 @@ use tokio::task::JoinHandle;
 /// indexed SQLite read per interval.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// Added to a batch's lease beyond its batch timeout and `wall_ms`.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// The running trigger loops; stopped when dropped or by [`Triggers::stop`].
 pub struct Triggers {
     tasks: Vec<JoinHandle<()>>,
@@ -25,15 +29,20 @@ pub struct Triggers {
 impl Triggers {
     /// Start a cron loop per `triggers.crons` entry and `max_concurrency`
     /// consumer loops per `queues.consumers` entry. `workers[i]` is
-    /// described by `configs[i]`.
+    /// described by `configs[i]`. Each cron firing runs only where
+    /// `leases` grants it: on this node alone with the embedded backends,
+    /// on exactly one node of a cluster sharing a Redis queue backend.
     pub async fn start(
         workers: &[Worker],
         configs: &[WorkerConfig],
         queues: Arc<dyn QueueStore>,
+        leases: Arc<dyn LeaseStore>,
         state_dir: &Path,
     ) -> Triggers {
         let mut tasks = Vec::new();
-        // A single node: leases left by a previous process are void.
+        // A single node: leases left by a previous process are void. (A
+        // shared queue backend releases nothing here: other nodes' leases
+        // are live, and a dead node's run out.)
         match queues.release_all_leases().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(target: "isola::trigger", released = n,
@@ -43,11 +52,16 @@ impl Triggers {
         let ledger = Arc::new(CronLedger::load(state_dir.join("cron-state.json")));
         for (worker, config) in workers.iter().zip(configs) {
             for cron in &config.crons {
-                ledger.report_missed(worker.name(), cron);
+                // Sharing the firings with other nodes, this one cannot
+                // tell which were missed by the whole cluster.
+                if !leases.is_shared() {
+                    ledger.report_missed(worker.name(), cron);
+                }
                 tasks.push(tokio::spawn(cron_loop(
                     worker.clone(),
                     cron.clone(),
                     ledger.clone(),
+                    leases.clone(),
                 )));
             }
             for consumer in &config.queue_consumers {
@@ -144,7 +158,24 @@ impl CronLedger {
     }
 }
 
-async fn cron_loop(worker: Worker, cron: CronSchedule, ledger: Arc<CronLedger>) {
+/// How long a firing's lease is kept: until the next firing (so a node
+/// whose clock lags cannot run it again), at least a minute, at most a day.
+fn lease_ttl(cron: &CronSchedule, due: chrono::DateTime<chrono::Utc>) -> Duration {
+    let next = cron
+        .schedule
+        .find_next_occurrence(&due, false)
+        .ok()
+        .and_then(|next| (next - due).to_std().ok())
+        .unwrap_or_default();
+    next.clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
+}
+
+async fn cron_loop(
+    worker: Worker,
+    cron: CronSchedule,
+    ledger: Arc<CronLedger>,
+    leases: Arc<dyn LeaseStore>,
+) {
     loop {
         let now = chrono::Utc::now();
         let next = match cron.schedule.find_next_occurrence(&now, false) {
@@ -159,6 +190,22 @@ async fn cron_loop(worker: Worker, cron: CronSchedule, ledger: Arc<CronLedger>) 
         tokio::time::sleep(wait).await;
         let due_ms = next.timestamp_millis() as u64;
         ledger.record(worker.name(), &cron, due_ms);
+        // One lease per firing: worker, expression and scheduled time.
+        let key = format!("cron:{}:{}:{due_ms}", worker.name(), cron.expression);
+        match leases.acquire(&key, lease_ttl(&cron, next)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(target: "isola::trigger", worker = worker.name(), cron = %cron.expression,
+                    due_ms, "another node runs this firing");
+                continue;
+            }
+            Err(e) => {
+                // Running it without the lease could run it twice.
+                tracing::error!(target: "isola::trigger", worker = worker.name(), cron = %cron.expression,
+                    due_ms, "firing skipped: cannot take its lease: {e}");
+                continue;
+            }
+        }
         // Each firing runs on its own, so a slow one does not delay the next.
         let worker = worker.clone();
         let expression = cron.expression.clone();
@@ -172,12 +219,12 @@ pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String
     match &run.result {
         Ok(()) => {
             tracing::info!(target: "isola::trigger", kind = "scheduled", id = %run.id,
-                worker = worker.name(), cron, outcome = "ok", "scheduled run finished");
+                worker = worker.name(), cron, due_ms, outcome = "ok", "scheduled run finished");
             Ok(())
         }
         Err(e) => {
             tracing::error!(target: "isola::trigger", kind = "scheduled", id = %run.id,
-                worker = worker.name(), cron, outcome = e.failure.reason(),
+                worker = worker.name(), cron, due_ms, outcome = e.failure.reason(),
                 backtrace = e.backtrace.as_deref().unwrap_or("none"),
                 "scheduled run failed: {}", e.cause);
             Err(format!("{} ({})", e.cause, run.id))
@@ -188,9 +235,11 @@ pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String
 async fn consumer_loop(worker: Worker, consumer: QueueConsumer, queues: Arc<dyn QueueStore>) {
     let max = consumer.max_batch_size as usize;
     let batch_timeout = Duration::from_secs(consumer.max_batch_timeout);
-    // Long enough to cover the wait for a full batch and the handler's run.
-    let lease =
-        batch_timeout + Duration::from_millis(worker.limits().wall_ms) + Duration::from_secs(30);
+    // Long enough to cover the wait for a full batch, the handler's run
+    // (cut at `wall_ms`) and settling the batch. It is also how long the
+    // messages of a consumer that died stay hidden before another consumer
+    // (on any node sharing the queue) gets them again.
+    let lease = batch_timeout + Duration::from_millis(worker.limits().wall_ms) + LEASE_MARGIN;
     loop {
         let mut batch = match queues.lease(&consumer.queue, max, lease).await {
             Ok(batch) => batch,

@@ -1,0 +1,370 @@
+//! Redis, PostgreSQL and an S3 server (moto) on 127.0.0.1 for tests, each
+//! on a free port, stopped by PID when dropped, or, for the shared ones,
+//! when the test process is gone (a watchdog process waits for it). A
+//! missing server program fails the test with a message saying what to
+//! install; `.ci/run` installs them all.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn require(program: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/lib/postgresql/15/bin")])
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not installed, and the tests of the distributed backends need it: \
+             {install} (.ci/run does this)"
+        )
+    })
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start-up ({status})");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not listen on port {port} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kill `pid` once this test process has exited (for servers shared by
+/// every test of the process, which no destructor stops).
+fn reap_when_gone(pid: u32, signal: &str) {
+    let me = std::process::id();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -{signal} {pid} 2>/dev/null"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// A `redis-server` without persistence.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let program = require("redis-server", "apt-get install redis-server");
+        let mut child = Command::new(program)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting redis-server");
+        wait_for_port(port, "redis-server", &mut child);
+        Redis {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kill the server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Redis::start_on(self.port).child.take();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One Redis for every test of this process (tests keep apart by using
+/// distinct namespace, queue and cache names).
+pub fn shared_redis() -> &'static Redis {
+    static REDIS: OnceLock<Redis> = OnceLock::new();
+    REDIS.get_or_init(|| {
+        let redis = Redis::start();
+        reap_when_gone(redis.pid().expect("running"), "KILL");
+        redis
+    })
+}
+
+/// A throwaway PostgreSQL cluster (`initdb` in a temp dir, run as the
+/// `postgres` user when the tests run as root, since PostgreSQL refuses
+/// root), with user `isola` trusted on loopback.
+pub struct Postgres {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let initdb = require("initdb", "apt-get install postgresql");
+        let postgres = require("postgres", "apt-get install postgresql");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let root = is_root();
+        let as_postgres = |program: &Path| {
+            let mut command;
+            if root {
+                command = Command::new("setpriv");
+                command
+                    .args([
+                        "--reuid=postgres",
+                        "--regid=postgres",
+                        "--clear-groups",
+                        "--",
+                    ])
+                    .arg(program);
+            } else {
+                command = Command::new(program);
+            }
+            command
+        };
+        if root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "cannot hand {} to the postgres user (is there one? `apt-get install postgresql` makes it)",
+                dir.path().display()
+            );
+        }
+        let out = as_postgres(&initdb)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "isola",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut child = as_postgres(&postgres)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting postgres");
+        wait_for_port(port, "postgres", &mut child);
+        // Listening comes before accepting queries: wait for a real one.
+        let psql = require("psql", "apt-get install postgresql-client");
+        let start = Instant::now();
+        loop {
+            let ok = Command::new(&psql)
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "isola"])
+                .args(["-d", "postgres", "-c", "SELECT 1", "-q"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "postgres did not answer within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Postgres {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://isola@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Fast shutdown: the postmaster stops its children and exits.
+            signal(child.id(), "INT");
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn shared_postgres() -> &'static Postgres {
+    static POSTGRES: OnceLock<Postgres> = OnceLock::new();
+    POSTGRES.get_or_init(|| {
+        let pg = Postgres::start();
+        reap_when_gone(pg.pid().expect("running"), "INT");
+        pg
+    })
+}
+
+/// moto's S3 server with one bucket.
+pub struct S3 {
+    child: Option<Child>,
+    pub port: u16,
+    pub bucket: String,
+}
+
+/// Credentials moto accepts (any).
+pub const S3_KEY_ID: &str = "isola-test";
+pub const S3_SECRET: &str = "isola-test-secret";
+
+impl S3 {
+    pub fn start() -> S3 {
+        let program = require("moto_server", "pip install 'moto[server]==5.2.1'");
+        let port = free_port();
+        let mut child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        wait_for_port(port, "moto_server", &mut child);
+        let s3 = S3 {
+            child: Some(child),
+            port,
+            bucket: "isola-test".to_owned(),
+        };
+        s3.create_bucket(&s3.bucket);
+        s3
+    }
+
+    /// CreateBucket (moto does not check signatures).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let port = self.port;
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("moto");
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("create bucket");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "moto did not create bucket {bucket}: {response}"
+        );
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn shared_s3() -> &'static S3 {
+    static S3_SERVER: OnceLock<S3> = OnceLock::new();
+    S3_SERVER.get_or_init(|| {
+        let s3 = S3::start();
+        reap_when_gone(s3.pid().expect("running"), "KILL");
+        s3
+    })
+}
+
+/// A name no other test of this run uses.
+pub fn unique(prefix: &str) -> String {
+    let mut bytes = [0u8; 6];
+    let _ = getrandom::getrandom(&mut bytes);
+    format!("{prefix}-{}", crate::hex(&bytes))
+}
