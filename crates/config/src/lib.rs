@@ -343,8 +343,9 @@ pub struct WorkerConfig {
 /// start and whenever a watched file changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildConfig {
-    /// Run with `sh -c` in `workdir`.
-    pub command: String,
+    /// Run with `sh -c` in `workdir`; `None` only watches (workers whose
+    /// build happens on load, such as JS workers).
+    pub command: Option<String>,
     /// Glob patterns relative to `workdir`; a change to a matching file
     /// rebuilds. Empty: only the config file is watched.
     pub watch: Vec<String>,
@@ -577,9 +578,11 @@ impl Config {
             }
             let build = match &w.build {
                 Some(b) => {
-                    if b.command.get_ref().trim().is_empty() {
+                    if let Some(command) = &b.command
+                        && command.get_ref().trim().is_empty()
+                    {
                         return Err(locate(
-                            Some(b.command.span()),
+                            Some(command.span()),
                             key("build.command"),
                             "the build command is empty".into(),
                         ));
@@ -594,7 +597,7 @@ impl Config {
                         }
                     }
                     Some(BuildConfig {
-                        command: b.command.get_ref().clone(),
+                        command: b.command.as_ref().map(|c| c.get_ref().clone()),
                         watch: b.watch.iter().map(|p| p.get_ref().clone()).collect(),
                         workdir: base.join(b.workdir.as_deref().unwrap_or(".")),
                     })
@@ -1212,7 +1215,7 @@ struct RawWorker {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuild {
-    command: Spanned<String>,
+    command: Option<Spanned<String>>,
     #[serde(default)]
     watch: Vec<Spanned<String>>,
     workdir: Option<String>,
@@ -1578,7 +1581,7 @@ mod tests {
             ))
             .expect("a component not built yet is fine when the worker has a build command");
         let build = config.workers[0].build.as_ref().unwrap();
-        assert_eq!(build.command, "cargo build --release");
+        assert_eq!(build.command.as_deref(), Some("cargo build --release"));
         assert_eq!(build.watch, ["src/**/*.rs", "Cargo.toml"]);
         assert_eq!(build.workdir, f.dir.path().join("guest"));
         assert!(
@@ -1590,8 +1593,10 @@ mod tests {
             "isola.toml:4:21: worker[0].build.command: the build command is empty"
         );
         assert!(
-            f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nbuild = { cmd = \"x\" }\n")
-                .contains("unknown field `cmd`")
+            f.error(
+                "[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nbuild = { cmd = \"x\" }\n"
+            )
+            .contains("unknown field `cmd`")
         );
     }
 

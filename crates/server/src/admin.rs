@@ -167,7 +167,10 @@ impl State {
             (&http::Method::POST, "/reload") => match &self.options.reloader {
                 Some(reload) => match reload().await {
                     Ok(message) => text(200, format!("{message}\n")),
-                    Err(e) => text(500, format!("reload failed, the old config keeps serving: {e}\n")),
+                    Err(e) => text(
+                        500,
+                        format!("reload failed, the old config keeps serving: {e}\n"),
+                    ),
                 },
                 None => text(404, "this server has no config file to reload\n"),
             },
@@ -188,7 +191,9 @@ impl State {
             for consumer in generation.configs().iter().flat_map(|c| &c.queue_consumers) {
                 match queues.depth(&consumer.queue).await {
                     Ok(depth) => telemetry.set_queue_depth(&consumer.queue, depth),
-                    Err(e) => tracing::warn!(queue = %consumer.queue, "queue depth for /metrics: {e}"),
+                    Err(e) => {
+                        tracing::warn!(queue = %consumer.queue, "queue depth for /metrics: {e}")
+                    }
                 }
             }
         }
@@ -207,7 +212,11 @@ impl State {
             Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": tailing\n\n")))
         });
         let events = futures_util::stream::unfold(
-            (receiver, filter, tokio::time::interval(Duration::from_secs(15))),
+            (
+                receiver,
+                filter,
+                tokio::time::interval(Duration::from_secs(15)),
+            ),
             |(mut receiver, filter, mut keepalive)| async move {
                 keepalive.tick().await;
                 loop {

@@ -157,7 +157,12 @@ impl App {
     /// generation they started with. Returns the new generation's id.
     /// (`listen`, `header_timeout_ms` and `shutdown_grace_ms` of `server`
     /// are fixed at start.)
-    pub fn install(&self, workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> u64 {
+    pub fn install(
+        &self,
+        workers: Vec<Worker>,
+        configs: &[WorkerConfig],
+        server: &ServerConfig,
+    ) -> u64 {
         let id = self.current.load().as_ref().map_or(1, |g| g.id + 1);
         let next = Arc::new(Generation::new(id, workers, configs, server));
         if let Some(old) = self.current.swap(Some(next)) {

@@ -116,7 +116,8 @@ impl Telemetry {
     pub fn new() -> Telemetry {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration: HistogramFamily<WorkerLabels> = Family::new_with_constructor(latency_histogram);
+        let duration: HistogramFamily<WorkerLabels> =
+            Family::new_with_constructor(latency_histogram);
         let cpu: HistogramFamily<WorkerLabels> = Family::new_with_constructor(latency_histogram);
         let instantiation: HistogramFamily<WorkerLabels> =
             Family::new_with_constructor(instantiation_histogram);
@@ -422,12 +423,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
                 event.record(&mut fields);
                 self.0.on_access(&fields);
             }
-            "isola::guest" => {
-                if self.0.tailing() {
-                    let mut fields = Fields::default();
-                    event.record(&mut fields);
-                    self.0.on_guest_line(&fields);
-                }
+            "isola::guest" if self.0.tailing() => {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                self.0.on_guest_line(&fields);
             }
             "isola::trigger" => {
                 let mut fields = Fields::default();
@@ -509,8 +508,7 @@ mod tests {
     #[test]
     fn access_events_move_the_metrics_and_reach_tail_subscribers() {
         let telemetry = Arc::new(Telemetry::new());
-        let subscriber =
-            tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
+        let subscriber = tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
         let mut tail = telemetry.subscribe();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "isola::guest", worker = "app", request_id = "r1", stream = "stdout", "hello");
