@@ -9,5 +9,6 @@ mod examples;
 mod js;
 mod lifecycle;
 mod limits;
+mod operability;
 mod serving;
 mod triggers;

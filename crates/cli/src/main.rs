@@ -244,6 +244,7 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             serve::serve(
                 Config::single(component, server),
                 serve::Mode::Serve { source: None },
+                None,
                 telemetry,
             )
         }
@@ -256,7 +257,12 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            serve::serve(config, serve::Mode::Serve { source: Some(path) }, telemetry)
+            serve::serve(
+                config,
+                serve::Mode::Serve { source: Some(path) },
+                listen,
+                telemetry,
+            )
         }
         Command::Dev {
             config: path,
@@ -266,7 +272,7 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            serve::serve(config, serve::Mode::Dev { source: path }, telemetry)
+            serve::serve(config, serve::Mode::Dev { source: path }, listen, telemetry)
         }
         Command::Init {
             dir,

@@ -34,6 +34,8 @@ struct Live {
     /// The config the process started with (for settings a reload cannot
     /// change).
     initial: Config,
+    /// `--listen`, which outlives reloads.
+    listen_override: Option<std::net::SocketAddr>,
     triggers: tokio::sync::Mutex<Option<Triggers>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -79,6 +81,13 @@ impl Live {
         ))
     }
 
+    /// Command-line flags (`--listen`) go on overriding the file.
+    fn keep_overrides(&self, config: &mut Config) {
+        if let Some(listen) = self.listen_override {
+            config.server.listen = listen;
+        }
+    }
+
     /// Settings bound to the process (listeners, engine, state) need a
     /// restart; a reload refuses a config that would need one to take
     /// effect rather than half-apply it.
@@ -111,8 +120,15 @@ impl Live {
         if self.initial.backends != config.backends {
             changed.push("[backends]");
         }
-        let max_memory = |c: &Config| c.workers.iter().map(|w| w.limits.memory_mb).max();
-        if max_memory(config) > max_memory(&self.initial).or(Some(128)) {
+        // As `engine_for` sizes the pool.
+        let largest = |c: &Config| {
+            c.workers
+                .iter()
+                .map(|w| w.limits.memory_mb)
+                .max()
+                .unwrap_or(128)
+        };
+        if largest(config) > largest(&self.initial) {
             changed.push("the largest memory_mb (the instance pool is sized at start)");
         }
         if !changed.is_empty() {
@@ -130,9 +146,10 @@ impl Live {
         let Some(source) = self.source.clone() else {
             bail!("this server was started without a config file");
         };
-        let config = tokio::task::spawn_blocking(move || load_config(&source))
+        let mut config = tokio::task::spawn_blocking(move || load_config(&source))
             .await
             .context("reading the config panicked")??;
+        self.keep_overrides(&mut config);
         self.install(config).await
     }
 
@@ -190,7 +207,13 @@ fn load_workers_with_progress(
 }
 
 /// Serve `config` until SIGINT or SIGTERM.
-pub fn serve(config: Config, mode: Mode, telemetry: Arc<Telemetry>) -> Result<()> {
+/// `listen_override` is the `--listen` flag, already applied to `config`.
+pub fn serve(
+    config: Config,
+    mode: Mode,
+    listen_override: Option<std::net::SocketAddr>,
+    telemetry: Arc<Telemetry>,
+) -> Result<()> {
     let engine = engine_for(&config)?;
     let backends = backends_for(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -210,6 +233,7 @@ pub fn serve(config: Config, mode: Mode, telemetry: Arc<Telemetry>) -> Result<()
             backends: backends.clone(),
             app: app.clone(),
             initial: config.clone(),
+            listen_override,
             triggers: tokio::sync::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
         });
@@ -299,7 +323,8 @@ fn live_handle(live: &Arc<Live>) -> LiveHandle {
 
 impl LiveHandle {
     /// Install an already read config (after a build); logs the outcome.
-    pub async fn install(&self, config: Config, why: &str) -> bool {
+    pub async fn install(&self, mut config: Config, why: &str) -> bool {
+        self.0.keep_overrides(&mut config);
         let outcome = self.0.install(config).await;
         self.0.app.telemetry().record_reload(outcome.is_ok());
         match outcome {

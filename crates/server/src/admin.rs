@@ -57,6 +57,9 @@ struct State {
     options: AdminOptions,
 }
 
+/// How often an idle tail stream gets a comment line.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
 type Response = http::Response<BoxBody<Bytes, Infallible>>;
 
 fn text(status: u16, body: impl Into<String>) -> Response {
@@ -215,10 +218,9 @@ impl State {
             (
                 receiver,
                 filter,
-                tokio::time::interval(Duration::from_secs(15)),
+                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
             ),
             |(mut receiver, filter, mut keepalive)| async move {
-                keepalive.tick().await;
                 loop {
                     let frame = tokio::select! {
                         event = receiver.recv() => match event {

@@ -151,7 +151,7 @@ impl Telemetry {
         );
         registry.register(
             "isola_limit_hits",
-            "Requests cut by a limit, by worker and limit (cpu, wall, memory)",
+            "Requests cut by a limit, by worker and limit (cpu-limit, wall-limit, memory-limit)",
             limits.clone(),
         );
         registry.register(
