@@ -5,6 +5,7 @@ mod support;
 
 mod bindings;
 mod cli;
+mod dev;
 mod examples;
 mod js;
 mod lifecycle;

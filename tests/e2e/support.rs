@@ -168,7 +168,12 @@ impl Server {
     /// Wait until the logs contain `needle` (logging is asynchronous to the
     /// responses), or panic after a few seconds.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_log_within(needle, Duration::from_secs(10))
+    }
+
+    /// [`Server::wait_for_log`] with a deadline of its own.
+    pub fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let logs = self.logs();
             if logs.contains(needle) {
