@@ -208,3 +208,20 @@ async fn dev_rebuilds_an_edited_guest_and_survives_a_broken_edit() {
     std::fs::write(&source, DEV_GUEST.replace("VERSION", "v4")).unwrap();
     wait_for_body(&server, "/", "v4 1", Duration::from_secs(120)).await;
 }
+
+/// Passes once the JS build (issue 8: `main = "*.js"` workers built into
+/// components by `load_config`) is merged.
+#[tokio::test]
+async fn js_template_init_then_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("hello-js");
+    init(&project, &["--template", "js"]);
+    let index = std::fs::read_to_string(project.join("src/index.js")).unwrap();
+    assert!(index.contains("export default {"), "{index}");
+    assert!(index.contains("async fetch(request, env, ctx)"), "{index}");
+    let config = std::fs::read_to_string(project.join("isola.toml")).unwrap();
+    assert!(config.contains("main = \"src/index.js\""), "{config}");
+    let server = Server::start_in(&project, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    let (status, _, body) = get(&client(), &server.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "Hello from Isola"));
+}
