@@ -566,6 +566,16 @@ async fn sighup_reload_lets_in_flight_requests_finish_and_keeps_serving_on_a_bad
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("generation 3"));
     assert_eq!(get(&client, &server.url("/?ms=1")).await.2, "slept 1 ms\n");
+    let metrics = scrape(&client, &server.admin_url("/metrics")).await;
+    assert_eq!(sample(&metrics, "isola_config_generation", &[]), Some(3.0));
+    assert_eq!(
+        sample(&metrics, "isola_reloads_total", &[("outcome", "ok")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&metrics, "isola_reloads_total", &[("outcome", "failed")]),
+        Some(3.0)
+    );
     let logs = server.stop();
     assert!(!logs.contains("panicked"), "{logs}");
 }
