@@ -108,6 +108,9 @@ impl Live {
         if old.state_dir != new.state_dir {
             changed.push("server.state_dir");
         }
+        if old.cache_dir() != new.cache_dir() {
+            changed.push("server.cache_dir");
+        }
         if old.max_instances != new.max_instances {
             changed.push("server.max_instances");
         }

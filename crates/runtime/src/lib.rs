@@ -653,8 +653,7 @@ impl Worker {
                         let instantiating = Instant::now();
                         let proxy = pre.instantiate_async(&mut store).await?;
                         task_report.instantiate_ns.store(
-                            u64::try_from(instantiating.elapsed().as_nanos())
-                                .unwrap_or(u64::MAX),
+                            u64::try_from(instantiating.elapsed().as_nanos()).unwrap_or(u64::MAX),
                             Ordering::Relaxed,
                         );
                         proxy
