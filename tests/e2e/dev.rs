@@ -65,6 +65,18 @@ fn init(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The template's fixed admin port may be taken (by other tests or other
+/// servers on the machine): any free port will do.
+fn free_admin_port(project: &Path) {
+    let config = std::fs::read_to_string(project.join("isola.toml")).unwrap();
+    assert!(config.contains("admin = \"127.0.0.1:8788\""), "{config}");
+    std::fs::write(
+        project.join("isola.toml"),
+        config.replace("admin = \"127.0.0.1:8788\"", "admin = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+}
+
 /// Poll `url` until it answers 200 with `expected`.
 async fn wait_for_body(server: &Server, path: &str, expected: &str, within: Duration) {
     let client = client();
@@ -90,6 +102,7 @@ async fn rust_template_init_then_build_then_serve() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("hello-app");
     init(&project, &["--template", "rust"]);
+    free_admin_port(&project);
     share_builds(&project);
     let status = Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
@@ -111,13 +124,7 @@ async fn rust_queue_template_runs_under_dev() {
     let project = dir.path().join("jobs-app");
     init(&project, &["--template", "rust", "--handler", "queue"]);
     share_builds(&project);
-    // The template's fixed admin port may be taken: the test needs none.
-    let config = std::fs::read_to_string(project.join("isola.toml")).unwrap();
-    std::fs::write(
-        project.join("isola.toml"),
-        config.replace("admin = \"127.0.0.1:8788\"", "admin = \"127.0.0.1:0\""),
-    )
-    .unwrap();
+    free_admin_port(&project);
     let server = Server::start_in(&project, &["dev", "--listen", "127.0.0.1:0"], &[]);
     wait_for_body(
         &server,
@@ -216,6 +223,7 @@ async fn js_template_init_then_serve() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("hello-js");
     init(&project, &["--template", "js"]);
+    free_admin_port(&project);
     let index = std::fs::read_to_string(project.join("src/index.js")).unwrap();
     assert!(index.contains("export default {"), "{index}");
     assert!(index.contains("async fetch(request, env, ctx)"), "{index}");
