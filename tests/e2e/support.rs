@@ -66,6 +66,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// Lines on stdout after the first.
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -114,11 +116,45 @@ impl Server {
                 logs.lock().unwrap()
             );
         };
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         Server {
             addr: addr.parse().expect("a socket address"),
             child,
             logs,
+            stdout: lines,
         }
+    }
+
+    /// The admin listener's address, from the `admin listening on` line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix("admin listening on http://"))
+            {
+                return addr.parse().expect("a socket address");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `admin listening on` line; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -132,7 +168,12 @@ impl Server {
     /// Wait until the logs contain `needle` (logging is asynchronous to the
     /// responses), or panic after a few seconds.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_for_log_within(needle, Duration::from_secs(10))
+    }
+
+    /// [`Server::wait_for_log`] with a deadline of its own.
+    pub fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
         loop {
             let logs = self.logs();
             if logs.contains(needle) {

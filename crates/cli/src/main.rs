@@ -1,25 +1,43 @@
 //! `isola`: run, serve, compile and check wasm workers; inspect and seed
 //! their state.
 
+mod admin_client;
+mod dev;
+mod init;
 mod js;
+mod serve;
 mod state;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use isola_config::{Config, ServerConfig};
 use isola_engine::{EngineOptions, IsolaEngine};
-use isola_server::{App, Backends, Server};
+use isola_server::{Backends, Telemetry, TelemetryLayer};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(name = "isola", version, about = "A WebAssembly worker host")]
 struct Cli {
+    /// How log lines (stderr) look: `pretty` for people, `json` (one object
+    /// per line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +72,60 @@ enum Command {
         /// Overrides `[server] listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Build the workers (`build` commands), serve them as `serve` does,
+    /// and rebuild and swap them when their sources or the config change.
+    Dev {
+        #[arg(default_value = "isola.toml")]
+        config: PathBuf,
+        /// Overrides `[server] listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Create a worker project.
+    Init {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "rust")]
+        template: init::Template,
+        /// Which handlers the worker has besides fetch.
+        #[arg(long, value_enum, default_value = "fetch")]
+        handler: init::Handler,
+        /// isola-sdk checkout for Rust projects (default: the one this
+        /// isola was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Stream live request and guest log events from a running server's
+    /// admin listener.
+    Tail {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        /// The admin listener (default: `[server] admin` of the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Bearer token (default: `admin_token` of the config, then
+        /// $ISOLA_ADMIN_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        /// Only this worker's events.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Only these statuses: a comma-separated list of `404`, `5xx`, `ok`
+        /// (below 400), `error` (400 and above).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value = "pretty")]
+        format: admin_client::Format,
+    },
+    /// Make a running server re-read its config (as SIGHUP does) and wait
+    /// for the outcome.
+    Reload {
+        #[arg(default_value = "isola.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Compile components into the cache ahead of serving.
     Compile {
@@ -119,15 +191,33 @@ enum TriggerCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let cli = Cli::parse();
+    let telemetry = Arc::new(Telemetry::new());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = match cli.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    // Metrics and tail see the request events whatever ISOLA_LOG says.
+    let events = tracing_subscriber::filter::Targets::new()
+        .with_target("isola::access", tracing::Level::INFO)
+        .with_target("isola::guest", tracing::Level::INFO)
+        .with_target("isola::trigger", tracing::Level::INFO);
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(TelemetryLayer(telemetry.clone()).with_filter(events))
         .init();
-    match run(Cli::parse()) {
+    match run(cli, telemetry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -136,7 +226,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
     match cli.command {
         Command::Run {
             component,
@@ -151,16 +241,67 @@ fn run(cli: Cli) -> Result<()> {
                 state_dir,
                 ..ServerConfig::default()
             };
-            serve(Config::single(component, server))
+            serve::serve(
+                Config::single(component, server),
+                serve::Mode::Serve { source: None },
+                None,
+                telemetry,
+            )
         }
         Command::Build { main, out, setup } => build(main, out, setup),
-        Command::Serve { config, listen } => {
-            let mut config = load_config(&config)?;
+        Command::Serve {
+            config: path,
+            listen,
+        } => {
+            let mut config = load_config(&path)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            serve(config)
+            serve::serve(
+                config,
+                serve::Mode::Serve { source: Some(path) },
+                listen,
+                telemetry,
+            )
         }
+        Command::Dev {
+            config: path,
+            listen,
+        } => {
+            let mut config = load_config(&path)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            serve::serve(config, serve::Mode::Dev { source: path }, listen, telemetry)
+        }
+        Command::Init {
+            dir,
+            template,
+            handler,
+            sdk,
+        } => init::init(&dir, template, handler, sdk),
+        Command::Tail {
+            config,
+            admin,
+            token,
+            worker,
+            status,
+            format,
+        } => admin_client::tail(
+            &admin_client::Target::resolve(&config, admin.as_deref(), token)?,
+            worker.as_deref(),
+            status.as_deref(),
+            format,
+        ),
+        Command::Reload {
+            config,
+            admin,
+            token,
+        } => admin_client::reload(&admin_client::Target::resolve(
+            &config,
+            admin.as_deref(),
+            token,
+        )?),
         Command::Compile { inputs, state_dir } => compile(&inputs, &state_dir),
         Command::Check { input, state_dir } => check(&input, &state_dir),
         Command::Kv { config, command } => state::kv(&Config::load(&config)?, command),
@@ -181,8 +322,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Read a config file for serving: parse and validate it, then build its
-/// JavaScript workers (`main = "….js"`) into components.
-fn load_config(path: &Path) -> Result<Config> {
+/// JavaScript workers (`main = "….js"`) into components. Every config that
+/// is served (serve, dev, check, compile, reload, SIGHUP) is read here.
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
     let config = Config::load(path)?;
     js::build_workers(&config)?;
     Ok(config)
@@ -254,68 +396,6 @@ fn engine_for(config: &Config) -> Result<IsolaEngine> {
         .unwrap_or(128);
     options.max_memory_bytes = usize::try_from(largest << 20).context("memory_mb too large")?;
     Ok(IsolaEngine::new(&options)?)
-}
-
-fn serve(config: Config) -> Result<()> {
-    let engine = engine_for(&config)?;
-    let backends = backends_for(&config)?;
-    let workers = isola_server::load_workers(&engine, &config.workers, &backends)?;
-    let app = App::new(workers.clone(), &config.workers, &config.server);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let shutdown = isola_server::shutdown_signal()?;
-        let server = Server::bind(config.server.listen, app)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let addr = server.local_addr()?;
-        let mut admin_addr_bound = None;
-        if let Some(admin_addr) = config.server.admin {
-            let schedulable = workers
-                .iter()
-                .zip(&config.workers)
-                .map(|(worker, c)| isola_server::admin::Schedulable {
-                    worker: worker.clone(),
-                    crons: c.crons.iter().map(|c| c.expression.clone()).collect(),
-                })
-                .collect();
-            let token = config
-                .server
-                .admin_token
-                .as_ref()
-                .map(|t| t.expose().to_owned());
-            let admin = isola_server::admin::Admin::bind(admin_addr, schedulable, token)
-                .await
-                .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
-            admin_addr_bound = Some(admin.local_addr()?);
-            tokio::spawn(admin.run());
-        }
-        let mut triggers = isola_server::Triggers::start(
-            &workers,
-            &config.workers,
-            backends.queues.clone(),
-            backends.leases.clone(),
-            &config.server.state_dir,
-        )
-        .await;
-        // The first line on stdout, which scripts and tests wait for.
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")?;
-        if let Some(admin) = admin_addr_bound {
-            writeln!(stdout, "admin listening on http://{admin}")?;
-        }
-        stdout.flush()?;
-        drop(stdout);
-        server
-            .run(async {
-                shutdown.await;
-                // No new firings or batches once shutdown starts.
-                triggers.stop();
-            })
-            .await?;
-        Ok(())
-    })
 }
 
 fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()> {

@@ -372,6 +372,23 @@ pub struct WorkerConfig {
     /// once (opt-in throughput for JS workers); 0 or 1: a fresh instance
     /// per request, the default.
     pub instance_reuse: u32,
+    /// How `isola dev` builds the component from its sources.
+    pub build: Option<BuildConfig>,
+}
+
+/// `build = { command = "...", watch = ["src/**/*.rs"], workdir = "." }`:
+/// the command that makes the worker's component, which `isola dev` runs at
+/// start and whenever a watched file changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildConfig {
+    /// Run with `sh -c` in `workdir`; `None` only watches (workers whose
+    /// build happens on load, such as JS workers).
+    pub command: Option<String>,
+    /// Glob patterns relative to `workdir`; a change to a matching file
+    /// rebuilds. Empty: only the config file is watched.
+    pub watch: Vec<String>,
+    /// Resolved against the config file's directory (default: that directory).
+    pub workdir: PathBuf,
 }
 
 impl WorkerConfig {
@@ -400,6 +417,7 @@ impl WorkerConfig {
             origin: None,
             services: Vec::new(),
             instance_reuse: 0,
+            build: None,
         }
     }
 }
@@ -610,10 +628,41 @@ impl Config {
                 Some(reuse) => *reuse.get_ref(),
                 None => 0,
             };
+            let build = match &w.build {
+                Some(b) => {
+                    if let Some(command) = &b.command
+                        && command.get_ref().trim().is_empty()
+                    {
+                        return Err(locate(
+                            Some(command.span()),
+                            key("build.command"),
+                            "the build command is empty".into(),
+                        ));
+                    }
+                    for pattern in &b.watch {
+                        if pattern.get_ref().trim().is_empty() {
+                            return Err(locate(
+                                Some(pattern.span()),
+                                key("build.watch"),
+                                "an empty watch pattern".into(),
+                            ));
+                        }
+                    }
+                    Some(BuildConfig {
+                        command: b.command.as_ref().map(|c| c.get_ref().clone()),
+                        watch: b.watch.iter().map(|p| p.get_ref().clone()).collect(),
+                        workdir: base.join(b.workdir.as_deref().unwrap_or(".")),
+                    })
+                }
+                None => None,
+            };
             let (component, main) = match (&w.component, &w.main) {
                 (Some(component), None) => {
                     let path = base.join(component.get_ref());
-                    if !path.is_file() {
+                    // A worker with a build command may not be built yet
+                    // (`isola dev` builds it first; `serve` reports it
+                    // missing on load).
+                    if build.is_none() && !path.is_file() {
                         return Err(locate(
                             Some(component.span()),
                             key("component"),
@@ -955,6 +1004,7 @@ impl Config {
                 origin,
                 services,
                 instance_reuse,
+                build,
             });
         }
         for (service, i) in service_refs {
@@ -1313,6 +1363,16 @@ struct RawWorker {
     queues: RawQueues,
     #[serde(default)]
     triggers: RawTriggers,
+    build: Option<RawBuild>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    command: Option<Spanned<String>>,
+    #[serde(default)]
+    watch: Vec<Spanned<String>>,
+    workdir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1742,6 +1802,35 @@ mod tests {
         assert!(
             f.error(&format!("{worker}[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n[[worker]]\nname = \"b\"\ncomponent = \"app.wasm\"\n[worker.queues]\nconsumers = [{{ queue = \"q\" }}]\n"))
                 .contains("queue `q` already has a consumer: worker `a`")
+        );
+    }
+
+    #[test]
+    fn build_section_for_dev() {
+        let f = Fixture::new();
+        let config = f
+            .parse(concat!(
+                "[[worker]]\nname = \"app\"\ncomponent = \"target/app.wasm\"\n",
+                "build = { command = \"cargo build --release\", watch = [\"src/**/*.rs\", \"Cargo.toml\"], workdir = \"guest\" }\n",
+            ))
+            .expect("a component not built yet is fine when the worker has a build command");
+        let build = config.workers[0].build.as_ref().unwrap();
+        assert_eq!(build.command.as_deref(), Some("cargo build --release"));
+        assert_eq!(build.watch, ["src/**/*.rs", "Cargo.toml"]);
+        assert_eq!(build.workdir, f.dir.path().join("guest"));
+        assert!(
+            f.error("[[worker]]\nname = \"app\"\ncomponent = \"missing.wasm\"\n")
+                .contains("component file not found")
+        );
+        assert_eq!(
+            f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nbuild = { command = \" \" }\n"),
+            "isola.toml:4:21: worker[0].build.command: the build command is empty"
+        );
+        assert!(
+            f.error(
+                "[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nbuild = { cmd = \"x\" }\n"
+            )
+            .contains("unknown field `cmd`")
         );
     }
 

@@ -44,7 +44,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -667,7 +667,15 @@ impl Worker {
             let result = async {
                 let proxy = match reused_proxy {
                     Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
+                    None => {
+                        let instantiating = Instant::now();
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        task_report.instantiate_ns.store(
+                            u64::try_from(instantiating.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                            Ordering::Relaxed,
+                        );
+                        proxy
+                    }
                 };
                 let result = proxy
                     .wasi_http_incoming_handler()

@@ -21,6 +21,9 @@ pub(crate) struct Report {
     pub started: Instant,
     /// Thread CPU time spent running the guest, in nanoseconds.
     pub cpu_ns: AtomicU64,
+    /// Time spent making the instance (store set up excluded), in
+    /// nanoseconds; 0 when no instance was made.
+    pub instantiate_ns: AtomicU64,
     pub subrequests: Arc<AtomicU32>,
     /// A binding call got a `backend` error (see [`Failure::Backend`]).
     pub backend_failed: Arc<std::sync::atomic::AtomicBool>,
@@ -51,6 +54,7 @@ impl Report {
             client,
             started: Instant::now(),
             cpu_ns: AtomicU64::new(0),
+            instantiate_ns: AtomicU64::new(0),
             subrequests: Arc::default(),
             backend_failed: Arc::default(),
             outcome: Mutex::new(Outcome::default()),
@@ -84,6 +88,10 @@ impl Drop for Report {
             status = outcome.status.unwrap_or(0),
             cpu_ms = format_args!("{cpu_ms:.3}"),
             wall_ms = format_args!("{wall_ms:.3}"),
+            instantiate_ms = format_args!(
+                "{:.3}",
+                self.instantiate_ns.load(Ordering::Relaxed) as f64 / 1e6
+            ),
             fuel = outcome.fuel_used,
             subrequests = self.subrequests.load(Ordering::Relaxed),
             limit = %outcome.limit.unwrap_or("none"),

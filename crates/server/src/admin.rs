@@ -1,21 +1,51 @@
 //! The admin listener (`[server] admin`): operator endpoints kept off the
-//! public listener. `GET /healthz`, and `POST /__scheduled?cron=…[&worker=…]`
-//! to fire a worker's scheduled handler now (Wrangler's `/__scheduled`).
-//! With `admin_token` set, every call needs `authorization: Bearer <token>`.
+//! public listener.
+//!
+//! - `GET /healthz`: the process is up (200).
+//! - `GET /readyz`: 200 once every worker is compiled and loaded, else 503.
+//! - `GET /metrics`: Prometheus text format (see [`crate::telemetry`]).
+//! - `GET /tail[?worker=NAME][&status=5xx,404,ok,error]`: live request and
+//!   guest log events as Server-Sent Events (one JSON object per `data:`).
+//! - `POST /reload`: re-read the config and swap it in (what SIGHUP does).
+//! - `POST /__scheduled?cron=…[&worker=…]`: fire a worker's scheduled
+//!   handler now (Wrangler's `/__scheduled`).
+//!
+//! With `admin_token` set, every call needs `authorization: Bearer <token>`;
+//! off loopback the token is required.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isola_runtime::Worker;
+use isola_bindings::queue::QueueStore;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 
-/// A worker the admin listener can fire, with its configured crons.
-pub struct Schedulable {
-    pub worker: Worker,
-    pub crons: Vec<String>,
+use crate::App;
+use crate::telemetry::TailEvent;
+
+/// Re-reads the config and installs it; `Ok` says what was loaded, `Err`
+/// why the old config keeps serving.
+pub type Reloader =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
+/// What the admin listener serves.
+pub struct AdminOptions {
+    pub app: Arc<App>,
+    /// Required when binding off loopback.
+    pub token: Option<String>,
+    /// `POST /reload`; 404 without it.
+    pub reloader: Option<Reloader>,
+    /// For the queue depth gauge of consumed queues.
+    pub queues: Option<Arc<dyn QueueStore>>,
 }
 
 pub struct Admin {
@@ -24,29 +54,45 @@ pub struct Admin {
 }
 
 struct State {
-    workers: Vec<Schedulable>,
-    token: Option<String>,
+    options: AdminOptions,
 }
 
-type Response = http::Response<Full<Bytes>>;
+/// How often an idle tail stream gets a comment line.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+type Response = http::Response<BoxBody<Bytes, Infallible>>;
 
 fn text(status: u16, body: impl Into<String>) -> Response {
     http::Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body.into())))
+        .body(Full::new(Bytes::from(body.into())).boxed())
         .expect("a valid response")
 }
 
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 impl Admin {
-    pub async fn bind(
-        addr: SocketAddr,
-        workers: Vec<Schedulable>,
-        token: Option<String>,
-    ) -> std::io::Result<Admin> {
+    /// Bind the admin listener. Off loopback it refuses to start without a
+    /// token: metrics, tail and reload are not for the open network.
+    pub async fn bind(addr: SocketAddr, options: AdminOptions) -> std::io::Result<Admin> {
+        if !addr.ip().is_loopback() && options.token.as_deref().is_none_or(str::is_empty) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the admin listener on {addr} is off loopback: set `admin_token`"),
+            ));
+        }
         Ok(Admin {
             listener: TcpListener::bind(addr).await?,
-            state: Arc::new(State { workers, token }),
+            state: Arc::new(State { options }),
         })
     }
 
@@ -64,7 +110,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(state.handle(request).await) }
+                    async move { Ok::<_, Infallible>(state.handle(request).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -76,13 +122,13 @@ impl Admin {
 
 impl State {
     async fn handle<B>(&self, request: http::Request<B>) -> Response {
-        if let Some(token) = &self.token {
+        if let Some(token) = &self.options.token {
             let expected = format!("Bearer {token}");
             let given = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if given != Some(expected.as_bytes()) {
+                .map_or(&b""[..], |v| v.as_bytes());
+            if !same_secret(given, expected.as_bytes()) {
                 return text(
                     401,
                     "unauthorized: send `authorization: Bearer <admin_token>`\n",
@@ -100,25 +146,128 @@ impl State {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
+        let app = &self.options.app;
         match (request.method(), request.uri().path()) {
             (&http::Method::GET, "/healthz") => text(200, "ok\n"),
+            (&http::Method::GET, "/readyz") => match app.current() {
+                Some(generation) => text(
+                    200,
+                    format!(
+                        "ready: generation {}, {} worker(s)\n",
+                        generation.id,
+                        generation.workers().len()
+                    ),
+                ),
+                None => text(503, "not ready: the workers are not loaded yet\n"),
+            },
+            (&http::Method::GET, "/metrics") => self.metrics().await,
+            (&http::Method::GET, "/tail") => {
+                match TailFilter::new(param("worker"), param("status").as_deref()) {
+                    Ok(filter) => self.tail(filter),
+                    Err(e) => text(400, format!("{e}\n")),
+                }
+            }
+            (&http::Method::POST, "/reload") => match &self.options.reloader {
+                Some(reload) => match reload().await {
+                    Ok(message) => text(200, format!("{message}\n")),
+                    Err(e) => text(
+                        500,
+                        format!("reload failed, the old config keeps serving: {e}\n"),
+                    ),
+                },
+                None => text(404, "this server has no config file to reload\n"),
+            },
             (&http::Method::POST, "/__scheduled") => {
                 self.scheduled(param("worker"), param("cron")).await
             }
-            (_, "/__scheduled") => text(405, "use POST\n"),
+            (_, "/__scheduled" | "/reload") => text(405, "use POST\n"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/tail") => text(405, "use GET\n"),
             _ => text(404, "not found\n"),
         }
     }
 
+    async fn metrics(&self) -> Response {
+        let app = &self.options.app;
+        let telemetry = app.telemetry();
+        telemetry.set_guest_tasks(app.active_tasks());
+        if let (Some(queues), Some(generation)) = (&self.options.queues, app.current()) {
+            for consumer in generation.configs().iter().flat_map(|c| &c.queue_consumers) {
+                match queues.depth(&consumer.queue).await {
+                    Ok(depth) => telemetry.set_queue_depth(&consumer.queue, depth),
+                    Err(e) => {
+                        tracing::warn!(queue = %consumer.queue, "queue depth for /metrics: {e}")
+                    }
+                }
+            }
+        }
+        http::Response::builder()
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(telemetry.encode())).boxed())
+            .expect("a valid response")
+    }
+
+    fn tail(&self, filter: TailFilter) -> Response {
+        let receiver = self.options.app.telemetry().subscribe();
+        // A comment first, so the client knows it is subscribed; then one
+        // event per finished request; a comment every 15 s keeps proxies
+        // (and the detection of a gone client) going.
+        let hello = futures_util::stream::once(async {
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": tailing\n\n")))
+        });
+        let events = futures_util::stream::unfold(
+            (
+                receiver,
+                filter,
+                tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
+            ),
+            |(mut receiver, filter, mut keepalive)| async move {
+                loop {
+                    let frame = tokio::select! {
+                        event = receiver.recv() => match event {
+                            Ok(event) if filter.accepts(&event) => {
+                                format!("event: {}\ndata: {}\n\n", event_kind(&event), event.json)
+                            }
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                format!(": {n} event(s) skipped (the client is too slow)\n\n")
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        _ = keepalive.tick() => ": keepalive\n\n".to_owned(),
+                    };
+                    return Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(frame))),
+                        (receiver, filter, keepalive),
+                    ));
+                }
+            },
+        );
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(BodyExt::boxed(StreamBody::new(
+                futures_util::StreamExt::chain(hello, events),
+            )))
+            .expect("a valid response")
+    }
+
     async fn scheduled(&self, worker: Option<String>, cron: Option<String>) -> Response {
-        let candidates: Vec<&Schedulable> = self
-            .workers
+        let Some(generation) = self.options.app.current() else {
+            return text(503, "not ready: the workers are not loaded yet\n");
+        };
+        let candidates: Vec<Schedulable<'_>> = generation
+            .workers()
             .iter()
-            .filter(|s| s.worker.handles_scheduled())
-            .filter(|s| worker.as_deref().is_none_or(|w| w == s.worker.name()))
+            .zip(generation.configs())
+            .filter(|(w, _)| w.handles_scheduled())
+            .filter(|(w, _)| worker.as_deref().is_none_or(|name| name == w.name()))
+            .map(|(worker, config)| Schedulable {
+                worker,
+                crons: &config.crons,
+            })
             .collect();
         let target = match candidates.as_slice() {
-            [one] => *one,
+            [one] => one,
             [] => {
                 return text(
                     404,
@@ -139,16 +288,150 @@ impl State {
                 );
             }
         };
-        let Some(cron) = cron.or_else(|| target.crons.first().cloned()) else {
+        let Some(cron) = cron.or_else(|| target.crons.first().map(|c| c.expression.clone())) else {
             return text(400, "add ?cron=EXPR (the worker has no triggers.crons)\n");
         };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        match crate::triggers::fire(&target.worker, &cron, now_ms).await {
+        match crate::triggers::fire(target.worker, &cron, now_ms).await {
             Ok(()) => text(200, format!("ok: {} ran `{cron}`\n", target.worker.name())),
             Err(e) => text(500, format!("the scheduled handler failed: {e}\n")),
         }
+    }
+}
+
+/// A worker that may run scheduled handlers, with its configured crons.
+struct Schedulable<'a> {
+    worker: &'a isola_runtime::Worker,
+    crons: &'a [isola_config::CronSchedule],
+}
+
+fn event_kind(event: &TailEvent) -> &'static str {
+    if event.status.is_some() {
+        "request"
+    } else {
+        "trigger"
+    }
+}
+
+/// Which tail events a subscriber wants.
+#[derive(Debug, Default)]
+pub struct TailFilter {
+    worker: Option<String>,
+    /// Any of these; empty = all.
+    statuses: Vec<StatusFilter>,
+}
+
+#[derive(Debug, PartialEq)]
+enum StatusFilter {
+    Exact(u16),
+    /// `5xx`: the hundreds digit.
+    Class(u16),
+    /// Below 400.
+    Ok,
+    /// 400 and above.
+    Error,
+}
+
+impl TailFilter {
+    /// `status` is a comma-separated list of `404`, `5xx`, `ok`, `error`.
+    pub fn new(worker: Option<String>, status: Option<&str>) -> Result<TailFilter, String> {
+        let statuses = status
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let lower = s.to_ascii_lowercase();
+                match lower.as_str() {
+                    "ok" => Ok(StatusFilter::Ok),
+                    "error" => Ok(StatusFilter::Error),
+                    class if class.len() == 3 && class.ends_with("xx") => class[..1]
+                        .parse()
+                        .ok()
+                        .filter(|d| (1..=5).contains(d))
+                        .map(StatusFilter::Class)
+                        .ok_or_else(|| format!("bad status filter `{s}`")),
+                    code => code
+                        .parse()
+                        .ok()
+                        .filter(|c| (100..=599).contains(c))
+                        .map(StatusFilter::Exact)
+                        .ok_or_else(|| {
+                            format!("bad status filter `{s}` (use 404, 5xx, ok or error)")
+                        }),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TailFilter {
+            worker: worker.filter(|w| !w.is_empty()),
+            statuses,
+        })
+    }
+
+    pub fn accepts(&self, event: &TailEvent) -> bool {
+        if self.worker.as_ref().is_some_and(|w| *w != event.worker) {
+            return false;
+        }
+        if self.statuses.is_empty() {
+            return true;
+        }
+        // Trigger runs have no status: a status filter leaves them out.
+        let Some(status) = event.status else {
+            return false;
+        };
+        self.statuses.iter().any(|f| match f {
+            StatusFilter::Exact(code) => status == *code,
+            StatusFilter::Class(class) => status / 100 == *class,
+            StatusFilter::Ok => status < 400,
+            StatusFilter::Error => status >= 400,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(worker: &str, status: Option<u16>) -> TailEvent {
+        TailEvent {
+            worker: worker.into(),
+            status,
+            json: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn tail_filters_by_worker_and_status() {
+        let all = TailFilter::new(None, None).unwrap();
+        assert!(all.accepts(&event("a", Some(200))));
+        assert!(all.accepts(&event("a", None)));
+
+        let errors = TailFilter::new(Some("a".into()), Some("5xx,404")).unwrap();
+        assert!(errors.accepts(&event("a", Some(503))));
+        assert!(errors.accepts(&event("a", Some(404))));
+        assert!(!errors.accepts(&event("a", Some(200))));
+        assert!(!errors.accepts(&event("a", Some(403))));
+        assert!(!errors.accepts(&event("b", Some(500))));
+        assert!(!errors.accepts(&event("a", None)));
+
+        let ok = TailFilter::new(None, Some("ok")).unwrap();
+        assert!(ok.accepts(&event("x", Some(302))));
+        assert!(!ok.accepts(&event("x", Some(400))));
+        let error = TailFilter::new(None, Some("ERROR")).unwrap();
+        assert!(error.accepts(&event("x", Some(400))));
+
+        for bad in ["6xx", "abc", "99", "0xx"] {
+            assert!(TailFilter::new(None, Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"Bearer abc", b"Bearer abc"));
+        assert!(!same_secret(b"Bearer abd", b"Bearer abc"));
+        assert!(!same_secret(b"Bearer ab", b"Bearer abc"));
     }
 }

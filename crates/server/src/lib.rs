@@ -10,8 +10,10 @@ pub mod router;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,10 +31,12 @@ use isola_runtime::{
 use tokio::net::TcpListener;
 
 pub mod admin;
+pub mod telemetry;
 pub mod triggers;
 
 pub use isola_runtime::Backends;
 pub use router::Router;
+pub use telemetry::{Telemetry, TelemetryLayer};
 pub use triggers::Triggers;
 
 /// Header carrying the request id on every response.
@@ -57,38 +61,41 @@ pub fn load_workers(
     })
 }
 
-/// The workers, how requests reach them, and the request limits.
-pub struct App {
+/// One loaded config: the workers, how requests reach them, and the
+/// request limits. Requests hold the generation they started on, so a reload
+/// never changes a request halfway.
+pub struct Generation {
+    /// 1 for the first load, +1 per reload.
+    pub id: u64,
     workers: Vec<Worker>,
+    configs: Vec<WorkerConfig>,
     /// Keeps the service-binding registry alive (workers hold weak refs).
     _services: Arc<Services>,
     router: Router,
     max_header_bytes: usize,
     max_body_bytes: u64,
-    header_timeout: Duration,
-    shutdown_grace: Duration,
     colo: Option<String>,
     country: Option<String>,
     trusted_client_ip_header: Option<http::HeaderName>,
 }
 
-impl App {
+impl Generation {
     /// `configs[i]` describes `workers[i]`; its routes lead to it.
-    pub fn new(workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> Self {
+    fn new(id: u64, workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> Self {
         let router = Router::new(
             configs
                 .iter()
                 .enumerate()
                 .flat_map(|(i, c)| c.routes.iter().map(move |r| (r.clone(), i))),
         );
-        App {
+        Generation {
+            id,
             _services: Services::new(&workers),
             workers,
+            configs: configs.to_vec(),
             router,
             max_header_bytes: server.max_header_bytes,
             max_body_bytes: server.max_body_bytes,
-            header_timeout: Duration::from_millis(server.header_timeout_ms),
-            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             colo: server.colo.clone(),
             country: server.country.clone(),
             // Validated by the config as a header name.
@@ -99,24 +106,92 @@ impl App {
         }
     }
 
-    /// Guest tasks still running across all workers.
-    pub fn active_tasks(&self) -> usize {
-        self.workers.iter().map(Worker::active_tasks).sum()
+    pub fn workers(&self) -> &[Worker] {
+        &self.workers
     }
 
-    fn request_info<B>(&self, request: &http::Request<B>, client: SocketAddr) -> RequestInfo {
-        let forwarded = self.trusted_client_ip_header.as_ref().and_then(|name| {
-            let value = request.headers().get(name)?.to_str().ok()?;
-            // `X-Forwarded-For` style lists name the client first.
-            value.split(',').next()?.trim().parse().ok()
-        });
-        RequestInfo {
-            client_address: Some(forwarded.unwrap_or(client.ip())),
-            protocol: isola_runtime::protocol_name(request.version()).to_owned(),
-            tls_version: None,
-            colo: self.colo.clone(),
-            country: self.country.clone(),
+    /// `configs()[i]` describes `workers()[i]`.
+    pub fn configs(&self) -> &[WorkerConfig] {
+        &self.configs
+    }
+}
+
+/// The current [`Generation`] (none until the first load, in `isola dev`),
+/// swapped atomically by [`App::install`].
+pub struct App {
+    current: ArcSwapOption<Generation>,
+    /// Workers of replaced generations whose guest tasks were still running
+    /// (kept so shutdown waits for them too).
+    retired: Mutex<Vec<Worker>>,
+    header_timeout: Duration,
+    shutdown_grace: Duration,
+    telemetry: Arc<Telemetry>,
+}
+
+impl App {
+    /// `configs[i]` describes `workers[i]`; its routes lead to it.
+    pub fn new(workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> Self {
+        let app = App::empty(server, Arc::new(Telemetry::new()));
+        app.install(workers, configs, server);
+        app
+    }
+
+    /// An app with no workers yet: it answers 503 `not-ready` until the
+    /// first [`App::install`].
+    pub fn empty(server: &ServerConfig, telemetry: Arc<Telemetry>) -> Self {
+        telemetry.set_ready(false, 0);
+        App {
+            current: ArcSwapOption::empty(),
+            retired: Mutex::new(Vec::new()),
+            header_timeout: Duration::from_millis(server.header_timeout_ms),
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            telemetry,
         }
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Serve `workers` from now on; requests already running finish on the
+    /// generation they started with. Returns the new generation's id.
+    /// (`listen`, `header_timeout_ms` and `shutdown_grace_ms` of `server`
+    /// are fixed at start.)
+    pub fn install(
+        &self,
+        workers: Vec<Worker>,
+        configs: &[WorkerConfig],
+        server: &ServerConfig,
+    ) -> u64 {
+        let id = self.current.load().as_ref().map_or(1, |g| g.id + 1);
+        let next = Arc::new(Generation::new(id, workers, configs, server));
+        if let Some(old) = self.current.swap(Some(next)) {
+            let mut retired = self.retired.lock().expect("retired lock");
+            retired.retain(|w| w.active_tasks() > 0);
+            retired.extend(old.workers.iter().filter(|w| w.active_tasks() > 0).cloned());
+        }
+        self.telemetry.set_ready(true, id);
+        id
+    }
+
+    /// The generation serving new requests.
+    pub fn current(&self) -> Option<Arc<Generation>> {
+        self.current.load_full()
+    }
+
+    /// Ready when a generation is loaded (every worker compiled and loaded).
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Guest tasks still running across all workers, of every generation.
+    pub fn active_tasks(&self) -> usize {
+        let current: usize = self
+            .current()
+            .map_or(0, |g| g.workers.iter().map(Worker::active_tasks).sum());
+        let mut retired = self.retired.lock().expect("retired lock");
+        retired.retain(|w| w.active_tasks() > 0);
+        current + retired.iter().map(Worker::active_tasks).sum::<usize>()
     }
 
     /// Serve one request: check its size, route it, run it, stamp it with
@@ -126,16 +201,30 @@ impl App {
         request: http::Request<Incoming>,
         client: SocketAddr,
     ) -> http::Response<Body> {
+        let in_flight = self.telemetry.in_flight();
         let started = Instant::now();
         let id = RequestId::generate();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (mut response, worker) = self.dispatch(request, client, &id).await;
+        let (mut response, routed) = match self.current() {
+            Some(generation) => {
+                let (response, worker) = generation.dispatch(request, client, &id).await;
+                (response, worker.is_some())
+            }
+            None => (
+                error_response(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    "the workers are not loaded yet",
+                ),
+                false,
+            ),
+        };
         response.headers_mut().insert(
             REQUEST_ID_HEADER,
             http::HeaderValue::from_str(id.as_str()).expect("request ids are hex"),
         );
-        if worker.is_none() {
+        if !routed {
             // Requests that reached a worker are logged by the runtime, with
             // their CPU time and limits, once the guest is done.
             tracing::info!(
@@ -150,7 +239,31 @@ impl App {
                 "request"
             );
         }
-        response
+        // In flight until the body has been sent (or the client went away).
+        response.map(move |body| {
+            body.map_frame(move |frame| {
+                let _ = &in_flight;
+                frame
+            })
+            .boxed_unsync()
+        })
+    }
+}
+
+impl Generation {
+    fn request_info<B>(&self, request: &http::Request<B>, client: SocketAddr) -> RequestInfo {
+        let forwarded = self.trusted_client_ip_header.as_ref().and_then(|name| {
+            let value = request.headers().get(name)?.to_str().ok()?;
+            // `X-Forwarded-For` style lists name the client first.
+            value.split(',').next()?.trim().parse().ok()
+        });
+        RequestInfo {
+            client_address: Some(forwarded.unwrap_or(client.ip())),
+            protocol: isola_runtime::protocol_name(request.version()).to_owned(),
+            tls_version: None,
+            colo: self.colo.clone(),
+            country: self.country.clone(),
+        }
     }
 
     async fn dispatch(
@@ -276,13 +389,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, app: App) -> std::io::Result<Server> {
+    pub async fn bind(addr: SocketAddr, app: impl Into<Arc<App>>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
+        let app = app.into();
         Ok(Server {
             listener,
             shutdown_grace: app.shutdown_grace,
-            app: Arc::new(app),
+            app,
         })
+    }
+
+    /// The app this server serves (to reload it).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -1,0 +1,240 @@
+//! `isola tail` and `isola reload`: clients of a running server's admin
+//! listener.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use isola_config::Config;
+use serde_json::Value;
+
+/// Where the admin listener is and the token it wants: flags first, then
+/// the config's `[server] admin` and `admin_token`, then
+/// `$ISOLA_ADMIN_TOKEN`.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Target {
+    pub fn resolve(config: &Path, admin: Option<&str>, token: Option<String>) -> Result<Target> {
+        let loaded = if admin.is_none() || token.is_none() {
+            match Config::load(config) {
+                Ok(c) => Some(c),
+                Err(e) if admin.is_none() => {
+                    return Err(anyhow::Error::new(e).context("give --admin ADDR or a config"));
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let addr = match admin {
+            Some(a) => a
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .with_context(|| format!("--admin {a}: not an address such as 127.0.0.1:8788"))?,
+            None => loaded
+                .as_ref()
+                .and_then(|c| c.server.admin)
+                .with_context(|| {
+                    format!(
+                        "{} has no [server] admin address; give --admin",
+                        config.display()
+                    )
+                })?,
+        };
+        let token = token
+            .or_else(|| {
+                loaded
+                    .as_ref()
+                    .and_then(|c| c.server.admin_token.as_ref().map(|t| t.expose().to_owned()))
+            })
+            .or_else(|| std::env::var("ISOLA_ADMIN_TOKEN").ok());
+        Ok(Target { addr, token })
+    }
+
+    async fn request(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot reach the admin listener at {}", self.addr))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(http::header::HOST, self.addr.to_string());
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        Ok(sender
+            .send_request(request.body(Empty::<Bytes>::new())?)
+            .await?)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `POST /reload`: prints the outcome; an error when the server kept its
+/// old config.
+pub fn reload(target: &Target) -> Result<()> {
+    runtime()?.block_on(async {
+        let response = target.request(http::Method::POST, "/reload").await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            bail!("{} ({status})", body.trim());
+        }
+        println!("{}", body.trim());
+        Ok(())
+    })
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Pretty,
+    Json,
+}
+
+/// `GET /tail`: print events until the server goes away or ^C.
+pub fn tail(
+    target: &Target,
+    worker: Option<&str>,
+    status: Option<&str>,
+    format: Format,
+) -> Result<()> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(worker) = worker {
+        query.append_pair("worker", worker);
+    }
+    if let Some(status) = status {
+        query.append_pair("status", status);
+    }
+    let path = format!("/tail?{}", query.finish());
+    runtime()?.block_on(async {
+        let response = target.request(http::Method::GET, &path).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.into_body().collect().await?.to_bytes();
+            bail!("{} ({status})", String::from_utf8_lossy(&body).trim());
+        }
+        let mut body = response.into_body();
+        let mut buffer = Vec::new();
+        let mut data = String::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(chunk) = frame?.into_data() else {
+                continue;
+            };
+            buffer.extend_from_slice(&chunk);
+            while let Some(newline) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=newline).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        print_event(&data, format)?;
+                        data.clear();
+                    }
+                } else if let Some(payload) = line.strip_prefix("data:") {
+                    data.push_str(payload.trim_start());
+                } else if line == ": tailing" {
+                    eprintln!("tailing {} (connected; ^C to stop)", target.addr);
+                } else if let Some(comment) = line.strip_prefix(": ")
+                    && comment != "keepalive"
+                {
+                    eprintln!("{comment}");
+                }
+            }
+        }
+        eprintln!("the server closed the tail");
+        Ok(())
+    })
+}
+
+fn print_event(data: &str, format: Format) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(stdout, "{data}")?,
+        Format::Pretty => {
+            let event: Value = serde_json::from_str(data).context("a malformed tail event")?;
+            write!(stdout, "{}", pretty(&event))?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+/// One line per request (`time worker method path status cpu wall`), its
+/// guest lines indented below.
+fn pretty(event: &Value) -> String {
+    let s = |key: &str| match &event[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = if event["type"] == "request" {
+        let mut line = format!(
+            "{} {} {} {} {} cpu={}ms wall={}ms",
+            s("time"),
+            s("worker"),
+            s("method"),
+            s("path"),
+            s("status"),
+            s("cpu_ms"),
+            s("wall_ms"),
+        );
+        if let Value::String(limit) = &event["limit"] {
+            line.push_str(&format!(" limit={limit}"));
+        }
+        line.push_str(&format!(" id={}\n", s("request_id")));
+        line
+    } else {
+        format!(
+            "{} {} {} {} {}\n",
+            s("time"),
+            s("worker"),
+            s("kind"),
+            s("outcome"),
+            s("message")
+        )
+    };
+    for log in event["logs"].as_array().into_iter().flatten() {
+        let stream = log["stream"].as_str().unwrap_or("-");
+        let message = log["message"].as_str().unwrap_or("");
+        out.push_str(&format!("  {stream}: {message}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_request_lines_carry_status_timing_and_guest_lines() {
+        let event = serde_json::json!({
+            "type": "request", "time": "2026-01-01T00:00:00.000Z", "worker": "app",
+            "method": "GET", "path": "/x", "status": 503, "cpu_ms": 1.5, "wall_ms": 3.0,
+            "limit": "cpu", "request_id": "abc",
+            "logs": [{"stream": "stdout", "message": "hi"}],
+        });
+        assert_eq!(
+            pretty(&event),
+            "2026-01-01T00:00:00.000Z app GET /x 503 cpu=1.5ms wall=3.0ms limit=cpu id=abc\n  stdout: hi\n"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! `isola dev`: build the workers, serve them exactly as `serve` does (fresh
+//! instance per request, the same limits), watch the sources and the config,
+//! rebuild and swap on change. A failed build or a broken config prints the
+//! error and keeps the last good version serving.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use isola_config::Config;
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+
+use crate::load_config;
+use crate::serve::{DEBOUNCE, LiveHandle, display_path};
+
+/// What to watch for one config, and what a change means.
+#[derive(Default)]
+struct WatchPlan {
+    config: PathBuf,
+    /// Per worker with a build: (worker, canonical workdir, its patterns).
+    builds: Vec<(String, PathBuf, GlobSet)>,
+    /// Components of workers without a build command.
+    components: BTreeSet<PathBuf>,
+    /// (path, recursive)
+    roots: BTreeSet<(PathBuf, bool)>,
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_owned())
+}
+
+impl WatchPlan {
+    fn new(source: &Path, config: Option<&Config>) -> anyhow::Result<WatchPlan> {
+        let source = canonical(source);
+        let mut plan = WatchPlan {
+            roots: BTreeSet::from([(source.parent().unwrap_or(Path::new("/")).to_owned(), false)]),
+            config: source,
+            ..WatchPlan::default()
+        };
+        for worker in config.map_or(&[][..], |c| &c.workers) {
+            match &worker.build {
+                Some(build) => {
+                    let workdir = canonical(&build.workdir);
+                    let mut globs = GlobSetBuilder::new();
+                    for pattern in &build.watch {
+                        globs.add(Glob::new(pattern).map_err(|e| {
+                            anyhow::anyhow!(
+                                "worker `{}`: build.watch `{pattern}`: {e}",
+                                worker.name
+                            )
+                        })?);
+                    }
+                    if !build.watch.is_empty() {
+                        plan.roots.insert((workdir.clone(), true));
+                    }
+                    plan.builds
+                        .push((worker.name.clone(), workdir, globs.build()?));
+                }
+                None => {
+                    let component = canonical(&worker.component);
+                    if let Some(dir) = component.parent() {
+                        plan.roots.insert((dir.to_owned(), false));
+                    }
+                    plan.components.insert(component);
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// What `changed` asks for: `None` when nothing watched changed, else
+    /// whether the config changed and which workers to rebuild.
+    fn classify(&self, changed: &[PathBuf]) -> Option<(bool, BTreeSet<String>)> {
+        let mut config = false;
+        let mut rebuild = BTreeSet::new();
+        let mut component = false;
+        for path in changed {
+            if *path == self.config {
+                config = true;
+            }
+            if self.components.contains(path) {
+                component = true;
+            }
+            for (name, workdir, globs) in &self.builds {
+                if let Ok(relative) = path.strip_prefix(workdir)
+                    && globs.is_match(relative)
+                {
+                    rebuild.insert(name.clone());
+                }
+            }
+        }
+        (config || component || !rebuild.is_empty()).then_some((config, rebuild))
+    }
+}
+
+/// Keep the watcher's roots equal to the plan's.
+fn rewatch(
+    debouncer: &mut Debouncer<RecommendedWatcher>,
+    watched: &mut BTreeSet<(PathBuf, bool)>,
+    plan: &WatchPlan,
+) {
+    for (path, _) in watched.difference(&plan.roots) {
+        let _ = debouncer.watcher().unwatch(path);
+    }
+    for (path, recursive) in plan.roots.difference(watched) {
+        let mode = if *recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
+        if let Err(e) = debouncer.watcher().watch(path, mode) {
+            tracing::warn!("cannot watch {}: {e}", display_path(path));
+        }
+    }
+    watched.clone_from(&plan.roots);
+}
+
+/// Run the build command of each worker in `which` (all when `None`).
+/// Prints the output of a failed build; returns whether all succeeded.
+fn build(config: &Config, which: Option<&BTreeSet<String>>) -> bool {
+    let mut ok = true;
+    for worker in &config.workers {
+        let Some((build, command)) = worker
+            .build
+            .as_ref()
+            .and_then(|b| Some((b, b.command.as_ref()?)))
+        else {
+            continue;
+        };
+        if which.is_some_and(|w| !w.contains(&worker.name)) {
+            continue;
+        }
+        let spinner = if std::io::stderr().is_terminal() {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+            spinner.set_message(format!("building {}: {}", worker.name, command));
+            spinner
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        tracing::info!(worker = %worker.name, "building: {}", command);
+        let started = std::time::Instant::now();
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&build.workdir)
+            .stdin(Stdio::null())
+            .output();
+        spinner.finish_and_clear();
+        match output {
+            Ok(output) if output.status.success() => {
+                tracing::info!(worker = %worker.name, "built in {:.1} s", started.elapsed().as_secs_f64());
+            }
+            Ok(output) => {
+                ok = false;
+                eprintln!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                tracing::error!(worker = %worker.name,
+                    "build failed ({}); still serving the last good version", output.status);
+            }
+            Err(e) => {
+                ok = false;
+                tracing::error!(worker = %worker.name,
+                    "cannot run the build command in {}: {e}; still serving the last good version",
+                    display_path(&build.workdir));
+            }
+        }
+    }
+    ok
+}
+
+/// Build, install, then rebuild and reinstall on every relevant change.
+pub async fn run(live: LiveHandle, source: PathBuf) {
+    let (sender, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            let _ = sender.send(events.into_iter().map(|e| e.path).collect());
+        }
+        Err(e) => tracing::warn!("file watching: {e}"),
+    });
+    let mut debouncer = match debouncer {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("cannot watch files: {e}; building once, without reloading");
+            if let Ok(config) = load_config(&source)
+                && build(&config, None)
+            {
+                live.install(config, "built").await;
+            }
+            return;
+        }
+    };
+    let mut watched = BTreeSet::new();
+    // `None`: build everything.
+    let mut rebuild: Option<BTreeSet<String>> = None;
+    loop {
+        let config = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || load_config(&source))
+                .await
+                .expect("reading the config panicked")
+        };
+        let plan = match config {
+            Ok(config) => {
+                let plan = WatchPlan::new(&source, Some(&config));
+                let which = rebuild.take();
+                let config_for_build = config.clone();
+                let built =
+                    tokio::task::spawn_blocking(move || build(&config_for_build, which.as_ref()))
+                        .await
+                        .expect("building panicked");
+                if built {
+                    live.install(config, "dev").await;
+                }
+                match plan {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        WatchPlan::new(&source, None).expect("a plan without workers")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e:#}; still serving the last good version");
+                WatchPlan::new(&source, None).expect("a plan without workers")
+            }
+        };
+        rewatch(&mut debouncer, &mut watched, &plan);
+        tracing::info!("watching for changes");
+        // Until something that matters changes.
+        loop {
+            let Some(changed) = changes.recv().await else {
+                return;
+            };
+            if let Some((config_changed, workers)) = plan.classify(&changed) {
+                // A broken config watched nothing but itself: rebuild all
+                // once it is readable again.
+                rebuild = (!config_changed && !plan.builds.is_empty()).then_some(workers);
+                let names: Vec<String> = changed.iter().map(|p| display_path(p)).collect();
+                tracing::info!("changed: {}", names.join(", "));
+                break;
+            }
+        }
+    }
+}

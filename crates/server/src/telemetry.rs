@@ -1,0 +1,549 @@
+//! Metrics and live tail, fed by the host's own log events.
+//!
+//! Every request ends with exactly one `isola::access` event (written by the
+//! runtime when the guest is completely done, waitUntil work included, or by
+//! the front end for requests no worker saw), and guest output becomes
+//! `isola::guest` events tagged with the request id. [`TelemetryLayer`]
+//! watches those events, whatever the log filter says, and turns them into
+//! Prometheus metrics and tail events, so the request path carries no second
+//! bookkeeping that could drift from the log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+
+use isola_engine::CacheOutcome;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tracing::field::{Field, Visit};
+
+/// Guest lines kept per request for tail subscribers; later ones are counted.
+const MAX_LINES_PER_REQUEST: usize = 100;
+/// Requests whose guest lines are held for tail subscribers at once.
+const MAX_PENDING_REQUESTS: usize = 1024;
+/// Tail events buffered per subscriber; a slower subscriber skips events.
+const TAIL_BUFFER: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    worker: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    worker: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+fn instantiation_histogram() -> Histogram {
+    // 10 µs .. ~80 ms
+    Histogram::new(exponential_buckets(0.00001, 2.0, 14))
+}
+
+/// One event for `isola tail`: a finished request (with the guest lines it
+/// printed) or a finished trigger run.
+#[derive(Clone, Debug)]
+pub struct TailEvent {
+    pub worker: String,
+    /// The response status; `None` for trigger runs.
+    pub status: Option<u16>,
+    /// The event as one JSON object.
+    pub json: Arc<str>,
+}
+
+/// Process-wide metrics and the tail broadcast.
+pub struct Telemetry {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily<WorkerLabels>,
+    cpu: HistogramFamily<WorkerLabels>,
+    instantiation: HistogramFamily<WorkerLabels>,
+    limits: Family<LimitLabels, Counter>,
+    compile_cache: Family<CacheLabels, Counter>,
+    in_flight: Gauge,
+    guest_tasks: Gauge,
+    queue_depth: Family<QueueLabels, Gauge>,
+    ready: Gauge,
+    generation: Gauge,
+    reloads: Family<CacheLabels, Counter>,
+    tail: broadcast::Sender<TailEvent>,
+    pending: Mutex<HashMap<String, Vec<Value>>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration: HistogramFamily<WorkerLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let cpu: HistogramFamily<WorkerLabels> = Family::new_with_constructor(latency_histogram);
+        let instantiation: HistogramFamily<WorkerLabels> =
+            Family::new_with_constructor(instantiation_histogram);
+        let limits = Family::<LimitLabels, Counter>::default();
+        let compile_cache = Family::<CacheLabels, Counter>::default();
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        let guest_tasks = Gauge::<i64, AtomicI64>::default();
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        let ready = Gauge::<i64, AtomicI64>::default();
+        let generation = Gauge::<i64, AtomicI64>::default();
+        let reloads = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "isola_requests",
+            "Requests finished, by worker and response status",
+            requests.clone(),
+        );
+        registry.register(
+            "isola_request_duration_seconds",
+            "Wall-clock time of a request, until the guest is done (waitUntil included)",
+            duration.clone(),
+        );
+        registry.register(
+            "isola_request_cpu_seconds",
+            "Thread CPU time a request's guest used",
+            cpu.clone(),
+        );
+        registry.register(
+            "isola_instantiation_seconds",
+            "Time to make a request's fresh instance",
+            instantiation.clone(),
+        );
+        registry.register(
+            "isola_limit_hits",
+            "Requests cut by a limit, by worker and limit (cpu-limit, wall-limit, memory-limit)",
+            limits.clone(),
+        );
+        registry.register(
+            "isola_compile_cache",
+            "Component loads by outcome: hit (disk or memory) or miss (compiled)",
+            compile_cache.clone(),
+        );
+        registry.register(
+            "isola_requests_in_flight",
+            "Requests accepted whose response has not been fully sent",
+            in_flight.clone(),
+        );
+        registry.register(
+            "isola_guest_tasks",
+            "Guest tasks still running, waitUntil work after the response included",
+            guest_tasks.clone(),
+        );
+        registry.register(
+            "isola_queue_depth",
+            "Messages waiting or leased, by consumed queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "isola_ready",
+            "1 when every worker is compiled and loaded",
+            ready.clone(),
+        );
+        registry.register(
+            "isola_config_generation",
+            "The loaded config generation (1 at start, +1 per successful reload)",
+            generation.clone(),
+        );
+        registry.register(
+            "isola_reloads",
+            "Reloads by outcome (ok or failed)",
+            reloads.clone(),
+        );
+        Telemetry {
+            registry,
+            requests,
+            duration,
+            cpu,
+            instantiation,
+            limits,
+            compile_cache,
+            in_flight,
+            guest_tasks,
+            queue_depth,
+            ready,
+            generation,
+            reloads,
+            tail: broadcast::channel(TAIL_BUFFER).0,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count one component load.
+    pub fn record_load(&self, outcome: CacheOutcome) {
+        let outcome = match outcome {
+            CacheOutcome::Memory | CacheOutcome::Disk => "hit",
+            CacheOutcome::Compiled => "miss",
+        };
+        self.compile_cache
+            .get_or_create(&CacheLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&CacheLabels {
+                outcome: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool, generation: u64) {
+        self.ready.set(i64::from(ready));
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_guest_tasks(&self, tasks: usize) {
+        self.guest_tasks
+            .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_queue_depth(&self, queue: &str, depth: u64) {
+        self.queue_depth
+            .get_or_create(&QueueLabels {
+                queue: queue.into(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Receive tail events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TailEvent> {
+        self.tail.subscribe()
+    }
+
+    fn tailing(&self) -> bool {
+        self.tail.receiver_count() > 0
+    }
+
+    fn on_access(&self, fields: &Fields) {
+        let worker = fields.text("worker").unwrap_or("-").to_owned();
+        let status = fields.number("status").map(|s| s as u16);
+        self.requests
+            .get_or_create(&RequestLabels {
+                worker: worker.clone(),
+                status: status.map_or_else(|| "0".into(), |s| s.to_string()),
+            })
+            .inc();
+        let labels = WorkerLabels {
+            worker: worker.clone(),
+        };
+        if let Some(wall) = fields.number("wall_ms") {
+            self.duration.get_or_create(&labels).observe(wall / 1e3);
+        }
+        if let Some(cpu) = fields.number("cpu_ms") {
+            self.cpu.get_or_create(&labels).observe(cpu / 1e3);
+        }
+        if let Some(instantiate) = fields.number("instantiate_ms").filter(|&t| t > 0.0) {
+            self.instantiation
+                .get_or_create(&labels)
+                .observe(instantiate / 1e3);
+        }
+        let limit = fields.text("limit").filter(|&l| l != "none");
+        if let Some(limit) = limit {
+            self.limits
+                .get_or_create(&LimitLabels {
+                    worker: worker.clone(),
+                    limit: limit.into(),
+                })
+                .inc();
+        }
+        let request_id = fields.text("request_id").unwrap_or("-");
+        let logs = self.take_pending(request_id);
+        if !self.tailing() {
+            return;
+        }
+        let event = json!({
+            "type": "request",
+            "time": now(),
+            "request_id": request_id,
+            "worker": worker,
+            "client": fields.text("client"),
+            "method": fields.text("method"),
+            "path": fields.text("path"),
+            "status": status,
+            "cpu_ms": fields.number("cpu_ms"),
+            "wall_ms": fields.number("wall_ms"),
+            "fuel": fields.number("fuel").map(|f| f as u64),
+            "subrequests": fields.number("subrequests").map(|f| f as u64),
+            "limit": limit,
+            "logs": logs,
+        });
+        let _ = self.tail.send(TailEvent {
+            worker,
+            status,
+            json: event.to_string().into(),
+        });
+    }
+
+    fn on_guest_line(&self, fields: &Fields) {
+        if !self.tailing() {
+            return;
+        }
+        let Some(request_id) = fields.text("request_id") else {
+            return;
+        };
+        let line = json!({
+            "time": now(),
+            "stream": fields.text("stream"),
+            "message": fields.text("message"),
+        });
+        let mut pending = self.pending.lock().expect("tail lock");
+        if pending.len() >= MAX_PENDING_REQUESTS && !pending.contains_key(request_id) {
+            // Lines of runs that never finished (or never report): drop them
+            // rather than grow without bound.
+            pending.clear();
+        }
+        let lines = pending.entry(request_id.to_owned()).or_default();
+        if lines.len() < MAX_LINES_PER_REQUEST {
+            lines.push(line);
+        } else if lines.len() == MAX_LINES_PER_REQUEST {
+            lines.push(json!({"stream": "host", "message": "further lines left out of the tail"}));
+        }
+    }
+
+    fn on_trigger(&self, fields: &Fields) {
+        let Some(id) = fields.text("id") else {
+            return;
+        };
+        let logs = self.take_pending(id);
+        if !self.tailing() {
+            return;
+        }
+        let worker = fields.text("worker").unwrap_or("-").to_owned();
+        let mut event = serde_json::Map::new();
+        event.insert("type".into(), "trigger".into());
+        event.insert("time".into(), now().into());
+        for (name, value) in &fields.0 {
+            let value = match value {
+                FieldValue::Number(n) => json!(n),
+                FieldValue::Text(t) => json!(t),
+            };
+            event.insert((*name).to_owned(), value);
+        }
+        event.insert("logs".into(), Value::Array(logs));
+        let _ = self.tail.send(TailEvent {
+            worker,
+            status: None,
+            json: Value::Object(event).to_string().into(),
+        });
+    }
+
+    fn take_pending(&self, request_id: &str) -> Vec<Value> {
+        self.pending
+            .lock()
+            .expect("tail lock")
+            .remove(request_id)
+            .unwrap_or_default()
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub(crate) struct InFlight(Arc<Telemetry>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// Feeds [`Telemetry`] from `isola::access`, `isola::guest` and
+/// `isola::trigger` events. Add it to the subscriber without the log
+/// level filter, so metrics do not depend on `ISOLA_LOG`.
+pub struct TelemetryLayer(pub Arc<Telemetry>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let target = event.metadata().target();
+        if !target.starts_with("isola::") {
+            return;
+        }
+        match target {
+            "isola::access" => {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                self.0.on_access(&fields);
+            }
+            "isola::guest" if self.0.tailing() => {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                self.0.on_guest_line(&fields);
+            }
+            "isola::trigger" => {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                // Only the lines that end a run carry its id and outcome.
+                if fields.text("outcome").is_some() {
+                    self.0.on_trigger(&fields);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+enum FieldValue {
+    Number(f64),
+    Text(String),
+}
+
+/// An event's fields by name.
+#[derive(Default, Debug)]
+struct Fields(BTreeMap<&'static str, FieldValue>);
+
+impl Fields {
+    fn text(&self, name: &str) -> Option<&str> {
+        match self.0.get(name)? {
+            FieldValue::Text(t) => Some(t),
+            FieldValue::Number(_) => None,
+        }
+    }
+
+    /// Numbers recorded as numbers, or as text (`format_args!("{:.3}")`).
+    fn number(&self, name: &str) -> Option<f64> {
+        match self.0.get(name)? {
+            FieldValue::Number(n) => Some(*n),
+            FieldValue::Text(t) => t.parse().ok(),
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.0.insert(field.name(), FieldValue::Text(text));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name(), FieldValue::Text(value.to_owned()));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0
+            .insert(field.name(), FieldValue::Number(value as f64));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0
+            .insert(field.name(), FieldValue::Number(value as f64));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name(), FieldValue::Number(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0
+            .insert(field.name(), FieldValue::Text(value.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn access_events_move_the_metrics_and_reach_tail_subscribers() {
+        let telemetry = Arc::new(Telemetry::new());
+        let subscriber = tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
+        let mut tail = telemetry.subscribe();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "isola::guest", worker = "app", request_id = "r1", stream = "stdout", "hello");
+            tracing::info!(
+                target: "isola::access",
+                request_id = "r1", worker = "app", client = "-", method = "GET", path = "/x",
+                status = 503u64, cpu_ms = format_args!("{:.3}", 12.5), wall_ms = format_args!("{:.3}", 40.0),
+                instantiate_ms = format_args!("{:.3}", 0.2), fuel = 10u64, subrequests = 0u64,
+                limit = "cpu", "request"
+            );
+        });
+        let text = telemetry.encode();
+        assert!(
+            text.contains("isola_requests_total{worker=\"app\",status=\"503\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isola_limit_hits_total{worker=\"app\",limit=\"cpu\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isola_request_duration_seconds_count{worker=\"app\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("isola_instantiation_seconds_count{worker=\"app\"} 1"),
+            "{text}"
+        );
+        let event = tail.try_recv().expect("a tail event");
+        assert_eq!(event.status, Some(503));
+        assert_eq!(event.worker, "app");
+        let json: Value = serde_json::from_str(&event.json).unwrap();
+        assert_eq!(json["path"], "/x");
+        assert_eq!(json["cpu_ms"], 12.5);
+        assert_eq!(json["logs"][0]["message"], "hello");
+        assert_eq!(json["logs"][0]["stream"], "stdout");
+    }
+}
