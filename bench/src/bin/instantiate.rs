@@ -3,17 +3,10 @@
 //!
 //! `cargo run --release -p isola-bench --bin instantiate [REQUESTS]`
 
-use std::time::{Duration, Instant};
-
-use http_body_util::{BodyExt, Empty};
+use isola_bench::percentile;
 use isola_config::WorkerConfig;
 use isola_engine::{EngineOptions, IsolaEngine};
-use isola_runtime::{RequestStats, Worker};
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
-}
+use isola_runtime::Worker;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -27,33 +20,10 @@ async fn main() {
     let backends = isola_runtime::Backends::embedded(state.path(), 1 << 20).unwrap();
     let worker = Worker::load(&engine, &config, &backends).unwrap();
 
-    let mut walls = Vec::with_capacity(requests);
-    let mut cpus = Vec::with_capacity(requests);
-    for i in 0..requests + 200 {
-        let request = http::Request::get("http://bench/")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let started = Instant::now();
-        let response = worker.handle(request).await;
-        let stats = response
-            .extensions()
-            .get::<RequestStats>()
-            .cloned()
-            .unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let elapsed = started.elapsed();
-        assert_eq!(&body[..], b"Hello from Isola!\n");
-        // Let the guest task finish (store drop) before the next request.
-        while worker.active_tasks() > 0 {
-            tokio::task::yield_now().await;
-        }
-        if i >= 200 {
-            walls.push(elapsed);
-            cpus.push(stats.cpu_time());
-        }
-    }
-    walls.sort();
-    cpus.sort();
+    let (walls, cpus) = isola_bench::one_at_a_time(&worker, 200, requests, |status, body| {
+        assert_eq!((status.as_u16(), body), (200, &b"Hello from Isola!\n"[..]));
+    })
+    .await;
     println!("| hello, {requests} requests, one at a time | p50 µs | p99 µs |");
     println!("|---|---|---|");
     println!(

@@ -15,15 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use isola_bench::percentile;
 use isola_config::WorkerConfig;
 use isola_engine::{EngineOptions, IsolaEngine};
-use isola_runtime::{RequestStats, Worker};
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
-}
+use isola_runtime::Worker;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -61,37 +56,6 @@ fn cold_build(isola: &Path, main: &Path, work: &Path, out: &Path) -> Duration {
         String::from_utf8_lossy(&output.stderr)
     );
     elapsed
-}
-
-async fn per_request(worker: &Worker, requests: usize) -> (Vec<Duration>, Vec<Duration>) {
-    let mut walls = Vec::with_capacity(requests);
-    let mut cpus = Vec::with_capacity(requests);
-    for i in 0..requests + 100 {
-        let request = http::Request::get("http://bench/")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let started = Instant::now();
-        let response = worker.handle(request).await;
-        let stats = response
-            .extensions()
-            .get::<RequestStats>()
-            .cloned()
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let elapsed = started.elapsed();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        while worker.active_tasks() > 0 {
-            tokio::task::yield_now().await;
-        }
-        if i >= 100 {
-            walls.push(elapsed);
-            cpus.push(stats.cpu_time());
-        }
-    }
-    walls.sort();
-    cpus.sort();
-    (walls, cpus)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -136,7 +100,10 @@ async fn main() {
     let backends = isola_runtime::Backends::embedded(work.path(), 1 << 20).unwrap();
     let config = WorkerConfig::new("hello-js", &hello);
     let fresh = Worker::load(&engine, &config, &backends).unwrap();
-    let (walls, cpus) = per_request(&fresh, requests).await;
+    let (walls, cpus) = isola_bench::one_at_a_time(&fresh, 100, requests, |status, body| {
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+    })
+    .await;
 
     println!("| JS hello (componentize-js 0.23.0) | value |");
     println!("|---|---|");

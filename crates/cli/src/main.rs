@@ -253,10 +253,7 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             config: path,
             listen,
         } => {
-            let mut config = load_config(&path)?;
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-            }
+            let config = load_config_listening(&path, listen)?;
             serve::serve(
                 config,
                 serve::Mode::Serve { source: Some(path) },
@@ -268,10 +265,7 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             config: path,
             listen,
         } => {
-            let mut config = load_config(&path)?;
-            if let Some(listen) = listen {
-                config.server.listen = listen;
-            }
+            let config = load_config_listening(&path, listen)?;
             serve::serve(config, serve::Mode::Dev { source: path }, listen, telemetry)
         }
         Command::Init {
@@ -327,6 +321,15 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
 pub(crate) fn load_config(path: &Path) -> Result<Config> {
     let config = Config::load(path)?;
     js::build_workers(&config)?;
+    Ok(config)
+}
+
+/// [`load_config`], with `--listen` (when given) in place of `[server] listen`.
+fn load_config_listening(path: &Path, listen: Option<SocketAddr>) -> Result<Config> {
+    let mut config = load_config(path)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
     Ok(config)
 }
 

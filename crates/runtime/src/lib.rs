@@ -567,21 +567,35 @@ impl Worker {
         fuel: u64,
     ) -> Result<Store<HostState>, GuestError> {
         let inner = &self.inner;
-        let subrequests = Subrequests {
-            used: report.subrequests.clone(),
-            budget: inner.limits.subrequests,
-            backend_failed: report.backend_failed.clone(),
-        };
-        let state = HostState::new(inner.shared.clone(), subrequests, services);
+        let state = HostState::new(inner.shared.clone(), self.subrequests(report), services);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         if inner.consume_fuel {
             store
-                .set_fuel(fuel)
-                .and_then(|()| store.fuel_async_yield_interval(Some(inner.fuel_yield_interval)))
+                .fuel_async_yield_interval(Some(inner.fuel_yield_interval))
                 .map_err(|e| GuestError::host(Failure::Exception, e))?;
         }
-        store.set_epoch_deadline(inner.wall_ticks);
+        self.arm(store, fuel)
+    }
+
+    /// The subrequest budget of one run, counted in `report`.
+    fn subrequests(&self, report: &Report) -> Subrequests {
+        Subrequests {
+            used: report.subrequests.clone(),
+            budget: self.inner.limits.subrequests,
+            backend_failed: report.backend_failed.clone(),
+        }
+    }
+
+    /// Give `store` `fuel` (when fuel is on) and a wall deadline of
+    /// `wall_ms` from now.
+    fn arm(&self, mut store: Store<HostState>, fuel: u64) -> Result<Store<HostState>, GuestError> {
+        if self.inner.consume_fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| GuestError::host(Failure::Exception, e))?;
+        }
+        store.set_epoch_deadline(self.inner.wall_ticks);
         Ok(store)
     }
 
@@ -601,20 +615,10 @@ impl Worker {
         services: services::ServiceCalls,
         report: &Report,
     ) -> Result<Store<HostState>, GuestError> {
-        let inner = &self.inner;
-        let subrequests = Subrequests {
-            used: report.subrequests.clone(),
-            budget: inner.limits.subrequests,
-            backend_failed: report.backend_failed.clone(),
-        };
-        store.data_mut().begin_request(subrequests, services);
-        if inner.consume_fuel {
-            store
-                .set_fuel(inner.fuel)
-                .map_err(|e| GuestError::host(Failure::Exception, e))?;
-        }
-        store.set_epoch_deadline(inner.wall_ticks);
-        Ok(store)
+        store
+            .data_mut()
+            .begin_request(self.subrequests(report), services);
+        self.arm(store, self.inner.fuel)
     }
 
     async fn run(
