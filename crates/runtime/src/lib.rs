@@ -190,6 +190,12 @@ impl RequestStats {
         Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
     }
 
+    /// Time spent instantiating the component (zero for a reused
+    /// instance).
+    pub fn instantiate_time(&self) -> Duration {
+        Duration::from_nanos(self.0.instantiate_ns.load(Ordering::Relaxed))
+    }
+
     /// Fuel the guest consumed (0 when fuel is off).
     pub fn fuel_used(&self) -> u64 {
         self.0.outcome.lock().expect("report lock").fuel_used

@@ -1,8 +1,4 @@
-//! Fuel calibration and fuel overhead, through the embedding API.
-//!
-//! `cargo run -p isola-bench --bin fuel` (guest code is compiled by
-//! Cranelift the same way in every profile, so the dev profile measures the
-//! same fuel rate; `--release` only trims host overhead)
+//! Fuel calibration and fuel's overhead, through the embedding API.
 //!
 //! 1. Calibration: a compute-bound guest (the `limits` test guest's
 //!    `/checksum` loop) runs with fuel on; fuel consumed ÷ thread CPU time
@@ -10,6 +6,7 @@
 //! 2. Overhead: the same requests on an engine with fuel off, interleaved
 //!    with fuel on, in one run; the ratio of medians is fuel's cost.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
@@ -20,7 +17,20 @@ use isola_runtime::{RequestStats, Worker};
 const ITERATIONS: u64 = 20_000_000;
 const ROUNDS: usize = 15;
 
-fn worker(state: &std::path::Path, consume_fuel: bool) -> Worker {
+/// Medians over the rounds.
+pub struct FuelResult {
+    pub fuel_per_ms: f64,
+    pub wall_ms_on: f64,
+    pub wall_ms_off: f64,
+}
+
+impl FuelResult {
+    pub fn overhead(&self) -> f64 {
+        self.wall_ms_on / self.wall_ms_off
+    }
+}
+
+fn worker(state: &Path, consume_fuel: bool) -> Worker {
     let mut options = EngineOptions::new(state.join(if consume_fuel { "fuel" } else { "nofuel" }));
     options.consume_fuel = consume_fuel;
     let engine = IsolaEngine::new(&options).expect("engine");
@@ -45,9 +55,11 @@ async fn run(worker: &Worker) -> (Duration, Duration, u64) {
         .cloned()
         .unwrap();
     response.into_body().collect().await.unwrap();
-    // The guest task records its totals as it ends, just after the body.
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    (started.elapsed(), stats.cpu_time(), stats.fuel_used())
+    let elapsed = started.elapsed();
+    while worker.active_tasks() > 0 {
+        tokio::task::yield_now().await;
+    }
+    (elapsed, stats.cpu_time(), stats.fuel_used())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -55,14 +67,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let state = tempfile::tempdir().unwrap();
-    let fueled = worker(state.path(), true);
-    let unfueled = worker(state.path(), false);
+pub async fn measure(state: &Path) -> FuelResult {
+    let fueled = worker(state, true);
+    let unfueled = worker(state, false);
     run(&fueled).await;
     run(&unfueled).await;
-
     let (mut per_ms, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let (wall, cpu, fuel) = run(&fueled).await;
@@ -70,19 +79,9 @@ async fn main() {
         on.push(wall.as_secs_f64() * 1e3);
         off.push(run(&unfueled).await.0.as_secs_f64() * 1e3);
     }
-    let (per_ms, on, off) = (median(per_ms), median(on), median(off));
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!("| checksum loop, {ITERATIONS} iterations, median of {ROUNDS} | |");
-    println!("| fuel per CPU-millisecond (calibration) | {per_ms:.0} |");
-    println!(
-        "| DEFAULT_FUEL_PER_MS in isola-runtime | {} |",
-        isola_runtime::DEFAULT_FUEL_PER_MS
-    );
-    println!("| wall ms, fuel on | {on:.2} |");
-    println!("| wall ms, fuel off | {off:.2} |");
-    println!(
-        "| fuel overhead (on / off) | {:.3}x (target <= 1.25x) |",
-        on / off
-    );
+    FuelResult {
+        fuel_per_ms: median(per_ms),
+        wall_ms_on: median(on),
+        wall_ms_off: median(off),
+    }
 }

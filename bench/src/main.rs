@@ -1,0 +1,946 @@
+//! Isola's benchmark, all of it in one run: Isola beside `wasmtime serve`
+//! (fresh and reused instances), workerd and a native hyper server under
+//! `wrk`; scaling and memory; start-up; per-request cost through the
+//! embedding API; fuel's cost; and the targets, met or not. Every ratio
+//! compares figures from this one run.
+//!
+//! `bench/run` installs the peers and builds everything, then runs this:
+//! `isola-bench [--duration SECS] [--quick] [--out bench/RESULTS.md]`.
+//! Peers it cannot find (`WASMTIME_BIN`, `WORKERD_BIN` unset or missing)
+//! are left out of the tables, and their targets say so.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use isola_bench::load::{self, Load, LoadResult, Server};
+use isola_bench::micro::{self, LoadTimes, Samples};
+use isola_bench::{fuel, percentile};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const CONNECTIONS: u32 = 32;
+const SCALING: [u32; 4] = [1, 8, 64, 256];
+const SLOW_REQUESTS: u32 = 1000;
+const HELLO: &str = "Hello from Isola!\n";
+
+struct Options {
+    duration: Duration,
+    micro_requests: usize,
+    out: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("the repository root")
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        duration: Duration::from_secs(10),
+        micro_requests: 10_000,
+        out: repo().join("bench/RESULTS.md"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => {
+                let secs = args.next().and_then(|s| s.parse().ok());
+                options.duration = Duration::from_secs(secs.expect("--duration SECS"));
+            }
+            "--quick" => {
+                options.duration = Duration::from_secs(3);
+                options.micro_requests = 2_000;
+            }
+            "--out" => options.out = PathBuf::from(args.next().expect("--out PATH")),
+            other => panic!("unknown argument {other}; see the comment atop bench/src/main.rs"),
+        }
+    }
+    options
+}
+
+/// A program from the environment variable `var`, or `default`; `None`
+/// when it does not exist.
+fn tool(var: &str, default: Option<PathBuf>) -> Option<PathBuf> {
+    let path = std::env::var_os(var).map(PathBuf::from).or(default)?;
+    let found = path.is_file()
+        || Command::new(&path)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    found.then_some(path)
+}
+
+fn version(program: &Path, arg: &str) -> String {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().unwrap_or("").trim().to_owned()
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// Everything the run uses.
+struct Setup {
+    isola: PathBuf,
+    native: PathBuf,
+    wrk: PathBuf,
+    wasmtime: Option<PathBuf>,
+    workerd: Option<PathBuf>,
+    workerd_config: PathBuf,
+    rust_guest: PathBuf,
+    js_guest: PathBuf,
+    work: tempfile::TempDir,
+    pin: bool,
+}
+
+impl Setup {
+    fn load(&self, connections: u32, duration: Duration) -> Load<'_> {
+        Load {
+            wrk: &self.wrk,
+            connections,
+            duration,
+            script: None,
+            pin: self.pin,
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.work.path().join(format!("{name}.log"))
+    }
+
+    /// `isola serve` of one worker on every path, with `extra` worker keys.
+    fn isola(&self, name: &str, component: &Path, extra: &str, state: &Path) -> Server {
+        let addr = load::free_addr();
+        let config = self.work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{addr}\"\nstate_dir = {state:?}\nmax_instances = 2000\n\n\
+                 [[worker]]\nname = \"{name}\"\ncomponent = {component:?}\nroutes = [\"/*\"]\n{extra}\n"
+            ),
+        )
+        .expect("writing an isola config");
+        let mut command = Command::new(&self.isola);
+        command.arg("serve").arg(&config);
+        Server::start(command, addr, "/", &self.log(name), self.pin)
+    }
+
+    fn wasmtime(&self, name: &str, reuse: bool) -> Option<Server> {
+        let wasmtime = self.wasmtime.as_ref()?;
+        let addr = load::free_addr();
+        let mut command = Command::new(wasmtime);
+        command
+            .args(["serve", "-S", "cli=y", "--addr"])
+            .arg(addr.to_string());
+        if reuse {
+            command.args(["--max-instance-reuse-count", "1000000"]);
+        }
+        command.arg(&self.rust_guest);
+        Some(Server::start(command, addr, "/", &self.log(name), self.pin))
+    }
+
+    fn workerd(&self) -> Option<Server> {
+        let workerd = self.workerd.as_ref()?;
+        let addr = load::free_addr();
+        let mut command = Command::new(workerd);
+        command
+            .arg("serve")
+            .arg(&self.workerd_config)
+            .arg("--socket-addr")
+            .arg(format!("http={addr}"));
+        Some(Server::start(
+            command,
+            addr,
+            "/",
+            &self.log("workerd"),
+            self.pin,
+        ))
+    }
+
+    fn native(&self) -> Server {
+        let addr = load::free_addr();
+        let mut command = Command::new(&self.native);
+        command.arg(addr.to_string());
+        Server::start(command, addr, "/", &self.log("native-hello"), self.pin)
+    }
+}
+
+/// A row of a side-by-side table.
+struct Row {
+    workload: &'static str,
+    server: String,
+    result: LoadResult,
+}
+
+/// A workload: its name, path, wrk script, and what the body must hold.
+struct Workload {
+    name: &'static str,
+    path: &'static str,
+    script: Option<PathBuf>,
+    expect: &'static str,
+}
+
+/// Check `path` once by hand (status 200, body holds `expect`), then
+/// load it.
+fn measure(
+    setup: &Setup,
+    server: &Server,
+    workload: &Workload,
+    connections: u32,
+    duration: Duration,
+) -> LoadResult {
+    if workload.script.is_none() {
+        let (status, text) = load::get(server.addr, workload.path).expect("probing the server");
+        assert!(
+            status == 200 && text.contains(workload.expect),
+            "{} {} answered {status}: {text:.300}",
+            server.addr,
+            workload.path
+        );
+    }
+    let mut load = setup.load(connections, duration);
+    load.script = workload.script.as_deref();
+    let result = load.run(server, workload.path);
+    assert!(
+        result.requests > 0,
+        "no requests completed on {}",
+        workload.path
+    );
+    result
+}
+
+/// A wrk script POSTing 10 KiB of JSON.
+fn echo_script(work: &Path) -> PathBuf {
+    let mut json = String::from("{\"items\":[");
+    let mut i = 0;
+    while json.len() < 10 * 1024 - 64 {
+        if i > 0 {
+            json.push(',');
+        }
+        write!(
+            json,
+            "{{\"id\":{i},\"name\":\"item-{i}\",\"tags\":[\"a\",\"b\"]}}"
+        )
+        .unwrap();
+        i += 1;
+    }
+    json.push_str("]}");
+    let script = work.join("echo.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"content-type\"] = \"application/json\"\nwrk.body = [==[{json}]==]\n"
+        ),
+    )
+    .expect("writing the wrk script");
+    script
+}
+
+fn fmt_ratio(numerator: f64, denominator: f64) -> String {
+    if denominator > 0.0 && numerator.is_finite() {
+        format!("{:.2}×", numerator / denominator)
+    } else {
+        "—".into()
+    }
+}
+
+fn table(rows: &[Row], base_server: &str) -> String {
+    let mut out = String::from(
+        "| workload | server | req/s | p50 ms | p99 ms | server CPU µs/req | RSS MiB | Isola ÷ this |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let base = rows
+            .iter()
+            .find(|r| r.workload == row.workload && r.server == base_server)
+            .map_or(f64::NAN, |r| r.result.rps);
+        let ratio = if row.server == base_server {
+            String::new()
+        } else {
+            fmt_ratio(base, row.result.rps)
+        };
+        let errors = if row.result.errors > 0 {
+            format!(" ({} errors)", row.result.errors)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "| {} | {} | {:.0}{errors} | {:.2} | {:.2} | {:.0} | {:.0} | {ratio} |",
+            row.workload,
+            row.server,
+            row.result.rps,
+            row.result.p50_ms,
+            row.result.p99_ms,
+            row.result.cpu_us_per_request,
+            row.result.rss_bytes as f64 / MIB,
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn rps_of(rows: &[Row], workload: &str, server: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.workload == workload && r.server == server)
+        .map(|r| r.result.rps)
+}
+
+/// A target line: what, the figure, met or not.
+struct Target {
+    what: String,
+    figure: String,
+    met: Option<bool>,
+}
+
+fn target(what: impl Into<String>, figure: impl Into<String>, met: Option<bool>) -> Target {
+    Target {
+        what: what.into(),
+        figure: figure.into(),
+        met,
+    }
+}
+
+/// Build the JS worker with `isola build`; a unique marker makes it a cold
+/// build (the build cache cannot answer) and a distinct component.
+fn build_js(isola: &Path, main: &Path, out: &Path, marker: Option<&str>) -> Duration {
+    let source = std::fs::read_to_string(main).expect("reading the JS worker");
+    let entry = match marker {
+        Some(marker) => {
+            let copy = main.with_file_name(format!("bench-{}-{marker}.js", std::process::id()));
+            std::fs::write(
+                &copy,
+                format!("{source}\nglobalThis.__isolaBenchBuild = {marker:?};\n"),
+            )
+            .expect("writing the marked copy");
+            copy
+        }
+        None => main.to_owned(),
+    };
+    let started = Instant::now();
+    let output = Command::new(isola)
+        .arg("build")
+        .arg(&entry)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("running isola build");
+    let elapsed = started.elapsed();
+    if marker.is_some() {
+        let _ = std::fs::remove_file(&entry);
+    }
+    assert!(
+        output.status.success(),
+        "isola build failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    elapsed
+}
+
+fn micro_table(name: &str, samples: &Samples, requests: usize) -> String {
+    let mut out = format!(
+        "| {name}, {requests} requests one at a time, fresh instance each | p50 µs | p99 µs |\n|---|---|---|\n"
+    );
+    for (what, p50, p99) in samples.rows() {
+        writeln!(out, "| {what} | {p50:.1} | {p99:.1} |").unwrap();
+    }
+    out
+}
+
+fn main() {
+    let options = options();
+    let repo = repo();
+    let release = std::env::current_exe()
+        .expect("the bench's own path")
+        .parent()
+        .expect("its directory")
+        .to_owned();
+    let setup = Setup {
+        isola: tool("ISOLA_BIN", Some(release.join("isola")))
+            .expect("isola not found: `cargo build --release -p isola` (or set ISOLA_BIN)"),
+        native: release.join("native-hello"),
+        wrk: tool("WRK_BIN", Some("wrk".into())).expect("wrk not found: apt-get install wrk"),
+        wasmtime: tool("WASMTIME_BIN", None),
+        workerd: tool("WORKERD_BIN", None),
+        workerd_config: repo.join("bench/workerd/config.capnp"),
+        rust_guest: PathBuf::from(isola_test_programs::BENCH),
+        js_guest: PathBuf::new(),
+        work: tempfile::tempdir().expect("a work directory"),
+        pin: load::can_pin(),
+    };
+    let js_main = repo.join("bench/workers/worker.js");
+    let js_guest = setup.work.path().join("worker.wasm");
+    eprintln!("building the JS worker…");
+    build_js(&setup.isola, &js_main, &js_guest, None);
+    let setup = Setup { js_guest, ..setup };
+    let duration = options.duration;
+    let mut doc = String::new();
+
+    // Header: machine, versions, command.
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    writeln!(doc, "# Isola benchmark results\n").unwrap();
+    writeln!(
+        doc,
+        "Regenerate with `bench/run` (this file is its output). Figures are from one run on one \
+         machine; only ratios within the run mean much.\n"
+    )
+    .unwrap();
+    writeln!(
+        doc,
+        "- machine: {cores} cores, {cpu_model}, Linux {}",
+        version(Path::new("uname"), "-r")
+    )
+    .unwrap();
+    writeln!(doc, "- isola: {}", version(&setup.isola, "--version")).unwrap();
+    match &setup.wasmtime {
+        Some(w) => writeln!(doc, "- {}", version(w, "--version")).unwrap(),
+        None => writeln!(
+            doc,
+            "- wasmtime: not installed (WASMTIME_BIN), its rows are missing"
+        )
+        .unwrap(),
+    }
+    match &setup.workerd {
+        Some(w) => writeln!(doc, "- {}", version(w, "--version")).unwrap(),
+        None => writeln!(
+            doc,
+            "- workerd: not installed (WORKERD_BIN), its rows are missing"
+        )
+        .unwrap(),
+    }
+    writeln!(doc, "- {}", version(&setup.wrk, "-v")).unwrap();
+    writeln!(
+        doc,
+        "- load: `wrk -t1 -c{CONNECTIONS} -d{}s --latency` after a 1 s warm-up; {}",
+        duration.as_secs(),
+        if setup.pin {
+            "server pinned to core 0 and wrk to core 1 (`taskset`)"
+        } else {
+            "no pinning (`taskset` or a second core missing)"
+        }
+    )
+    .unwrap();
+    writeln!(
+        doc,
+        "- guests: the Rust `wasi:http/proxy` component `crates/test-programs/guests/bench` (served \
+         unchanged by Isola and `wasmtime serve -S cli=y`); the JS worker `bench/workers/worker.js` \
+         (built by `isola build`, and run from source by workerd). Isola gives every request a fresh \
+         instance unless a row says `instance_reuse`.\n"
+    )
+    .unwrap();
+
+    // Rust workloads, side by side.
+    eprintln!("Rust workloads…");
+    let workloads = [
+        Workload {
+            name: "hello",
+            path: "/",
+            script: None,
+            expect: HELLO,
+        },
+        Workload {
+            name: "compute (1M-step loop)",
+            path: "/compute",
+            script: None,
+            expect: "\n",
+        },
+        Workload {
+            name: "JSON echo, 10 KiB",
+            path: "/echo",
+            script: Some(echo_script(setup.work.path())),
+            expect: "",
+        },
+        Workload {
+            name: "1 MiB streamed response",
+            path: "/stream",
+            script: None,
+            expect: "xxxx",
+        },
+    ];
+    let isola_state = setup.work.path().join("isola-rust");
+    let mut rows = Vec::new();
+    let mut servers: Vec<(String, Server)> = Vec::new();
+    servers.push((
+        "isola".into(),
+        setup.isola("rust", &setup.rust_guest, "", &isola_state),
+    ));
+    let idle_rss = servers[0].1.rss();
+    if let Some(s) = setup.wasmtime("wasmtime-fresh", false) {
+        servers.push(("wasmtime serve".into(), s));
+    }
+    if let Some(s) = setup.wasmtime("wasmtime-reuse", true) {
+        servers.push(("wasmtime serve, reuse".into(), s));
+    }
+    for workload in &workloads {
+        for (name, server) in &servers {
+            eprintln!("  {} on {name}", workload.name);
+            rows.push(Row {
+                workload: workload.name,
+                server: name.clone(),
+                result: measure(&setup, server, workload, CONNECTIONS, duration),
+            });
+        }
+    }
+    drop(servers);
+    {
+        let reuse = setup.isola(
+            "rust-reuse",
+            &setup.rust_guest,
+            "instance_reuse = 1000000",
+            &setup.work.path().join("isola-rust-reuse"),
+        );
+        rows.push(Row {
+            workload: "hello",
+            server: "isola, instance_reuse".into(),
+            result: measure(&setup, &reuse, &workloads[0], CONNECTIONS, duration),
+        });
+    }
+    {
+        let native = setup.native();
+        rows.push(Row {
+            workload: "hello",
+            server: "native hyper".into(),
+            result: measure(&setup, &native, &workloads[0], CONNECTIONS, duration),
+        });
+    }
+    rows.sort_by_key(|r| workloads.iter().position(|w| w.name == r.workload));
+    writeln!(
+        doc,
+        "## Side by side, Rust guest, {CONNECTIONS} connections\n\n{}",
+        table(&rows, "isola")
+    )
+    .unwrap();
+
+    // JS workloads.
+    eprintln!("JS workloads…");
+    let js_workloads = [
+        Workload {
+            name: "JS hello",
+            path: "/",
+            script: None,
+            expect: HELLO,
+        },
+        Workload {
+            name: "JS KV read (1 KiB)",
+            path: "/kv",
+            script: None,
+            expect: "xxxx",
+        },
+    ];
+    let kv = "kv_namespaces = [{ binding = \"KV\", id = \"bench\" }]";
+    let js_state = setup.work.path().join("isola-js");
+    let mut js_rows = Vec::new();
+    let mut js_servers = vec![(
+        "isola".to_string(),
+        setup.isola("js", &setup.js_guest, kv, &js_state),
+    )];
+    let js_idle_rss = js_servers[0].1.rss();
+    if let Some(s) = setup.workerd() {
+        js_servers.push(("workerd".into(), s));
+    }
+    for workload in &js_workloads {
+        for (name, server) in &js_servers {
+            eprintln!("  {} on {name}", workload.name);
+            js_rows.push(Row {
+                workload: workload.name,
+                server: name.clone(),
+                result: measure(&setup, server, workload, CONNECTIONS, duration),
+            });
+        }
+    }
+    drop(js_servers);
+    writeln!(
+        doc,
+        "## Side by side, JS worker, {CONNECTIONS} connections\n\n{}\
+         `instance_reuse` is refused for JS workers: StarlingMonkey (componentize-js 0.23) serves one \
+         fetch event per instance, so there is no JS reuse row.\n",
+        table(&js_rows, "isola")
+    )
+    .unwrap();
+
+    // Scaling.
+    eprintln!("scaling…");
+    let scale_duration = duration.min(Duration::from_secs(5));
+    let mut scaling = String::from(
+        "| connections | Isola req/s | Isola p99 ms | Isola CPU µs/req | `wasmtime serve` req/s | `wasmtime serve` p99 ms | Isola ÷ wasmtime |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut p99_at_32 = f64::NAN;
+    {
+        let isola = setup.isola("rust-scaling", &setup.rust_guest, "", &isola_state);
+        let wasmtime = setup.wasmtime("wasmtime-scaling", false);
+        for connections in SCALING {
+            eprintln!("  {connections} connections");
+            let ours = measure(&setup, &isola, &workloads[0], connections, scale_duration);
+            let theirs = wasmtime
+                .as_ref()
+                .map(|w| measure(&setup, w, &workloads[0], connections, scale_duration));
+            writeln!(
+                scaling,
+                "| {connections} | {:.0} | {:.2} | {:.0} | {} | {} | {} |",
+                ours.rps,
+                ours.p99_ms,
+                ours.cpu_us_per_request,
+                theirs
+                    .as_ref()
+                    .map_or("—".into(), |t| format!("{:.0}", t.rps)),
+                theirs
+                    .as_ref()
+                    .map_or("—".into(), |t| format!("{:.2}", t.p99_ms)),
+                theirs
+                    .as_ref()
+                    .map_or("—".into(), |t| fmt_ratio(ours.rps, t.rps)),
+            )
+            .unwrap();
+        }
+        if let Some(row) = rows
+            .iter()
+            .find(|r| r.workload == "hello" && r.server == "isola")
+        {
+            p99_at_32 = row.result.p99_ms;
+        }
+    }
+    writeln!(
+        doc,
+        "## Scaling, Rust hello, {}s per step\n\n{scaling}",
+        scale_duration.as_secs()
+    )
+    .unwrap();
+
+    // Memory per in-flight instance.
+    eprintln!("memory…");
+    let mut memory = format!(
+        "{SLOW_REQUESTS} connections each keeping one `GET /sleep?ms=1000` in flight; bytes per \
+         instance = (peak RSS − RSS before) ÷ {SLOW_REQUESTS}.\n\n\
+         | guest | RSS before MiB | peak RSS MiB | per in-flight instance KiB | req/s (≈ in flight ÷ 1 s) |\n|---|---|---|---|---|\n"
+    );
+    let sleep = Workload {
+        name: "sleep",
+        path: "/sleep?ms=1000",
+        script: None,
+        expect: "slept",
+    };
+    let mut per_instance = [f64::NAN; 2];
+    for (i, (name, component, extra)) in
+        [("Rust", &setup.rust_guest, ""), ("JS", &setup.js_guest, kv)]
+            .into_iter()
+            .enumerate()
+    {
+        let server = setup.isola(
+            &format!("memory-{name}"),
+            component,
+            extra,
+            &setup.work.path().join(format!("isola-memory-{name}")),
+        );
+        let before = server.rss();
+        let result = measure(
+            &setup,
+            &server,
+            &sleep,
+            SLOW_REQUESTS,
+            Duration::from_secs(4).min(duration),
+        );
+        let bytes = result.peak_rss_bytes.saturating_sub(before) as f64 / f64::from(SLOW_REQUESTS);
+        per_instance[i] = bytes / 1024.0;
+        writeln!(
+            memory,
+            "| {name} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            before as f64 / MIB,
+            result.peak_rss_bytes as f64 / MIB,
+            bytes / 1024.0,
+            result.rps
+        )
+        .unwrap();
+    }
+    writeln!(doc, "## Memory\n\n{memory}").unwrap();
+
+    // Start-up: process start to first 200.
+    eprintln!("start-up…");
+    let mut startup = String::from(
+        "| server | guest | compile cache | start to first 200 ms |\n|---|---|---|---|\n",
+    );
+    let mut start_ms = [f64::NAN; 2];
+    for (i, (guest, component, extra)) in
+        [("Rust", &setup.rust_guest, ""), ("JS", &setup.js_guest, kv)]
+            .into_iter()
+            .enumerate()
+    {
+        let state = setup.work.path().join(format!("isola-start-{guest}"));
+        let cold = setup
+            .isola(&format!("start-{guest}"), component, extra, &state)
+            .started_in;
+        let mut warm: Vec<Duration> = (0..5)
+            .map(|_| {
+                setup
+                    .isola(&format!("start-{guest}"), component, extra, &state)
+                    .started_in
+            })
+            .collect();
+        warm.sort();
+        let warm = warm[warm.len() / 2];
+        start_ms[i] = warm.as_secs_f64() * 1e3;
+        writeln!(
+            startup,
+            "| isola | {guest} | empty | {:.1} |",
+            cold.as_secs_f64() * 1e3
+        )
+        .unwrap();
+        writeln!(
+            startup,
+            "| isola | {guest} | warm (median of 5) | {:.1} |",
+            warm.as_secs_f64() * 1e3
+        )
+        .unwrap();
+    }
+    if let Some(w) = setup.wasmtime("wasmtime-start", false) {
+        writeln!(
+            startup,
+            "| `wasmtime serve` | Rust | its default cache, warm | {:.1} |",
+            w.started_in.as_secs_f64() * 1e3
+        )
+        .unwrap();
+    }
+    if let Some(w) = setup.workerd() {
+        writeln!(
+            startup,
+            "| workerd | JS | — | {:.1} |",
+            w.started_in.as_secs_f64() * 1e3
+        )
+        .unwrap();
+    }
+    writeln!(doc, "## Start-up\n\n{startup}").unwrap();
+
+    // Through the embedding API.
+    eprintln!("embedding API…");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let requests = options.micro_requests;
+    let micro_dir = setup.work.path().join("micro");
+    let (rust_samples, js_samples, fuel_result) = runtime.block_on(async {
+        let rust = micro::worker(&setup.rust_guest, "hello", &micro_dir.join("rust"));
+        let rust = micro::one_at_a_time(&rust, 500, requests, |status, body| {
+            assert_eq!((status.as_u16(), body), (200, HELLO.as_bytes()));
+        })
+        .await;
+        let js = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"));
+        let js = micro::one_at_a_time(&js, 200, requests, |status, body| {
+            assert_eq!((status.as_u16(), body), (200, HELLO.as_bytes()));
+        })
+        .await;
+        let fuel = fuel::measure(&micro_dir.join("fuel")).await;
+        (rust, js, fuel)
+    });
+    let rust_load: LoadTimes = micro::load_times(&setup.rust_guest, &micro_dir);
+    let js_load: LoadTimes = micro::load_times(&setup.js_guest, &micro_dir);
+    // A second, different JS component compiled by the same engine right
+    // after the first: the incremental cache supplies the shared engine.
+    let marked = [micro_dir.join("first.wasm"), micro_dir.join("second.wasm")];
+    let js_build = build_js(&setup.isola, &js_main, &marked[0], Some("first"));
+    build_js(&setup.isola, &js_main, &marked[1], Some("second"));
+    let (first_compile, second_compile) = {
+        let engine = isola_engine::IsolaEngine::new(&isola_engine::EngineOptions::new(
+            micro_dir.join("second-cache"),
+        ))
+        .expect("engine");
+        let started = Instant::now();
+        engine.load_component(&marked[0]).expect("compiling");
+        let first = started.elapsed();
+        let started = Instant::now();
+        engine.load_component(&marked[1]).expect("compiling");
+        (first, started.elapsed())
+    };
+    let js_size = std::fs::metadata(&setup.js_guest).map_or(0, |m| m.len());
+    let rust_size = std::fs::metadata(&setup.rust_guest).map_or(0, |m| m.len());
+    writeln!(
+        doc,
+        "## Through the embedding API (no sockets)\n\n{}\n{}",
+        micro_table("Rust hello", &rust_samples, requests),
+        micro_table("JS hello", &js_samples, requests)
+    )
+    .unwrap();
+    writeln!(
+        doc,
+        "| component | size | cold compile | load from the compile cache (median of 7) |\n|---|---|---|---|\n\
+         | Rust hello | {:.0} KB | {:.0} ms | {:.2} ms |\n\
+         | JS hello | {:.1} MB | {:.2} s | {:.2} ms |\n\n\
+         | JS toolchain | value |\n|---|---|\n\
+         | `isola build worker.js`, cold (esbuild + componentize-js) | {:.1} s |\n\
+         | compile, first JS worker (empty cache) | {:.2} s |\n\
+         | compile, second JS worker (incremental cache) | {:.2} s ({:.0}% of the first) |\n",
+        rust_size as f64 / 1e3,
+        rust_load.cold_compile.as_secs_f64() * 1e3,
+        rust_load.from_cache.as_secs_f64() * 1e3,
+        js_size as f64 / 1e6,
+        js_load.cold_compile.as_secs_f64(),
+        js_load.from_cache.as_secs_f64() * 1e3,
+        js_build.as_secs_f64(),
+        first_compile.as_secs_f64(),
+        second_compile.as_secs_f64(),
+        100.0 * second_compile.as_secs_f64() / first_compile.as_secs_f64()
+    )
+    .unwrap();
+    writeln!(
+        doc,
+        "## Fuel\n\n| measure | value |\n|---|---|\n\
+         | fuel per CPU-millisecond (calibration; `DEFAULT_FUEL_PER_MS` is {}) | {:.0} |\n\
+         | 20M-step checksum, wall ms, fuel on / off | {:.2} / {:.2} |\n\
+         | fuel overhead | {:.3}× |\n",
+        isola_runtime::DEFAULT_FUEL_PER_MS,
+        fuel_result.fuel_per_ms,
+        fuel_result.wall_ms_on,
+        fuel_result.wall_ms_off,
+        fuel_result.overhead()
+    )
+    .unwrap();
+
+    // Targets.
+    let isola_hello = rps_of(&rows, "hello", "isola").unwrap_or(f64::NAN);
+    let isola_cpu = rows
+        .iter()
+        .find(|r| r.workload == "hello" && r.server == "isola")
+        .map_or(f64::NAN, |r| r.result.cpu_us_per_request);
+    let ratio_target = |peer: Option<f64>, goal: f64, what: &str| match peer {
+        Some(peer) => {
+            let ratio = isola_hello / peer;
+            target(
+                format!("Rust hello rps ≥ {goal}× {what}"),
+                format!("{ratio:.2}×"),
+                Some(ratio >= goal),
+            )
+        }
+        None => target(
+            format!("Rust hello rps ≥ {goal}× {what}"),
+            "peer not installed",
+            None,
+        ),
+    };
+    let js_hello = rps_of(&js_rows, "JS hello", "isola").unwrap_or(f64::NAN);
+    let workerd_hello = rps_of(&js_rows, "JS hello", "workerd");
+    let rust_inst = percentile(&rust_samples.instantiate, 0.5);
+    let rust_total = percentile(&rust_samples.guest_cpu, 0.5);
+    let js_total = percentile(&js_samples.guest_cpu, 0.5);
+    let targets = [
+        ratio_target(
+            rps_of(&rows, "hello", "wasmtime serve"),
+            2.0,
+            "`wasmtime serve` (fresh)",
+        ),
+        ratio_target(
+            rps_of(&rows, "hello", "wasmtime serve, reuse"),
+            0.9,
+            "`wasmtime serve` (reuse)",
+        ),
+        ratio_target(rps_of(&rows, "hello", "native hyper"), 0.6, "native hyper"),
+        target(
+            "server CPU per request, Rust hello ≤ 60 µs",
+            format!("{isola_cpu:.0} µs"),
+            Some(isola_cpu <= 60.0),
+        ),
+        target(
+            "instantiate p50 ≤ 10 µs (embedding API)",
+            format!("{rust_inst:.1} µs"),
+            Some(rust_inst <= 10.0),
+        ),
+        target(
+            "instantiate + handle + drop p50 ≤ 40 µs",
+            format!("{rust_total:.1} µs"),
+            Some(rust_total <= 40.0),
+        ),
+        target(
+            format!("p99, Rust hello at {CONNECTIONS} connections ≤ 10 ms"),
+            format!("{p99_at_32:.2} ms"),
+            Some(p99_at_32 <= 10.0),
+        ),
+        match workerd_hello {
+            Some(w) => target(
+                "JS hello rps, fresh instances ≥ 0.5× workerd",
+                format!("{:.2}×", js_hello / w),
+                Some(js_hello / w >= 0.5),
+            ),
+            None => target(
+                "JS hello rps, fresh instances ≥ 0.5× workerd",
+                "workerd not installed",
+                None,
+            ),
+        },
+        target(
+            "JS hello rps with `instance_reuse` ≥ 1.5× workerd",
+            "not available for JS workers",
+            Some(false),
+        ),
+        target(
+            "JS instantiate + handle p50 ≤ 200 µs",
+            format!("{js_total:.0} µs"),
+            Some(js_total <= 200.0),
+        ),
+        target(
+            "start to first 200, warm cache, Rust ≤ 15 ms",
+            format!("{:.1} ms", start_ms[0]),
+            Some(start_ms[0] <= 15.0),
+        ),
+        target(
+            "start to first 200, warm cache, JS ≤ 50 ms",
+            format!("{:.1} ms", start_ms[1]),
+            Some(start_ms[1] <= 50.0),
+        ),
+        target(
+            "RSS per in-flight Rust instance ≤ 256 KiB",
+            format!("{:.0} KiB", per_instance[0]),
+            Some(per_instance[0] <= 256.0),
+        ),
+        target(
+            "RSS per in-flight JS instance ≤ 4 MiB",
+            format!("{:.0} KiB", per_instance[1]),
+            Some(per_instance[1] <= 4096.0),
+        ),
+        target(
+            "idle RSS ≤ 30 MiB",
+            format!(
+                "{:.1} MiB (Rust), {:.1} MiB (JS)",
+                idle_rss as f64 / MIB,
+                js_idle_rss as f64 / MIB
+            ),
+            Some(idle_rss.max(js_idle_rss) as f64 <= 30.0 * MIB),
+        ),
+        target(
+            "fuel overhead ≤ 1.25×",
+            format!("{:.3}×", fuel_result.overhead()),
+            Some(fuel_result.overhead() <= 1.25),
+        ),
+    ];
+    let mut summary = String::from("| target | this run | |\n|---|---|---|\n");
+    for t in &targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        writeln!(summary, "| {} | {} | {verdict} |", t.what, t.figure).unwrap();
+    }
+    let doc = format!("{doc}## Targets\n\n{summary}");
+    print!("{doc}");
+    let previous = std::fs::read_to_string(&options.out).unwrap_or_default();
+    // Keep any hand-written analysis below the generated part.
+    let analysis = previous
+        .find("\n## Analysis")
+        .map_or(String::new(), |i| previous[i..].to_owned());
+    std::fs::write(&options.out, format!("{doc}{analysis}")).expect("writing RESULTS.md");
+    eprintln!("wrote {}", options.out.display());
+}

@@ -1,0 +1,127 @@
+//! Per-request cost through the embedding API, no sockets: a fresh
+//! instance, the handler and the store's drop, one request at a time; and
+//! what loading a component costs (compile into an empty cache, load from
+//! the cache).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use isola_config::WorkerConfig;
+use isola_engine::{EngineOptions, IsolaEngine};
+use isola_runtime::{RequestStats, Worker};
+
+use crate::percentile;
+
+/// Sorted per-request samples.
+pub struct Samples {
+    /// Request in, to the last byte of the response body.
+    pub wall: Vec<Duration>,
+    /// Thread CPU time of the guest task: instantiate, handle, drop.
+    pub guest_cpu: Vec<Duration>,
+    /// Instantiation alone.
+    pub instantiate: Vec<Duration>,
+}
+
+impl Samples {
+    pub fn rows(&self) -> [(&'static str, f64, f64); 3] {
+        let row = |name, samples: &[Duration]| {
+            (name, percentile(samples, 0.5), percentile(samples, 0.99))
+        };
+        [
+            row("instantiate", &self.instantiate),
+            row(
+                "instantiate + handle + drop (guest task CPU)",
+                &self.guest_cpu,
+            ),
+            row("request to full body (wall)", &self.wall),
+        ]
+    }
+}
+
+/// Send `warmup + requests` GETs one at a time, each waited for until its
+/// guest task is over (instance dropped), and keep the last `requests`.
+/// `check` sees each response's status and body.
+pub async fn one_at_a_time(
+    worker: &Worker,
+    warmup: usize,
+    requests: usize,
+    check: impl Fn(http::StatusCode, &[u8]),
+) -> Samples {
+    let mut samples = Samples {
+        wall: Vec::with_capacity(requests),
+        guest_cpu: Vec::with_capacity(requests),
+        instantiate: Vec::with_capacity(requests),
+    };
+    for i in 0..warmup + requests {
+        let request = http::Request::get("http://bench/")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let started = Instant::now();
+        let response = worker.handle(request).await;
+        let stats = response
+            .extensions()
+            .get::<RequestStats>()
+            .cloned()
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let elapsed = started.elapsed();
+        check(status, &body);
+        while worker.active_tasks() > 0 {
+            tokio::task::yield_now().await;
+        }
+        if i >= warmup {
+            samples.wall.push(elapsed);
+            samples.guest_cpu.push(stats.cpu_time());
+            samples.instantiate.push(stats.instantiate_time());
+        }
+    }
+    samples.wall.sort();
+    samples.guest_cpu.sort();
+    samples.instantiate.sort();
+    samples
+}
+
+/// What loading one component costs.
+pub struct LoadTimes {
+    /// Compile into an empty cache (a fresh engine and cache directory).
+    pub cold_compile: Duration,
+    /// Median of loading it again from the on-disk cache with a fresh
+    /// engine each time (read, hash, `Component::deserialize`).
+    pub from_cache: Duration,
+}
+
+pub fn load_times(component: &Path, work: &Path) -> LoadTimes {
+    let cache = work.join(format!(
+        "load-cache-{}",
+        component.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&cache);
+    let engine = IsolaEngine::new(&EngineOptions::new(&cache)).expect("engine");
+    let started = Instant::now();
+    engine.load_component(component).expect("compiling");
+    let cold_compile = started.elapsed();
+    drop(engine);
+    let mut loads: Vec<Duration> = (0..7)
+        .map(|_| {
+            let engine = IsolaEngine::new(&EngineOptions::new(&cache)).expect("engine");
+            let started = Instant::now();
+            engine.load_component(component).expect("loading");
+            started.elapsed()
+        })
+        .collect();
+    loads.sort();
+    LoadTimes {
+        cold_compile,
+        from_cache: loads[loads.len() / 2],
+    }
+}
+
+/// A worker for `component` on a fresh engine whose cache is in `work`.
+pub fn worker(component: &Path, name: &str, work: &Path) -> Worker {
+    let engine = IsolaEngine::new(&EngineOptions::new(work.join("cache"))).expect("engine");
+    let config = WorkerConfig::new(name, component);
+    let backends = isola_runtime::Backends::embedded(work, 1 << 20).expect("state");
+    Worker::load(&engine, &config, &backends).expect("the worker loads")
+}
