@@ -68,7 +68,7 @@ pub const ERROR_HEADER: &str = "x-isola-error";
 
 /// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
 /// overrides it). Calibrated on the development machine with
-/// `cargo run -p isola-bench --bin fuel` (8.4–8.8 M): a compute-bound guest
+/// the Fuel section of `bench/run` (8.4–8.8 M): a compute-bound guest
 /// burns this much fuel per millisecond of thread CPU time.
 pub const DEFAULT_FUEL_PER_MS: u64 = 8_500_000;
 

@@ -1,0 +1,33 @@
+//! Only the embedding-API part of the benchmark, for quick iterations on
+//! the per-request path: the Rust bench guest's hello, one request at a
+//! time, fresh instance each (and a JS component's, when given).
+//!
+//! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm]`
+
+use std::path::Path;
+
+use isola_bench::micro;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let requests: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let js = args.next();
+    // `MICRO_WORK=dir` keeps the compile cache between runs (for profiling
+    // the requests alone).
+    let temp = tempfile::tempdir().unwrap();
+    let work = std::env::var_os("MICRO_WORK").map_or_else(|| temp.path().to_owned(), Into::into);
+    let mut guests = vec![("Rust hello", isola_test_programs::BENCH.to_owned())];
+    guests.extend(js.map(|js| ("JS hello", js)));
+    for (name, component) in guests {
+        let worker = micro::worker(Path::new(&component), "hello", &work.join(name));
+        let samples = micro::one_at_a_time(&worker, requests / 20, requests, |status, body| {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+        })
+        .await;
+        println!("| {name}, {requests} requests | p50 µs | p99 µs |\n|---|---|---|");
+        for (what, p50, p99) in samples.rows() {
+            println!("| {what} | {p50:.1} | {p99:.1} |");
+        }
+    }
+}
