@@ -61,16 +61,16 @@ fn options() -> Options {
     options
 }
 
-/// A program from the environment variable `var`, or `default`; `None`
-/// when it does not exist.
+/// A program from the environment variable `var`, or `default` (a path,
+/// or a name looked up in `PATH`); `None` when it is not there.
 fn tool(var: &str, default: Option<PathBuf>) -> Option<PathBuf> {
     let path = std::env::var_os(var).map(PathBuf::from).or(default)?;
-    let found = path.is_file()
-        || Command::new(&path)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    found.then_some(path)
+    if path.components().count() > 1 {
+        return path.is_file().then_some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(&path))
+        .find(|candidate| candidate.is_file())
 }
 
 fn version(program: &Path, arg: &str) -> String {
