@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod coalesce;
 mod env_bindings;
 mod failure;
 mod guest_log;
@@ -469,7 +470,7 @@ impl Worker {
             (request, None)
         };
         let mut response = match self.run(request, services, report.clone()).await {
-            Ok(response) => response,
+            Ok(response) => coalesce::coalesce(response).await,
             Err(GuestError {
                 failure,
                 cause,

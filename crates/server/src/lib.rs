@@ -241,12 +241,40 @@ impl App {
         }
         // In flight until the body has been sent (or the client went away).
         response.map(move |body| {
-            body.map_frame(move |frame| {
-                let _ = &in_flight;
-                frame
-            })
+            InFlightBody {
+                body,
+                _in_flight: in_flight,
+            }
             .boxed_unsync()
         })
+    }
+}
+
+/// A response body that holds the in-flight gauge until it is dropped.
+/// Unlike `map_frame` it keeps the body's size hint, so hyper can send a
+/// complete body with `content-length` in one write.
+struct InFlightBody {
+    body: Body,
+    _in_flight: telemetry::InFlight,
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = bytes::Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
