@@ -38,6 +38,41 @@ async fn hello_answers_and_echoes_method_path_and_body() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn small_bodies_go_out_whole_and_large_ones_stream_intact() {
+    let project = Project::new(&worker("bench", guests::BENCH, &["/*"]));
+    let server = project.serve();
+    let client = client();
+
+    // A body the guest finished right after its head is sent whole, with
+    // its length, not chunked.
+    for _ in 0..3 {
+        let response = client.get(server.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-length"], "18");
+        assert!(response.headers().get("transfer-encoding").is_none());
+        assert_eq!(response.text().await.unwrap(), "Hello from Isola!\n");
+    }
+
+    // Past what is gathered (64 KiB), the rest streams behind what was.
+    let response = client.get(server.url("/stream")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), 1 << 20);
+    assert!(body.iter().all(|&b| b == b'x'));
+
+    let echoed = "{\"n\":1}".repeat(10_000);
+    let response = client
+        .post(server.url("/echo"))
+        .header("content-type", "application/json")
+        .body(echoed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), echoed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn router_serves_json_and_reads_vars_both_ways() {
     let config = format!(
         "{}vars = {{ GREETING = \"Howdy\" }}\n",

@@ -84,11 +84,9 @@ fn read_body(request: &IncomingRequest) -> Vec<u8> {
 }
 
 fn respond(out: ResponseOutparam, status: u16, content_type: &str, chunks: &[&[u8]]) {
-    let headers = Fields::from_list(&[(
-        "content-type".to_string(),
-        content_type.as_bytes().to_vec(),
-    )])
-    .expect("a valid header");
+    let headers =
+        Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())])
+            .expect("a valid header");
     let response = OutgoingResponse::new(headers);
     response.set_status_code(status).expect("a valid status");
     let outgoing = response.body().expect("the body is taken once");
