@@ -170,6 +170,7 @@ impl CompileCache {
                             reason: format!("{e:#}"),
                         })?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
+                release_freed_heap();
                 tracing::info!(
                     component = %path.display(),
                     entry = %entry.display(),
@@ -343,6 +344,21 @@ fn engine_hash(engine: &Engine) -> String {
     let mut hasher = Sha(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hex(&hasher.0.finalize()[..8])
+}
+
+/// Give the heap Cranelift freed back to the system. Compiling a JS
+/// component (StarlingMonkey, ~14 MB of wasm) peaks at a few hundred MB of
+/// heap spread over the compile threads' malloc arenas, and glibc keeps all
+/// of it; without this a server that compiled one JS worker idles at
+/// ~370 MB instead of ~50 MB.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas
+    // to the kernel; it takes no pointers and is thread-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 #[cfg(test)]
