@@ -22,6 +22,9 @@ use crate::Body;
 
 /// Gather at most this much before streaming the rest.
 const MAX_GATHERED: usize = 64 * 1024;
+/// And for at most this many scheduler turns, so a guest that trickles
+/// small chunks without pause is not held back for long.
+const MAX_TURNS: u32 = 8;
 
 /// `response` with the body frames the guest has already produced taken
 /// out of the channel: as one complete body if that is all of it, else put
@@ -37,7 +40,10 @@ pub(crate) async fn coalesce(response: http::Response<Body>) -> http::Response<B
     // write; its flushes wait for us to take each chunk, so keep taking
     // while it makes progress, and stop after two turns without any.
     let mut turns_without_progress = 0;
-    'turns: while turns_without_progress < 2 && size <= MAX_GATHERED {
+    'turns: for _ in 0..MAX_TURNS {
+        if turns_without_progress >= 2 || size > MAX_GATHERED {
+            break;
+        }
         tokio::task::yield_now().await;
         turns_without_progress += 1;
         loop {
