@@ -288,10 +288,14 @@ fn table(rows: &[Row], base_server: &str) -> String {
     out
 }
 
-fn rps_of(rows: &[Row], workload: &str, server: &str) -> Option<f64> {
+fn result_of<'a>(rows: &'a [Row], workload: &str, server: &str) -> Option<&'a LoadResult> {
     rows.iter()
         .find(|r| r.workload == workload && r.server == server)
-        .map(|r| r.result.rps)
+        .map(|r| &r.result)
+}
+
+fn rps_of(rows: &[Row], workload: &str, server: &str) -> Option<f64> {
+    result_of(rows, workload, server).map(|r| r.rps)
 }
 
 /// A target line: what, the figure, met or not.
@@ -363,24 +367,25 @@ fn main() {
         .parent()
         .expect("its directory")
         .to_owned();
+    let isola = tool("ISOLA_BIN", Some(release.join("isola")))
+        .expect("isola not found: `cargo build --release -p isola` (or set ISOLA_BIN)");
+    let work = tempfile::tempdir().expect("a work directory");
+    let js_main = repo.join("bench/workers/worker.js");
+    let js_guest = work.path().join("worker.wasm");
+    eprintln!("building the JS worker…");
+    build_js(&isola, &js_main, &js_guest, None);
     let setup = Setup {
-        isola: tool("ISOLA_BIN", Some(release.join("isola")))
-            .expect("isola not found: `cargo build --release -p isola` (or set ISOLA_BIN)"),
+        isola,
         native: release.join("native-hello"),
         wrk: tool("WRK_BIN", Some("wrk".into())).expect("wrk not found: apt-get install wrk"),
         wasmtime: tool("WASMTIME_BIN", None),
         workerd: tool("WORKERD_BIN", None),
         workerd_config: repo.join("bench/workerd/config.capnp"),
         rust_guest: PathBuf::from(isola_test_programs::BENCH),
-        js_guest: PathBuf::new(),
-        work: tempfile::tempdir().expect("a work directory"),
+        js_guest,
+        work,
         pin: load::can_pin(),
     };
-    let js_main = repo.join("bench/workers/worker.js");
-    let js_guest = setup.work.path().join("worker.wasm");
-    eprintln!("building the JS worker…");
-    build_js(&setup.isola, &js_main, &js_guest, None);
-    let setup = Setup { js_guest, ..setup };
     let duration = options.duration;
     let mut doc = String::new();
 
@@ -580,7 +585,6 @@ fn main() {
     let mut scaling = String::from(
         "| connections | Isola req/s | Isola p99 ms | Isola CPU µs/req | `wasmtime serve` req/s | `wasmtime serve` p99 ms | Isola ÷ wasmtime |\n|---|---|---|---|---|---|---|\n",
     );
-    let mut p99_at_32 = f64::NAN;
     {
         let isola = setup.isola("rust-scaling", &setup.rust_guest, "", &isola_state);
         let wasmtime = setup.wasmtime("wasmtime-scaling", false);
@@ -608,12 +612,6 @@ fn main() {
             )
             .unwrap();
         }
-        if let Some(row) = rows
-            .iter()
-            .find(|r| r.workload == "hello" && r.server == "isola")
-        {
-            p99_at_32 = row.result.p99_ms;
-        }
     }
     writeln!(
         doc,
@@ -636,11 +634,8 @@ fn main() {
         expect: "slept",
     };
     let mut per_instance = [f64::NAN; 2];
-    for (i, (name, component, extra)) in
-        [("Rust", &setup.rust_guest, ""), ("JS", &setup.js_guest, kv)]
-            .into_iter()
-            .enumerate()
-    {
+    let isola_guests = [("Rust", &setup.rust_guest, ""), ("JS", &setup.js_guest, kv)];
+    for (i, (name, component, extra)) in isola_guests.into_iter().enumerate() {
         let server = setup.isola(
             &format!("memory-{name}"),
             component,
@@ -675,11 +670,7 @@ fn main() {
         "| server | guest | compile cache | start to first 200 ms |\n|---|---|---|---|\n",
     );
     let mut start_ms = [f64::NAN; 2];
-    for (i, (guest, component, extra)) in
-        [("Rust", &setup.rust_guest, ""), ("JS", &setup.js_guest, kv)]
-            .into_iter()
-            .enumerate()
-    {
+    for (i, (guest, component, extra)) in isola_guests.into_iter().enumerate() {
         let state = setup.work.path().join(format!("isola-start-{guest}"));
         let cold = setup
             .isola(&format!("start-{guest}"), component, extra, &state)
@@ -811,11 +802,10 @@ fn main() {
     .unwrap();
 
     // Targets.
-    let isola_hello = rps_of(&rows, "hello", "isola").unwrap_or(f64::NAN);
-    let isola_cpu = rows
-        .iter()
-        .find(|r| r.workload == "hello" && r.server == "isola")
-        .map_or(f64::NAN, |r| r.result.cpu_us_per_request);
+    let isola_hello_result = result_of(&rows, "hello", "isola");
+    let isola_hello = isola_hello_result.map_or(f64::NAN, |r| r.rps);
+    let isola_cpu = isola_hello_result.map_or(f64::NAN, |r| r.cpu_us_per_request);
+    let p99_at_32 = isola_hello_result.map_or(f64::NAN, |r| r.p99_ms);
     let ratio_target = |peer: Option<f64>, goal: f64, what: &str| match peer {
         Some(peer) => {
             let ratio = isola_hello / peer;

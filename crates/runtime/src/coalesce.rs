@@ -4,11 +4,12 @@
 //! Handed over as soon as the head is set, hyper writes the head alone and
 //! then each body chunk and the closing chunk as they come: three TCP
 //! segments (and three wake-ups of the client) for a hello. Most guests
-//! finish a small body right after the head, so we let the guest task run
-//! once, take whatever body it has already written, and when that is the
-//! whole body hand hyper a complete one: it then sends a `content-length`
-//! response in a single write. A body still being written keeps streaming;
-//! nothing here waits for the guest.
+//! finish a small body right after the head, so we give the guest task a
+//! few scheduler turns, take the body it writes meanwhile, and when that is
+//! the whole body hand hyper a complete one: it then sends a
+//! `content-length` response in a single write. A body still being written
+//! after that (two turns without progress, 8 turns or 64 KiB at most) keeps
+//! streaming; nothing here waits on a timer or on the guest's I/O.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -41,7 +42,7 @@ pub(crate) async fn coalesce(response: http::Response<Body>) -> http::Response<B
     // while it makes progress, and stop after two turns without any.
     let mut turns_without_progress = 0;
     'turns: for _ in 0..MAX_TURNS {
-        if turns_without_progress >= 2 || size > MAX_GATHERED {
+        if turns_without_progress >= 2 {
             break;
         }
         tokio::task::yield_now().await;
