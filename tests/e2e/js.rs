@@ -142,16 +142,47 @@ async fn hello_example_serves_and_module_state_never_survives_a_request() {
     assert_eq!(body, "hello isola from a sibling module");
 }
 
-#[test]
-fn instance_reuse_is_refused_for_js_workers_with_the_reason() {
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_the_instance() {
     let project = apis_project("instance_reuse = 3\n");
-    let output = run_isola(&["check", project.config().to_str().unwrap()]);
-    assert!(!output.status.success());
-    let stderr = stderr_of(&output);
-    assert!(
-        stderr.contains("worker[0].instance_reuse: JavaScript workers cannot reuse instances"),
-        "{stderr}"
-    );
+    let server = serve(&project);
+    let client = client();
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        counts.push(get(&client, &server.url("/counter")).await.2);
+    }
+    assert_eq!(counts, ["1", "2", "3", "1", "2"], "{}", server.logs());
+
+    // A failed request retires its instance: the next starts afresh.
+    let (status, _, _) = get(&client, &server.url("/throw")).await;
+    assert_eq!(status, 500);
+    assert_eq!(get(&client, &server.url("/counter")).await.2, "1");
+
+    // Later requests on the same instance get their own method, URL,
+    // headers and streamed body, both ways.
+    for (note, size) in [("first", 300 * 1024), ("second", 17)] {
+        let body: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let response = client
+            .post(server.url(&format!("/echo?note={note}")))
+            .header("x-note", note)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(
+            response.headers()["x-echo"],
+            format!("POST /echo?note={note} {note}").as_str()
+        );
+        assert!(
+            response.text().await.unwrap() == body,
+            "{note}: body differs"
+        );
+    }
+    // That instance has served three requests: this one is fresh.
+    assert_eq!(get(&client, &server.url("/counter")).await.2, "1");
+    // env and ctx still work on a reused instance.
+    assert_eq!(json(&server, "/env").await["greeting"], "hi from vars");
 }
 
 #[tokio::test(flavor = "multi_thread")]

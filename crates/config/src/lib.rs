@@ -369,8 +369,8 @@ pub struct WorkerConfig {
     /// Other workers this one may call in-process.
     pub services: Vec<ServiceBinding>,
     /// Requests one instance may serve, one after another and never at
-    /// once (opt-in throughput for JS workers); 0 or 1: a fresh instance
-    /// per request, the default.
+    /// once (opt-in throughput, mostly for JS workers, whose instances cost
+    /// the most to make); 0 or 1: a fresh instance per request, the default.
     pub instance_reuse: u32,
     /// How `isola dev` builds the component from its sources.
     pub build: Option<BuildConfig>,
@@ -614,20 +614,7 @@ impl Config {
                     format!("worker `{name}` is defined twice"),
                 ));
             }
-            let instance_reuse = match &w.instance_reuse {
-                // StarlingMonkey (componentize-js 0.23) dispatches one fetch
-                // event per instance: a second request on the same instance
-                // fails with "respondWith can't be called twice".
-                Some(reuse) if *reuse.get_ref() > 1 && w.main.is_some() => {
-                    return Err(locate(
-                        Some(reuse.span()),
-                        key("instance_reuse"),
-                        "JavaScript workers cannot reuse instances: StarlingMonkey (componentize-js 0.23) serves one fetch event per instance".into(),
-                    ));
-                }
-                Some(reuse) => *reuse.get_ref(),
-                None => 0,
-            };
+            let instance_reuse = w.instance_reuse.as_ref().map_or(0, |r| *r.get_ref());
             let build = match &w.build {
                 Some(b) => {
                     if let Some(command) = &b.command
@@ -1535,10 +1522,6 @@ mod tests {
                 "isola.toml:3:8: worker[0].main: worker module not found: {}",
                 f.dir.path().join("src/missing.js").display()
             )
-        );
-        assert_eq!(
-            f.error("[[worker]]\nname = \"app\"\nmain = \"app.wasm\"\ninstance_reuse = 10\n"),
-            "isola.toml:4:18: worker[0].instance_reuse: JavaScript workers cannot reuse instances: StarlingMonkey (componentize-js 0.23) serves one fetch event per instance"
         );
         assert_eq!(
             f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nmain = \"app.wasm\"\n"),

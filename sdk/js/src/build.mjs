@@ -62,7 +62,7 @@ async function bundle(esbuild, entry, outfile) {
       // Prefer the builds packages publish for Workers and browsers.
       conditions: ["workerd", "worker", "browser"],
       mainFields: ["browser", "module", "main"],
-      external: ["isola:worker/*"],
+      external: ["isola:worker/*", "wasi:*"],
       logLevel: "silent",
       charset: "utf8",
     });
@@ -144,10 +144,10 @@ async function main() {
     await writeFile(
       entry,
       [
-        `import { installFetch, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
+        `import { incomingHandlerExport, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
         `import * as userModule from ${JSON.stringify(userBundle)};`,
         `const worker = userModule.default;`,
-        `installFetch(worker);`,
+        `export const incomingHandler = incomingHandlerExport(worker);`,
         handlers.scheduled ? `export const scheduled = scheduledExport(worker);` : "",
         handlers.queue ? `export const queueConsumer = queueExport(worker);` : "",
         "",

@@ -1,7 +1,9 @@
 // The Isola JavaScript SDK shim: runs a Cloudflare-style worker module
 // (`export default { fetch, scheduled, queue }`) on the `isola:worker` WIT
-// imports and exports. `isola build` bundles it with the worker; every
-// request gets a fresh instance, so nothing here outlives one event.
+// imports and exports. `isola build` bundles it with the worker. Every
+// request gets a fresh instance unless the worker sets `instance_reuse`;
+// then module state (as in Workers) lives on, and each request's host
+// resources are released when it ends.
 
 import * as ctxApi from "isola:worker/ctx@0.1.0";
 import * as envApi from "isola:worker/env@0.1.0";
@@ -12,6 +14,7 @@ import { Bucket, Upload } from "isola:worker/blob@0.1.0";
 import { Cache } from "isola:worker/cache@0.1.0";
 import { Dataset } from "isola:worker/analytics@0.1.0";
 import { Producer } from "isola:worker/queue@0.1.0";
+import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from "wasi:http/types@0.2.10";
 
 const SERVICE_HOST_SUFFIX = ".service.isola.internal";
 const encoder = new TextEncoder();
@@ -756,14 +759,9 @@ function timingSafeEqual(a, b) {
 
 // StarlingMonkey's Response has no clone(). Ours tees the body: the clone
 // reads one branch, and the original is redirected to the other (its
-// `body`, `bodyUsed` and body readers). The engine reads a Response's body
-// from its internal slot, not from these properties, so the Response a
-// fetch handler returns goes through `settled()`.
-const TEED_BODY = Symbol("isola.teedBody");
-
+// `body`, `bodyUsed` and body readers).
 function redirectBody(response, stream) {
   const read = (method) => () => new Response(stream)[method]();
-  response[TEED_BODY] = stream;
   Object.defineProperties(response, {
     body: { get: () => stream, configurable: true },
     bodyUsed: { get: () => stream.locked, configurable: true },
@@ -777,7 +775,7 @@ function redirectBody(response, stream) {
 function cloneResponse() {
   if (this.bodyUsed) throw new TypeError("Response.clone: the body has already been used");
   const init = { status: this.status, statusText: this.statusText, headers: new Headers(this.headers) };
-  const source = this[TEED_BODY] ?? this.body;
+  const source = this.body;
   if (source === null) return new Response(null, init);
   const [mine, theirs] = tee(source);
   redirectBody(this, mine);
@@ -785,10 +783,10 @@ function cloneResponse() {
 }
 
 /** Split `source` into two streams that each see every chunk. Written out
- * rather than `source.tee()`: StarlingMonkey sends a response whose body is
- * a branch of a host body straight from the host stream, and the other
- * branch then sees nothing. Reading `source` here keeps both fed. A slow
- * branch buffers what the other has read. */
+ * rather than `source.tee()`: in StarlingMonkey a branch of a host-backed
+ * body could be drained by the engine directly, leaving the other branch
+ * empty. Reading `source` here keeps both fed. A slow branch buffers what
+ * the other has read. */
 function tee(source) {
   const reader = source.getReader();
   const branches = new Set();
@@ -826,21 +824,6 @@ function tee(source) {
   return [branch(), branch()];
 }
 
-/** A Response the engine can send: a cloned one is rebuilt on its branch,
- * read here in full. Handing the engine the branch itself left the other
- * branch (the clone, typically being cached in waitUntil) empty, so a
- * response that was cloned is buffered instead of streamed. */
-async function settled(response) {
-  const stream = response[TEED_BODY];
-  if (stream === undefined) return response;
-  const body = await new Response(stream).arrayBuffer();
-  return new Response(body, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
-}
-
 function installGlobals() {
   if (typeof Response.prototype.clone !== "function") {
     Object.defineProperty(Response.prototype, "clone", { value: cloneResponse, configurable: true });
@@ -870,34 +853,182 @@ installGlobals();
 
 // ---------------------------------------------------------------- handlers
 
-/** Serve fetch events with `worker.fetch(request, env, ctx)`. */
-export function installFetch(worker) {
-  // A module without a default export is a service-worker style script:
-  // it registers its own fetch listener.
-  if (worker === undefined) return;
-  addEventListener("fetch", (event) => {
-    const ctx = new ExecutionContext((promise) => event.waitUntil(promise));
-    event.respondWith(
-      (async () => {
+// The shim serves `wasi:http/incoming-handler` itself rather than through
+// StarlingMonkey's fetch event, which can fire only once per instance: this
+// way an instance kept by `instance_reuse` serves request after request.
+
+const dispose = (resource) => resource?.[Symbol.dispose]();
+const isClosed = (e) => e?.payload?.tag === "closed";
+// Hop-by-hop headers the host refuses in a response (RFC 9110 7.6.1).
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "transfer-encoding",
+  "upgrade",
+]);
+
+function methodName(method) {
+  return method.tag === "other" ? method.val : method.tag.toUpperCase();
+}
+
+function schemeName(scheme) {
+  if (scheme === undefined || scheme.tag === "HTTP") return "http";
+  return scheme.tag === "HTTPS" ? "https" : scheme.val;
+}
+
+// Header values are byte strings (Fetch's ByteString): one char per byte.
+function latin1(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 4096) {
+    text += String.fromCharCode.apply(null, bytes.subarray(i, i + 4096));
+  }
+  return text;
+}
+
+function latin1Bytes(text) {
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  return bytes;
+}
+
+/** The request body as a stream that reads the host's stream on demand.
+ * Reads block the instance: it serves one request at a time, so nothing
+ * else waits but this request's own timers and subrequests. */
+function requestBody(incoming, cleanup) {
+  const body = incoming.consume();
+  const stream = body.stream();
+  let open = true;
+  const close = () => {
+    if (!open) return;
+    open = false;
+    dispose(stream);
+    dispose(body);
+  };
+  cleanup.push(close);
+  return new ReadableStream({
+    pull(controller) {
+      try {
+        let chunk;
+        do chunk = stream.blockingRead(BigInt(READ_CHUNK));
+        while (chunk.byteLength === 0);
+        controller.enqueue(chunk);
+      } catch (e) {
+        close();
+        if (isClosed(e)) controller.close();
+        else controller.error(new TypeError("the request body could not be read"));
+      }
+    },
+    cancel: close,
+  });
+}
+
+function toRequest(incoming, cleanup) {
+  const method = methodName(incoming.method());
+  const fields = incoming.headers();
+  const headers = new Headers();
+  for (const [name, value] of fields.entries()) headers.append(name, latin1(value));
+  dispose(fields);
+  const authority = incoming.authority() ?? headers.get("host") ?? "localhost";
+  const url = `${schemeName(incoming.scheme())}://${authority}${incoming.pathWithQuery() ?? "/"}`;
+  const init = { method, headers };
+  if (method !== "GET" && method !== "HEAD") {
+    init.body = requestBody(incoming, cleanup);
+    init.duplex = "half";
+  }
+  return new Request(url, init);
+}
+
+function responseFields(headers) {
+  const list = [];
+  for (const [name, value] of headers) {
+    if (!HOP_BY_HOP.has(name)) list.push([name, latin1Bytes(value)]);
+  }
+  return Fields.fromList(list);
+}
+
+/** Write `bytes` as fast as the host takes them. */
+function writeAll(stream, bytes) {
+  let offset = 0;
+  while (offset < bytes.byteLength) {
+    const permitted = Number(stream.checkWrite());
+    if (permitted === 0) {
+      const ready = stream.subscribe();
+      ready.block();
+      dispose(ready);
+      continue;
+    }
+    const end = Math.min(bytes.byteLength, offset + permitted);
+    stream.write(bytes.subarray(offset, end));
+    offset = end;
+  }
+}
+
+/** Hand the response's head to the host, then stream its body. A body that
+ * fails midway (or a client that left) ends the response without its
+ * terminator, so the client sees it cut short rather than complete. */
+async function sendResponse(response, outparam) {
+  const outgoing = new OutgoingResponse(responseFields(response.headers));
+  outgoing.setStatusCode(response.status);
+  const body = outgoing.body();
+  const stream = body.write();
+  ResponseOutparam.set(outparam, { tag: "ok", val: outgoing });
+  let complete = true;
+  if (response.body !== null) {
+    const reader = response.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        writeAll(stream, value instanceof Uint8Array ? value : new Uint8Array(value));
+      }
+      stream.blockingFlush();
+    } catch (e) {
+      complete = false;
+      reader.cancel().catch(() => {});
+      if (!isClosed(e)) console.error(`the response body failed: ${errorText(e)}`);
+    }
+  }
+  dispose(stream);
+  if (complete) OutgoingBody.finish(body, undefined);
+  else dispose(body);
+}
+
+/** The `wasi:http/incoming-handler` export: `worker.fetch(request, env,
+ * ctx)`, then the body, then every waitUntil task (allSettled) before the
+ * instance is done. */
+export function incomingHandlerExport(worker) {
+  return {
+    async handle(incoming, outparam) {
+      const cleanup = [];
+      const tasks = [];
+      const ctx = new ExecutionContext((promise) => tasks.push(promise));
+      try {
+        let response;
         try {
           if (typeof worker?.fetch !== "function") {
             throw new Error("the worker's default export has no fetch handler");
           }
-          const request = event.request;
+          const request = toRequest(incoming, cleanup);
           attachCf(request);
-          const response = await worker.fetch(request, makeEnv(), ctx);
+          response = await worker.fetch(request, makeEnv(), ctx);
           if (!(response instanceof Response)) {
             throw new TypeError(
               `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
             );
           }
-          return await settled(response);
         } catch (e) {
-          return fail(e);
+          fail(e);
         }
-      })(),
-    );
-  });
+        await sendResponse(response, outparam);
+        await Promise.allSettled(tasks);
+      } finally {
+        for (const release of cleanup.reverse()) release();
+        dispose(incoming);
+      }
+    },
+  };
 }
 
 /** Run `body(ctx)` and then every waitUntil task (allSettled). */
