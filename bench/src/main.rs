@@ -556,6 +556,15 @@ fn main() {
         setup.isola("js", &setup.js_guest, kv, &js_state),
     )];
     let js_idle_rss = js_servers[0].1.rss();
+    js_servers.push((
+        "isola, instance_reuse".to_string(),
+        setup.isola(
+            "js-reuse",
+            &setup.js_guest,
+            &format!("{kv}\ninstance_reuse = 1000000"),
+            &setup.work.path().join("isola-js-reuse"),
+        ),
+    ));
     if let Some(s) = setup.workerd() {
         js_servers.push(("workerd".into(), s));
     }
@@ -572,9 +581,7 @@ fn main() {
     drop(js_servers);
     writeln!(
         doc,
-        "## Side by side, JS worker, {CONNECTIONS} connections\n\n{}\
-         `instance_reuse` is refused for JS workers: StarlingMonkey (componentize-js 0.23) serves one \
-         fetch event per instance, so there is no JS reuse row.\n",
+        "## Side by side, JS worker, {CONNECTIONS} connections\n\n{}",
         table(&js_rows, "isola")
     )
     .unwrap();
@@ -724,19 +731,21 @@ fn main() {
         .expect("a tokio runtime");
     let requests = options.micro_requests;
     let micro_dir = setup.work.path().join("micro");
-    let (rust_samples, js_samples, fuel_result) = runtime.block_on(async {
-        let rust = micro::worker(&setup.rust_guest, "hello", &micro_dir.join("rust"));
+    let (rust_samples, js_samples, js_reuse_samples, fuel_result) = runtime.block_on(async {
+        let rust = micro::worker(&setup.rust_guest, "hello", &micro_dir.join("rust"), 0);
         let rust = micro::one_at_a_time(&rust, 500, requests, |status, body| {
             assert_eq!((status.as_u16(), body), (200, HELLO.as_bytes()));
         })
         .await;
-        let js = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"));
-        let js = micro::one_at_a_time(&js, 200, requests, |status, body| {
+        let js_hello = |status: http::StatusCode, body: &[u8]| {
             assert_eq!((status.as_u16(), body), (200, HELLO.as_bytes()));
-        })
-        .await;
+        };
+        let js = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"), 0);
+        let js = micro::one_at_a_time(&js, 200, requests, js_hello).await;
+        let reuse = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"), u32::MAX);
+        let reuse = micro::one_at_a_time(&reuse, 200, requests, js_hello).await;
         let fuel = fuel::measure(&micro_dir.join("fuel")).await;
-        (rust, js, fuel)
+        (rust, js, reuse, fuel)
     });
     let rust_load: LoadTimes = micro::load_times(&setup.rust_guest, &micro_dir);
     let js_load: LoadTimes = micro::load_times(&setup.js_guest, &micro_dir);
@@ -761,9 +770,14 @@ fn main() {
     let rust_size = std::fs::metadata(&setup.rust_guest).map_or(0, |m| m.len());
     writeln!(
         doc,
-        "## Through the embedding API (no sockets)\n\n{}\n{}",
+        "## Through the embedding API (no sockets)\n\n{}\n{}\n{}",
         micro_table("Rust hello", &rust_samples, requests),
-        micro_table("JS hello", &js_samples, requests)
+        micro_table("JS hello", &js_samples, requests),
+        micro_table(
+            "JS hello, `instance_reuse` (instantiate is 0 on a reused instance)",
+            &js_reuse_samples,
+            requests
+        )
     )
     .unwrap();
     writeln!(
@@ -823,6 +837,7 @@ fn main() {
     };
     let js_hello = rps_of(&js_rows, "JS hello", "isola").unwrap_or(f64::NAN);
     let workerd_hello = rps_of(&js_rows, "JS hello", "workerd");
+    let js_reuse_hello = rps_of(&js_rows, "JS hello", "isola, instance_reuse");
     let rust_inst = percentile(&rust_samples.instantiate, 0.5);
     let rust_total = percentile(&rust_samples.guest_cpu, 0.5);
     let js_total = percentile(&js_samples.guest_cpu, 0.5);
@@ -870,11 +885,18 @@ fn main() {
                 None,
             ),
         },
-        target(
-            "JS hello rps with `instance_reuse` ≥ 1.5× workerd",
-            "not available for JS workers",
-            Some(false),
-        ),
+        match (js_reuse_hello, workerd_hello) {
+            (Some(r), Some(w)) => target(
+                "JS hello rps with `instance_reuse` ≥ 1.5× workerd",
+                format!("{:.2}×", r / w),
+                Some(r / w >= 1.5),
+            ),
+            _ => target(
+                "JS hello rps with `instance_reuse` ≥ 1.5× workerd",
+                "workerd not installed",
+                None,
+            ),
+        },
         target(
             "JS instantiate + handle p50 ≤ 200 µs",
             format!("{js_total:.0} µs"),

@@ -118,10 +118,12 @@ pub fn load_times(component: &Path, work: &Path) -> LoadTimes {
     }
 }
 
-/// A worker for `component` on a fresh engine whose cache is in `work`.
-pub fn worker(component: &Path, name: &str, work: &Path) -> Worker {
+/// A worker for `component` on a fresh engine whose cache is in `work`;
+/// `instance_reuse` as in the config (0: a fresh instance per request).
+pub fn worker(component: &Path, name: &str, work: &Path, instance_reuse: u32) -> Worker {
     let engine = IsolaEngine::new(&EngineOptions::new(work.join("cache"))).expect("engine");
-    let config = WorkerConfig::new(name, component);
+    let mut config = WorkerConfig::new(name, component);
+    config.instance_reuse = instance_reuse;
     let backends = isola_runtime::Backends::embedded(work, 1 << 20).expect("state");
     Worker::load(&engine, &config, &backends).expect("the worker loads")
 }

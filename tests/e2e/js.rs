@@ -1,6 +1,7 @@
 //! JavaScript workers: Cloudflare-style modules configured with
 //! `main = "….js"`, built by `isola` through esbuild and componentize-js,
-//! then served like any component: a fresh instance per request.
+//! then served like any component: a fresh instance per request unless
+//! the worker sets `instance_reuse`.
 //!
 //! Every JS component is ~14 MB and takes seconds to compile, so the tests
 //! share one compile cache (`[server] cache_dir`), filled once by
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use crate::support::{Project, Server, Upstream, client, get, run_isola, stderr_of};
+use crate::support::{Project, Server, Upstream, client, get, run_isola, stderr_of, worker};
 
 fn repo(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -183,6 +184,44 @@ async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_
     assert_eq!(get(&client, &server.url("/counter")).await.2, "1");
     // env and ctx still work on a reused instance.
     assert_eq!(json(&server, "/env").await["greeting"], "hi from vars");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_built_for_fresh_instances_refuses_reuse_with_a_clear_error() {
+    warm_up();
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("hello.wasm");
+    let output = run_isola(&[
+        "build",
+        &example("hello"),
+        "-o",
+        component.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let project = js_project(&format!(
+        "{}instance_reuse = 3\n",
+        worker("hello", component.to_str().unwrap(), &["/*"])
+    ));
+    let server = project.serve();
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/one")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello from JavaScript on Isola! You asked for /one\n")
+    );
+    // The same instance cannot take a second request: that one fails with
+    // the reason, and the instance is retired so the next one is served.
+    let (status, _, _) = get(&client, &server.url("/two")).await;
+    assert_eq!(status, 500);
+    server.wait_for_log("build it with `isola build --instance-reuse`");
+    let (status, _, body) = get(&client, &server.url("/three")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            "Hello from JavaScript on Isola! You asked for /three\n"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

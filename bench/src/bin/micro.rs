@@ -1,6 +1,7 @@
 //! Only the embedding-API part of the benchmark, for quick iterations on
 //! the per-request path: the Rust bench guest's hello, one request at a
-//! time, fresh instance each (and a JS component's, when given).
+//! time, fresh instance each (and a JS component's, when given, fresh and
+//! with `instance_reuse`).
 //!
 //! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm]`
 
@@ -17,10 +18,17 @@ async fn main() {
     // the requests alone).
     let temp = tempfile::tempdir().unwrap();
     let work = std::env::var_os("MICRO_WORK").map_or_else(|| temp.path().to_owned(), Into::into);
-    let mut guests = vec![("Rust hello", isola_test_programs::BENCH.to_owned())];
-    guests.extend(js.map(|js| ("JS hello", js)));
-    for (name, component) in guests {
-        let worker = micro::worker(Path::new(&component), "hello", &work.join(name));
+    let mut guests = vec![("Rust hello", isola_test_programs::BENCH.to_owned(), 0)];
+    if let Some(js) = js {
+        guests.push(("JS hello", js.clone(), 0));
+        guests.push(("JS hello, instance_reuse", js, u32::MAX));
+    }
+    let only = std::env::var("MICRO_ONLY").ok();
+    for (name, component, reuse) in guests {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let worker = micro::worker(Path::new(&component), "hello", &work.join(name), reuse);
         let samples = micro::one_at_a_time(&worker, requests / 20, requests, |status, body| {
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
         })

@@ -208,20 +208,24 @@ pub struct Built {
     pub world: Option<String>,
 }
 
-/// Build the worker module `main` into the component `out`.
-pub fn build(main: &Path, out: &Path) -> Result<Built> {
+/// Build the worker module `main` into the component `out`; with
+/// `instance_reuse`, one whose instance can serve many requests.
+pub fn build(main: &Path, out: &Path, instance_reuse: bool) -> Result<Built> {
     let _lock = build_lock()?;
     let toolchain = toolchain()?;
-    let output = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(toolchain.join("src/build.mjs"))
         .arg("--main")
         .arg(main)
         .arg("--out")
         .arg(out)
         .arg("--cache")
-        .arg(cache_root().join("js-builds"))
-        .output()
-        .context("cannot run node")?;
+        .arg(cache_root().join("js-builds"));
+    if instance_reuse {
+        command.arg("--instance-reuse");
+    }
+    let output = command.output().context("cannot run node")?;
     if !output.status.success() {
         let message = String::from_utf8_lossy(&output.stderr);
         bail!("{}", message.trim_end());
@@ -245,9 +249,10 @@ pub fn build_workers(config: &Config) -> Result<()> {
     for worker in &config.workers {
         let Some(main) = &worker.main else { continue };
         let started = std::time::Instant::now();
-        let built = build(main, &worker.component).with_context(|| {
-            format!("worker `{}`: cannot build {}", worker.name, main.display())
-        })?;
+        let built =
+            build(main, &worker.component, worker.instance_reuse > 1).with_context(|| {
+                format!("worker `{}`: cannot build {}", worker.name, main.display())
+            })?;
         tracing::info!(
             worker = %worker.name,
             main = %main.display(),

@@ -64,6 +64,12 @@ enum Command {
         /// Only install the JavaScript toolchain (for CI and images).
         #[arg(long, conflicts_with_all = ["main", "out"])]
         setup: bool,
+        /// Let one instance serve many requests (for `instance_reuse`): the
+        /// shim serves wasi:http itself instead of the engine's one-shot
+        /// fetch event, at a higher cost per request. `serve`, `dev` and
+        /// `check` choose this from the worker's `instance_reuse`.
+        #[arg(long, conflicts_with = "setup")]
+        instance_reuse: bool,
     },
     /// Serve the workers of a config file.
     Serve {
@@ -248,7 +254,12 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
                 telemetry,
             )
         }
-        Command::Build { main, out, setup } => build(main, out, setup),
+        Command::Build {
+            main,
+            out,
+            setup,
+            instance_reuse,
+        } => build(main, out, setup, instance_reuse),
         Command::Serve {
             config: path,
             listen,
@@ -333,7 +344,12 @@ fn load_config_listening(path: &Path, listen: Option<SocketAddr>) -> Result<Conf
     Ok(config)
 }
 
-fn build(main: Option<PathBuf>, out: Option<PathBuf>, setup: bool) -> Result<()> {
+fn build(
+    main: Option<PathBuf>,
+    out: Option<PathBuf>,
+    setup: bool,
+    instance_reuse: bool,
+) -> Result<()> {
     if setup {
         let dir = js::setup()?;
         println!("JavaScript toolchain ready in {}", dir.display());
@@ -344,7 +360,7 @@ fn build(main: Option<PathBuf>, out: Option<PathBuf>, setup: bool) -> Result<()>
         let stem = main.file_stem().unwrap_or(main.as_os_str());
         PathBuf::from(stem).with_extension("wasm")
     });
-    let built = js::build(&main, &out)?;
+    let built = js::build(&main, &out, instance_reuse)?;
     let size = std::fs::metadata(&built.component)
         .map(|m| m.len())
         .unwrap_or(0);

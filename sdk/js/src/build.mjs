@@ -2,15 +2,19 @@
 // component. Driven by `isola build`, which writes this file, the shim and
 // the WIT into a directory beside the installed npm packages.
 //
-//   node build.mjs --main src/worker.js --out worker.wasm --cache DIR
+//   node build.mjs --main src/worker.js --out worker.wasm --cache DIR [--instance-reuse]
 //
 // 1. esbuild bundles the worker (relative ES imports, npm packages) into one
 //    module: StarlingMonkey takes a single file, and esbuild's errors name
 //    file, line and column.
 // 2. The bundle's handlers (fetch, scheduled, queue) pick the WIT world, so
 //    the component exports exactly the handlers the worker defines.
-// 3. componentize-js turns shim + bundle into a component.
-// Outputs are cached by the SHA-256 of the bundle and this toolchain.
+// 3. componentize-js turns shim + bundle into a component. By default
+//    StarlingMonkey's fetch event serves the request (one per instance);
+//    with `--instance-reuse` the shim serves `wasi:http` itself, so one
+//    instance can serve many (`instance_reuse`).
+// Outputs are cached by the SHA-256 of the bundle, this toolchain and the
+// mode.
 
 import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
@@ -28,11 +32,18 @@ const toolchain = resolve(here, "..");
 const modules = resolve(toolchain, "..", "node_modules");
 
 function parseArgs(argv) {
-  const args = {};
+  const args = { reuse: false };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i];
+    if (key === "--instance-reuse") {
+      args.reuse = true;
+      i -= 1;
+      continue;
+    }
     if (!key.startsWith("--") || argv[i + 1] === undefined) {
-      throw new Error(`usage: build.mjs --main FILE --out FILE --cache DIR (at ${key})`);
+      throw new Error(
+        `usage: build.mjs --main FILE --out FILE --cache DIR [--instance-reuse] (at ${key})`,
+      );
     }
     args[key.slice(2)] = argv[i + 1];
   }
@@ -125,7 +136,11 @@ async function main() {
     const userCode = await readFile(userBundle);
 
     const version = await readFile(join(toolchain, "VERSION"), "utf8");
-    const key = createHash("sha256").update(version).update("\0").update(userCode).digest("hex");
+    const key = createHash("sha256")
+      .update(version)
+      .update(args.reuse ? "\0reuse\0" : "\0")
+      .update(userCode)
+      .digest("hex");
     await mkdir(args.cache, { recursive: true });
     const cached = join(args.cache, `${key}.wasm`);
     const out = resolve(args.out);
@@ -144,10 +159,12 @@ async function main() {
     await writeFile(
       entry,
       [
-        `import { incomingHandlerExport, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
+        `import { installFetch, incomingHandlerExport, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
         `import * as userModule from ${JSON.stringify(userBundle)};`,
         `const worker = userModule.default;`,
-        `export const incomingHandler = incomingHandlerExport(worker);`,
+        args.reuse
+          ? `export const incomingHandler = incomingHandlerExport(worker);`
+          : `installFetch(worker);`,
         handlers.scheduled ? `export const scheduled = scheduledExport(worker);` : "",
         handlers.queue ? `export const queueConsumer = queueExport(worker);` : "",
         "",
@@ -170,7 +187,14 @@ async function main() {
     await rename(temp, cached);
     await place(cached, out);
     console.log(
-      JSON.stringify({ out, cached: false, world, bytes: component.byteLength, ms: Date.now() - started }),
+      JSON.stringify({
+        out,
+        cached: false,
+        world,
+        instanceReuse: args.reuse,
+        bytes: component.byteLength,
+        ms: Date.now() - started,
+      }),
     );
   } finally {
     await rm(work, { recursive: true, force: true });

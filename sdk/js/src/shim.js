@@ -759,9 +759,14 @@ function timingSafeEqual(a, b) {
 
 // StarlingMonkey's Response has no clone(). Ours tees the body: the clone
 // reads one branch, and the original is redirected to the other (its
-// `body`, `bodyUsed` and body readers).
+// `body`, `bodyUsed` and body readers). The engine reads a Response's body
+// from its internal slot, not from these properties, so the Response a
+// fetch handler returns goes through `settled()`.
+const TEED_BODY = Symbol("isola.teedBody");
+
 function redirectBody(response, stream) {
   const read = (method) => () => new Response(stream)[method]();
+  response[TEED_BODY] = stream;
   Object.defineProperties(response, {
     body: { get: () => stream, configurable: true },
     bodyUsed: { get: () => stream.locked, configurable: true },
@@ -775,7 +780,7 @@ function redirectBody(response, stream) {
 function cloneResponse() {
   if (this.bodyUsed) throw new TypeError("Response.clone: the body has already been used");
   const init = { status: this.status, statusText: this.statusText, headers: new Headers(this.headers) };
-  const source = this.body;
+  const source = this[TEED_BODY] ?? this.body;
   if (source === null) return new Response(null, init);
   const [mine, theirs] = tee(source);
   redirectBody(this, mine);
@@ -783,10 +788,10 @@ function cloneResponse() {
 }
 
 /** Split `source` into two streams that each see every chunk. Written out
- * rather than `source.tee()`: in StarlingMonkey a branch of a host-backed
- * body could be drained by the engine directly, leaving the other branch
- * empty. Reading `source` here keeps both fed. A slow branch buffers what
- * the other has read. */
+ * rather than `source.tee()`: StarlingMonkey sends a response whose body is
+ * a branch of a host body straight from the host stream, and the other
+ * branch then sees nothing. Reading `source` here keeps both fed. A slow
+ * branch buffers what the other has read. */
 function tee(source) {
   const reader = source.getReader();
   const branches = new Set();
@@ -824,6 +829,21 @@ function tee(source) {
   return [branch(), branch()];
 }
 
+/** A Response the engine can send: a cloned one is rebuilt on its branch,
+ * read here in full. Handing the engine the branch itself left the other
+ * branch (the clone, typically being cached in waitUntil) empty, so a
+ * response that was cloned is buffered instead of streamed. */
+async function settled(response) {
+  const stream = response[TEED_BODY];
+  if (stream === undefined) return response;
+  const body = await new Response(stream).arrayBuffer();
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
 function installGlobals() {
   if (typeof Response.prototype.clone !== "function") {
     Object.defineProperty(Response.prototype, "clone", { value: cloneResponse, configurable: true });
@@ -853,9 +873,51 @@ installGlobals();
 
 // ---------------------------------------------------------------- handlers
 
-// The shim serves `wasi:http/incoming-handler` itself rather than through
-// StarlingMonkey's fetch event, which can fire only once per instance: this
-// way an instance kept by `instance_reuse` serves request after request.
+/** Serve fetch events with `worker.fetch(request, env, ctx)`. */
+export function installFetch(worker) {
+  // A module without a default export is a service-worker style script:
+  // it registers its own fetch listener.
+  if (worker === undefined) return;
+  let served = false;
+  addEventListener("fetch", (event) => {
+    // The engine would refuse the second event's respondWith with a
+    // message that names no cause.
+    if (served) {
+      ctxApi.abort(
+        "this JavaScript component serves one request per instance; build it with `isola build --instance-reuse` to use `instance_reuse`",
+      );
+    }
+    served = true;
+    const ctx = new ExecutionContext((promise) => event.waitUntil(promise));
+    event.respondWith(
+      (async () => {
+        try {
+          if (typeof worker?.fetch !== "function") {
+            throw new Error("the worker's default export has no fetch handler");
+          }
+          const request = event.request;
+          attachCf(request);
+          const response = await worker.fetch(request, makeEnv(), ctx);
+          if (!(response instanceof Response)) {
+            throw new TypeError(
+              `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
+            );
+          }
+          return await settled(response);
+        } catch (e) {
+          return fail(e);
+        }
+      })(),
+    );
+  });
+}
+
+// Built with `--instance-reuse`, the shim serves `wasi:http/incoming-handler`
+// itself, as StarlingMonkey's fetch event fires only once per instance: an
+// instance kept by `instance_reuse` then serves request after request. It
+// costs more per request than the engine's own fetch event (every wasi:http
+// call goes through componentize-js's generated JavaScript bindings, ~9 µs
+// each), so a fresh instance per request keeps the fetch event.
 
 const dispose = (resource) => resource?.[Symbol.dispose]();
 const isClosed = (e) => e?.payload?.tag === "closed";
@@ -950,6 +1012,11 @@ function responseFields(headers) {
 
 /** Write `bytes` as fast as the host takes them. */
 function writeAll(stream, bytes) {
+  // One binding call instead of three for what wasi:io lets it take.
+  if (bytes.byteLength <= 4096) {
+    stream.blockingWriteAndFlush(bytes);
+    return;
+  }
   let offset = 0;
   while (offset < bytes.byteLength) {
     const permitted = Number(stream.checkWrite());
