@@ -98,6 +98,8 @@ struct Setup {
     workerd_config: PathBuf,
     rust_guest: PathBuf,
     js_guest: PathBuf,
+    /// The same worker built with `--instance-reuse`.
+    js_reuse_guest: PathBuf,
     work: tempfile::TempDir,
     pin: bool,
 }
@@ -313,9 +315,16 @@ fn target(what: impl Into<String>, figure: impl Into<String>, met: Option<bool>)
     }
 }
 
-/// Build the JS worker with `isola build`; a unique marker makes it a cold
-/// build (the build cache cannot answer) and a distinct component.
-fn build_js(isola: &Path, main: &Path, out: &Path, marker: Option<&str>) -> Duration {
+/// Build the JS worker with `isola build` (`--instance-reuse` when asked);
+/// a unique marker makes it a cold build (the build cache cannot answer)
+/// and a distinct component.
+fn build_js(
+    isola: &Path,
+    main: &Path,
+    out: &Path,
+    marker: Option<&str>,
+    instance_reuse: bool,
+) -> Duration {
     let source = std::fs::read_to_string(main).expect("reading the JS worker");
     let entry = match marker {
         Some(marker) => {
@@ -330,13 +339,12 @@ fn build_js(isola: &Path, main: &Path, out: &Path, marker: Option<&str>) -> Dura
         None => main.to_owned(),
     };
     let started = Instant::now();
-    let output = Command::new(isola)
-        .arg("build")
-        .arg(&entry)
-        .arg("-o")
-        .arg(out)
-        .output()
-        .expect("running isola build");
+    let mut command = Command::new(isola);
+    command.arg("build").arg(&entry).arg("-o").arg(out);
+    if instance_reuse {
+        command.arg("--instance-reuse");
+    }
+    let output = command.output().expect("running isola build");
     let elapsed = started.elapsed();
     if marker.is_some() {
         let _ = std::fs::remove_file(&entry);
@@ -372,8 +380,10 @@ fn main() {
     let work = tempfile::tempdir().expect("a work directory");
     let js_main = repo.join("bench/workers/worker.js");
     let js_guest = work.path().join("worker.wasm");
+    let js_reuse_guest = work.path().join("worker-reuse.wasm");
     eprintln!("building the JS worker…");
-    build_js(&isola, &js_main, &js_guest, None);
+    build_js(&isola, &js_main, &js_guest, None, false);
+    build_js(&isola, &js_main, &js_reuse_guest, None, true);
     let setup = Setup {
         isola,
         native: release.join("native-hello"),
@@ -383,6 +393,7 @@ fn main() {
         workerd_config: repo.join("bench/workerd/config.capnp"),
         rust_guest: PathBuf::from(isola_test_programs::BENCH),
         js_guest,
+        js_reuse_guest,
         work,
         pin: load::can_pin(),
     };
@@ -560,7 +571,7 @@ fn main() {
         "isola, instance_reuse".to_string(),
         setup.isola(
             "js-reuse",
-            &setup.js_guest,
+            &setup.js_reuse_guest,
             &format!("{kv}\ninstance_reuse = 1000000"),
             &setup.work.path().join("isola-js-reuse"),
         ),
@@ -742,7 +753,12 @@ fn main() {
         };
         let js = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"), 0);
         let js = micro::one_at_a_time(&js, 200, requests, js_hello).await;
-        let reuse = micro::worker(&setup.js_guest, "hello-js", &micro_dir.join("js"), u32::MAX);
+        let reuse = micro::worker(
+            &setup.js_reuse_guest,
+            "hello-js-reuse",
+            &micro_dir.join("js"),
+            u32::MAX,
+        );
         let reuse = micro::one_at_a_time(&reuse, 200, requests, js_hello).await;
         let fuel = fuel::measure(&micro_dir.join("fuel")).await;
         (rust, js, reuse, fuel)
@@ -752,8 +768,8 @@ fn main() {
     // A second, different JS component compiled by the same engine right
     // after the first: the incremental cache supplies the shared engine.
     let marked = [micro_dir.join("first.wasm"), micro_dir.join("second.wasm")];
-    let js_build = build_js(&setup.isola, &js_main, &marked[0], Some("first"));
-    build_js(&setup.isola, &js_main, &marked[1], Some("second"));
+    let js_build = build_js(&setup.isola, &js_main, &marked[0], Some("first"), false);
+    build_js(&setup.isola, &js_main, &marked[1], Some("second"), false);
     let (first_compile, second_compile) = {
         let engine = isola_engine::IsolaEngine::new(&isola_engine::EngineOptions::new(
             micro_dir.join("second-cache"),

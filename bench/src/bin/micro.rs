@@ -1,9 +1,12 @@
 //! Only the embedding-API part of the benchmark, for quick iterations on
 //! the per-request path: the Rust bench guest's hello, one request at a
-//! time, fresh instance each (and a JS component's, when given, fresh and
-//! with `instance_reuse`).
+//! time, fresh instance each; and a JS component's when given, plus one
+//! built with `isola build --instance-reuse` served with `instance_reuse`.
 //!
-//! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm]`
+//! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm [JS-REUSE.wasm]]`
+//!
+//! `MICRO_ONLY="JS hello"` (a table's name) runs that one alone, for
+//! profiling.
 
 use std::path::Path;
 
@@ -14,15 +17,14 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let requests: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let js = args.next();
+    let js_reuse = args.next();
     // `MICRO_WORK=dir` keeps the compile cache between runs (for profiling
     // the requests alone).
     let temp = tempfile::tempdir().unwrap();
     let work = std::env::var_os("MICRO_WORK").map_or_else(|| temp.path().to_owned(), Into::into);
     let mut guests = vec![("Rust hello", isola_test_programs::BENCH.to_owned(), 0)];
-    if let Some(js) = js {
-        guests.push(("JS hello", js.clone(), 0));
-        guests.push(("JS hello, instance_reuse", js, u32::MAX));
-    }
+    guests.extend(js.map(|js| ("JS hello", js, 0)));
+    guests.extend(js_reuse.map(|js| ("JS hello, instance_reuse", js, u32::MAX)));
     let only = std::env::var("MICRO_ONLY").ok();
     for (name, component, reuse) in guests {
         if only.as_deref().is_some_and(|o| o != name) {
