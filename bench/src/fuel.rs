@@ -4,7 +4,9 @@
 //!    `/checksum` loop) runs with fuel on; fuel consumed ÷ thread CPU time
 //!    gives fuel per millisecond, the figure behind `DEFAULT_FUEL_PER_MS`.
 //! 2. Overhead: the same requests on an engine with fuel off, interleaved
-//!    with fuel on, in one run; the ratio of medians is fuel's cost.
+//!    with fuel on, in one run; the ratio of median thread CPU times is
+//!    fuel's cost (CPU rather than wall time, so a neighbour taking the
+//!    core does not count against either side).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,13 +22,13 @@ const ROUNDS: usize = 15;
 /// Medians over the rounds.
 pub struct FuelResult {
     pub fuel_per_ms: f64,
-    pub wall_ms_on: f64,
-    pub wall_ms_off: f64,
+    pub cpu_ms_on: f64,
+    pub cpu_ms_off: f64,
 }
 
 impl FuelResult {
     pub fn overhead(&self) -> f64 {
-        self.wall_ms_on / self.wall_ms_off
+        self.cpu_ms_on / self.cpu_ms_off
     }
 }
 
@@ -74,14 +76,14 @@ pub async fn measure(state: &Path) -> FuelResult {
     run(&unfueled).await;
     let (mut per_ms, mut on, mut off) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let (wall, cpu, fuel) = run(&fueled).await;
+        let (_, cpu, fuel) = run(&fueled).await;
         per_ms.push(fuel as f64 / (cpu.as_secs_f64() * 1e3));
-        on.push(wall.as_secs_f64() * 1e3);
-        off.push(run(&unfueled).await.0.as_secs_f64() * 1e3);
+        on.push(cpu.as_secs_f64() * 1e3);
+        off.push(run(&unfueled).await.1.as_secs_f64() * 1e3);
     }
     FuelResult {
         fuel_per_ms: median(per_ms),
-        wall_ms_on: median(on),
-        wall_ms_off: median(off),
+        cpu_ms_on: median(on),
+        cpu_ms_off: median(off),
     }
 }

@@ -821,12 +821,12 @@ fn main() {
         doc,
         "## Fuel\n\n| measure | value |\n|---|---|\n\
          | fuel per CPU-millisecond (calibration; `DEFAULT_FUEL_PER_MS` is {}) | {:.0} |\n\
-         | 20M-step checksum, wall ms, fuel on / off | {:.2} / {:.2} |\n\
+         | 20M-step checksum, CPU ms, fuel on / off | {:.2} / {:.2} |\n\
          | fuel overhead | {:.3}× |\n",
         isola_runtime::DEFAULT_FUEL_PER_MS,
         fuel_result.fuel_per_ms,
-        fuel_result.wall_ms_on,
-        fuel_result.wall_ms_off,
+        fuel_result.cpu_ms_on,
+        fuel_result.cpu_ms_off,
         fuel_result.overhead()
     )
     .unwrap();
