@@ -187,41 +187,41 @@ async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_component_built_for_fresh_instances_refuses_reuse_with_a_clear_error() {
+async fn only_a_component_built_with_instance_reuse_serves_many_requests_per_instance() {
     warm_up();
     let dir = tempfile::tempdir().unwrap();
-    let component = dir.path().join("hello.wasm");
-    let output = run_isola(&[
-        "build",
-        &example("hello"),
-        "-o",
-        component.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let project = js_project(&format!(
-        "{}instance_reuse = 3\n",
-        worker("hello", component.to_str().unwrap(), &["/*"])
-    ));
-    let server = project.serve();
-    let client = client();
-    let (status, _, body) = get(&client, &server.url("/one")).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (200, "Hello from JavaScript on Isola! You asked for /one\n")
-    );
-    // The same instance cannot take a second request: that one fails with
-    // the reason, and the instance is retired so the next one is served.
-    let (status, _, _) = get(&client, &server.url("/two")).await;
-    assert_eq!(status, 500);
-    server.wait_for_log("build it with `isola build --instance-reuse`");
-    let (status, _, body) = get(&client, &server.url("/three")).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (
-            200,
-            "Hello from JavaScript on Isola! You asked for /three\n"
-        )
-    );
+    let hello = |path: &str| format!("Hello from JavaScript on Isola! You asked for {path}\n");
+    for reusable in [false, true] {
+        let component = dir.path().join(format!("hello-{reusable}.wasm"));
+        let mut args = vec!["build", "-o", component.to_str().unwrap()];
+        if reusable {
+            args.push("--instance-reuse");
+        }
+        let main = example("hello");
+        args.push(&main);
+        let output = run_isola(&args);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        let project = js_project(&format!(
+            "{}instance_reuse = 3\n",
+            worker("hello", component.to_str().unwrap(), &["/*"])
+        ));
+        let server = project.serve();
+        let client = client();
+        let (status, _, body) = get(&client, &server.url("/one")).await;
+        assert_eq!((status, body), (200, hello("/one")));
+        let (status, _, body) = get(&client, &server.url("/two")).await;
+        if reusable {
+            assert_eq!((status, body), (200, hello("/two")));
+        } else {
+            // A fresh-instance build cannot take a second request on the
+            // same instance: that one fails with the reason, and the
+            // instance is retired so the next one is served.
+            assert_eq!(status, 500);
+            server.wait_for_log("build it with `isola build --instance-reuse`");
+        }
+        let (status, _, body) = get(&client, &server.url("/three")).await;
+        assert_eq!((status, body), (200, hello("/three")));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
