@@ -358,9 +358,8 @@ fn build_js(
 }
 
 fn micro_table(name: &str, samples: &Samples, requests: usize) -> String {
-    let mut out = format!(
-        "| {name}, {requests} requests one at a time, fresh instance each | p50 µs | p99 µs |\n|---|---|---|\n"
-    );
+    let mut out =
+        format!("| {name}, {requests} requests one at a time | p50 µs | p99 µs |\n|---|---|---|\n");
     for (what, p50, p99) in samples.rows() {
         writeln!(out, "| {what} | {p50:.1} | {p99:.1} |").unwrap();
     }
@@ -787,10 +786,10 @@ fn main() {
     writeln!(
         doc,
         "## Through the embedding API (no sockets)\n\n{}\n{}\n{}",
-        micro_table("Rust hello", &rust_samples, requests),
-        micro_table("JS hello", &js_samples, requests),
+        micro_table("Rust hello, fresh instance each", &rust_samples, requests),
+        micro_table("JS hello, fresh instance each", &js_samples, requests),
         micro_table(
-            "JS hello, `instance_reuse` (instantiate is 0 on a reused instance)",
+            "JS hello, `instance_reuse` (no instantiate on a reused instance)",
             &js_reuse_samples,
             requests
         )
