@@ -873,6 +873,21 @@ installGlobals();
 
 // ---------------------------------------------------------------- handlers
 
+/** `worker.fetch(request, env, ctx)`, which must answer a Response. */
+async function callFetch(worker, request, ctx) {
+  if (typeof worker?.fetch !== "function") {
+    throw new Error("the worker's default export has no fetch handler");
+  }
+  attachCf(request);
+  const response = await worker.fetch(request, makeEnv(), ctx);
+  if (!(response instanceof Response)) {
+    throw new TypeError(
+      `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
+    );
+  }
+  return response;
+}
+
 /** Serve fetch events with `worker.fetch(request, env, ctx)`. */
 export function installFetch(worker) {
   // A module without a default export is a service-worker style script:
@@ -892,18 +907,7 @@ export function installFetch(worker) {
     event.respondWith(
       (async () => {
         try {
-          if (typeof worker?.fetch !== "function") {
-            throw new Error("the worker's default export has no fetch handler");
-          }
-          const request = event.request;
-          attachCf(request);
-          const response = await worker.fetch(request, makeEnv(), ctx);
-          if (!(response instanceof Response)) {
-            throw new TypeError(
-              `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
-            );
-          }
-          return await settled(response);
+          return await settled(await callFetch(worker, event.request, ctx));
         } catch (e) {
           return fail(e);
         }
@@ -1074,17 +1078,7 @@ export function incomingHandlerExport(worker) {
       try {
         let response;
         try {
-          if (typeof worker?.fetch !== "function") {
-            throw new Error("the worker's default export has no fetch handler");
-          }
-          const request = toRequest(incoming, cleanup);
-          attachCf(request);
-          response = await worker.fetch(request, makeEnv(), ctx);
-          if (!(response instanceof Response)) {
-            throw new TypeError(
-              `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
-            );
-          }
+          response = await callFetch(worker, toRequest(incoming, cleanup), ctx);
         } catch (e) {
           fail(e);
         }
