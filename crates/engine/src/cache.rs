@@ -6,6 +6,8 @@
 //! compatibility but not its body, and a flipped byte in machine code must
 //! never run, so every load verifies the checksum first. Entries are written
 //! to a temporary file and renamed, so readers never see half an entry.
+//! `digests/` remembers which digest a component file had, by the file's
+//! identity (see `FileIdentity`), so a warm start need not hash it again.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -48,6 +50,8 @@ pub struct CacheStats {
     pub disk_hits: u64,
     pub compiled: u64,
     pub discarded: u64,
+    /// Loads that found the file's digest by its identity, without reading it.
+    pub remembered_digests: u64,
 }
 
 type Slot = Arc<Mutex<Option<Component>>>;
@@ -65,6 +69,10 @@ pub struct CompileCache {
     disk_hits: AtomicU64,
     compiled: AtomicU64,
     discarded: AtomicU64,
+    remembered_digests: AtomicU64,
+    /// How long a component file must have been left alone before its
+    /// digest is remembered (see [`FileIdentity`]).
+    settle: Duration,
 }
 
 impl CompileCache {
@@ -82,6 +90,8 @@ impl CompileCache {
             disk_hits: AtomicU64::new(0),
             compiled: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            remembered_digests: AtomicU64::new(0),
+            settle: Duration::from_secs(2),
         })
     }
 
@@ -95,6 +105,7 @@ impl CompileCache {
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             compiled: self.compiled.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
+            remembered_digests: self.remembered_digests.load(Ordering::Relaxed),
         }
     }
 
@@ -114,11 +125,21 @@ impl CompileCache {
         engine: &Engine,
         path: PathBuf,
     ) -> Result<LoadedComponent, EngineError> {
-        let wasm = fs::read(&path).map_err(|source| EngineError::Read {
+        let read_error = |source| EngineError::Read {
             path: path.clone(),
             source,
-        })?;
-        self.load(engine, &path, &wasm)
+        };
+        let identity = FileIdentity::of(&path).map_err(read_error)?;
+        if let Some(digest) = self.remembered_digest(&path, identity.as_ref())
+            && let Some(loaded) = self.lookup(engine, &path, digest, None)?
+        {
+            self.remembered_digests.fetch_add(1, Ordering::Relaxed);
+            return Ok(loaded);
+        }
+        let wasm = fs::read(&path).map_err(read_error)?;
+        let loaded = self.load(engine, &path, &wasm)?;
+        self.remember_digest(&path, identity.as_ref(), &loaded.digest);
+        Ok(loaded)
     }
 
     /// Compile `wasm` (read from `path`, named in errors) or load it from the
@@ -130,7 +151,20 @@ impl CompileCache {
         wasm: &[u8],
     ) -> Result<LoadedComponent, EngineError> {
         check_is_component(path, wasm)?;
-        let digest = sha256_hex(wasm);
+        let loaded = self.lookup(engine, path, sha256_hex(wasm), Some(wasm))?;
+        Ok(loaded.expect("a lookup given the wasm compiles it"))
+    }
+
+    /// The component for the wasm whose sha256 is `digest`: from memory,
+    /// from disk, or compiled from `wasm` when that is given (`None` when it
+    /// is not and nothing is cached).
+    fn lookup(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        digest: String,
+        wasm: Option<&[u8]>,
+    ) -> Result<Option<LoadedComponent>, EngineError> {
         let slot = self
             .loaded
             .lock()
@@ -141,11 +175,11 @@ impl CompileCache {
         let mut slot = slot.lock().expect("compile cache slot poisoned");
         if let Some(component) = slot.as_ref() {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(LoadedComponent {
+            return Ok(Some(LoadedComponent {
                 component: component.clone(),
                 outcome: CacheOutcome::Memory,
                 digest,
-            });
+            }));
         }
         let entry = self.entry_path_for(&digest);
         let (component, outcome) = match self.load_entry(engine, &entry) {
@@ -155,6 +189,9 @@ impl CompileCache {
                 (component, CacheOutcome::Disk)
             }
             None => {
+                let Some(wasm) = wasm else {
+                    return Ok(None);
+                };
                 // One compilation at a time: each one already spreads its
                 // functions over every core, and the next one then finds
                 // the functions it shares with this one (all of the JS
@@ -192,11 +229,40 @@ impl CompileCache {
             }
         };
         *slot = Some(component.clone());
-        Ok(LoadedComponent {
+        Ok(Some(LoadedComponent {
             component,
             outcome,
             digest,
-        })
+        }))
+    }
+
+    /// The digest recorded for the file at `path`, if the file still is
+    /// what it was when it was recorded.
+    fn remembered_digest(&self, path: &Path, identity: Option<&FileIdentity>) -> Option<String> {
+        let identity = identity?;
+        let memo = fs::read_to_string(self.digest_memo_path(path)).ok()?;
+        let (recorded, digest) = memo.trim_end().rsplit_once(' ')?;
+        (recorded == identity.to_string() && digest.len() == 64).then(|| digest.to_owned())
+    }
+
+    fn remember_digest(&self, path: &Path, identity: Option<&FileIdentity>, digest: &str) {
+        let Some(identity) = identity.filter(|identity| identity.settled(self.settle)) else {
+            return;
+        };
+        let memo = self.digest_memo_path(path);
+        let written = memo
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| write_atomically(&memo, format!("{identity} {digest}\n").as_bytes()));
+        if let Err(e) = written {
+            tracing::debug!(memo = %memo.display(), "cannot record a component digest: {e}");
+        }
+    }
+
+    fn digest_memo_path(&self, path: &Path) -> PathBuf {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let key = sha256_hex(absolute.as_os_str().as_encoded_bytes());
+        self.dir.join("digests").join(key)
     }
 
     /// Load a cache entry if it exists and is intact; a damaged or foreign
@@ -258,10 +324,28 @@ fn checksum_line(artifact: &[u8]) -> String {
 }
 
 fn verify_checksum(entry: &Path) -> Result<(), String> {
+    use std::io::Read;
     let expected = fs::read_to_string(checksum_path(entry))
         .map_err(|e| format!("missing checksum file: {e}"))?;
-    let artifact = fs::read(entry).map_err(|e| format!("unreadable: {e}"))?;
-    if checksum_line(&artifact) == expected {
+    // Streamed through a small buffer: a JS artifact is ~45 MB, and reading
+    // it whole took a fresh 45 MB of heap (page faults, then `munmap`) on
+    // every start.
+    let mut file = fs::File::open(entry).map_err(|e| format!("unreadable: {e}"))?;
+    let mut buffer = vec![0; 256 << 10];
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                crc.update(&buffer[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("unreadable: {e}")),
+        }
+    }
+    if format!("{:08x} {len}\n", crc.finalize()) == expected {
         Ok(())
     } else {
         Err("checksum mismatch (truncated or corrupted)".into())
@@ -290,6 +374,73 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
+}
+
+/// What identifies a file's content without reading it: device, inode,
+/// size, and modification and change times to the nanosecond. A warm start
+/// then need not read and hash a 14 MB JS component (~15 ms) to find its
+/// cache entry. As in git's index and ccache's direct mode, a digest is
+/// recorded only for a file left alone for a while (2 s), so a rewrite
+/// within the timestamps' granularity cannot keep the old identity. `None`
+/// where there are no inodes (non-Unix): the file is always hashed.
+struct FileIdentity {
+    #[cfg(unix)]
+    fields: [i64; 7],
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    fn of(path: &Path) -> std::io::Result<Option<FileIdentity>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        Ok(Some(FileIdentity {
+            fields: [
+                m.dev() as i64,
+                m.ino() as i64,
+                m.size() as i64,
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            ],
+        }))
+    }
+
+    #[cfg(not(unix))]
+    fn of(path: &Path) -> std::io::Result<Option<FileIdentity>> {
+        fs::metadata(path).map(|_| None)
+    }
+
+    /// Whether the file was last modified or changed over `settle` ago.
+    fn settled(&self, settle: Duration) -> bool {
+        #[cfg(unix)]
+        {
+            let [.., mtime, mtime_ns, ctime, ctime_ns] = self.fields;
+            let at = |secs: i64, nanos: i64| {
+                Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+            };
+            let last = at(mtime, mtime_ns).max(at(ctime, ctime_ns));
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            now.checked_sub(last).is_some_and(|age| age > settle)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = settle;
+            false
+        }
+    }
+}
+
+impl std::fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[cfg(unix)]
+        for (i, field) in self.fields.iter().enumerate() {
+            write!(f, "{}{field}", if i == 0 { "" } else { " " })?;
+        }
+        Ok(())
+    }
 }
 
 fn check_is_component(path: &Path, wasm: &[u8]) -> Result<(), EngineError> {
@@ -459,6 +610,71 @@ mod tests {
                 .outcome,
             CacheOutcome::Disk
         );
+    }
+
+    #[test]
+    fn warm_loads_find_a_settled_file_by_its_identity_and_notice_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache_dir = dir.path().join("cache");
+        let open = || CompileCache {
+            settle: Duration::ZERO,
+            ..CompileCache::open(&engine, &cache_dir).unwrap()
+        };
+        let file = dir.path().join("worker.wat");
+        fs::write(&file, EMPTY_COMPONENT).unwrap();
+        let first = open();
+        let loaded = first.load_file(&engine, file.clone()).unwrap();
+        assert_eq!(loaded.outcome, CacheOutcome::Compiled);
+        assert_eq!(first.stats().remembered_digests, 0);
+
+        // Found by identity: not read, not hashed.
+        let warm = open();
+        let loaded = warm.load_file(&engine, file.clone()).unwrap();
+        assert_eq!(
+            (loaded.outcome, loaded.digest),
+            (CacheOutcome::Disk, sha256_hex(EMPTY_COMPONENT))
+        );
+        assert_eq!(warm.stats().remembered_digests, 1);
+
+        // A damaged entry found through the remembered digest is still
+        // discarded, and the file read and compiled again.
+        let entry = warm.entry_path(EMPTY_COMPONENT);
+        let mut bytes = fs::read(&entry).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(&entry, &bytes).unwrap();
+        let repaired = open();
+        let loaded = repaired.load_file(&engine, file.clone()).unwrap();
+        assert_eq!(loaded.outcome, CacheOutcome::Compiled);
+        assert_eq!(
+            (
+                repaired.stats().discarded,
+                repaired.stats().remembered_digests
+            ),
+            (1, 0)
+        );
+
+        // New content: the identity no longer matches, so the file is read.
+        let other: &[u8] = b"(component (core module))";
+        fs::write(&file, other).unwrap();
+        let changed = open();
+        let loaded = changed.load_file(&engine, file.clone()).unwrap();
+        assert_eq!(
+            (loaded.outcome, loaded.digest),
+            (CacheOutcome::Compiled, sha256_hex(other))
+        );
+        assert_eq!(changed.stats().remembered_digests, 0);
+
+        // A file changed a moment ago is hashed every time until it settles.
+        let cautious = || CompileCache::open(&engine, &dir.path().join("cautious")).unwrap();
+        cautious().load_file(&engine, file.clone()).unwrap();
+        let again = cautious();
+        assert_eq!(
+            again.load_file(&engine, file.clone()).unwrap().outcome,
+            CacheOutcome::Disk
+        );
+        assert_eq!(again.stats().remembered_digests, 0);
     }
 
     #[test]
