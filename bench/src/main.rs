@@ -375,7 +375,7 @@ fn main() {
         .expect("its directory")
         .to_owned();
     let isola = tool("ISOLA_BIN", Some(release.join("isola")))
-        .expect("isola not found: `cargo build --release -p isola` (or set ISOLA_BIN)");
+        .expect("isola not found: `cargo build --profile dist -p isola` and set ISOLA_BIN");
     let work = tempfile::tempdir().expect("a work directory");
     let js_main = repo.join("bench/workers/worker.js");
     let js_guest = work.path().join("worker.wasm");
@@ -422,7 +422,13 @@ fn main() {
         version(Path::new("uname"), "-r")
     )
     .unwrap();
-    writeln!(doc, "- isola: {}", version(&setup.isola, "--version")).unwrap();
+    writeln!(
+        doc,
+        "- isola: {} (`{}`; `bench/run` builds it with the `dist` profile, fat LTO)",
+        version(&setup.isola, "--version"),
+        setup.isola.display()
+    )
+    .unwrap();
     match &setup.wasmtime {
         Some(w) => writeln!(doc, "- {}", version(w, "--version")).unwrap(),
         None => writeln!(
