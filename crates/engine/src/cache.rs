@@ -319,8 +319,9 @@ fn checksum_path(entry: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn checksum_line(artifact: &[u8]) -> String {
-    format!("{:08x} {}\n", crc32fast::hash(artifact), artifact.len())
+/// The sidecar's one line, written and checked by the same format.
+fn checksum_line(crc: u32, len: u64) -> String {
+    format!("{crc:08x} {len}\n")
 }
 
 fn verify_checksum(entry: &Path) -> Result<(), String> {
@@ -345,7 +346,7 @@ fn verify_checksum(entry: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("unreadable: {e}")),
         }
     }
-    if format!("{:08x} {len}\n", crc.finalize()) == expected {
+    if checksum_line(crc.finalize(), len) == expected {
         Ok(())
     } else {
         Err("checksum mismatch (truncated or corrupted)".into())
@@ -353,7 +354,10 @@ fn verify_checksum(entry: &Path) -> Result<(), String> {
 }
 
 fn write_entry(entry: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    write_atomically(&checksum_path(entry), checksum_line(artifact).as_bytes())?;
+    write_atomically(
+        &checksum_path(entry),
+        checksum_line(crc32fast::hash(artifact), artifact.len() as u64).as_bytes(),
+    )?;
     write_atomically(entry, artifact)
 }
 
@@ -518,6 +522,14 @@ mod tests {
 
     const EMPTY_COMPONENT: &[u8] = b"(component)";
 
+    /// Damage `entry` so that wasmtime's own header checks still pass.
+    fn flip_middle_byte(entry: &Path) {
+        let mut bytes = fs::read(entry).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(entry, &bytes).unwrap();
+    }
+
     fn engine() -> Engine {
         Engine::new(&crate::engine_config(&crate::EngineOptions::new("unused"))).unwrap()
     }
@@ -572,10 +584,7 @@ mod tests {
             .entry_path(EMPTY_COMPONENT);
 
         // A flipped byte in the middle: wasmtime's own header checks pass.
-        let mut bytes = fs::read(&entry).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
-        fs::write(&entry, &bytes).unwrap();
+        flip_middle_byte(&entry);
         let cache = CompileCache::open(&engine, dir.path()).unwrap();
         assert_eq!(
             cache.load(&engine, path, EMPTY_COMPONENT).unwrap().outcome,
@@ -640,10 +649,7 @@ mod tests {
         // A damaged entry found through the remembered digest is still
         // discarded, and the file read and compiled again.
         let entry = warm.entry_path(EMPTY_COMPONENT);
-        let mut bytes = fs::read(&entry).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0xff;
-        fs::write(&entry, &bytes).unwrap();
+        flip_middle_byte(&entry);
         let repaired = open();
         let loaded = repaired.load_file(&engine, file.clone()).unwrap();
         assert_eq!(loaded.outcome, CacheOutcome::Compiled);
