@@ -229,6 +229,23 @@ async fn env_holds_vars_secrets_bindings_and_request_cf() {
     let project = apis_project("");
     let server = serve(&project);
     let env = json(&server, "/env").await;
+    // `env` is read from the host when first touched; it still enumerates
+    // and answers `in` like the plain object of Workers.
+    let keys: Vec<&str> = env["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    for name in ["GREETING", "API_KEY", "KV", "DB", "BUCKET", "JOBS", "AUTH"] {
+        assert!(keys.contains(&name), "{name} missing from {keys:?}");
+    }
+    assert_eq!(env["spreadKeys"], keys.len());
+    assert_eq!(
+        (env["hasKv"].as_bool(), env["hasMissing"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(env["cfEnumerable"], true);
     assert_eq!(env["greeting"], "hi from vars");
     assert_eq!(env["secretLength"], "sk-live-0123456789".len());
     assert_eq!(

@@ -27,6 +27,12 @@ const routes = {
 
   async "/env"(request, env) {
     return Response.json({
+      // First, so that enumerating is what reads env from the host.
+      keys: Object.keys(env).sort(),
+      spreadKeys: Object.keys({ ...env }).length,
+      hasKv: "KV" in env,
+      hasMissing: "MISSING" in env,
+      cfEnumerable: Object.keys(request).includes("cf") || "cf" in request,
       greeting: env.GREETING,
       secretLength: env.API_KEY.length,
       kinds: {

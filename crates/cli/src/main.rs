@@ -5,6 +5,7 @@ mod admin_client;
 mod dev;
 mod init;
 mod js;
+mod log_writer;
 mod serve;
 mod state;
 
@@ -201,9 +202,10 @@ fn main() -> ExitCode {
     let telemetry = Arc::new(Telemetry::new());
     let filter = tracing_subscriber::EnvFilter::try_from_env("ISOLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, flush_logs) = log_writer::LogWriter::stderr();
     let log = match cli.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -211,7 +213,7 @@ fn main() -> ExitCode {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
     };
     // Metrics and tail see the request events whatever ISOLA_LOG says.
@@ -223,7 +225,9 @@ fn main() -> ExitCode {
         .with(log.with_filter(filter))
         .with(TelemetryLayer(telemetry.clone()).with_filter(events))
         .init();
-    match run(cli, telemetry) {
+    let result = run(cli, telemetry);
+    drop(flush_logs);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

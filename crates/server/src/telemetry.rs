@@ -305,7 +305,9 @@ impl Telemetry {
         }
         let request_id = fields.text("request_id").unwrap_or("-");
         let logs = self.take_pending(request_id);
-        if !self.tailing() {
+        // Fields recorded for the metrics alone (no subscriber then) do not
+        // make a whole tail event.
+        if !self.tailing() || fields.only.is_some() {
             return;
         }
         let event = json!({
@@ -369,7 +371,7 @@ impl Telemetry {
         let mut event = serde_json::Map::new();
         event.insert("type".into(), "trigger".into());
         event.insert("time".into(), now().into());
-        for (name, value) in &fields.0 {
+        for (name, value) in &fields.values {
             let value = match value {
                 FieldValue::Number(n) => json!(n),
                 FieldValue::Text(t) => json!(t),
@@ -419,7 +421,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
         }
         match target {
             "isola::access" => {
-                let mut fields = Fields::default();
+                // Without tail subscribers only the metrics read the event:
+                // skip formatting the fields they do not use.
+                let mut fields = if self.0.tailing() {
+                    Fields::default()
+                } else {
+                    Fields::only(METRIC_FIELDS)
+                };
                 event.record(&mut fields);
                 self.0.on_access(&fields);
             }
@@ -447,13 +455,40 @@ enum FieldValue {
     Text(String),
 }
 
-/// An event's fields by name.
+/// The fields of an access event that the metrics read.
+const METRIC_FIELDS: &[&str] = &[
+    "worker",
+    "status",
+    "wall_ms",
+    "cpu_ms",
+    "instantiate_ms",
+    "limit",
+    "request_id",
+];
+
+/// An event's fields by name: all of them, or `only` those named.
 #[derive(Default, Debug)]
-struct Fields(BTreeMap<&'static str, FieldValue>);
+struct Fields {
+    values: BTreeMap<&'static str, FieldValue>,
+    only: Option<&'static [&'static str]>,
+}
 
 impl Fields {
+    fn only(names: &'static [&'static str]) -> Self {
+        Fields {
+            values: BTreeMap::new(),
+            only: Some(names),
+        }
+    }
+
+    fn insert(&mut self, field: &Field, value: impl FnOnce() -> FieldValue) {
+        if self.only.is_none_or(|names| names.contains(&field.name())) {
+            self.values.insert(field.name(), value());
+        }
+    }
+
     fn text(&self, name: &str) -> Option<&str> {
-        match self.0.get(name)? {
+        match self.values.get(name)? {
             FieldValue::Text(t) => Some(t),
             FieldValue::Number(_) => None,
         }
@@ -461,7 +496,7 @@ impl Fields {
 
     /// Numbers recorded as numbers, or as text (`format_args!("{:.3}")`).
     fn number(&self, name: &str) -> Option<f64> {
-        match self.0.get(name)? {
+        match self.values.get(name)? {
             FieldValue::Number(n) => Some(*n),
             FieldValue::Text(t) => t.parse().ok(),
         }
@@ -470,33 +505,31 @@ impl Fields {
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        self.0.insert(field.name(), FieldValue::Text(text));
+        self.insert(field, || {
+            let mut text = String::new();
+            let _ = write!(text, "{value:?}");
+            FieldValue::Text(text)
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name(), FieldValue::Text(value.to_owned()));
+        self.insert(field, || FieldValue::Text(value.to_owned()));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0
-            .insert(field.name(), FieldValue::Number(value as f64));
+        self.insert(field, || FieldValue::Number(value as f64));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0
-            .insert(field.name(), FieldValue::Number(value as f64));
+        self.insert(field, || FieldValue::Number(value as f64));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name(), FieldValue::Number(value));
+        self.insert(field, || FieldValue::Number(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0
-            .insert(field.name(), FieldValue::Text(value.to_string()));
+        self.insert(field, || FieldValue::Text(value.to_string()));
     }
 }
 
