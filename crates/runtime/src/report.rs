@@ -217,3 +217,64 @@ fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn report() -> Arc<Report> {
+        Report::new("w".into(), "id".into(), http::Method::GET, "/".into(), None)
+    }
+
+    /// A guest that spends `polls` polls blocked (no CPU) for `each`.
+    async fn blocked(polls: u32, each: Duration) -> Result<(), GuestError> {
+        for _ in 0..polls {
+            std::thread::sleep(each);
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    /// A guest that burns CPU in "host calls" (no fuel) for `each` per poll.
+    async fn spinning(each: Duration) -> Result<(), GuestError> {
+        loop {
+            let started = Instant::now();
+            while started.elapsed() < each {
+                std::hint::spin_loop();
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_first_millisecond_is_counted_by_wall_time() {
+        // 10 × 5 ms blocked: wall-time counting would see 50 ms and cut it
+        // off at the 20 ms limit; past the first millisecond the thread CPU
+        // clock counts, which sees almost nothing.
+        let report = report();
+        let timed = CpuTimed::new(
+            blocked(10, Duration::from_millis(5)),
+            report.clone(),
+            Duration::from_millis(20),
+        );
+        assert!(timed.await.is_ok());
+        let counted = Duration::from_nanos(report.cpu_ns.load(Ordering::Relaxed));
+        assert!(counted >= Duration::from_millis(5), "{counted:?}");
+        assert!(counted < Duration::from_millis(20), "{counted:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn cpu_burnt_in_host_calls_is_cut_off_at_the_limit() {
+        let report = report();
+        let timed = CpuTimed::new(
+            spinning(Duration::from_millis(2)),
+            report.clone(),
+            Duration::from_millis(20),
+        );
+        let error = timed.await.expect_err("cut off");
+        assert_eq!(error.failure, Failure::CpuLimit);
+        let counted = Duration::from_nanos(report.cpu_ns.load(Ordering::Relaxed));
+        assert!(counted > Duration::from_millis(20), "{counted:?}");
+    }
+}
