@@ -196,6 +196,17 @@ impl RedisQueues {
     }
 }
 
+impl RedisQueues {
+    /// Run a script on a connection of the pool.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        invocation.invoke_async(&mut conn).await.map_err(redis_err)
+    }
+}
+
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{PRELUDE}\n{body}"))
 }
@@ -219,6 +230,19 @@ struct Keys {
     stream: String,
     delayed: String,
     leases: String,
+}
+
+impl Keys {
+    /// `script` on this queue's stream, delayed set and leases (its KEYS
+    /// 1-3) and key prefix (ARGV 1), for the scripts that take them all.
+    fn invoke<'a>(&'a self, script: &'a redis::Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.stream);
+        invocation
+            .key(&self.delayed)
+            .key(&self.leases)
+            .arg(&self.prefix);
+        invocation
+    }
 }
 
 fn keys(queue: &str) -> Keys {
@@ -257,11 +281,7 @@ impl QueueStore for RedisQueues {
                 .arg(m.content_type)
                 .arg(millis(m.delay));
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
 
@@ -270,19 +290,12 @@ impl QueueStore for RedisQueues {
             return Ok(vec![]);
         }
         let k = keys(queue);
-        let mut conn = self.conn.clone();
-        let rows: Vec<(String, Vec<u8>, String, u64, u32)> = self
-            .lease
-            .key(&k.stream)
-            .key(&k.delayed)
-            .key(&k.leases)
-            .arg(&k.prefix)
+        let mut invocation = k.invoke(&self.lease);
+        invocation
             .arg(max)
             .arg(millis(lease))
-            .arg(crate::connect::node_id())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+            .arg(crate::connect::node_id());
+        let rows: Vec<(String, Vec<u8>, String, u64, u32)> = self.run(&invocation).await?;
         Ok(rows
             .into_iter()
             .map(
@@ -302,51 +315,27 @@ impl QueueStore for RedisQueues {
             return Ok(());
         }
         let k = keys(queue);
-        let mut invocation = self.ack.key(&k.stream);
-        invocation.key(&k.delayed).key(&k.leases).arg(&k.prefix);
+        let mut invocation = k.invoke(&self.ack);
         for id in ids {
             invocation.arg(id);
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
 
     async fn retry(&self, queue: &str, id: &str, delay: Duration) -> Result<()> {
         let k = keys(queue);
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .retry
-            .key(&k.stream)
-            .key(&k.delayed)
-            .key(&k.leases)
-            .arg(&k.prefix)
-            .arg(id)
-            .arg(millis(delay))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let mut invocation = k.invoke(&self.retry);
+        invocation.arg(id).arg(millis(delay));
+        let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
 
     async fn dead_letter(&self, queue: &str, id: &str, dead_letter_queue: &str) -> Result<()> {
         let (k, dlq) = (keys(queue), keys(dead_letter_queue));
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .dead_letter
-            .key(&k.stream)
-            .key(&k.delayed)
-            .key(&k.leases)
-            .key(&dlq.stream)
-            .arg(&k.prefix)
-            .arg(id)
-            .arg(&dlq.prefix)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let mut invocation = k.invoke(&self.dead_letter);
+        invocation.key(&dlq.stream).arg(id).arg(&dlq.prefix);
+        let _: i64 = self.run(&invocation).await?;
         Ok(())
     }
 
@@ -366,15 +355,9 @@ impl QueueStore for RedisQueues {
 
     async fn next_visible(&self, queue: &str) -> Result<Option<SystemTime>> {
         let k = keys(queue);
-        let mut conn = self.conn.clone();
-        let wait: i64 = self
-            .next_visible
-            .key(&k.stream)
-            .key(&k.delayed)
-            .key(&k.leases)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
+        let mut invocation = self.next_visible.key(&k.stream);
+        invocation.key(&k.delayed).key(&k.leases);
+        let wait: i64 = self.run(&invocation).await?;
         Ok(u64::try_from(wait)
             .ok()
             .map(|ms| SystemTime::now() + Duration::from_millis(ms)))
