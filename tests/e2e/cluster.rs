@@ -247,7 +247,10 @@ async fn queue_messages_are_consumed_once_across_nodes() {
     );
     assert_eq!(queue_depth(&redis, "jobs").await, 0);
     // Both nodes consumed.
-    let (on_a, on_b) = (batches_finished(&a.logs()), batches_finished(&b.logs()));
+    let (on_a, on_b) = (
+        batches_finished(&a.flushed_logs()),
+        batches_finished(&b.flushed_logs()),
+    );
     assert!(on_a > 0 && on_b > 0, "batches: A {on_a}, B {on_b}");
 }
 
@@ -331,7 +334,7 @@ async fn a_cron_firing_runs_on_exactly_one_node() {
         .unwrap()
         .as_millis() as u64;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (on_a, on_b) = (firings(&a.logs()), firings(&b.logs()));
+    let (on_a, on_b) = (firings(&a.flushed_logs()), firings(&b.flushed_logs()));
     let both: BTreeSet<u64> = on_a.iter().chain(&on_b).copied().collect();
     assert_eq!(
         both.len(),

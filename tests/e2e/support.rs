@@ -165,6 +165,14 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The logs once every line already logged has been written out: the
+    /// server writes info lines in batches, at most 50 ms apart. For
+    /// counting lines; [`Server::wait_for_log`] waits for one.
+    pub fn flushed_logs(&self) -> String {
+        std::thread::sleep(Duration::from_millis(250));
+        self.logs()
+    }
+
     /// Wait until the logs contain `needle` (logging is asynchronous to the
     /// responses), or panic after a few seconds.
     pub fn wait_for_log(&self, needle: &str) -> String {
