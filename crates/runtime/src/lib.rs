@@ -186,9 +186,7 @@ impl Drop for ActiveTask {
 pub struct RequestStats(Arc<Report>);
 
 impl RequestStats {
-    /// CPU time spent running the guest: its first millisecond counted by
-    /// the wall time of the guest's polls (an upper bound, read without a
-    /// system call), the rest by the thread CPU clock.
+    /// Thread CPU time spent running the guest.
     pub fn cpu_time(&self) -> Duration {
         Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
     }
