@@ -186,6 +186,94 @@ async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_
     assert_eq!(json(&server, "/env").await["greeting"], "hi from vars");
 }
 
+/// What a client sees of one `/reply?as=SHAPE` answer: status, the headers
+/// the worker may set, and the body, with the server's address as `ADDR`.
+async fn reply(server: &Server, shape: &str) -> (u16, Vec<(String, Vec<u8>)>, String) {
+    // Redirects are part of what is compared, not followed.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .get(server.url(&format!("/reply?as={shape}")))
+        .header("x-multi", "a")
+        .header("x-multi", "b")
+        .header(
+            "x-latin1",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let names = [
+        "content-type",
+        "location",
+        "set-cookie",
+        "x-latin1",
+        "x-empty",
+        "x-streamed",
+    ];
+    let mut seen = Vec::new();
+    for name in names {
+        for value in response.headers().get_all(name) {
+            seen.push((name.to_owned(), value.as_bytes().to_vec()));
+        }
+    }
+    let addr = server.url("");
+    let addr = addr.trim_start_matches("http://");
+    let body = response.text().await.unwrap().replace(addr, "ADDR");
+    (status, seen, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
+    let fresh = serve(&apis_project(""));
+    let reused = serve(&apis_project("instance_reuse = 100\n"));
+    // Twice: the second round is served by an instance that has served.
+    for round in 0..2 {
+        for shape in ["head", "bytes", "empty", "redirect", "stream"] {
+            assert_eq!(
+                reply(&reused, shape).await,
+                reply(&fresh, shape).await,
+                "{shape}, round {round}; reused logs:\n{}",
+                reused.logs()
+            );
+        }
+    }
+    let (status, headers, body) = reply(&reused, "head").await;
+    assert_eq!(status, 299);
+    let header = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    };
+    assert_eq!(header("set-cookie"), [b"a=1".as_slice(), b"b=2"]);
+    assert_eq!(header("x-latin1"), [b"caf\xe9".as_slice()]);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["url"], "http://ADDR/reply?as=head");
+    let request_headers = seen["headers"].as_array().unwrap();
+    // `host` is not among them: `wasi:http` keeps it from guests.
+    for (name, value) in [("x-multi", "a, b"), ("x-latin1", "caf\u{e9}")] {
+        assert!(
+            request_headers.contains(&serde_json::json!([name, value])),
+            "{name}: {value} not in {request_headers:?}"
+        );
+    }
+    assert_eq!(reply(&reused, "bytes").await.2, "\u{2}\u{3}");
+    assert_eq!(reply(&reused, "stream").await.2, "streamed, in two chunks");
+
+    // A response the host refuses is a 500 with the reason in the log,
+    // and the instance goes on serving.
+    let (status, _, _) = reply(&reused, "bad-length").await;
+    assert_eq!(status, 500);
+    reused.wait_for_log("content-length \"5\" does not match the body's 4 bytes");
+    assert_eq!(reply(&reused, "empty").await.0, 204);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_a_component_built_with_instance_reuse_serves_many_requests_per_instance() {
     warm_up();

@@ -21,6 +21,46 @@ const routes = {
     });
   },
 
+  // Response shapes: with `instance_reuse` the shim sends one whose body is
+  // in memory in one call, and streams the others.
+  async "/reply"(request) {
+    switch (new URL(request.url).searchParams.get("as")) {
+      case "head": {
+        const headers = new Headers({ "x-latin1": "caf\u00e9" });
+        headers.append("set-cookie", "a=1");
+        headers.append("set-cookie", "b=2");
+        const seen = { method: request.method, url: request.url, headers: [...request.headers] };
+        return new Response(JSON.stringify(seen), { status: 299, headers });
+      }
+      case "bytes": {
+        const bytes = new Uint8Array([1, 2, 3, 4]);
+        const response = new Response(bytes.subarray(1, 3));
+        bytes.fill(9); // the response keeps the bytes it was given
+        return response;
+      }
+      case "empty":
+        return new Response(null, { status: 204, headers: { "x-empty": "yes" } });
+      case "redirect":
+        return Response.redirect("https://example.com/elsewhere", 302);
+      case "stream": {
+        const encoder = new TextEncoder();
+        const stream = new ReadableStream({
+          async start(controller) {
+            controller.enqueue(encoder.encode("streamed, "));
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            controller.enqueue(encoder.encode("in two chunks"));
+            controller.close();
+          },
+        });
+        return new Response(stream, { headers: { "x-streamed": "yes" } });
+      }
+      case "bad-length":
+        return new Response("four", { headers: { "content-length": "5" } });
+      default:
+        return new Response("no such shape\n", { status: 400 });
+    }
+  },
+
   async "/sibling"() {
     return new Response(greet("isola"));
   },

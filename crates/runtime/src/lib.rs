@@ -27,6 +27,7 @@ mod coalesce;
 mod env_bindings;
 mod failure;
 mod guest_log;
+mod http_batch;
 mod outbound;
 mod pass_through;
 mod report;

@@ -338,6 +338,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    crate::http_batch::add_to_linker(&mut linker)?;
     ctx::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     env::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     request_info::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

@@ -1,0 +1,170 @@
+//! `isola:worker/http-batch`: a request's head in one call and a whole
+//! response in one more, for guests whose bindings make each `wasi:http`
+//! call costly (the JavaScript SDK's `instance_reuse` build). Both keep
+//! `wasi:http`'s semantics: the same header checks, the same outparam.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::Resource;
+use wasmtime_wasi_http::p2::bindings::http::types::{
+    self as wasi, HostFields, HostIncomingRequest as _, Method, Scheme,
+};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{
+    HostIncomingRequest, HostOutgoingResponse, HostResponseOutparam,
+};
+use wasmtime_wasi_http::{FieldMap, WasiHttpView};
+
+use crate::state::HostState;
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "isola:worker/http-batch-import",
+        imports: { default: trappable },
+        with: {
+            "wasi:http/types": wasmtime_wasi_http::p2::bindings::http::types,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
+        require_store_data_send: true,
+    });
+}
+
+use generated::isola::worker::http_batch::{self, RequestHead};
+
+/// The most header bytes a response may carry: `wasi:http`'s own limit for
+/// a `fields` (wasmtime-wasi-http's default, which Isola keeps).
+const FIELD_SIZE_LIMIT: usize = 128 * 1024;
+
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
+    http_batch::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+}
+
+fn method_name(method: Method) -> String {
+    match method {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(name) => name,
+    }
+}
+
+/// Bytes as text, one char per byte (a Fetch ByteString).
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// The inverse of [`latin1`]; `None` when a char is above U+00FF.
+fn latin1_bytes(text: &str) -> Option<Vec<u8>> {
+    text.chars().map(|c| u8::try_from(c).ok()).collect()
+}
+
+impl http_batch::Host for HostState {
+    fn read_head(
+        &mut self,
+        request: Resource<HostIncomingRequest>,
+    ) -> wasmtime::Result<RequestHead> {
+        let borrow = || Resource::<HostIncomingRequest>::new_borrow(request.rep());
+        let mut http = self.http();
+        let method = method_name(http.method(borrow())?);
+        let fields = http.headers(borrow())?;
+        let entries = http.entries(Resource::new_borrow(fields.rep()))?;
+        http.table.delete(fields)?;
+        let headers: Vec<(String, String)> = entries
+            .into_iter()
+            .map(|(name, value)| (name, latin1(&value)))
+            .collect();
+        let scheme = match http.scheme(borrow())? {
+            None | Some(Scheme::Http) => "http".to_owned(),
+            Some(Scheme::Https) => "https".to_owned(),
+            Some(Scheme::Other(other)) => other,
+        };
+        let authority = match http.authority(borrow())? {
+            Some(authority) if !authority.is_empty() => authority,
+            _ => headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+                .map_or_else(|| "localhost".to_owned(), |(_, host)| host.clone()),
+        };
+        let path = http.path_with_query(borrow())?;
+        let url = format!("{scheme}://{authority}{}", path.as_deref().unwrap_or("/"));
+        Ok(RequestHead {
+            method,
+            url,
+            headers,
+        })
+    }
+
+    fn respond(
+        &mut self,
+        outparam: Resource<HostResponseOutparam>,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let http = self.http();
+        let outparam = http.table.delete(outparam)?;
+        match whole_response(http.hooks, status, headers, body) {
+            Ok(response) => {
+                (outparam.send)(Ok(response));
+                Ok(Ok(()))
+            }
+            Err(message) => {
+                // As a guest that sets the outparam to an error: the client
+                // gets a 500, and the guest learns why.
+                (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
+                Ok(Err(message))
+            }
+        }
+    }
+}
+
+/// A response from its parts, checked as `wasi:http` checks them.
+fn whole_response(
+    hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+    let status = http::StatusCode::from_u16(status)
+        .map_err(|_| format!("{status} is not an HTTP status code"))?;
+    let mut fields = FieldMap::new_mutable(FIELD_SIZE_LIMIT);
+    for (name, value) in headers {
+        let bytes = latin1_bytes(&value)
+            .ok_or_else(|| format!("header {name:?}: the value has a character above U+00FF"))?;
+        fields
+            .append(hooks, name.clone(), bytes)
+            .map_err(|e| format!("header {name:?}: {e}"))?;
+    }
+    if let Some(length) = fields.get(http::header::CONTENT_LENGTH) {
+        let matches = length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<u64>().ok())
+            .is_some_and(|l| l == body.len() as u64);
+        if !matches {
+            return Err(format!(
+                "content-length {length:?} does not match the body's {} bytes",
+                body.len()
+            ));
+        }
+    }
+    let body = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    hyper::Response::try_from(HostOutgoingResponse {
+        status,
+        headers: fields,
+        body: Some(body),
+    })
+    .map_err(|e| e.to_string())
+}
