@@ -232,7 +232,7 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
     let reused = serve(&apis_project("instance_reuse = 100\n"));
     // Twice: the second round is served by an instance that has served.
     for round in 0..2 {
-        for shape in ["head", "bytes", "empty", "redirect", "stream"] {
+        for shape in ["head", "bytes", "json", "empty", "redirect", "stream"] {
             assert_eq!(
                 reply(&reused, shape).await,
                 reply(&fresh, shape).await,
@@ -264,6 +264,15 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
         );
     }
     assert_eq!(reply(&reused, "bytes").await.2, "\u{2}\u{3}");
+    let (status, headers, body) = reply(&reused, "json").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (202, r#"{"shape":"json","list":[1,"two"]}"#)
+    );
+    assert!(
+        headers.contains(&("content-type".to_owned(), b"application/json".to_vec())),
+        "{headers:?}"
+    );
     assert_eq!(reply(&reused, "stream").await.2, "streamed, in two chunks");
 
     // A response the host refuses is a 500 with the reason in the log,

@@ -38,6 +38,8 @@ const routes = {
         bytes.fill(9); // the response keeps the bytes it was given
         return response;
       }
+      case "json":
+        return Response.json({ shape: "json", list: [1, "two"] }, { status: 202 });
       case "empty":
         return new Response(null, { status: 204, headers: { "x-empty": "yes" } });
       case "redirect":

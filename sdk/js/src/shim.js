@@ -1029,7 +1029,19 @@ function toRequest(incoming, cleanup) {
 const wholeBodies = new WeakMap();
 
 function recordWholeBodies() {
+  // `Response.json` too: the engine's own would build its response past
+  // the wrapped constructor.
+  const json = (data, init = {}) => {
+    const text = JSON.stringify(data);
+    if (text === undefined) throw new TypeError("Response.json: the value cannot be serialized");
+    const headers = new Headers(init.headers);
+    if (!headers.has("content-type")) headers.set("content-type", "application/json");
+    return new globalThis.Response(text, { ...init, headers });
+  };
   globalThis.Response = new Proxy(Response, {
+    get(target, key, receiver) {
+      return key === "json" ? json : Reflect.get(target, key, receiver);
+    },
     construct(target, args, newTarget) {
       const response = Reflect.construct(target, args, newTarget);
       const body = args[0];
