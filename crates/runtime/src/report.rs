@@ -167,7 +167,7 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
             return Poll::Ready(Err(GuestError::message(
                 Failure::CpuLimit,
                 format!(
-                    "CPU time limit of {} ms exceeded (measured {:.1} ms, much of it in host calls)",
+                    "CPU time limit of {} ms exceeded (measured {:.1} ms, more than its fuel shows: time in host calls or in the kernel)",
                     self.limit_ns / 1_000_000,
                     total as f64 / 1e6
                 ),
