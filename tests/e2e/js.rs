@@ -191,6 +191,7 @@ async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_
 async fn reply(server: &Server, shape: &str) -> (u16, Vec<(String, Vec<u8>)>, String) {
     // Redirects are part of what is compared, not followed.
     let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::Resource;
 use wasmtime_wasi_http::p2::bindings::http::types::{
-    self as wasi, HostFields, HostIncomingRequest as _, Method, Scheme,
+    self as wasi, HostFields, HostIncomingRequest as _, Scheme,
 };
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{
@@ -43,21 +43,6 @@ pub(crate) fn add_to_linker(
     http_batch::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
 }
 
-fn method_name(method: Method) -> String {
-    match method {
-        Method::Get => "GET".into(),
-        Method::Head => "HEAD".into(),
-        Method::Post => "POST".into(),
-        Method::Put => "PUT".into(),
-        Method::Delete => "DELETE".into(),
-        Method::Connect => "CONNECT".into(),
-        Method::Options => "OPTIONS".into(),
-        Method::Trace => "TRACE".into(),
-        Method::Patch => "PATCH".into(),
-        Method::Other(name) => name,
-    }
-}
-
 /// Bytes as text, one char per byte (a Fetch ByteString).
 fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
@@ -75,7 +60,8 @@ impl http_batch::Host for HostState {
     ) -> wasmtime::Result<RequestHead> {
         let borrow = || Resource::<HostIncomingRequest>::new_borrow(request.rep());
         let mut http = self.http();
-        let method = method_name(http.method(borrow())?);
+        // An incoming request's method was parsed by hyper: it converts back.
+        let method: http::Method = http.method(borrow())?.try_into()?;
         let fields = http.headers(borrow())?;
         let entries = http.entries(Resource::new_borrow(fields.rep()))?;
         http.table.delete(fields)?;
@@ -88,17 +74,16 @@ impl http_batch::Host for HostState {
             Some(Scheme::Https) => "https".to_owned(),
             Some(Scheme::Other(other)) => other,
         };
-        let authority = match http.authority(borrow())? {
-            Some(authority) if !authority.is_empty() => authority,
-            _ => headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case("host"))
-                .map_or_else(|| "localhost".to_owned(), |(_, host)| host.clone()),
-        };
+        // wasmtime-wasi-http takes it from the URI or else the `host`
+        // header, which guests never see; an empty `host` leaves it empty.
+        let authority = http
+            .authority(borrow())?
+            .filter(|authority| !authority.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
         let path = http.path_with_query(borrow())?;
         let url = format!("{scheme}://{authority}{}", path.as_deref().unwrap_or("/"));
         Ok(RequestHead {
-            method,
+            method: method.as_str().to_owned(),
             url,
             headers,
         })

@@ -1066,12 +1066,17 @@ function wholeBody(response) {
   return typeof body === "string" ? encoder.encode(body) : body;
 }
 
-function responseFields(headers) {
+/** A response's headers as [name, value] pairs, less those the host refuses. */
+function sendableHeaders(headers) {
   const list = [];
-  for (const [name, value] of headers) {
-    if (!HOP_BY_HOP.has(name)) list.push([name, latin1Bytes(value)]);
+  for (const entry of headers) {
+    if (!HOP_BY_HOP.has(entry[0])) list.push(entry);
   }
-  return Fields.fromList(list);
+  return list;
+}
+
+function responseFields(headers) {
+  return Fields.fromList(sendableHeaders(headers).map(([name, value]) => [name, latin1Bytes(value)]));
 }
 
 /** Write `bytes` as fast as the host takes them. */
@@ -1103,12 +1108,8 @@ function writeAll(stream, bytes) {
 async function sendResponse(response, outparam) {
   const whole = wholeBody(response);
   if (whole !== undefined) {
-    const headers = [];
-    for (const entry of response.headers) {
-      if (!HOP_BY_HOP.has(entry[0])) headers.push(entry);
-    }
     try {
-      respond(outparam, response.status, headers, whole);
+      respond(outparam, response.status, sendableHeaders(response.headers), whole);
     } catch (e) {
       throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
     }
