@@ -256,6 +256,7 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["method"], "GET");
     assert_eq!(seen["url"], "http://ADDR/reply?as=head");
+    assert_eq!(seen["constructorIsResponse"], true);
     let request_headers = seen["headers"].as_array().unwrap();
     // `host` is not among them: `wasi:http` keeps it from guests.
     for (name, value) in [("x-multi", "a, b"), ("x-latin1", "caf\u{e9}")] {

@@ -29,7 +29,13 @@ const routes = {
         const headers = new Headers({ "x-latin1": "caf\u00e9" });
         headers.append("set-cookie", "a=1");
         headers.append("set-cookie", "b=2");
-        const seen = { method: request.method, url: request.url, headers: [...request.headers] };
+        const probe = new Response("");
+        const seen = {
+          method: request.method,
+          url: request.url,
+          headers: [...request.headers],
+          constructorIsResponse: probe.constructor === Response && probe instanceof Response,
+        };
         return new Response(JSON.stringify(seen), { status: 299, headers });
       }
       case "bytes": {

@@ -1038,7 +1038,7 @@ function recordWholeBodies() {
     if (!headers.has("content-type")) headers.set("content-type", "application/json");
     return new globalThis.Response(text, { ...init, headers });
   };
-  globalThis.Response = new Proxy(Response, {
+  const recording = new Proxy(Response, {
     get(target, key, receiver) {
       return key === "json" ? json : Reflect.get(target, key, receiver);
     },
@@ -1056,6 +1056,14 @@ function recordWholeBodies() {
       return response;
     },
   });
+  // A response's `constructor` is the global it was made with, as in any
+  // engine: `response.constructor === Response` must keep holding.
+  Object.defineProperty(Response.prototype, "constructor", {
+    value: recording,
+    writable: true,
+    configurable: true,
+  });
+  globalThis.Response = recording;
 }
 
 /** The response's whole body when it is known without reading its stream. */
