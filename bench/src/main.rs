@@ -1066,3 +1066,53 @@ fn main() {
     std::fs::write(&options.out, format!("{doc}{analysis}")).expect("writing RESULTS.md");
     eprintln!("wrote {}", options.out.display());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(servers: &[(&str, [f64; HELLO_ROUNDS])]) -> Rounds {
+        Rounds {
+            servers: servers
+                .iter()
+                .map(|(name, rps)| {
+                    let results = rps
+                        .iter()
+                        .map(|&rps| LoadResult {
+                            rps,
+                            ..LoadResult::default()
+                        })
+                        .collect();
+                    (name.to_string(), results)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ratios_are_paired_by_round_and_the_median_is_taken() {
+        // A slow second round for both servers: paired ratios stay steady
+        // where the ratio of the two medians would not.
+        let r = rounds(&[
+            ("isola", [20_000.0, 10_000.0, 21_000.0]),
+            ("peer", [25_000.0, 12_000.0, 20_000.0]),
+        ]);
+        let (ratios, median) = r.paired_ratios("isola", "peer").unwrap();
+        assert_eq!(ratios.len(), HELLO_ROUNDS);
+        assert!((ratios[0] - 0.8).abs() < 1e-9);
+        assert!((median - 10.0 / 12.0).abs() < 1e-9, "{median}");
+        assert!(r.paired_ratios("isola", "absent").is_none());
+
+        let rows = r.median_rows("hello");
+        assert_eq!(rows[0].server, "isola");
+        assert_eq!(rows[0].result.rps, 20_000.0);
+        assert_eq!(rows[1].result.rps, 20_000.0);
+
+        let table = r.ratio_table("isola");
+        assert!(
+            table.contains("| peer | 0.80× | 0.83× | 1.05× | **0.83×** |"),
+            "{table}"
+        );
+        assert!(!table.contains("| isola |"), "{table}");
+    }
+}
