@@ -688,7 +688,7 @@ fn main() {
         doc,
         "## Side by side, JS worker, {CONNECTIONS} connections\n\n\
          JS hello rows: the median of {HELLO_ROUNDS} interleaved rounds per server.\n\n{}\n\
-         JS hello, each Isola server's req/s ÷ the others' in the same round:\n\n{}{}",
+         JS hello, each Isola server's req/s ÷ the others' in the same round:\n\n{}\n{}",
         table(&js_rows, "isola"),
         js_hello_rounds.ratio_table("isola"),
         js_hello_rounds.ratio_table("isola, instance_reuse")
