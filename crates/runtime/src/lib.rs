@@ -749,9 +749,10 @@ impl Worker {
         let worker = inner.shared.name.clone();
         let id = request_id.clone();
         let active = ActiveTask::start(&inner.active);
+        let limited = within_limits(guest, report.clone(), wall, cpu_limit);
         let task = tokio::spawn(async move {
             let _active = active;
-            let outcome = within_limits(guest, report.clone(), wall, cpu_limit).await;
+            let outcome = limited.await;
             match outcome {
                 Err(error) if response_sent.load(Ordering::Acquire) => {
                     report.outcome.lock().expect("report lock").limit = error.failure.limit();

@@ -128,11 +128,15 @@ impl Drop for Report {
 /// whenever the guest yields (fuel yields come about every millisecond of
 /// wasm execution).
 ///
-/// Both readings are of the thread CPU clock, a system call each (~4% of a
-/// hello request's server CPU). Counting a poll by its wall time instead
-/// (the vDSO) was tried and dropped: a long poll on a busy machine, such
-/// as a first poll that streams an upload into a binding, was charged for
-/// the time its thread waited to run, and an e2e upload hit `cpu-limit`.
+/// The thread CPU clock is a system call (with the wall clock, ~4% of a
+/// hello request's server CPU), so it is read before each poll and after
+/// it only when the poll took [`SHORT_POLL`] or more of wall time. A
+/// shorter poll is charged its wall time: it can only have been overcharged
+/// by interrupts, as a thread that loses the CPU is away for a scheduler
+/// slice, far longer than that. Counting every poll by its wall time was
+/// tried and dropped: a long poll on a busy machine, such as a first poll
+/// that streams an upload into a binding, was charged for the time its
+/// thread waited to run, and an e2e upload hit `cpu-limit`.
 pub(crate) struct CpuTimed<F> {
     inner: Option<Pin<Box<F>>>,
     report: Arc<Report>,
@@ -158,8 +162,14 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
             return Poll::Pending;
         };
         let before = thread_cpu_ns();
+        let started = Instant::now();
         let result = inner.as_mut().poll(cx);
-        let spent = thread_cpu_ns().saturating_sub(before);
+        let wall = started.elapsed();
+        let spent = if wall < SHORT_POLL {
+            wall.as_nanos() as u64
+        } else {
+            thread_cpu_ns().saturating_sub(before)
+        };
         let total = self.report.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
         if result.is_pending() && total > self.limit_ns {
             // Dropping the guest drops its store and instance.
@@ -179,20 +189,30 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
 
 /// Run `guest` under the wall-clock limit (which also bounds host-side
 /// waits) and the CPU-time backstop, accounting its CPU time in `report`.
-pub(crate) async fn within_limits<T>(
+///
+/// `guest` is boxed here, before the returned future is spawned: a task
+/// holding it unboxed would be memcpy'd whole when spawned and when it
+/// stores its output (~1.5% of a hello request's server CPU).
+pub(crate) fn within_limits<T>(
     guest: impl Future<Output = Result<T, GuestError>>,
     report: Arc<Report>,
     wall: std::time::Duration,
     cpu_limit: std::time::Duration,
-) -> Result<T, GuestError> {
-    match tokio::time::timeout(wall, CpuTimed::new(guest, report, cpu_limit)).await {
-        Ok(result) => result,
-        Err(_) => Err(GuestError::message(
-            Failure::WallLimit,
-            format!("wall-clock limit of {} ms reached", wall.as_millis()),
-        )),
+) -> impl Future<Output = Result<T, GuestError>> {
+    let limited = tokio::time::timeout(wall, CpuTimed::new(guest, report, cpu_limit));
+    async move {
+        match limited.await {
+            Ok(result) => result,
+            Err(_) => Err(GuestError::message(
+                Failure::WallLimit,
+                format!("wall-clock limit of {} ms reached", wall.as_millis()),
+            )),
+        }
     }
 }
+
+/// Polls shorter than this are charged their wall time; see [`CpuTimed`].
+const SHORT_POLL: std::time::Duration = std::time::Duration::from_micros(100);
 
 fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -248,6 +268,22 @@ mod tests {
         let report = report();
         let timed = CpuTimed::new(
             spinning(Duration::from_millis(2)),
+            report.clone(),
+            Duration::from_millis(20),
+        );
+        let error = timed.await.expect_err("cut off");
+        assert_eq!(error.failure, Failure::CpuLimit);
+        let counted = Duration::from_nanos(report.cpu_ns.load(Ordering::Relaxed));
+        assert!(counted > Duration::from_millis(20), "{counted:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn short_polls_are_counted_too() {
+        // Polls well under SHORT_POLL are charged their wall time: many of
+        // them still add up to the limit.
+        let report = report();
+        let timed = CpuTimed::new(
+            spinning(Duration::from_micros(20)),
             report.clone(),
             Duration::from_millis(20),
         );

@@ -247,9 +247,10 @@ impl Worker {
         let cpu_limit = Duration::from_millis(inner.trigger_cpu_ms);
         let active = ActiveTask::start(&inner.active);
         let timed_report = report.clone();
+        let limited = within_limits(guest, timed_report, wall, cpu_limit);
         let task = tokio::spawn(async move {
             let _active = active;
-            within_limits(guest, timed_report, wall, cpu_limit).await
+            limited.await
         });
         let result = match task.await {
             Ok(result) => result,

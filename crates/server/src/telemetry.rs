@@ -271,45 +271,60 @@ impl Telemetry {
         self.tail.receiver_count() > 0
     }
 
-    fn on_access(&self, fields: &Fields) {
-        let worker = fields.text("worker").unwrap_or("-").to_owned();
-        let status = fields.number("status").map(|s| s as u16);
+    /// Counts a finished request; `fields` has all of the event's fields
+    /// when there are tail subscribers to send it to.
+    fn on_access(&self, access: AccessMetrics, fields: Option<&Fields>) {
+        let AccessMetrics {
+            worker,
+            request_id,
+            status,
+            wall_ms,
+            cpu_ms,
+            instantiate_ms,
+            limit,
+        } = access;
+        let worker = if worker.is_empty() {
+            "-".into()
+        } else {
+            worker
+        };
         self.requests
             .get_or_create(&RequestLabels {
                 worker: worker.clone(),
                 status: status.map_or_else(|| "0".into(), |s| s.to_string()),
             })
             .inc();
-        let labels = WorkerLabels {
-            worker: worker.clone(),
-        };
-        if let Some(wall) = fields.number("wall_ms") {
+        let labels = WorkerLabels { worker };
+        if let Some(wall) = wall_ms {
             self.duration.get_or_create(&labels).observe(wall / 1e3);
         }
-        if let Some(cpu) = fields.number("cpu_ms") {
+        if let Some(cpu) = cpu_ms {
             self.cpu.get_or_create(&labels).observe(cpu / 1e3);
         }
-        if let Some(instantiate) = fields.number("instantiate_ms").filter(|&t| t > 0.0) {
+        if let Some(instantiate) = instantiate_ms.filter(|&t| t > 0.0) {
             self.instantiation
                 .get_or_create(&labels)
                 .observe(instantiate / 1e3);
         }
-        let limit = fields.text("limit").filter(|&l| l != "none");
-        if let Some(limit) = limit {
+        let limit = limit.filter(|l| l != "none");
+        if let Some(limit) = &limit {
             self.limits
                 .get_or_create(&LimitLabels {
-                    worker: worker.clone(),
-                    limit: limit.into(),
+                    worker: labels.worker.clone(),
+                    limit: limit.clone(),
                 })
                 .inc();
         }
-        let request_id = fields.text("request_id").unwrap_or("-");
+        let request_id = if request_id.is_empty() {
+            "-"
+        } else {
+            &request_id
+        };
         let logs = self.take_pending(request_id);
-        // Fields recorded for the metrics alone (no subscriber then) do not
-        // make a whole tail event.
-        if !self.tailing() || fields.only.is_some() {
+        let Some(fields) = fields.filter(|_| self.tailing()) else {
             return;
-        }
+        };
+        let worker = labels.worker;
         let event = json!({
             "type": "request",
             "time": now(),
@@ -421,15 +436,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
         }
         match target {
             "isola::access" => {
-                // Without tail subscribers only the metrics read the event:
-                // skip formatting the fields they do not use.
-                let mut fields = if self.0.tailing() {
-                    Fields::default()
-                } else {
-                    Fields::only(METRIC_FIELDS)
-                };
-                event.record(&mut fields);
-                self.0.on_access(&fields);
+                // Every request passes here: the metrics read their few
+                // fields into a struct. Only tail subscribers need them all.
+                let mut access = AccessMetrics::default();
+                event.record(&mut access);
+                let fields = self.0.tailing().then(|| {
+                    let mut fields = Fields::default();
+                    event.record(&mut fields);
+                    fields
+                });
+                self.0.on_access(access, fields.as_ref());
             }
             "isola::guest" if self.0.tailing() => {
                 let mut fields = Fields::default();
@@ -455,36 +471,86 @@ enum FieldValue {
     Text(String),
 }
 
-/// The fields of an access event that the metrics read.
-const METRIC_FIELDS: &[&str] = &[
-    "worker",
-    "status",
-    "wall_ms",
-    "cpu_ms",
-    "instantiate_ms",
-    "limit",
-    "request_id",
-];
-
-/// An event's fields by name: all of them, or `only` those named.
+/// The fields of an access event that the metrics read (empty or `None`
+/// when absent). Numbers may come as numbers or as text
+/// (`format_args!("{:.3}")`).
 #[derive(Default, Debug)]
-struct Fields {
-    values: BTreeMap<&'static str, FieldValue>,
-    only: Option<&'static [&'static str]>,
+struct AccessMetrics {
+    worker: String,
+    request_id: String,
+    status: Option<u16>,
+    wall_ms: Option<f64>,
+    cpu_ms: Option<f64>,
+    instantiate_ms: Option<f64>,
+    limit: Option<String>,
 }
 
-impl Fields {
-    fn only(names: &'static [&'static str]) -> Self {
-        Fields {
-            values: BTreeMap::new(),
-            only: Some(names),
+impl AccessMetrics {
+    fn number(&mut self, field: &Field) -> Option<&mut Option<f64>> {
+        match field.name() {
+            "wall_ms" => Some(&mut self.wall_ms),
+            "cpu_ms" => Some(&mut self.cpu_ms),
+            "instantiate_ms" => Some(&mut self.instantiate_ms),
+            _ => None,
         }
     }
 
-    fn insert(&mut self, field: &Field, value: impl FnOnce() -> FieldValue) {
-        if self.only.is_none_or(|names| names.contains(&field.name())) {
-            self.values.insert(field.name(), value());
+    fn text(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
+        match field.name() {
+            "worker" => write_text(&mut self.worker, value),
+            "request_id" => write_text(&mut self.request_id, value),
+            "limit" => write_text(self.limit.get_or_insert_default(), value),
+            "status" => self.status = value.to_string().parse().ok(),
+            _ => {
+                if let Some(slot) = self.number(field) {
+                    *slot = value.to_string().parse().ok();
+                }
+            }
         }
+    }
+}
+
+fn write_text(slot: &mut String, value: std::fmt::Arguments<'_>) {
+    slot.clear();
+    let _ = slot.write_fmt(value);
+}
+
+impl Visit for AccessMetrics {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.text(field, format_args!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.text(field, format_args!("{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "status" => self.status = u16::try_from(value).ok(),
+            _ => self.record_f64(field, value as f64),
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_u64(field, u64::try_from(value).unwrap_or(0));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if let Some(slot) = self.number(field) {
+            *slot = Some(value);
+        }
+    }
+}
+
+/// An event's fields by name.
+#[derive(Default, Debug)]
+struct Fields {
+    values: BTreeMap<&'static str, FieldValue>,
+}
+
+impl Fields {
+    fn insert(&mut self, field: &Field, value: impl FnOnce() -> FieldValue) {
+        self.values.insert(field.name(), value());
     }
 
     fn text(&self, name: &str) -> Option<&str> {
@@ -578,5 +644,35 @@ mod tests {
         assert_eq!(json["cpu_ms"], 12.5);
         assert_eq!(json["logs"][0]["message"], "hello");
         assert_eq!(json["logs"][0]["stream"], "stdout");
+    }
+
+    #[test]
+    fn access_events_move_the_metrics_without_tail_subscribers() {
+        let telemetry = Arc::new(Telemetry::new());
+        let subscriber = tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            for (id, status, limit) in [("a", 200u16, "none"), ("b", 503, "memory")] {
+                let worker: Arc<str> = "app".into();
+                tracing::info!(
+                    target: "isola::access",
+                    request_id = %id, worker = %worker, status = status,
+                    cpu_ms = 0.25f64, wall_ms = 0.5f64, instantiate_ms = 0.01f64,
+                    limit = %limit, "request"
+                );
+            }
+        });
+        let text = telemetry.encode();
+        for expected in [
+            "isola_requests_total{worker=\"app\",status=\"200\"} 1",
+            "isola_requests_total{worker=\"app\",status=\"503\"} 1",
+            "isola_limit_hits_total{worker=\"app\",limit=\"memory\"} 1",
+            "isola_request_duration_seconds_count{worker=\"app\"} 2",
+            "isola_request_duration_seconds_sum{worker=\"app\"} 0.001",
+            "isola_request_cpu_seconds_count{worker=\"app\"} 2",
+            "isola_instantiation_seconds_count{worker=\"app\"} 2",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        assert!(!text.contains("limit=\"none\""), "{text}");
     }
 }
