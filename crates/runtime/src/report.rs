@@ -131,12 +131,12 @@ impl Drop for Report {
 /// The thread CPU clock is a system call (with the wall clock, ~4% of a
 /// hello request's server CPU), so it is read before each poll and after
 /// it only when the poll took [`SHORT_POLL`] or more of wall time. A
-/// shorter poll is charged its wall time: it can only have been overcharged
-/// by interrupts, as a thread that loses the CPU is away for a scheduler
-/// slice, far longer than that. Counting every poll by its wall time was
-/// tried and dropped: a long poll on a busy machine, such as a first poll
-/// that streams an upload into a binding, was charged for the time its
-/// thread waited to run, and an e2e upload hit `cpu-limit`.
+/// shorter poll is charged its wall time, overcharged at most by interrupts
+/// or a short blocking wait inside it: a thread that loses the CPU is away
+/// for a scheduler slice, far longer than that. Counting every poll by its
+/// wall time was tried and dropped: a long poll on a busy machine, such as
+/// a first poll that streams an upload into a binding, was charged for the
+/// time its thread waited to run, and an e2e upload hit `cpu-limit`.
 pub(crate) struct CpuTimed<F> {
     inner: Option<Pin<Box<F>>>,
     report: Arc<Report>,
