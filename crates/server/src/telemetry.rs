@@ -321,7 +321,8 @@ impl Telemetry {
             &request_id
         };
         let logs = self.take_pending(request_id);
-        let Some(fields) = fields.filter(|_| self.tailing()) else {
+        // The layer records all fields only when someone is tailing.
+        let Some(fields) = fields else {
             return;
         };
         let worker = labels.worker;
