@@ -6,7 +6,7 @@
 //! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm [JS-REUSE.wasm]]`
 //!
 //! `MICRO_ONLY="JS hello"` (a table's name) runs that one alone, for
-//! profiling.
+//! profiling; `MICRO_ONLY=fuel` runs only the fuel calibration and overhead.
 
 use std::path::Path;
 
@@ -26,6 +26,17 @@ async fn main() {
     guests.extend(js.map(|js| ("JS hello", js, 0)));
     guests.extend(js_reuse.map(|js| ("JS hello, instance_reuse", js, u32::MAX)));
     let only = std::env::var("MICRO_ONLY").ok();
+    if only.as_deref() == Some("fuel") {
+        let fuel = isola_bench::fuel::measure(&work.join("fuel")).await;
+        println!(
+            "fuel per CPU-ms {:.0}; CPU ms on / off {:.2} / {:.2}; overhead {:.3}x",
+            fuel.fuel_per_ms,
+            fuel.cpu_ms_on,
+            fuel.cpu_ms_off,
+            fuel.overhead()
+        );
+        return;
+    }
     for (name, component, reuse) in guests {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
