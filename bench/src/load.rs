@@ -210,6 +210,21 @@ pub fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Proportional set size of process `pid` (`Pss` of smaps_rollup), in
+/// bytes. RSS counts a shared page once for every mapping of it: each
+/// instance maps its component's memory image from the compile cache, so
+/// the image pages an instance reads count again for every instance in
+/// RSS, but once in all in PSS (they are one page-cache page). Walking
+/// every page, it is too slow to sample as often as RSS.
+pub fn pss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// One load run's figures.
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
@@ -225,6 +240,40 @@ pub struct LoadResult {
     pub rss_bytes: u64,
     /// Highest server RSS seen during the run (sampled every 20 ms).
     pub peak_rss_bytes: u64,
+    /// Highest server PSS seen during the run (sampled every 250 ms), when
+    /// [`Load::sample_pss`] asked for it.
+    pub peak_pss_bytes: Option<u64>,
+}
+
+/// Tracks the highest value of `read(pid)` on a thread of its own until
+/// stopped.
+struct PeakSampler {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    fn start(pid: u32, read: fn(u32) -> u64, every: Duration) -> PeakSampler {
+        let peak = Arc::new(AtomicU64::new(read(pid)));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(read(pid), Ordering::Relaxed);
+                    std::thread::sleep(every);
+                }
+            })
+        };
+        PeakSampler { peak, done, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().expect("a memory sampler");
+        self.peak.load(Ordering::Relaxed)
+    }
 }
 
 /// How to drive a server with `wrk`.
@@ -235,6 +284,8 @@ pub struct Load<'a> {
     /// A wrk Lua script (e.g. for a POST body).
     pub script: Option<&'a Path>,
     pub pin: bool,
+    /// Also sample the server's PSS (costly: see [`pss`]).
+    pub sample_pss: bool,
 }
 
 impl Load<'_> {
@@ -243,20 +294,13 @@ impl Load<'_> {
     pub fn run(&self, server: &Server, path: &str) -> LoadResult {
         self.wrk_once(server, path, Duration::from_secs(1));
         let cpu_before = server.cpu_time();
-        let peak = Arc::new(AtomicU64::new(server.rss()));
-        let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let (peak, done, pid) = (peak.clone(), done.clone(), server.pid());
-            std::thread::spawn(move || {
-                while !done.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss(pid), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
+        let peak_rss = PeakSampler::start(server.pid(), rss, Duration::from_millis(20));
+        let peak_pss = self
+            .sample_pss
+            .then(|| PeakSampler::start(server.pid(), pss, Duration::from_millis(250)));
         let output = self.wrk_once(server, path, self.duration);
-        done.store(true, Ordering::Relaxed);
-        sampler.join().expect("the RSS sampler");
+        let peak_rss = peak_rss.stop();
+        let peak_pss = peak_pss.map(PeakSampler::stop);
         let cpu = server.cpu_time().saturating_sub(cpu_before);
         let mut result = parse_wrk(&output);
         result.cpu_us_per_request = if result.requests == 0 {
@@ -265,7 +309,8 @@ impl Load<'_> {
             cpu.as_secs_f64() * 1e6 / result.requests as f64
         };
         result.rss_bytes = server.rss();
-        result.peak_rss_bytes = peak.load(Ordering::Relaxed).max(result.rss_bytes);
+        result.peak_rss_bytes = peak_rss.max(result.rss_bytes);
+        result.peak_pss_bytes = peak_pss;
         result
     }
 
