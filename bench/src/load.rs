@@ -202,10 +202,15 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// VmRSS of process `pid`, in bytes.
 pub fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// The `key  N kB` line of a /proc file, in bytes; 0 if it is missing.
+fn proc_kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -217,12 +222,7 @@ pub fn rss(pid: u32) -> u64 {
 /// RSS, but once in all in PSS (they are one page-cache page). Walking
 /// every page, it is too slow to sample as often as RSS.
 pub fn pss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    proc_kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
 /// One load run's figures.
