@@ -198,7 +198,7 @@ async fn outbound_fetches_obey_the_allow_list_and_budget() {
         &[
             worker("budget", guests::LIMITS, &["/budget/*"]),
             format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]\n"),
-            // Fifty fetches take 46-50 ms of the guest's CPU in the
+            // Fifty fetches take 42-50 ms of the guest's CPU in the
             // unoptimised test build, right at the default 50 ms: the
             // budget under test here is the subrequest one.
             "cpu_ms = 1000\n".into(),
