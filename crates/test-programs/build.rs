@@ -1,6 +1,8 @@
 //! Build the test guests (`guests/`) and the examples (`guest-examples/`)
 //! for wasm32-wasip2 and expose each component's path as a constant, e.g.
-//! `COUNTER` or `EXAMPLE_HELLO`.
+//! `COUNTER` or `EXAMPLE_HELLO`. The guests in [`WASIP1_GUESTS`] are also
+//! built for wasm32-wasip1, as `spin build` builds them: core modules, not
+//! components (`SPIN_HELLO_WASIP1`).
 //!
 //! Both workspaces share one target directory so their common dependencies
 //! (wasi, wit-bindgen, the SDK) are compiled once.
@@ -10,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
+const WASIP1: &str = "wasm32-wasip1";
+/// Test guests also built as WASI preview 1 core modules.
+const WASIP1_GUESTS: &[&str] = &["spin-hello"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
@@ -43,7 +48,7 @@ fn main() {
         ("", manifest_dir.join("guests")),
         ("EXAMPLE_", root.join("guest-examples")),
     ] {
-        build(&workspace, &target_dir);
+        build(&workspace, &target_dir, TARGET, &[]);
         for name in artifacts(&workspace) {
             let path = target_dir
                 .join(TARGET)
@@ -59,14 +64,37 @@ fn main() {
             .unwrap();
         }
     }
+    let guests = manifest_dir.join("guests");
+    let packages: Vec<&str> = WASIP1_GUESTS
+        .iter()
+        .flat_map(|package| ["-p", *package])
+        .collect();
+    build(&guests, &target_dir, WASIP1, &packages);
+    for name in WASIP1_GUESTS {
+        let file = name.replace('-', "_");
+        let path = target_dir
+            .join(WASIP1)
+            .join("release")
+            .join(format!("{file}.wasm"));
+        assert!(path.is_file(), "expected {} to be built", path.display());
+        writeln!(
+            constants,
+            "pub const {}_WASIP1: &str = {:?};",
+            file.to_uppercase(),
+            path.display().to_string()
+        )
+        .unwrap();
+    }
     let out = PathBuf::from(env("OUT_DIR")).join("components.rs");
     std::fs::write(out, constants).expect("writing components.rs");
 }
 
-fn build(workspace: &Path, target_dir: &Path) {
+fn build(workspace: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .args(["build", "--release", "--target", target])
+        .args(packages)
+        .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir)
@@ -78,7 +106,7 @@ fn build(workspace: &Path, target_dir: &Path) {
         .expect("running cargo for the guest components");
     assert!(
         status.success(),
-        "building the guests in {} failed; is the target installed? `rustup target add {TARGET}`",
+        "building the guests in {} failed; is the target installed? `rustup target add {target}`",
         workspace.display()
     );
 }

@@ -10,10 +10,12 @@ fn bad_components(project: &Project) -> Vec<(std::path::PathBuf, &'static str)> 
     let not_wasm = project.path("notes.wasm");
     std::fs::write(&not_wasm, "these are not the bytes you are looking for\n").unwrap();
 
+    // Core modules are adapted as WASI preview 1 modules; this one imports
+    // what no adapter provides.
     let core_module = project.path("core.wasm");
     std::fs::write(
         &core_module,
-        wat::parse_str("(module (func (export \"f\")))").unwrap(),
+        wat::parse_str("(module (import \"env\" \"f\" (func)))").unwrap(),
     )
     .unwrap();
 
@@ -31,7 +33,10 @@ fn bad_components(project: &Project) -> Vec<(std::path::PathBuf, &'static str)> 
 
     vec![
         (not_wasm, "not a WebAssembly file"),
-        (core_module, "is a core WebAssembly module, not a component"),
+        (
+            core_module,
+            "is a core WebAssembly module, not a component, and cannot be made one (failed to decode world from module: module was not valid: failed to resolve import `env::f`",
+        ),
         (command, "does not export `wasi:http/incoming-handler`"),
         (unknown_import, "acme:unknown/thing@1.0.0"),
     ]

@@ -464,3 +464,53 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     // The listener is closed: new connections are refused.
     assert!(reqwest::get(server.url("/?ms=0")).await.is_err());
 }
+
+/// A worker written with Spin's Rust SDK serves unchanged, both as the
+/// component a `wasm32-wasip2` build makes and as the WASI preview 1 core
+/// module `spin build` makes, which Isola adapts into a component as Spin
+/// does. The adapted module is compiled once and then found in the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn spin_sdk_workers_serve_as_components_and_as_wasip1_modules() {
+    for component in [guests::SPIN_HELLO, guests::SPIN_HELLO_WASIP1] {
+        let project = Project::new(&worker("spin", component, &["/*"]));
+        let client = client();
+        let server = project.serve();
+
+        let (status, _, body) = get(&client, &server.url("/")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "Hello, Fermyon"),
+            "{component}"
+        );
+        let (status, _, body) = get(&client, &server.url("/hello/mars")).await;
+        assert_eq!((status, body.as_str()), (200, "hello, mars"));
+        let response = client
+            .post(server.url("/echo"))
+            .header("x-note", "n1")
+            .body("posted")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(response.headers()["x-note"], "n1");
+        assert_eq!(response.text().await.unwrap(), "posted");
+        let (status, _, body) = get(&client, &server.url("/nowhere")).await;
+        assert_eq!((status, body.as_str()), (404, "no route for /nowhere"));
+
+        let logs = server.stop();
+        assert!(logs.contains("compile cache miss: compiled"), "{logs}");
+        assert!(
+            logs.contains("Handling request to http://"),
+            "the guest's stdout is logged: {logs}"
+        );
+        let adapted = logs.contains("made a component of a WASI preview 1 core module");
+        assert_eq!(adapted, component == guests::SPIN_HELLO_WASIP1, "{logs}");
+
+        let server = project.serve();
+        let (status, _, body) = get(&client, &server.url("/hello/venus")).await;
+        assert_eq!((status, body.as_str()), (200, "hello, venus"));
+        let logs = server.stop();
+        assert!(logs.contains("compile cache hit"), "{logs}");
+        assert!(!logs.contains("core module"), "not adapted again: {logs}");
+    }
+}

@@ -150,7 +150,7 @@ impl CompileCache {
         path: &Path,
         wasm: &[u8],
     ) -> Result<LoadedComponent, EngineError> {
-        check_is_component(path, wasm)?;
+        check_is_wasm(path, wasm)?;
         let loaded = self.lookup(engine, path, sha256_hex(wasm), Some(wasm))?;
         Ok(loaded.expect("a lookup given the wasm compiles it"))
     }
@@ -199,9 +199,12 @@ impl CompileCache {
                 // of compiling them a second time in parallel.
                 let _one_at_a_time = self.compiling.lock().expect("compile lock");
                 let started = Instant::now();
+                // The entry stays under the digest of the file as given, so
+                // a core module is adapted only when it is compiled.
+                let wasm = crate::adapt::as_component(path, wasm)?;
                 let artifact =
                     engine
-                        .precompile_component(wasm)
+                        .precompile_component(&wasm)
                         .map_err(|e| EngineError::Compile {
                             path: path.to_owned(),
                             reason: format!("{e:#}"),
@@ -447,14 +450,12 @@ impl std::fmt::Display for FileIdentity {
     }
 }
 
-fn check_is_component(path: &Path, wasm: &[u8]) -> Result<(), EngineError> {
-    if wasmparser::Parser::is_component(wasm) {
+/// Refuse what is not WebAssembly at all before hashing and compiling it.
+/// Components pass, and so do core modules: they are adapted (see `adapt`)
+/// when compiled.
+fn check_is_wasm(path: &Path, wasm: &[u8]) -> Result<(), EngineError> {
+    if wasmparser::Parser::is_component(wasm) || wasmparser::Parser::is_core_wasm(wasm) {
         return Ok(());
-    }
-    if wasmparser::Parser::is_core_wasm(wasm) {
-        return Err(EngineError::CoreModule {
-            path: path.to_owned(),
-        });
     }
     // The WebAssembly text format is accepted too (wasmtime parses it), so
     // only reject what is neither binary wasm nor plausible WAT.
@@ -684,16 +685,14 @@ mod tests {
     }
 
     #[test]
-    fn rejects_non_components() {
+    fn refuses_what_is_not_webassembly() {
         let path = Path::new("x.wasm");
         assert!(matches!(
-            check_is_component(path, b"\0asm\x01\0\0\0"),
-            Err(EngineError::CoreModule { .. })
-        ));
-        assert!(matches!(
-            check_is_component(path, b"#!/bin/sh\necho hi\n"),
+            check_is_wasm(path, b"#!/bin/sh\necho hi\n"),
             Err(EngineError::NotWasm { .. })
         ));
-        assert!(check_is_component(path, EMPTY_COMPONENT).is_ok());
+        assert!(check_is_wasm(path, EMPTY_COMPONENT).is_ok());
+        // Core modules are adapted when compiled.
+        assert!(check_is_wasm(path, b"\0asm\x01\0\0\0").is_ok());
     }
 }

@@ -9,6 +9,7 @@
 //! that share code (every JS worker carries the same engine) share its
 //! compiled functions.
 
+mod adapt;
 mod cache;
 mod incremental;
 
@@ -32,10 +33,12 @@ pub enum EngineError {
     },
     #[error("{path}: not a WebAssembly file")]
     NotWasm { path: PathBuf },
+    /// A core module that is not a WASI preview 1 module Isola can make
+    /// into a component (see `adapt`).
     #[error(
-        "{path}: is a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+        "{path}: is a core WebAssembly module, not a component, and cannot be made one ({reason}); build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
     )]
-    CoreModule { path: PathBuf },
+    CoreModule { path: PathBuf, reason: String },
     #[error("{path}: invalid component: {reason}")]
     Compile { path: PathBuf, reason: String },
     #[error("compile cache {path}: {source}")]
