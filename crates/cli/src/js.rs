@@ -32,6 +32,14 @@ const NPM_FILES: &[(&str, &str)] = &[
 const SDK_FILES: &[(&str, &str)] = &[
     ("src/shim.js", include_str!("../../../sdk/js/src/shim.js")),
     (
+        "src/node-globals.js",
+        include_str!("../../../sdk/js/src/node-globals.js"),
+    ),
+    (
+        "src/node-crypto.js",
+        include_str!("../../../sdk/js/src/node-crypto.js"),
+    ),
+    (
         "src/build.mjs",
         include_str!("../../../sdk/js/src/build.mjs"),
     ),

@@ -56,6 +56,57 @@ function parseArgs(argv) {
 /** An esbuild failure as `file:line:col: error: text` lines. */
 class BuildError extends Error {}
 
+// Node.js's built-in modules, as Workers offers them with `nodejs_compat`:
+// `node:buffer`, `node:events`, `node:util`, ... come from unenv (the
+// polyfills wrangler builds on), streams from readable-stream (Node's own
+// streams, published for browsers) and `node:string_decoder` from Node's
+// string_decoder package, as unenv only stubs those two, and `node:crypto`
+// adds hashes and HMAC to unenv's (`node-crypto.js`). What none of them
+// implements throws "[unenv] X is not implemented yet!" when called, as
+// such calls fail on Workers.
+const nodeModules = {
+  crypto: join(toolchain, "src/node-crypto.js"),
+  stream: join(modules, "readable-stream/lib/ours/browser.js"),
+  "stream/promises": join(modules, "readable-stream/lib/stream/promises.js"),
+  string_decoder: join(modules, "string_decoder/lib/string_decoder.js"),
+};
+const nodeBuiltin = /^(node:)?([a-z_]+(?:\/[a-z_]+)?)$/;
+
+function nodeBuiltinFile(name) {
+  if (Object.hasOwn(nodeModules, name)) return nodeModules[name];
+  const file = join(modules, "unenv/dist/runtime/node", `${name}.mjs`);
+  return existsSync(file) ? file : undefined;
+}
+
+function nodeCompat() {
+  return {
+    name: "isola-node-compat",
+    setup(build) {
+      build.onResolve({ filter: nodeBuiltin }, async (args) => {
+        if (args.pluginData?.nodeCompat) return undefined;
+        const [, prefix, name] = args.path.match(nodeBuiltin);
+        const builtin = nodeBuiltinFile(name);
+        if (prefix) {
+          if (builtin) return { path: builtin };
+          return { errors: [{ text: `Node.js module "${args.path}" is not available on Isola` }] };
+        }
+        if (!builtin) return undefined;
+        // A bare `events` or `buffer` is an npm package where one is
+        // installed (or a package's `browser` field maps it), else the
+        // built-in.
+        const installed = await build.resolve(args.path, {
+          kind: args.kind,
+          importer: args.importer,
+          resolveDir: args.resolveDir,
+          pluginData: { nodeCompat: true },
+        });
+        if (installed.errors.length === 0) return installed;
+        return { path: builtin };
+      });
+    },
+  };
+}
+
 async function bundle(esbuild, entry, outfile) {
   // Paths in the bundle's comments are relative to the entry's directory,
   // so the same sources bundle to the same bytes (and hit the build cache)
@@ -74,6 +125,10 @@ async function bundle(esbuild, entry, outfile) {
       conditions: ["workerd", "worker", "browser"],
       mainFields: ["browser", "module", "main"],
       external: ["isola:worker/*", "wasi:*"],
+      plugins: [nodeCompat()],
+      // Workers' `nodejs_compat` globals, bound only where a module uses them.
+      inject: [join(toolchain, "src/node-globals.js")],
+      define: { global: "globalThis" },
       logLevel: "silent",
       charset: "utf8",
     });
