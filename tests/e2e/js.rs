@@ -477,6 +477,10 @@ async fn web_platform_apis_are_there() {
     );
     assert_eq!(web["transformed"], "SHOUT");
     assert_eq!(web["params"], serde_json::json!({"a": "1", "b": "two"}));
+    assert_eq!(web["userAgent"], "Cloudflare-Workers");
+    assert_eq!(web["schedulerWaited"], true);
+    assert_eq!(web["fromIterable"], "caf\u{e9} \u{1f600}");
+    assert_eq!(web["decodedParts"], serde_json::json!(["\u{20ac}"]));
 }
 
 /// Workers' `nodejs_compat`: Node.js's built-in modules, imported with or

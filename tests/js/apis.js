@@ -244,7 +244,24 @@ const routes = {
     const transformed = await new Response(new Response("shout").body.pipeThrough(upper)).text();
     const params = new URLSearchParams("a=1&b=two");
     await new Promise((resolve) => setTimeout(resolve, 5));
+    // Workers' globals that StarlingMonkey lacks.
+    const waited = Date.now();
+    await scheduler.wait(5);
+    const fromIterable = await new Response(
+      // The emoji's surrogate pair is split across two chunks.
+      ReadableStream.from(["caf", "\u00e9 \ud83d", "\ude00"]).pipeThrough(new TextEncoderStream()),
+    ).text();
+    const euro = new TextEncoder().encode("\u20ac");
+    const decodedParts = [];
+    const decoding = ReadableStream.from([euro.subarray(0, 1), euro.subarray(1)]).pipeThrough(
+      new TextDecoderStream(),
+    );
+    for await (const part of decoding) decodedParts.push(part);
     return Response.json({
+      userAgent: navigator.userAgent,
+      schedulerWaited: Date.now() - waited >= 4,
+      fromIterable,
+      decodedParts,
       hmacLength: signature.byteLength,
       verified,
       digestHex: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),

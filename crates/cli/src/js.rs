@@ -32,8 +32,8 @@ const NPM_FILES: &[(&str, &str)] = &[
 const SDK_FILES: &[(&str, &str)] = &[
     ("src/shim.js", include_str!("../../../sdk/js/src/shim.js")),
     (
-        "src/node-globals.js",
-        include_str!("../../../sdk/js/src/node-globals.js"),
+        "src/inject.js",
+        include_str!("../../../sdk/js/src/inject.js"),
     ),
     (
         "src/node-crypto.js",

@@ -126,8 +126,8 @@ async function bundle(esbuild, entry, outfile) {
       mainFields: ["browser", "module", "main"],
       external: ["isola:worker/*", "wasi:*"],
       plugins: [nodeCompat()],
-      // Workers' `nodejs_compat` globals, bound only where a module uses them.
-      inject: [join(toolchain, "src/node-globals.js")],
+      // Globals bound only where a module uses them (see inject.js).
+      inject: [join(toolchain, "src/inject.js")],
       define: { global: "globalThis" },
       logLevel: "silent",
       charset: "utf8",

@@ -904,6 +904,125 @@ function installGlobals() {
       return new Response(JSON.stringify(data), { ...init, headers });
     };
   }
+  installWorkersGlobals();
+}
+
+/** Globals Workers has and StarlingMonkey lacks. `navigator.userAgent`
+ * is Workers' own, as libraries test it to pick their Workers code path
+ * (the APIs Isola provides). */
+function installWorkersGlobals() {
+  if (globalThis.navigator === undefined) {
+    const navigator = { userAgent: "Cloudflare-Workers", hardwareConcurrency: 1, language: "en" };
+    Object.defineProperty(globalThis, "navigator", { value: navigator, enumerable: true });
+  }
+  if (globalThis.scheduler === undefined) {
+    const scheduler = {
+      wait: (ms, options) =>
+        new Promise((resolve, reject) => {
+          const signal = options?.signal;
+          if (signal?.aborted) return reject(signal.reason);
+          const timer = setTimeout(resolve, ms);
+          signal?.addEventListener("abort", () => {
+            clearTimeout(timer);
+            reject(signal.reason);
+          });
+        }),
+    };
+    Object.defineProperty(globalThis, "scheduler", { value: scheduler, enumerable: true });
+  }
+  if (typeof ReadableStream.from !== "function") {
+    ReadableStream.from = (iterable) => {
+      const iterator =
+        iterable[Symbol.asyncIterator]?.() ?? iterable[Symbol.iterator]?.() ??
+        (() => {
+          throw new TypeError("ReadableStream.from: the argument is not iterable");
+        })();
+      return new ReadableStream({
+        async pull(controller) {
+          const { value, done } = await iterator.next();
+          if (done) controller.close();
+          else controller.enqueue(await value);
+        },
+        async cancel(reason) {
+          await iterator.return?.(reason);
+        },
+      });
+    };
+  }
+  if (typeof ReadableStream.prototype[Symbol.asyncIterator] !== "function") {
+    // `for await (const chunk of stream)`, cancelling the stream when the
+    // loop ends early unless told not to.
+    function values({ preventCancel = false } = {}) {
+      const reader = this.getReader();
+      return {
+        async next() {
+          const result = await reader.read();
+          if (result.done) reader.releaseLock();
+          return result;
+        },
+        async return(value) {
+          const cancelled = preventCancel ? undefined : reader.cancel(value);
+          reader.releaseLock();
+          await cancelled;
+          return { done: true, value };
+        },
+        [Symbol.asyncIterator]() {
+          return this;
+        },
+      };
+    }
+    Object.defineProperty(ReadableStream.prototype, "values", { value: values, configurable: true, writable: true });
+    Object.defineProperty(ReadableStream.prototype, Symbol.asyncIterator, {
+      value: values,
+      configurable: true,
+      writable: true,
+    });
+  }
+  if (globalThis.TextDecoderStream === undefined) {
+    class TextDecoderStream extends TransformStream {
+      constructor(label = "utf-8", options = {}) {
+        const decoder = new TextDecoder(label, options);
+        super({
+          transform(chunk, controller) {
+            const text = decoder.decode(chunk, { stream: true });
+            if (text) controller.enqueue(text);
+          },
+          flush(controller) {
+            const text = decoder.decode();
+            if (text) controller.enqueue(text);
+          },
+        });
+        this.encoding = decoder.encoding;
+      }
+    }
+    globalThis.TextDecoderStream = TextDecoderStream;
+  }
+  if (globalThis.TextEncoderStream === undefined) {
+    class TextEncoderStream extends TransformStream {
+      constructor() {
+        const encoder = new TextEncoder();
+        // A surrogate pair split across chunks is held until its second half.
+        let pending = "";
+        super({
+          transform(chunk, controller) {
+            let text = pending + String(chunk);
+            pending = "";
+            const last = text.charCodeAt(text.length - 1);
+            if (last >= 0xd800 && last <= 0xdbff) {
+              pending = text.slice(-1);
+              text = text.slice(0, -1);
+            }
+            if (text) controller.enqueue(encoder.encode(text));
+          },
+          flush(controller) {
+            if (pending) controller.enqueue(encoder.encode(pending));
+          },
+        });
+        this.encoding = "utf-8";
+      }
+    }
+    globalThis.TextEncoderStream = TextEncoderStream;
+  }
 }
 
 installGlobals();
