@@ -31,6 +31,10 @@ fn node() -> String {
     repo("tests/js/node.js")
 }
 
+fn entrypoint() -> String {
+    repo("tests/js/entrypoint.js")
+}
+
 fn example(name: &str) -> String {
     repo(&format!("guest-examples/js/{name}/worker.js"))
 }
@@ -64,6 +68,7 @@ pub(crate) fn warm_up() {
     WARM.call_once(|| {
         let mut workers = js_worker("apis", &apis(), &[]);
         workers.push_str(&js_worker("node", &node(), &[]));
+        workers.push_str(&js_worker("entrypoint", &entrypoint(), &[]));
         for name in [
             "hello",
             "proxy-cache",
@@ -565,6 +570,52 @@ async fn node_built_in_modules_work_as_with_nodejs_compat() {
         line.contains("fs.readFileSync is not implemented yet"),
         "{line}"
     );
+}
+
+/// A `WorkerEntrypoint` class from `cloudflare:workers` as the default
+/// export: `this.env`, `this.ctx`, the module-level `env` and `waitUntil`,
+/// and its `scheduled` method found and run by a cron trigger.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_entrypoint_class_serves_fetch_and_scheduled() {
+    let project = js_project(&format!(
+        "{}vars = {{ GREETING = \"hello, class\" }}\n\
+         kv_namespaces = [{{ binding = \"KV\", id = \"entrypoint\" }}]\n\
+         triggers.crons = [\"0 * * * *\"]\n",
+        js_worker("entrypoint", &entrypoint(), &["/*"]),
+    ));
+    let server = serve(&project);
+    let client = client();
+
+    let answer = json(&server, "/").await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"greeting": "hello, class", "moduleEnv": "hello, class", "ctx": "function"})
+    );
+    let (status, _, body) = get(&client, &server.url("/later")).await;
+    assert_eq!((status, body.as_str()), (202, "accepted"));
+    let mut later = String::new();
+    for _ in 0..100 {
+        later = get(&client, &server.url("/read?key=later")).await.2;
+        if later == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(later, "done", "waitUntil's task ran after the response");
+    drop(server);
+
+    let config = project.config();
+    let output = run_isola(&[
+        "trigger",
+        "--config",
+        config.to_str().unwrap(),
+        "cron",
+        "entrypoint",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let server = serve(&project);
+    let (_, _, cron) = get(&client, &server.url("/read?key=cron")).await;
+    assert_eq!(cron, "0 * * * *");
 }
 
 #[test]

@@ -36,6 +36,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/js/src/inject.js"),
     ),
     (
+        "src/cloudflare-workers.js",
+        include_str!("../../../sdk/js/src/cloudflare-workers.js"),
+    ),
+    (
         "src/node-crypto.js",
         include_str!("../../../sdk/js/src/node-crypto.js"),
     ),

@@ -82,6 +82,9 @@ function nodeCompat() {
   return {
     name: "isola-node-compat",
     setup(build) {
+      build.onResolve({ filter: /^cloudflare:workers$/ }, () => ({
+        path: join(toolchain, "src/cloudflare-workers.js"),
+      }));
       build.onResolve({ filter: nodeBuiltin }, async (args) => {
         if (args.pluginData?.nodeCompat) return undefined;
         const [, prefix, name] = args.path.match(nodeBuiltin);
@@ -152,7 +155,8 @@ async function detectHandlers(userBundle) {
   const probe = `
     const m = await import(${JSON.stringify(pathToFileURL(userBundle).href)});
     const w = m.default ?? {};
-    const has = (name) => typeof w[name] === "function";
+    // An object with handlers, or a WorkerEntrypoint class with methods.
+    const has = (name) => typeof w[name] === "function" || typeof w.prototype?.[name] === "function";
     console.log(JSON.stringify({ ok: true, scheduled: has("scheduled"), queue: has("queue") }));`;
   try {
     const { stdout } = await promisify(execFile)(
@@ -166,10 +170,11 @@ async function detectHandlers(userBundle) {
     // Fall through to the text check.
   }
   const text = await readFile(userBundle, "utf8");
-  return {
-    scheduled: /\bscheduled\s*\(\s*\w*\s*,/.test(text) || /\bscheduled\s*:\s*(async\s*)?(function|\()/.test(text),
-    queue: /\bqueue\s*\(\s*\w*\s*,/.test(text) || /\bqueue\s*:\s*(async\s*)?(function|\()/.test(text),
-  };
+  // `scheduled(controller, env, ...` or a class's `scheduled(controller) {`.
+  const defines = (name) =>
+    new RegExp(`\\b${name}\\s*\\(\\s*\\w*\\s*(,|\\)\\s*\\{)`).test(text) ||
+    new RegExp(`\\b${name}\\s*:\\s*(async\\s*)?(function|\\()`).test(text);
+  return { scheduled: defines("scheduled"), queue: defines("queue") };
 }
 
 function worldFor({ scheduled, queue }) {

@@ -1029,13 +1029,43 @@ installGlobals();
 
 // ---------------------------------------------------------------- handlers
 
+/** The `ctx` of the request (or trigger) being handled, for
+ * `cloudflare:workers`' `waitUntil`. */
+let currentCtx;
+
+Object.defineProperty(globalThis, Symbol.for("isola.cloudflare-workers"), {
+  value: {
+    env: makeEnv,
+    waitUntil(promise) {
+      if (!currentCtx) throw new Error("waitUntil() is only available while handling a request");
+      currentCtx.waitUntil(promise);
+    },
+  },
+});
+
+const hasHandler = (worker, name) =>
+  typeof worker?.[name] === "function" ||
+  (typeof worker === "function" && typeof worker.prototype?.[name] === "function");
+
+/** Call handler `name` of the default export: an object's
+ * `name(event, env, ctx)`, or, for a `WorkerEntrypoint` class, `name(event)`
+ * on a new instance that has `this.env` and `this.ctx`, as Workers does. */
+function callHandler(worker, name, event, ctx) {
+  currentCtx = ctx;
+  const env = makeEnv();
+  if (typeof worker === "function" && typeof worker.prototype?.[name] === "function") {
+    return new worker(ctx, env)[name](event);
+  }
+  return worker[name](event, env, ctx);
+}
+
 /** `worker.fetch(request, env, ctx)`, which must answer a Response. */
 async function callFetch(worker, request, ctx) {
-  if (typeof worker?.fetch !== "function") {
+  if (!hasHandler(worker, "fetch")) {
     throw new Error("the worker's default export has no fetch handler");
   }
   attachCf(request);
-  const response = await worker.fetch(request, makeEnv(), ctx);
+  const response = await callHandler(worker, "fetch", request, ctx);
   if (!(response instanceof Response)) {
     throw new TypeError(
       `the fetch handler returned ${response === null ? "null" : typeof response}, not a Response`,
@@ -1312,14 +1342,15 @@ export function scheduledExport(worker) {
     async handle(event) {
       try {
         await runTrigger((ctx) =>
-          worker.scheduled(
+          callHandler(
+            worker,
+            "scheduled",
             {
               cron: event.cron,
               scheduledTime: Number(event.scheduledTime),
               type: "scheduled",
               noRetry() {},
             },
-            makeEnv(),
             ctx,
           ),
         );
@@ -1364,7 +1395,7 @@ export function queueExport(worker) {
       };
       let fallback = { tag: "ack" };
       try {
-        await runTrigger((ctx) => worker.queue(batch, makeEnv(), ctx));
+        await runTrigger((ctx) => callHandler(worker, "queue", batch, ctx));
       } catch (e) {
         console.error(`Uncaught ${errorText(e)}`);
         fallback = { tag: "retry", val: undefined };

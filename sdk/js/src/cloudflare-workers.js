@@ -1,0 +1,49 @@
+// `cloudflare:workers`, as far as Isola goes: `WorkerEntrypoint` (a class
+// default export: `export default class extends WorkerEntrypoint { fetch(request)
+// { this.env ... } }`), the module-level `env` and `waitUntil`. The shim
+// lends this module its `env` and the current request's `ctx` through two
+// symbols, so that the worker's bundle does not carry a second shim.
+// Durable Objects and Workflows are not there: their classes can be
+// declared (a module may export one it binds elsewhere), not constructed.
+
+const hooks = () => globalThis[Symbol.for("isola.cloudflare-workers")];
+
+export class WorkerEntrypoint {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+
+function unavailable(what) {
+  return class {
+    constructor() {
+      throw new Error(`${what} are not available on Isola`);
+    }
+  };
+}
+
+export const DurableObject = unavailable("Durable Objects");
+export const WorkflowEntrypoint = unavailable("Workflows");
+export class RpcTarget {}
+
+/** The worker's `env`, read from the host when first used (not at build
+ * time, when the module's top level runs). */
+let current;
+const real = () => (current ??= hooks().env());
+export const env = new Proxy(
+  {},
+  {
+    get: (_, key) => Reflect.get(real(), key),
+    has: (_, key) => Reflect.has(real(), key),
+    ownKeys: () => Reflect.ownKeys(real()),
+    getOwnPropertyDescriptor: (_, key) => Reflect.getOwnPropertyDescriptor(real(), key),
+  },
+);
+
+/** `ctx.waitUntil` of the request being served. */
+export function waitUntil(promise) {
+  hooks().waitUntil(promise);
+}
+
+export default { WorkerEntrypoint, DurableObject, WorkflowEntrypoint, RpcTarget, env, waitUntil };
