@@ -618,6 +618,44 @@ async fn a_worker_entrypoint_class_serves_fetch_and_scheduled() {
     assert_eq!(cron, "0 * * * *");
 }
 
+/// `isola run` given a TypeScript module, as Workers' TypeScript examples
+/// are written (type-only imports, `satisfies ExportedHandler<Env>`):
+/// built, then served on every path.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_builds_and_serves_a_typescript_worker_module() {
+    warm_up();
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("index.ts");
+    std::fs::write(
+        &main,
+        "import type { ExecutionContext } from \"@cloudflare/workers-types\";\n\
+         interface Env { GREETING?: string }\n\
+         export default {\n\
+           async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {\n\
+             const name: string = new URL(request.url).searchParams.get(\"name\") ?? \"world\";\n\
+             return new Response(`${env.GREETING ?? \"hello\"}, ${name} at ${new URL(request.url).pathname}`);\n\
+           },\n\
+         } satisfies ExportedHandler<Env>;\n",
+    )
+    .unwrap();
+    // The compile cache is the tests' shared one, so the JS engine's code
+    // compiled for the other workers is reused.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::symlink(shared_cache(), state.join("cache")).unwrap();
+    let server = Server::start(&[
+        "run",
+        main.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let (status, _, body) = get(&client(), &server.url("/any/path?name=ts")).await;
+    assert_eq!((status, body.as_str()), (200, "hello, ts at /any/path"));
+    assert!(state.join("build/index.wasm").is_file());
+}
+
 #[test]
 fn an_unknown_node_module_fails_the_build_naming_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -255,6 +255,16 @@ pub fn build(main: &Path, out: &Path, instance_reuse: bool) -> Result<Built> {
     })
 }
 
+/// A JavaScript or TypeScript module (by its extension) that `isola run`
+/// builds before serving, rather than a component.
+pub fn is_worker_module(path: &Path) -> bool {
+    path.extension()
+        .and_then(|extension| extension.to_str())
+        .is_some_and(|extension| {
+            ["js", "mjs", "cjs", "jsx", "ts", "mts", "cts", "tsx"].contains(&extension)
+        })
+}
+
 /// Build every worker of `config` that has a `main` module into its
 /// `component` path.
 pub fn build_workers(config: &Config) -> Result<()> {

@@ -43,7 +43,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve one component on every path.
+    /// Serve one component, or one JavaScript/TypeScript worker module
+    /// (built first, as `isola build` does), on every path.
     Run {
         component: PathBuf,
         #[arg(long, default_value = isola_config::DEFAULT_LISTEN)]
@@ -251,12 +252,20 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
                 state_dir,
                 ..ServerConfig::default()
             };
-            serve::serve(
-                Config::single(component, server),
-                serve::Mode::Serve { source: None },
-                None,
-                telemetry,
-            )
+            let mut config = Config::single(component.clone(), server);
+            if js::is_worker_module(&component) {
+                // As `main = "…"` in a config: built under the state
+                // directory, then served.
+                let worker = &mut config.workers[0];
+                worker.component = config
+                    .server
+                    .state_dir
+                    .join("build")
+                    .join(format!("{}.wasm", worker.name));
+                worker.main = Some(component);
+                js::build_workers(&config)?;
+            }
+            serve::serve(config, serve::Mode::Serve { source: None }, None, telemetry)
         }
         Command::Build {
             main,
