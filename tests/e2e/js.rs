@@ -35,6 +35,10 @@ fn entrypoint() -> String {
     repo("tests/js/entrypoint.js")
 }
 
+fn service_worker() -> String {
+    repo("tests/js/service-worker.js")
+}
+
 fn example(name: &str) -> String {
     repo(&format!("guest-examples/js/{name}/worker.js"))
 }
@@ -69,6 +73,7 @@ pub(crate) fn warm_up() {
         let mut workers = js_worker("apis", &apis(), &[]);
         workers.push_str(&js_worker("node", &node(), &[]));
         workers.push_str(&js_worker("entrypoint", &entrypoint(), &[]));
+        workers.push_str(&js_worker("service-worker", &service_worker(), &[]));
         for name in [
             "hello",
             "proxy-cache",
@@ -616,6 +621,39 @@ async fn a_worker_entrypoint_class_serves_fetch_and_scheduled() {
     let server = serve(&project);
     let (_, _, cron) = get(&client, &server.url("/read?key=cron")).await;
     assert_eq!(cron, "0 * * * *");
+}
+
+/// A service-worker style script: bindings as globals, `request.cf`,
+/// `event.waitUntil` and `event.passThroughOnException()`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_worker_script_gets_its_bindings_as_globals() {
+    let upstream = Upstream::echo().await;
+    let project = js_project(&format!(
+        "{}vars = {{ GREETING = \"hello, script\" }}\n\
+         kv_namespaces = [{{ binding = \"KV\", id = \"service-worker\" }}]\n\
+         origin = \"http://127.0.0.1:{}\"\n",
+        js_worker("sw", &service_worker(), &["/*"]),
+        upstream.addr.port(),
+    ));
+    let server = serve(&project);
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "hello, script via HTTP/1.1"));
+    assert_eq!(get(&client, &server.url("/count")).await.2, "1");
+    let mut second = String::new();
+    for _ in 0..100 {
+        second = get(&client, &server.url("/count")).await.2;
+        if second == "2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second, "2", "the first count was stored by waitUntil");
+    // Thrown after passThroughOnException(): the origin answers.
+    let (status, _, body) = get(&client, &server.url("/throw")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("origin got GET /throw\n"), "{body}");
+    server.wait_for_log("thrown after passThroughOnException");
 }
 
 /// `isola run` given a TypeScript module, as Workers' TypeScript examples

@@ -1074,11 +1074,34 @@ async function callFetch(worker, request, ctx) {
   return response;
 }
 
+/** Set when the worker is a service-worker style script (no default
+ * export): it registers its own fetch listener. */
+let serviceWorkerScript = false;
+
+// Registered by the shim's top level, so before any listener of the
+// worker's: gives a service-worker script what Workers gives it, its
+// bindings as globals, `request.cf` and `event.passThroughOnException()`,
+// and the error handling module workers get.
+addEventListener("fetch", (event) => {
+  if (!serviceWorkerScript) return;
+  const env = makeEnv();
+  for (const name of Object.keys(env)) globalThis[name] = env[name];
+  attachCf(event.request);
+  if (typeof event.passThroughOnException !== "function") {
+    event.passThroughOnException = () => ctxApi.passThroughOnException();
+  }
+  // A rejected response fails the request as a module's exception does:
+  // logged with its stack, and passed through to the origin if asked.
+  const respondWith = event.respondWith.bind(event);
+  event.respondWith = (response) => respondWith(Promise.resolve(response).then(settled).catch(fail));
+});
+
 /** Serve fetch events with `worker.fetch(request, env, ctx)`. */
 export function installFetch(worker) {
-  // A module without a default export is a service-worker style script:
-  // it registers its own fetch listener.
-  if (worker === undefined) return;
+  if (worker === undefined) {
+    serviceWorkerScript = true;
+    return;
+  }
   let served = false;
   addEventListener("fetch", (event) => {
     // The engine would refuse the second event's respondWith with a
