@@ -121,6 +121,23 @@ fn apis_project_with_vars(vars: &str, extra: &str) -> Project {
     ))
 }
 
+/// GET `path` until its body is `expected` (work done in `waitUntil` lands
+/// after the response); panics after five seconds with the last body.
+async fn body_becomes(server: &Server, path: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, body) = get(&client(), &server.url(path)).await;
+        if body == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never answered {expected:?}; last {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn json(server: &Server, path: &str) -> serde_json::Value {
     let response = client().get(server.url(path)).send().await.unwrap();
     assert_eq!(
@@ -598,15 +615,8 @@ async fn a_worker_entrypoint_class_serves_fetch_and_scheduled() {
     );
     let (status, _, body) = get(&client, &server.url("/later")).await;
     assert_eq!((status, body.as_str()), (202, "accepted"));
-    let mut later = String::new();
-    for _ in 0..100 {
-        later = get(&client, &server.url("/read?key=later")).await.2;
-        if later == "done" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(later, "done", "waitUntil's task ran after the response");
+    // waitUntil's task runs after the response.
+    body_becomes(&server, "/read?key=later", "done").await;
     drop(server);
 
     let config = project.config();
@@ -640,15 +650,8 @@ async fn a_service_worker_script_gets_its_bindings_as_globals() {
     let (status, _, body) = get(&client, &server.url("/")).await;
     assert_eq!((status, body.as_str()), (200, "hello, script via HTTP/1.1"));
     assert_eq!(get(&client, &server.url("/count")).await.2, "1");
-    let mut second = String::new();
-    for _ in 0..100 {
-        second = get(&client, &server.url("/count")).await.2;
-        if second == "2" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(second, "2", "the first count was stored by waitUntil");
+    // The first count is stored by waitUntil, after its response.
+    body_becomes(&server, "/count", "2").await;
     // Thrown after passThroughOnException(): the origin answers.
     let (status, _, body) = get(&client, &server.url("/throw")).await;
     assert_eq!(status, 200);

@@ -257,11 +257,7 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
                 // As `main = "…"` in a config: built under the state
                 // directory, then served.
                 let worker = &mut config.workers[0];
-                worker.component = config
-                    .server
-                    .state_dir
-                    .join("build")
-                    .join(format!("{}.wasm", worker.name));
+                worker.component = config.server.js_build_path(&worker.name);
                 worker.main = Some(component);
                 js::build_workers(&config)?;
             }

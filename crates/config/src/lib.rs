@@ -106,6 +106,11 @@ impl ServerConfig {
             .clone()
             .unwrap_or_else(|| self.state_dir.join("cache"))
     }
+
+    /// Where the JavaScript worker `name` (`main = "…"`) is built to.
+    pub fn js_build_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join("build").join(format!("{name}.wasm"))
+    }
 }
 
 impl Default for ServerConfig {
@@ -668,7 +673,7 @@ impl Config {
                         ));
                     }
                     // Built by the CLI before loading; one file per worker.
-                    let built = server.state_dir.join("build").join(format!("{name}.wasm"));
+                    let built = server.js_build_path(&name);
                     (built, Some(path))
                 }
                 (Some(_), Some(main)) => {
