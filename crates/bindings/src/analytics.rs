@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::sql::Value;
-use crate::{BindingError, Result, backend_err, blocking, lock};
+use crate::{BindingError, LazyConn, Result, backend_err, blocking, lock};
 
 pub const MAX_BLOBS: usize = 20;
 pub const MAX_BLOB_BYTES_TOTAL: usize = 16 * 1024;
@@ -101,20 +101,20 @@ pub struct SqliteAnalytics {
 }
 
 struct Writer {
-    conn: Connection,
+    conn: LazyConn,
     /// Datasets whose table is known to exist.
     tables: HashSet<String>,
 }
 
 impl SqliteAnalytics {
+    /// The datasets in `path`, which is opened (and created) on first write.
     pub fn open(path: &std::path::Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(backend_err)?;
         }
-        let conn = crate::open_sqlite(path).map_err(backend_err)?;
         Ok(SqliteAnalytics {
             state: Arc::new(Mutex::new(Writer {
-                conn,
+                conn: LazyConn::new(path, |_| Ok(())),
                 tables: HashSet::new(),
             })),
         })
@@ -147,54 +147,52 @@ impl AnalyticsSink for SqliteAnalytics {
         let dataset = dataset.to_owned();
         let state = self.state.clone();
         blocking(move || {
-            let mut state = lock(&state);
-            if !state.tables.contains(&dataset) {
-                // Columns without a declared type keep TEXT and BLOB values
-                // as they were written.
-                let blobs: String = (1..=MAX_BLOBS).map(|i| format!(", blob{i}")).collect();
-                let doubles: String = (1..=MAX_DOUBLES)
-                    .map(|i| format!(", double{i} REAL NOT NULL"))
-                    .collect();
-                state
-                    .conn
-                    .execute_batch(&format!(
+            let state = &mut *lock(&state);
+            state.conn.with(|conn| {
+                if !state.tables.contains(&dataset) {
+                    // Columns without a declared type keep TEXT and BLOB values
+                    // as they were written.
+                    let blobs: String = (1..=MAX_BLOBS).map(|i| format!(", blob{i}")).collect();
+                    let doubles: String = (1..=MAX_DOUBLES)
+                        .map(|i| format!(", double{i} REAL NOT NULL"))
+                        .collect();
+                    conn.execute_batch(&format!(
                         "CREATE TABLE IF NOT EXISTS \"{dataset}\" (
-                             timestamp TEXT NOT NULL,
-                             _sample_interval INTEGER NOT NULL,
-                             index1{blobs}{doubles}
-                         );
-                         CREATE INDEX IF NOT EXISTS \"{dataset}_timestamp\"
-                             ON \"{dataset}\" (timestamp);"
+                                 timestamp TEXT NOT NULL,
+                                 _sample_interval INTEGER NOT NULL,
+                                 index1{blobs}{doubles}
+                             );
+                             CREATE INDEX IF NOT EXISTS \"{dataset}_timestamp\"
+                                 ON \"{dataset}\" (timestamp);"
                     ))
                     .map_err(backend_err)?;
-                state.tables.insert(dataset.clone());
-            }
-            let empty = rusqlite::types::Value::Text(String::new());
-            let mut values = vec![
-                point
-                    .indexes
-                    .first()
-                    .map_or(empty.clone(), |i| text_or_blob(i)),
-            ];
-            values.extend((0..MAX_BLOBS).map(|i| {
-                point
-                    .blobs
-                    .get(i)
-                    .map_or(empty.clone(), |b| text_or_blob(b))
-            }));
-            values.extend((0..MAX_DOUBLES).map(|i| {
-                rusqlite::types::Value::Real(point.doubles.get(i).copied().unwrap_or(0.0))
-            }));
-            let placeholders = vec!["?"; values.len()].join(", ");
-            state
-                .conn
-                .prepare_cached(&format!(
+                    state.tables.insert(dataset.clone());
+                }
+                let empty = rusqlite::types::Value::Text(String::new());
+                let mut values = vec![
+                    point
+                        .indexes
+                        .first()
+                        .map_or(empty.clone(), |i| text_or_blob(i)),
+                ];
+                values.extend((0..MAX_BLOBS).map(|i| {
+                    point
+                        .blobs
+                        .get(i)
+                        .map_or(empty.clone(), |b| text_or_blob(b))
+                }));
+                values.extend((0..MAX_DOUBLES).map(|i| {
+                    rusqlite::types::Value::Real(point.doubles.get(i).copied().unwrap_or(0.0))
+                }));
+                let placeholders = vec!["?"; values.len()].join(", ");
+                conn.prepare_cached(&format!(
                     "INSERT INTO \"{dataset}\" ({}) VALUES (datetime('now'), 1, {placeholders})",
                     column_list()
                 ))
                 .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(values)))
                 .map_err(backend_err)?;
-            Ok(())
+                Ok(())
+            })
         })
         .await
     }

@@ -16,7 +16,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, Result, backend_err, blocking, lock};
+use crate::{BindingError, LazyConn, Result, backend_err, blocking, lock};
 
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -170,7 +170,7 @@ pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 /// object.
 pub struct FsBlobStore {
     dir: PathBuf,
-    index: Arc<Mutex<Connection>>,
+    index: Arc<LazyConn>,
     buckets: Mutex<HashMap<String, Arc<LocalFileSystem>>>,
 }
 
@@ -178,27 +178,12 @@ impl FsBlobStore {
     pub fn new(dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| BindingError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-        let conn = crate::open_sqlite(&dir.join("index.sqlite")).map_err(backend_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS objects (
-                 bucket TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 path TEXT NOT NULL,
-                 size INTEGER NOT NULL,
-                 etag TEXT NOT NULL,
-                 uploaded INTEGER NOT NULL,
-                 http_metadata TEXT NOT NULL,
-                 custom_metadata TEXT NOT NULL,
-                 PRIMARY KEY (bucket, key)
-             ) WITHOUT ROWID;",
-        )
-        .map_err(backend_err)?;
         Ok(FsBlobStore {
             dir: dir.to_owned(),
             // One connection behind a mutex, used only in spawn_blocking:
             // index statements are single-row or one range scan, and SQLite
             // has one writer per file anyway.
-            index: Arc::new(Mutex::new(conn)),
+            index: Arc::new(LazyConn::new(&dir.join("index.sqlite"), create_index)),
             buckets: Mutex::new(HashMap::new()),
         })
     }
@@ -232,7 +217,7 @@ impl FsBlobStore {
         T: Send + 'static,
     {
         let index = self.index.clone();
-        blocking(move || f(&mut lock(&index))).await
+        blocking(move || index.with(f)).await
     }
 
     async fn lookup(&self, bucket: &str, key: &str) -> Result<Option<(ObjectInfo, String)>> {
@@ -251,6 +236,22 @@ impl FsBlobStore {
         })
         .await
     }
+}
+
+fn create_index(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS objects (
+             bucket TEXT NOT NULL,
+             key TEXT NOT NULL,
+             path TEXT NOT NULL,
+             size INTEGER NOT NULL,
+             etag TEXT NOT NULL,
+             uploaded INTEGER NOT NULL,
+             http_metadata TEXT NOT NULL,
+             custom_metadata TEXT NOT NULL,
+             PRIMARY KEY (bucket, key)
+         ) WITHOUT ROWID;",
+    )
 }
 
 /// A unique file name for one upload: time, process and a counter, so two
@@ -668,7 +669,7 @@ struct FsUpload {
     hasher: Md5,
     size: u64,
     store: Arc<LocalFileSystem>,
-    index: Arc<Mutex<Connection>>,
+    index: Arc<LazyConn>,
     bucket: String,
     key: String,
     path: StorePath,
@@ -719,37 +720,38 @@ impl BlobUpload for FsUpload {
         // in one transaction so concurrent overwrites each remove exactly
         // the file they replaced.
         let replaced = blocking(move || {
-            let mut conn = lock(&index);
-            let tx = conn.transaction().map_err(backend_err)?;
-            let old: Option<String> = tx
-                .query_row(
-                    "SELECT path FROM objects WHERE bucket = ?1 AND key = ?2",
-                    params![bucket, row.key],
-                    |r| r.get(0),
+            index.with(|conn| {
+                let tx = conn.transaction().map_err(backend_err)?;
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT path FROM objects WHERE bucket = ?1 AND key = ?2",
+                        params![bucket, row.key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend_err)?;
+                tx.execute(
+                    "INSERT INTO objects (bucket, key, path, size, etag, uploaded, http_metadata, custom_metadata)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (bucket, key) DO UPDATE SET
+                         path = excluded.path, size = excluded.size, etag = excluded.etag,
+                         uploaded = excluded.uploaded, http_metadata = excluded.http_metadata,
+                         custom_metadata = excluded.custom_metadata",
+                    params![
+                        bucket,
+                        row.key,
+                        path,
+                        row.size as i64,
+                        row.etag,
+                        row.uploaded as i64,
+                        http_to_json(&row.http_metadata),
+                        serde_json::to_string(&row.custom_metadata).map_err(backend_err)?,
+                    ],
                 )
-                .optional()
                 .map_err(backend_err)?;
-            tx.execute(
-                "INSERT INTO objects (bucket, key, path, size, etag, uploaded, http_metadata, custom_metadata)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (bucket, key) DO UPDATE SET
-                     path = excluded.path, size = excluded.size, etag = excluded.etag,
-                     uploaded = excluded.uploaded, http_metadata = excluded.http_metadata,
-                     custom_metadata = excluded.custom_metadata",
-                params![
-                    bucket,
-                    row.key,
-                    path,
-                    row.size as i64,
-                    row.etag,
-                    row.uploaded as i64,
-                    http_to_json(&row.http_metadata),
-                    serde_json::to_string(&row.custom_metadata).map_err(backend_err)?,
-                ],
-            )
-            .map_err(backend_err)?;
-            tx.commit().map_err(backend_err)?;
-            Ok(old)
+                tx.commit().map_err(backend_err)?;
+                Ok(old)
+            })
         })
         .await;
         match replaced {

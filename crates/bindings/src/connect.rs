@@ -282,4 +282,91 @@ mod tests {
         );
         assert!(!err.contains("hunter2"), "{err}");
     }
+
+    /// The embedded stores open their files on first use: a server whose
+    /// workers bind nothing creates none, and a failed open is the error of
+    /// the call that needed the store.
+    #[tokio::test]
+    async fn embedded_stores_open_their_files_on_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let backends = crate::Backends::connect(&BackendsConfig::default(), &state)
+            .await
+            .unwrap();
+        let files = || {
+            let mut names: Vec<String> = walk(&state)
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
+                .map(|p| p.strip_prefix(&state).unwrap().display().to_string())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(), Vec::<String>::new());
+        // At start-up with no queue file, releasing old leases creates none.
+        assert_eq!(backends.queues.release_all_leases().await.unwrap(), 0);
+        assert_eq!(files(), Vec::<String>::new());
+
+        assert_eq!(backends.kv.get("ns", "k").await.unwrap(), None);
+        backends
+            .analytics
+            .write("ds", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(backends.blob.head("b", "k").await.unwrap(), None);
+        backends
+            .queues
+            .send(
+                "q",
+                vec![crate::queue::OutgoingMessage {
+                    body: b"m".to_vec(),
+                    content_type: "text".into(),
+                    delay: std::time::Duration::ZERO,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            files(),
+            [
+                "analytics.sqlite",
+                "kv.sqlite",
+                "queues.sqlite",
+                "r2/index.sqlite"
+            ]
+        );
+
+        // A store that cannot be opened fails the call, naming the file, and
+        // the next call tries again.
+        let kv_file = state.join("kv.sqlite");
+        let blocked = tempfile::tempdir().unwrap();
+        let backends = crate::Backends::connect(&BackendsConfig::default(), blocked.path())
+            .await
+            .unwrap();
+        std::fs::create_dir(blocked.path().join("kv.sqlite")).unwrap();
+        let err = backends.kv.get("ns", "k").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot open {}",
+                blocked.path().join("kv.sqlite").display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_dir(blocked.path().join("kv.sqlite")).unwrap();
+        assert_eq!(backends.kv.get("ns", "k").await.unwrap(), None);
+        assert!(kv_file.exists());
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+        found
+    }
 }

@@ -2,13 +2,13 @@
 //! expiry. Embedded backend: one SQLite file.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, Result, backend_err, blocking, lock, unix_now};
+use crate::{BindingError, LazyConn, Result, backend_err, blocking, unix_now};
 
 pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
@@ -226,12 +226,13 @@ const PURGE_EVERY_PUTS: u64 = 1000;
 /// add a dependency for no measurable gain on one host. The mutex is only
 /// ever taken inside `spawn_blocking`, never on an async worker thread.
 pub struct SqliteKv {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<LazyConn>,
     puts: AtomicU64,
     purge_every: u64,
 }
 
 impl SqliteKv {
+    /// The store in `path`, which is opened (and created) on first use.
     pub fn open(path: &std::path::Path) -> Result<Self> {
         Self::open_with_purge_interval(path, PURGE_EVERY_PUTS)
     }
@@ -240,22 +241,8 @@ impl SqliteKv {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(backend_err)?;
         }
-        let conn = crate::open_sqlite(path).map_err(backend_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS kv (
-                 namespace TEXT NOT NULL,
-                 key TEXT NOT NULL,
-                 value BLOB NOT NULL,
-                 metadata TEXT,
-                 expiration INTEGER,
-                 PRIMARY KEY (namespace, key)
-             );
-             CREATE INDEX IF NOT EXISTS kv_expiration ON kv (expiration)
-                 WHERE expiration IS NOT NULL;",
-        )
-        .map_err(backend_err)?;
         Ok(SqliteKv {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(LazyConn::new(path, create_schema)),
             puts: AtomicU64::new(0),
             purge_every: purge_every.max(1),
         })
@@ -267,8 +254,23 @@ impl SqliteKv {
         T: Send + 'static,
     {
         let conn = self.conn.clone();
-        blocking(move || f(&mut lock(&conn)).map_err(backend_err)).await
+        blocking(move || conn.with(|conn| f(conn).map_err(backend_err))).await
     }
+}
+
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS kv (
+             namespace TEXT NOT NULL,
+             key TEXT NOT NULL,
+             value BLOB NOT NULL,
+             metadata TEXT,
+             expiration INTEGER,
+             PRIMARY KEY (namespace, key)
+         );
+         CREATE INDEX IF NOT EXISTS kv_expiration ON kv (expiration)
+             WHERE expiration IS NOT NULL;",
+    )
 }
 
 #[async_trait]
@@ -679,8 +681,13 @@ mod tests {
         let exp = listed.keys[0].expiration.unwrap();
         assert!((unix_now() + 99..=unix_now() + 100).contains(&exp));
         let rows = |store: &SqliteKv| {
-            lock(&store.conn)
-                .query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+            store
+                .conn
+                .with(|conn| {
+                    Ok(conn
+                        .query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+                        .unwrap())
+                })
                 .unwrap()
         };
         assert_eq!(rows(&store), 2, "the expired row is still on disk");
@@ -793,27 +800,32 @@ mod tests {
     fn list_pages_seek_in_the_primary_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let conn = lock(&store.conn);
-        for inclusive in [true, false] {
-            for bounded in [true, false] {
-                let plan: String = conn
-                    .prepare(&format!(
-                        "EXPLAIN QUERY PLAN {}",
-                        list_sql(inclusive, bounded)
-                    ))
-                    .unwrap()
-                    .query_map(
-                        params!["n", "a", Some("b").filter(|_| bounded), 0, 10],
-                        |r| r.get::<_, String>(3),
-                    )
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                // SQLite prints `>=` as `>` in query plans.
-                assert!(plan.contains("(namespace=? AND key>?"), "{plan}");
-                assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
-            }
-        }
+        store
+            .conn
+            .with(|conn| {
+                for inclusive in [true, false] {
+                    for bounded in [true, false] {
+                        let plan: String = conn
+                            .prepare(&format!(
+                                "EXPLAIN QUERY PLAN {}",
+                                list_sql(inclusive, bounded)
+                            ))
+                            .unwrap()
+                            .query_map(
+                                params!["n", "a", Some("b").filter(|_| bounded), 0, 10],
+                                |r| r.get::<_, String>(3),
+                            )
+                            .unwrap()
+                            .map(Result::unwrap)
+                            .collect();
+                        // SQLite prints `>=` as `>` in query plans.
+                        assert!(plan.contains("(namespace=? AND key>?"), "{plan}");
+                        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     async fn concurrent_puts_all_land(f: &Fixture) {

@@ -6,14 +6,13 @@
 //! retried before its lease ends (a crash, a hung consumer) is delivered
 //! again.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{BindingError, Result, backend_err, blocking, lock};
+use crate::{BindingError, LazyConn, Result, backend_err, blocking};
 
 /// Largest message body, as in Workers.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
@@ -149,17 +148,17 @@ const LEASE_SQL: &str = "SELECT seq, id, body, content_type, timestamp_ms, attem
 /// is an IMMEDIATE transaction, so even a second process on the same file
 /// cannot lease a message twice.
 pub struct SqliteQueues {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<LazyConn>,
 }
 
 impl SqliteQueues {
+    /// The store in `path`, which is opened (and created) on first use.
     pub fn open(path: &std::path::Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(backend_err)?;
         }
-        let conn = open_conn(path).map_err(backend_err)?;
         Ok(SqliteQueues {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(LazyConn::new(path, create_schema)),
         })
     }
 
@@ -170,15 +169,16 @@ impl SqliteQueues {
     {
         let conn = self.conn.clone();
         blocking(move || {
-            let mut conn = lock(&conn);
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend_err)?;
-            // Read the clock once the write lock is held, so timestamps
-            // follow commit order.
-            let value = f(&tx, now_ms()).map_err(backend_err)?;
-            tx.commit().map_err(backend_err)?;
-            Ok(value)
+            conn.with(|conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend_err)?;
+                // Read the clock once the write lock is held, so timestamps
+                // follow commit order.
+                let value = f(&tx, now_ms()).map_err(backend_err)?;
+                tx.commit().map_err(backend_err)?;
+                Ok(value)
+            })
         })
         .await
     }
@@ -189,12 +189,11 @@ impl SqliteQueues {
         T: Send + 'static,
     {
         let conn = self.conn.clone();
-        blocking(move || f(&lock(&conn)).map_err(backend_err)).await
+        blocking(move || conn.with(|conn| f(conn).map_err(backend_err))).await
     }
 }
 
-fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = crate::open_sqlite(path)?;
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA synchronous=FULL;
          CREATE TABLE IF NOT EXISTS messages (
@@ -212,8 +211,7 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
              ON messages (queue, timestamp_ms, seq, visible_at);
          CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at);
          CREATE INDEX IF NOT EXISTS messages_leased ON messages (visible_at) WHERE leased;",
-    )?;
-    Ok(conn)
+    )
 }
 
 #[async_trait]
@@ -346,6 +344,10 @@ impl QueueStore for SqliteQueues {
     }
 
     async fn release_all_leases(&self) -> Result<u64> {
+        // Nothing was ever sent: no need to create the file to learn that.
+        if !self.conn.exists() {
+            return Ok(0);
+        }
         self.with_tx(|tx, now| {
             let released = tx
                 .prepare_cached(
@@ -817,29 +819,33 @@ mod tests {
     fn lease_and_next_visible_use_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let q = open(&dir);
-        let conn = lock(&q.conn);
-        let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
-            conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(params, |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        let lease = plan(LEASE_SQL, &[&"q", &0, &10]);
-        assert!(lease.contains("messages_fifo (queue=?)"), "{lease}");
-        assert!(!lease.contains("TEMP B-TREE"), "no sort: {lease}");
-        let next = plan(
-            "SELECT min(visible_at) FROM messages WHERE queue = ?1",
-            &[&"q"],
-        );
-        assert!(next.contains("messages_visible"), "{next}");
-        let release = plan(
-            "UPDATE messages SET visible_at = ?1, leased = 0 WHERE leased AND visible_at > ?1",
-            &[&0],
-        );
-        assert!(release.contains("messages_leased"), "{release}");
+        q.conn
+            .with(|conn| {
+            let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
+                conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .unwrap()
+                    .query_map(params, |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let lease = plan(LEASE_SQL, &[&"q", &0, &10]);
+            assert!(lease.contains("messages_fifo (queue=?)"), "{lease}");
+            assert!(!lease.contains("TEMP B-TREE"), "no sort: {lease}");
+            let next = plan(
+                "SELECT min(visible_at) FROM messages WHERE queue = ?1",
+                &[&"q"],
+            );
+            assert!(next.contains("messages_visible"), "{next}");
+            let release = plan(
+                "UPDATE messages SET visible_at = ?1, leased = 0 WHERE leased AND visible_at > ?1",
+                &[&0],
+            );
+            assert!(release.contains("messages_leased"), "{release}");
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[tokio::test]
@@ -868,7 +874,7 @@ mod tests {
     fn messages_survive_a_crash() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         if let Ok(dir) = std::env::var("ISOLA_QUEUE_CRASH_DIR") {
-            let q = SqliteQueues::open(&Path::new(&dir).join("queues.sqlite")).unwrap();
+            let q = SqliteQueues::open(&std::path::Path::new(&dir).join("queues.sqlite")).unwrap();
             rt.block_on(q.send("q", vec![msg("durable")])).unwrap();
             std::process::abort();
         }

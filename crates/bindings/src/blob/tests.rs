@@ -470,23 +470,27 @@ fn cursors_round_trip() {
 fn listing_seeks_in_the_primary_key() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    let conn = lock(&s.index);
-    for inclusive in [true, false] {
-        for bounded in [true, false] {
-            let sql = format!("EXPLAIN QUERY PLAN {}", scan_sql(inclusive, bounded));
-            let upper = Some("b").filter(|_| bounded);
-            let plan: String = conn
-                .prepare(&sql)
-                .unwrap()
-                .query_map(params!["b", "a", upper, 10], |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            // SQLite prints `>=` as `>` in query plans.
-            assert!(plan.contains("PRIMARY KEY (bucket=? AND key>?"), "{plan}");
-            assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
-        }
-    }
+    s.index
+        .with(|conn| {
+            for inclusive in [true, false] {
+                for bounded in [true, false] {
+                    let sql = format!("EXPLAIN QUERY PLAN {}", scan_sql(inclusive, bounded));
+                    let upper = Some("b").filter(|_| bounded);
+                    let plan: String = conn
+                        .prepare(&sql)
+                        .unwrap()
+                        .query_map(params!["b", "a", upper, 10], |r| r.get::<_, String>(3))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect();
+                    // SQLite prints `>=` as `>` in query plans.
+                    assert!(plan.contains("PRIMARY KEY (bucket=? AND key>?"), "{plan}");
+                    assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
 }
 
 async fn concurrent_overwrites_leave_one_object_and_one_file(f: &Fixture) {
