@@ -158,12 +158,12 @@ impl AnalyticsSink for SqliteAnalytics {
                         .collect();
                     conn.execute_batch(&format!(
                         "CREATE TABLE IF NOT EXISTS \"{dataset}\" (
-                                 timestamp TEXT NOT NULL,
-                                 _sample_interval INTEGER NOT NULL,
-                                 index1{blobs}{doubles}
-                             );
-                             CREATE INDEX IF NOT EXISTS \"{dataset}_timestamp\"
-                                 ON \"{dataset}\" (timestamp);"
+                             timestamp TEXT NOT NULL,
+                             _sample_interval INTEGER NOT NULL,
+                             index1{blobs}{doubles}
+                         );
+                         CREATE INDEX IF NOT EXISTS \"{dataset}_timestamp\"
+                             ON \"{dataset}\" (timestamp);"
                     ))
                     .map_err(backend_err)?;
                     state.tables.insert(dataset.clone());
