@@ -16,7 +16,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err, blocking, lock};
+use crate::{BindingError, LazyConn, Result, backend_err, lock};
 
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -216,8 +216,7 @@ impl FsBlobStore {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let index = self.index.clone();
-        blocking(move || index.with(f)).await
+        self.index.run(f).await
     }
 
     async fn lookup(&self, bucket: &str, key: &str) -> Result<Option<(ObjectInfo, String)>> {
@@ -715,12 +714,12 @@ impl BlobUpload for FsUpload {
         };
         let row = info.clone();
         let (bucket, path) = (this.bucket.clone(), this.path.to_string());
-        let index = this.index.clone();
         // Switch the index to the new file and learn which file it replaced,
         // in one transaction so concurrent overwrites each remove exactly
         // the file they replaced.
-        let replaced = blocking(move || {
-            index.with(|conn| {
+        let replaced = this
+            .index
+            .run(move |conn| {
                 let tx = conn.transaction().map_err(backend_err)?;
                 let old: Option<String> = tx
                     .query_row(
@@ -752,8 +751,7 @@ impl BlobUpload for FsUpload {
                 tx.commit().map_err(backend_err)?;
                 Ok(old)
             })
-        })
-        .await;
+            .await;
         match replaced {
             Ok(old) => {
                 if let Some(old) = old {

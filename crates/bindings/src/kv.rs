@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err, blocking, unix_now};
+use crate::{BindingError, LazyConn, Result, backend_err, unix_now};
 
 pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
@@ -253,8 +253,7 @@ impl SqliteKv {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.conn.clone();
-        blocking(move || conn.with(|conn| f(conn).map_err(backend_err))).await
+        self.conn.run(|conn| f(conn).map_err(backend_err)).await
     }
 }
 

@@ -153,6 +153,16 @@ impl LazyConn {
         f(conn)
     }
 
+    /// [`LazyConn::with`] on the blocking pool, where SQLite's I/O belongs.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = self.clone();
+        blocking(move || this.with(f)).await
+    }
+
     /// Whether the file exists (it does once the connection is open).
     pub(crate) fn exists(&self) -> bool {
         self.path.exists()

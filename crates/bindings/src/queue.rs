@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err, blocking};
+use crate::{BindingError, LazyConn, Result, backend_err};
 
 /// Largest message body, as in Workers.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
@@ -167,9 +167,8 @@ impl SqliteQueues {
         F: FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.conn.clone();
-        blocking(move || {
-            conn.with(|conn| {
+        self.conn
+            .run(|conn| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend_err)?;
@@ -179,8 +178,7 @@ impl SqliteQueues {
                 tx.commit().map_err(backend_err)?;
                 Ok(value)
             })
-        })
-        .await
+            .await
     }
 
     async fn with_conn<T, F>(&self, f: F) -> Result<T>
@@ -188,8 +186,7 @@ impl SqliteQueues {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.conn.clone();
-        blocking(move || conn.with(|conn| f(conn).map_err(backend_err))).await
+        self.conn.run(|conn| f(conn).map_err(backend_err)).await
     }
 }
 
