@@ -244,13 +244,7 @@ async fn fan_out_splits_a_job_into_queue_messages_and_reports_progress() {
     }
     // The cron handler reports progress; fire it now instead of waiting a
     // minute.
-    let output = crate::support::run_isola(&[
-        "trigger",
-        "--config",
-        project.config().to_str().unwrap(),
-        "cron",
-        "fan-out",
-    ]);
+    let output = project.trigger_cron("fan-out");
     assert!(
         output.status.success(),
         "{}",

@@ -619,14 +619,7 @@ async fn a_worker_entrypoint_class_serves_fetch_and_scheduled() {
     body_becomes(&server, "/read?key=later", "done").await;
     drop(server);
 
-    let config = project.config();
-    let output = run_isola(&[
-        "trigger",
-        "--config",
-        config.to_str().unwrap(),
-        "cron",
-        "entrypoint",
-    ]);
+    let output = project.trigger_cron("entrypoint");
     assert!(output.status.success(), "{}", stderr_of(&output));
     let server = serve(&project);
     let (_, _, cron) = get(&client, &server.url("/read?key=cron")).await;
@@ -1037,14 +1030,7 @@ async fn scheduled_example_runs_on_a_cron_firing() {
         js_worker("cron", &example("scheduled"), &["/js/cron"]),
     ));
     warm_up();
-    let config = project.config();
-    let output = run_isola(&[
-        "trigger",
-        "--config",
-        config.to_str().unwrap(),
-        "cron",
-        "cron",
-    ]);
+    let output = project.trigger_cron("cron");
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(stderr_of(&output).contains("cron */5 * * * * fired for "));
     let server = serve(&project);

@@ -38,6 +38,18 @@ impl Project {
         self.dir.path().join("isola.toml")
     }
 
+    /// Fire `worker`'s first cron once with `isola trigger cron`.
+    pub fn trigger_cron(&self, worker: &str) -> Output {
+        let config = self.config();
+        run_isola(&[
+            "trigger",
+            "--config",
+            config.to_str().unwrap(),
+            "cron",
+            worker,
+        ])
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -98,7 +98,7 @@ async fn cron_fires_on_demand_and_failures_are_reported() {
     let project = project("triggers.crons = [\"0 0 1 1 *\"]");
     let config = project.config();
     let config = config.to_str().unwrap();
-    let output = run_isola(&["trigger", "--config", config, "cron", "triggers"]);
+    let output = project.trigger_cron("triggers");
     assert!(output.status.success(), "{}", stderr_of(&output));
     let output = run_isola(&[
         "trigger",
@@ -125,13 +125,7 @@ async fn cron_fires_on_demand_and_failures_are_reported() {
         "cpu_ms = 500",
         "cpu_ms = 500\nvars = { SCHEDULED_FAIL = \"1\" }",
     ));
-    let output = run_isola(&[
-        "trigger",
-        "--config",
-        failing.config().to_str().unwrap(),
-        "cron",
-        "triggers",
-    ]);
+    let output = failing.trigger_cron("triggers");
     assert!(!output.status.success());
     assert!(
         stderr_of(&output).contains("scheduled failure on purpose"),
