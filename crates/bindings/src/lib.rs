@@ -232,6 +232,24 @@ pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
     None
 }
 
+/// SQLite's plan for `sql` with `params` bound, its steps joined by "; ",
+/// for tests that check a statement seeks in an index instead of scanning
+/// or sorting.
+#[cfg(test)]
+pub(crate) fn query_plan(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> String {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |row| row.get::<_, String>(3))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Runs each named test body (`async fn body(f: &Fixture)`) against the
 /// embedded backend and the distributed one: `Fixture::embedded()` and
 /// `Fixture::distributed().await` of the calling test module. One suite,

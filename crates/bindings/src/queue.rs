@@ -818,28 +818,16 @@ mod tests {
         let q = open(&dir);
         q.conn
             .with(|conn| {
-            let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
-                conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .unwrap()
-                    .query_map(params, |r| r.get::<_, String>(3))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            let lease = plan(LEASE_SQL, &[&"q", &0, &10]);
-            assert!(lease.contains("messages_fifo (queue=?)"), "{lease}");
-            assert!(!lease.contains("TEMP B-TREE"), "no sort: {lease}");
-            let next = plan(
-                "SELECT min(visible_at) FROM messages WHERE queue = ?1",
-                &[&"q"],
-            );
-            assert!(next.contains("messages_visible"), "{next}");
-            let release = plan(
-                "UPDATE messages SET visible_at = ?1, leased = 0 WHERE leased AND visible_at > ?1",
-                &[&0],
-            );
-            assert!(release.contains("messages_leased"), "{release}");
+                let lease = crate::query_plan(conn, LEASE_SQL, params!["q", 0, 10]);
+                assert!(lease.contains("messages_fifo (queue=?)"), "{lease}");
+                assert!(!lease.contains("TEMP B-TREE"), "no sort: {lease}");
+                let next_sql = "SELECT min(visible_at) FROM messages WHERE queue = ?1";
+                let next = crate::query_plan(conn, next_sql, params!["q"]);
+                assert!(next.contains("messages_visible"), "{next}");
+                let release_sql =
+                    "UPDATE messages SET visible_at = ?1, leased = 0 WHERE leased AND visible_at > ?1";
+                let release = crate::query_plan(conn, release_sql, params![0]);
+                assert!(release.contains("messages_leased"), "{release}");
                 Ok(())
             })
             .unwrap();

@@ -474,15 +474,12 @@ fn listing_seeks_in_the_primary_key() {
         .with(|conn| {
             for inclusive in [true, false] {
                 for bounded in [true, false] {
-                    let sql = format!("EXPLAIN QUERY PLAN {}", scan_sql(inclusive, bounded));
                     let upper = Some("b").filter(|_| bounded);
-                    let plan: String = conn
-                        .prepare(&sql)
-                        .unwrap()
-                        .query_map(params!["b", "a", upper, 10], |r| r.get::<_, String>(3))
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect();
+                    let plan = crate::query_plan(
+                        conn,
+                        &scan_sql(inclusive, bounded),
+                        params!["b", "a", upper, 10],
+                    );
                     // SQLite prints `>=` as `>` in query plans.
                     assert!(plan.contains("PRIMARY KEY (bucket=? AND key>?"), "{plan}");
                     assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
