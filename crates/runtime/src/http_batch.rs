@@ -43,9 +43,36 @@ pub(crate) fn add_to_linker(
     http_batch::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
 }
 
-/// Bytes as text, one char per byte (a Fetch ByteString).
-fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
+/// Headers packed as the WIT's `http-batch` has them: `name\nvalue\n` for
+/// each, values as text with one char per byte (a Fetch ByteString).
+fn pack_headers(entries: &[(String, Vec<u8>)]) -> String {
+    let size = entries.iter().map(|(n, v)| n.len() + 2 * v.len() + 2).sum();
+    let mut packed = String::with_capacity(size);
+    for (name, value) in entries {
+        packed.push_str(name);
+        packed.push('\n');
+        packed.extend(value.iter().map(|&b| char::from(b)));
+        packed.push('\n');
+    }
+    packed
+}
+
+/// The inverse of [`pack_headers`] over its UTF-8 bytes; `Err` says what is
+/// malformed.
+fn unpack_headers(packed: &[u8]) -> Result<Vec<(&str, &str)>, String> {
+    let text = std::str::from_utf8(packed).map_err(|_| "the headers are not UTF-8".to_owned())?;
+    let mut parts = text.split_terminator('\n');
+    let mut headers = Vec::new();
+    while let Some(name) = parts.next() {
+        let value = parts
+            .next()
+            .ok_or_else(|| format!("header {name:?} has no value in the packed headers"))?;
+        headers.push((name, value));
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err("the packed headers do not end with a newline".to_owned());
+    }
+    Ok(headers)
 }
 
 /// The inverse of [`latin1`]; `None` when a char is above U+00FF.
@@ -65,10 +92,7 @@ impl http_batch::Host for HostState {
         let fields = http.headers(borrow())?;
         let entries = http.entries(Resource::new_borrow(fields.rep()))?;
         http.table.delete(fields)?;
-        let headers: Vec<(String, String)> = entries
-            .into_iter()
-            .map(|(name, value)| (name, latin1(&value)))
-            .collect();
+        let headers = pack_headers(&entries);
         let scheme = match http.scheme(borrow())? {
             None | Some(Scheme::Http) => "http".to_owned(),
             Some(Scheme::Https) => "https".to_owned(),
@@ -93,12 +117,14 @@ impl http_batch::Host for HostState {
         &mut self,
         outparam: Resource<HostResponseOutparam>,
         status: u16,
-        headers: Vec<(String, String)>,
+        headers: Vec<u8>,
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
         let http = self.http();
         let outparam = http.table.delete(outparam)?;
-        match whole_response(http.hooks, status, headers, body) {
+        let response =
+            unpack_headers(&headers).and_then(|h| whole_response(http.hooks, status, h, body));
+        match response {
             Ok(response) => {
                 (outparam.send)(Ok(response));
                 Ok(Ok(()))
@@ -117,17 +143,17 @@ impl http_batch::Host for HostState {
 fn whole_response(
     hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks,
     status: u16,
-    headers: Vec<(String, String)>,
+    headers: Vec<(&str, &str)>,
     body: Vec<u8>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
     let status = http::StatusCode::from_u16(status)
         .map_err(|_| format!("{status} is not an HTTP status code"))?;
     let mut fields = FieldMap::new_mutable(FIELD_SIZE_LIMIT);
     for (name, value) in headers {
-        let bytes = latin1_bytes(&value)
+        let bytes = latin1_bytes(value)
             .ok_or_else(|| format!("header {name:?}: the value has a character above U+00FF"))?;
         fields
-            .append(hooks, name.clone(), bytes)
+            .append(hooks, name.to_owned(), bytes)
             .map_err(|e| format!("header {name:?}: {e}"))?;
     }
     if let Some(length) = fields.get(http::header::CONTENT_LENGTH) {
@@ -152,4 +178,53 @@ fn whole_response(
         body: Some(body),
     })
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_headers_round_trip() {
+        let entries = vec![
+            ("content-type".to_owned(), b"text/plain".to_vec()),
+            ("set-cookie".to_owned(), b"a=1".to_vec()),
+            ("set-cookie".to_owned(), b"b=2".to_vec()),
+            ("x-latin1".to_owned(), vec![b'c', 0xe9, 0xff]),
+            ("x-empty".to_owned(), Vec::new()),
+        ];
+        let packed = pack_headers(&entries);
+        assert_eq!(
+            packed,
+            "content-type\ntext/plain\nset-cookie\na=1\nset-cookie\nb=2\nx-latin1\ncéÿ\nx-empty\n\n"
+        );
+        let unpacked = unpack_headers(packed.as_bytes()).unwrap();
+        let back: Vec<(String, Vec<u8>)> = unpacked
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), latin1_bytes(v).unwrap()))
+            .collect();
+        assert_eq!(back, entries);
+        assert_eq!(pack_headers(&[]), "");
+        assert_eq!(unpack_headers(b"").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn malformed_packings_are_refused() {
+        assert_eq!(
+            unpack_headers(b"content-type\n").unwrap_err(),
+            "header \"content-type\" has no value in the packed headers"
+        );
+        assert_eq!(
+            unpack_headers(b"a\n1\nb").unwrap_err(),
+            "header \"b\" has no value in the packed headers"
+        );
+        assert_eq!(
+            unpack_headers(b"a\n1").unwrap_err(),
+            "the packed headers do not end with a newline"
+        );
+        assert_eq!(
+            unpack_headers(b"a\n\xff\n").unwrap_err(),
+            "the headers are not UTF-8"
+        );
+    }
 }

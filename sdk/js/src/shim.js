@@ -1185,7 +1185,7 @@ function requestBody(incoming, cleanup) {
 
 function toRequest(incoming, cleanup) {
   const head = readHead(incoming);
-  const init = { method: head.method, headers: new Headers(head.headers) };
+  const init = { method: head.method, headers: unpackHeaders(head.headers) };
   if (head.method !== "GET" && head.method !== "HEAD") {
     init.body = requestBody(incoming, cleanup);
     init.duplex = "half";
@@ -1255,6 +1255,26 @@ function sendableHeaders(headers) {
   return list;
 }
 
+// `isola:worker/http-batch` packs headers into one string, `name\nvalue\n`
+// each: the glue lifts and lowers a list of string pairs string by string
+// in interpreted JavaScript, one string natively.
+function unpackHeaders(packed) {
+  const headers = new Headers();
+  const parts = packed.split("\n");
+  // The last part is the empty string after the final newline.
+  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
+  return headers;
+}
+
+/** A response's sendable headers packed for `respond`, as UTF-8 bytes. */
+function packHeaders(headers) {
+  let packed = "";
+  for (const entry of headers) {
+    if (!HOP_BY_HOP.has(entry[0])) packed += entry[0] + "\n" + entry[1] + "\n";
+  }
+  return encoder.encode(packed);
+}
+
 function responseFields(headers) {
   return Fields.fromList(sendableHeaders(headers).map(([name, value]) => [name, latin1Bytes(value)]));
 }
@@ -1289,7 +1309,7 @@ async function sendResponse(response, outparam) {
   const whole = wholeBody(response);
   if (whole !== undefined) {
     try {
-      respond(outparam, response.status, sendableHeaders(response.headers), whole);
+      respond(outparam, response.status, packHeaders(response.headers), whole);
     } catch (e) {
       throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
     }
