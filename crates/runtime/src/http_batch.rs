@@ -75,7 +75,8 @@ fn unpack_headers(packed: &[u8]) -> Result<Vec<(&str, &str)>, String> {
     Ok(headers)
 }
 
-/// The inverse of [`latin1`]; `None` when a char is above U+00FF.
+/// Text with one char per byte back to its bytes (as [`pack_headers`] makes
+/// values); `None` when a char is above U+00FF.
 fn latin1_bytes(text: &str) -> Option<Vec<u8>> {
     text.chars().map(|c| u8::try_from(c).ok()).collect()
 }
