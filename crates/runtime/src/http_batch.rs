@@ -211,21 +211,19 @@ mod tests {
 
     #[test]
     fn malformed_packings_are_refused() {
-        assert_eq!(
-            unpack_headers(b"content-type\n").unwrap_err(),
-            "header \"content-type\" has no value in the packed headers"
-        );
-        assert_eq!(
-            unpack_headers(b"a\n1\nb").unwrap_err(),
-            "header \"b\" has no value in the packed headers"
-        );
-        assert_eq!(
-            unpack_headers(b"a\n1").unwrap_err(),
-            "the packed headers do not end with a newline"
-        );
-        assert_eq!(
-            unpack_headers(b"a\n\xff\n").unwrap_err(),
-            "the headers are not UTF-8"
-        );
+        for (packed, error) in [
+            (
+                b"content-type\n".as_slice(),
+                "header \"content-type\" has no value in the packed headers",
+            ),
+            (
+                b"a\n1\nb",
+                "header \"b\" has no value in the packed headers",
+            ),
+            (b"a\n1", "the packed headers do not end with a newline"),
+            (b"a\n\xff\n", "the headers are not UTF-8"),
+        ] {
+            assert_eq!(unpack_headers(packed).unwrap_err(), error);
+        }
     }
 }
