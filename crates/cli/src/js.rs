@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use isola_config::Config;
+use isola_config::{Config, JsBuild};
 use sha2::{Digest, Sha256};
 
 /// The npm packages, pinned: installed once per lockfile.
@@ -220,9 +220,46 @@ pub struct Built {
     pub world: Option<String>,
 }
 
-/// Build the worker module `main` into the component `out`; with
-/// `instance_reuse`, one whose instance can serve many requests.
-pub fn build(main: &Path, out: &Path, instance_reuse: bool) -> Result<Built> {
+/// How [`build`] builds a worker.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// A component whose instance can serve many requests
+    /// (`instance_reuse`).
+    pub instance_reuse: bool,
+    /// The worker's `alias`, `define` and `rules`.
+    pub bundle: JsBuild,
+}
+
+impl BuildOptions {
+    /// What `build.mjs --options` reads. The bundle carries the options'
+    /// effect, so the build cache (keyed by the bundle) tells apart two
+    /// workers that differ only in them.
+    fn to_json(&self) -> Result<String> {
+        let root = if self.bundle.root.as_os_str().is_empty() {
+            std::env::current_dir().context("cannot read the current directory")?
+        } else {
+            std::path::absolute(&self.bundle.root)
+                .with_context(|| format!("cannot resolve {}", self.bundle.root.display()))?
+        };
+        let rules: Vec<serde_json::Value> = self
+            .bundle
+            .rules
+            .iter()
+            .map(|rule| serde_json::json!({ "type": rule.module_type.as_str(), "globs": rule.globs }))
+            .collect();
+        Ok(serde_json::json!({
+            "alias": self.bundle.alias,
+            "define": self.bundle.define,
+            "rules": rules,
+            "root": root,
+        })
+        .to_string())
+    }
+}
+
+/// Build the worker module `main` into the component `out`.
+pub fn build(main: &Path, out: &Path, options: &BuildOptions) -> Result<Built> {
+    let options_json = options.to_json()?;
     let _lock = build_lock()?;
     let toolchain = toolchain()?;
     let mut command = Command::new("node");
@@ -233,8 +270,10 @@ pub fn build(main: &Path, out: &Path, instance_reuse: bool) -> Result<Built> {
         .arg("--out")
         .arg(out)
         .arg("--cache")
-        .arg(cache_root().join("js-builds"));
-    if instance_reuse {
+        .arg(cache_root().join("js-builds"))
+        .arg("--options")
+        .arg(options_json);
+    if options.instance_reuse {
         command.arg("--instance-reuse");
     }
     let output = command.output().context("cannot run node")?;
@@ -271,10 +310,13 @@ pub fn build_workers(config: &Config) -> Result<()> {
     for worker in &config.workers {
         let Some(main) = &worker.main else { continue };
         let started = std::time::Instant::now();
-        let built =
-            build(main, &worker.component, worker.instance_reuse > 1).with_context(|| {
-                format!("worker `{}`: cannot build {}", worker.name, main.display())
-            })?;
+        let options = BuildOptions {
+            instance_reuse: worker.instance_reuse > 1,
+            bundle: worker.js_build.clone(),
+        };
+        let built = build(main, &worker.component, &options).with_context(|| {
+            format!("worker `{}`: cannot build {}", worker.name, main.display())
+        })?;
         tracing::info!(
             worker = %worker.name,
             main = %main.display(),

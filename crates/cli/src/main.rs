@@ -72,6 +72,15 @@ enum Command {
         /// `check` choose this from the worker's `instance_reuse`.
         #[arg(long, conflicts_with = "setup")]
         instance_reuse: bool,
+        /// A compile-time constant, as `define` in isola.toml:
+        /// `--define DEBUG=false`, `--define 'MODE="prod"'` (repeatable).
+        #[arg(long, value_name = "NAME=EXPRESSION", conflicts_with = "setup")]
+        define: Vec<String>,
+        /// A module alias, as `alias` in isola.toml: `--alias
+        /// some-module=./src/shim.js` (a path is relative to the current
+        /// directory) or `--alias old-pkg=new-pkg` (repeatable).
+        #[arg(long, value_name = "NAME=TARGET", conflicts_with = "setup")]
+        alias: Vec<String>,
     },
     /// Serve the workers of a config file.
     Serve {
@@ -268,7 +277,9 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             out,
             setup,
             instance_reuse,
-        } => build(main, out, setup, instance_reuse),
+            define,
+            alias,
+        } => build(main, out, setup, instance_reuse, &define, &alias),
         Command::Serve {
             config: path,
             listen,
@@ -358,6 +369,8 @@ fn build(
     out: Option<PathBuf>,
     setup: bool,
     instance_reuse: bool,
+    define: &[String],
+    alias: &[String],
 ) -> Result<()> {
     if setup {
         let dir = js::setup()?;
@@ -369,7 +382,30 @@ fn build(
         let stem = main.file_stem().unwrap_or(main.as_os_str());
         PathBuf::from(stem).with_extension("wasm")
     });
-    let built = js::build(&main, &out, instance_reuse)?;
+    let mut options = js::BuildOptions {
+        instance_reuse,
+        ..js::BuildOptions::default()
+    };
+    let pair = |flag: &str, entry: &str| -> Result<(String, String)> {
+        match entry.split_once('=') {
+            Some((name, value)) => Ok((name.to_owned(), value.to_owned())),
+            None => bail!("--{flag} {entry}: expected NAME=VALUE"),
+        }
+    };
+    for entry in define {
+        let (name, expression) = pair("define", entry)?;
+        isola_config::js_build::check_define(&name, &expression)
+            .map_err(|m| anyhow::anyhow!("--define {entry}: {m}"))?;
+        options.bundle.define.insert(name, expression);
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    for entry in alias {
+        let (name, target) = pair("alias", entry)?;
+        let target = isola_config::js_build::alias_target(&name, &target, &cwd)
+            .map_err(|m| anyhow::anyhow!("--alias {entry}: {m}"))?;
+        options.bundle.alias.insert(name, target);
+    }
+    let built = js::build(&main, &out, &options)?;
     let size = std::fs::metadata(&built.component)
         .map(|m| m.len())
         .unwrap_or(0);

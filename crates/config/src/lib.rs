@@ -4,6 +4,7 @@
 //! an unknown key, a bad route, a missing component. Nothing is silently
 //! ignored: a key Isola does not implement is an unknown key.
 
+pub mod js_build;
 pub mod outbound;
 pub mod route;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use js_build::{JsBuild, ModuleRule, ModuleType};
 pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};
 
@@ -379,6 +381,14 @@ pub struct WorkerConfig {
     pub instance_reuse: u32,
     /// How `isola dev` builds the component from its sources.
     pub build: Option<BuildConfig>,
+    /// How a JavaScript worker (`main`) is bundled: `alias`, `define`,
+    /// `rules`.
+    pub js_build: JsBuild,
+    /// Checked and kept; Isola has one behaviour, not dated ones.
+    pub compatibility_date: Option<String>,
+    /// Checked and kept: Node.js modules (`nodejs_compat`) are always
+    /// available, and no flag changes anything.
+    pub compatibility_flags: Vec<String>,
 }
 
 /// `build = { command = "...", watch = ["src/**/*.rs"], workdir = "." }`:
@@ -423,6 +433,9 @@ impl WorkerConfig {
             services: Vec::new(),
             instance_reuse: 0,
             build: None,
+            js_build: JsBuild::default(),
+            compatibility_date: None,
+            compatibility_flags: Vec::new(),
         }
     }
 }
@@ -973,6 +986,24 @@ impl Config {
                 Some(ms) => Some(positive(ms, format!("worker[{i}].triggers.cpu_ms"))?),
                 None => None,
             };
+            let js_build = js_build::RawJsBuild {
+                alias: w.alias,
+                define: w.define,
+                rules: w.rules,
+            }
+            .parse(base, main.is_some())
+            .map_err(|(span, field, m)| locate(Some(span), key(&field), m))?;
+            let compatibility_date = match &w.compatibility_date {
+                Some(date) => Some(
+                    js_build::parse_date(date.get_ref())
+                        .map_err(|m| locate(Some(date.span()), key("compatibility_date"), m))?,
+                ),
+                None => None,
+            };
+            for flag in &w.compatibility_flags {
+                js_build::check_flag(flag.get_ref())
+                    .map_err(|m| locate(Some(flag.span()), key("compatibility_flags"), m))?;
+            }
             workers.push(WorkerConfig {
                 name,
                 component,
@@ -997,6 +1028,13 @@ impl Config {
                 services,
                 instance_reuse,
                 build,
+                js_build,
+                compatibility_date,
+                compatibility_flags: w
+                    .compatibility_flags
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
             });
         }
         for (service, i) in service_refs {
@@ -1356,6 +1394,13 @@ struct RawWorker {
     #[serde(default)]
     triggers: RawTriggers,
     build: Option<RawBuild>,
+    // Wrangler's build keys: see `js_build`.
+    alias: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    define: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
+    rules: Option<Spanned<Vec<Spanned<js_build::RawRule>>>>,
+    compatibility_date: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    compatibility_flags: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

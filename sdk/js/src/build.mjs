@@ -3,6 +3,11 @@
 // the WIT into a directory beside the installed npm packages.
 //
 //   node build.mjs --main src/worker.js --out worker.wasm --cache DIR [--instance-reuse]
+//                  [--options '{"alias":{},"define":{},"rules":[],"root":"DIR"}']
+//
+// `--options` carries Wrangler's build keys of the worker (isola.toml's
+// `alias`, `define` and `rules`, checked by `isola`): they shape the
+// worker's bundle, never the shim's.
 //
 // 1. esbuild bundles the worker (relative ES imports, npm packages) into one
 //    module: StarlingMonkey takes a single file, and esbuild's errors name
@@ -21,7 +26,7 @@ import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
@@ -42,7 +47,7 @@ function parseArgs(argv) {
     }
     if (!key.startsWith("--") || argv[i + 1] === undefined) {
       throw new Error(
-        `usage: build.mjs --main FILE --out FILE --cache DIR [--instance-reuse] (at ${key})`,
+        `usage: build.mjs --main FILE --out FILE --cache DIR [--instance-reuse] [--options JSON] (at ${key})`,
       );
     }
     args[key.slice(2)] = argv[i + 1];
@@ -78,7 +83,11 @@ function nodeBuiltinFile(name) {
   return existsSync(file) ? file : undefined;
 }
 
-function nodeCompat() {
+function nodeCompat(alias = {}) {
+  // A name the worker aliases (`alias = { events = "./my-events.js" }`) is
+  // left to esbuild's alias, as in Wrangler.
+  const aliased = (path) =>
+    Object.keys(alias).some((name) => path === name || path.startsWith(`${name}/`));
   return {
     name: "isola-node-compat",
     setup(build) {
@@ -86,7 +95,7 @@ function nodeCompat() {
         path: join(toolchain, "src/cloudflare-workers.js"),
       }));
       build.onResolve({ filter: nodeBuiltin }, async (args) => {
-        if (args.pluginData?.nodeCompat) return undefined;
+        if (args.pluginData?.nodeCompat || aliased(args.path)) return undefined;
         const [, prefix, name] = args.path.match(nodeBuiltin);
         const builtin = nodeBuiltinFile(name);
         if (prefix) {
@@ -110,7 +119,98 @@ function nodeCompat() {
   };
 }
 
-async function bundle(esbuild, entry, outfile) {
+// Wrangler's globs: `**` any number of directories, `*` and `?` within one
+// name, `{a,b}` alternatives; matched against a file's path relative to the
+// project root (the config file's directory), with `/` separators.
+function globRegExp(glob) {
+  let source = "";
+  let depth = 0;
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === "*" && glob[i + 1] === "*") {
+      const whole = glob[i + 2] === "/";
+      source += whole ? "(?:.*/)?" : ".*";
+      i += whole ? 2 : 1;
+    } else if (c === "*") {
+      source += "[^/]*";
+    } else if (c === "?") {
+      source += "[^/]";
+    } else if (c === "{") {
+      depth += 1;
+      source += "(?:";
+    } else if (c === "}" && depth > 0) {
+      depth -= 1;
+      source += ")";
+    } else if (c === "," && depth > 0) {
+      source += "|";
+    } else {
+      source += c.replace(/[.+^$()|[\]\\{}]/g, "\\$&");
+    }
+  }
+  return new RegExp(`^${source}$`);
+}
+
+// `rules`: Text modules are the file's text, Data modules an ArrayBuffer of
+// its bytes, ESModule and CommonJS files JavaScript whatever their
+// extension. The first rule whose glob matches decides; other files load
+// as esbuild loads them.
+function moduleRules(rules = [], root = process.cwd()) {
+  const compiled = rules.map((rule) => ({
+    type: rule.type,
+    globs: rule.globs.map(globRegExp),
+  }));
+  return {
+    name: "isola-module-rules",
+    setup(build) {
+      build.onLoad({ filter: /.*/, namespace: "file" }, async (args) => {
+        const path = relative(root, args.path).split(sep).join("/");
+        const rule = compiled.find((r) => r.globs.some((glob) => glob.test(path)));
+        if (!rule) return undefined;
+        const contents = await readFile(args.path);
+        switch (rule.type) {
+          case "Text":
+            return { contents, loader: "text" };
+          case "Data":
+            // esbuild's binary loader makes a Uint8Array; Workers' Data
+            // modules are ArrayBuffers.
+            return {
+              contents: `export default Uint8Array.from(atob(${JSON.stringify(contents.toString("base64"))}), (c) => c.charCodeAt(0)).buffer;`,
+              loader: "js",
+            };
+          default:
+            return { contents, loader: "js" };
+        }
+      });
+      // Wrangler's default CompiledWasm rule, refused where it is imported.
+      build.onResolve({ filter: /\.wasm(\?module)?$/ }, () => ({
+        errors: [
+          {
+            text: "WebAssembly modules cannot be imported: StarlingMonkey, the engine of JavaScript workers, has no WebAssembly",
+          },
+        ],
+      }));
+    },
+  };
+}
+
+/** `define` values esbuild refuses, named by their key (esbuild's own
+ * message names only the value). */
+async function checkDefines(esbuild, define) {
+  for (const [name, value] of Object.entries(define)) {
+    try {
+      await esbuild.transform("", { define: { [name]: value }, logLevel: "silent" });
+    } catch (e) {
+      const text = e.errors?.[0]?.text ?? String(e);
+      throw new BuildError(`define \`${name}\`: ${text}`);
+    }
+  }
+}
+
+/** Bundle `entry`; `options` (the worker's own bundle only) are its
+ * `alias`, `define`, `rules` and the `root` the rules' globs start from. */
+async function bundle(esbuild, entry, outfile, options = {}) {
+  const { alias = {}, define = {}, rules = [], root } = options;
+  await checkDefines(esbuild, define);
   // Paths in the bundle's comments are relative to the entry's directory,
   // so the same sources bundle to the same bytes (and hit the build cache)
   // whatever directory `isola` runs in.
@@ -128,10 +228,11 @@ async function bundle(esbuild, entry, outfile) {
       conditions: ["workerd", "worker", "browser"],
       mainFields: ["browser", "module", "main"],
       external: ["isola:worker/*", "wasi:*"],
-      plugins: [nodeCompat()],
+      alias,
+      plugins: [nodeCompat(alias), ...(options.rules ? [moduleRules(rules, root)] : [])],
       // Globals bound only where a module uses them (see inject.js).
       inject: [join(toolchain, "src/inject.js")],
-      define: { global: "globalThis" },
+      define: { global: "globalThis", ...define },
       logLevel: "silent",
       charset: "utf8",
     });
@@ -186,13 +287,14 @@ function worldFor({ scheduled, queue }) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  const options = args.options ? JSON.parse(args.options) : {};
   const mainPath = resolve(args.main);
   if (!existsSync(mainPath)) throw new BuildError(`${args.main}: file not found`);
   const esbuild = await import(pathToFileURL(join(modules, "esbuild/lib/main.js")).href);
   const work = await mkdtemp(join(tmpdir(), "isola-js-"));
   try {
     const userBundle = join(work, "user.mjs");
-    await bundle(esbuild, mainPath, userBundle);
+    await bundle(esbuild, mainPath, userBundle, options);
     const userCode = await readFile(userBundle);
 
     const version = await readFile(join(toolchain, "VERSION"), "utf8");
