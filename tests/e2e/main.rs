@@ -9,6 +9,7 @@ mod cluster;
 mod dev;
 mod examples;
 mod js;
+mod js_build;
 mod lifecycle;
 mod limits;
 mod operability;
