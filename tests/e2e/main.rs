@@ -10,6 +10,7 @@ mod dev;
 mod examples;
 mod js;
 mod js_build;
+mod js_errors;
 mod lifecycle;
 mod limits;
 mod operability;

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::source_map::SourceMap;
+
 /// Longest line kept before it is logged in pieces.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -30,6 +32,9 @@ pub(crate) struct GuestLog {
     pub request_id: Arc<std::sync::RwLock<Arc<str>>>,
     /// Secret values of the worker: never written to the log as they are.
     pub secrets: Arc<[String]>,
+    /// The bundle's source map, when the worker has one: stack positions
+    /// in a line are logged as the original `file:line:column`.
+    pub source_map: Option<Arc<SourceMap>>,
     pub stream: Stream,
 }
 
@@ -78,7 +83,14 @@ impl LineWriter {
 
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
-        let line = mask_secrets(line.trim_end_matches('\r'), &self.log.secrets);
+        let line = line.trim_end_matches('\r');
+        // Only workers with a map pay for the search, and only lines that
+        // name the bundle for a new string.
+        let line = match &self.log.source_map {
+            Some(map) => map.rewrite_cow(line),
+            None => std::borrow::Cow::Borrowed(line),
+        };
+        let line = mask_secrets(&line, &self.log.secrets);
         let GuestLog {
             worker, request_id, ..
         } = &self.log;

@@ -32,6 +32,7 @@ mod outbound;
 mod pass_through;
 mod report;
 mod services;
+mod source_map;
 mod state;
 mod triggers;
 
@@ -358,6 +359,7 @@ impl Worker {
             }),
             memory_limit: usize::try_from(config.limits.memory_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
+            source_map: source_map::SourceMap::beside(path),
         });
         let fuel_per_ms = config.fuel_per_ms.unwrap_or(DEFAULT_FUEL_PER_MS);
         let wall = Duration::from_millis(config.limits.wall_ms);

@@ -63,6 +63,9 @@ pub(crate) struct WorkerShared {
     pub outbound: Arc<OutboundPolicy>,
     /// Largest linear memory, in bytes.
     pub memory_limit: usize,
+    /// The JavaScript bundle's source map (`<component>.map`), read once at
+    /// load: guest log lines name original positions with it.
+    pub source_map: Option<Arc<crate::source_map::SourceMap>>,
 }
 
 /// The data of one request's `Store`.
@@ -93,6 +96,7 @@ impl HostState {
             worker: shared.name.clone(),
             request_id: log_request_id.clone(),
             secrets: shared.secret_values.clone(),
+            source_map: shared.source_map.clone(),
             stream,
         };
         // No preopened directories, no inherited environment, no network:
@@ -227,6 +231,12 @@ impl ctx::Host for HostState {
     }
 
     fn abort(&mut self, message: String) -> wasmtime::Result<()> {
+        // The message carries the uncaught exception's stack: its frames
+        // name original positions, as guest log lines do.
+        let message = match &self.shared.source_map {
+            Some(map) => map.rewrite_cow(&message),
+            None => std::borrow::Cow::Borrowed(message.as_str()),
+        };
         Err(wasmtime::Error::msg(crate::guest_log::mask_secrets(
             &message,
             &self.shared.secret_values,

@@ -18,8 +18,10 @@
 //    StarlingMonkey's fetch event serves the request (one per instance);
 //    with `--instance-reuse` the shim serves `wasi:http` itself, so one
 //    instance can serve many (`instance_reuse`).
-// Outputs are cached by the SHA-256 of the bundle, this toolchain and the
-// mode.
+// Outputs are cached by the SHA-256 of the bundle, its source map, this
+// toolchain and the mode. The source map (positions in the final bundle to
+// the worker's own files) goes beside the output as `<out>.map`
+// (`worker.wasm.map`), where the host reads it to log original positions.
 
 import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
@@ -208,7 +210,7 @@ async function checkDefines(esbuild, define) {
 
 /** Bundle `entry`; `options` (the worker's own bundle only) are its
  * `alias`, `define`, `rules` and the `root` the rules' globs start from. */
-async function bundle(esbuild, entry, outfile, options = {}) {
+async function bundle(esbuild, entry, outfile, sourcemap, options = {}) {
   const { alias = {}, define = {}, rules = [], root } = options;
   await checkDefines(esbuild, define);
   // Paths in the bundle's comments are relative to the entry's directory,
@@ -235,6 +237,10 @@ async function bundle(esbuild, entry, outfile, options = {}) {
       define: { global: "globalThis", ...define },
       logLevel: "silent",
       charset: "utf8",
+      // "linked" for the user's bundle, whose map the second pass composes
+      // into the final one, which then names the author's own files.
+      sourcemap,
+      sourcesContent: false,
     });
   } catch (e) {
     if (!Array.isArray(e.errors)) throw e;
@@ -294,14 +300,19 @@ async function main() {
   const work = await mkdtemp(join(tmpdir(), "isola-js-"));
   try {
     const userBundle = join(work, "user.mjs");
-    await bundle(esbuild, mainPath, userBundle, options);
+    await bundle(esbuild, mainPath, userBundle, "linked", options);
     const userCode = await readFile(userBundle);
+    // Part of the key: a change that only moves code (a comment, a blank
+    // line) leaves the bundle's bytes alone but not its map.
+    const userMap = await portableMap(`${userBundle}.map`, mainPath, work);
 
     const version = await readFile(join(toolchain, "VERSION"), "utf8");
     const key = createHash("sha256")
       .update(version)
       .update(args.reuse ? "\0reuse\0" : "\0")
       .update(userCode)
+      .update("\0")
+      .update(userMap)
       .digest("hex");
     await mkdir(args.cache, { recursive: true });
     const cached = join(args.cache, `${key}.wasm`);
@@ -333,7 +344,11 @@ async function main() {
       ].join("\n"),
     );
     const finalBundle = join(work, "worker.js");
-    await bundle(esbuild, entry, finalBundle);
+    await bundle(esbuild, entry, finalBundle, "external");
+    // The map goes beside the component, out of the bundle's directory.
+    const finalMap = join(work, "final.map");
+    await writeFile(finalMap, await portableMap(`${finalBundle}.map`, mainPath, work));
+    await rm(`${finalBundle}.map`);
 
     const { componentize } = await import(
       pathToFileURL(join(modules, "@bytecodealliance/componentize-js/src/componentize.js")).href
@@ -344,6 +359,8 @@ async function main() {
       witPath: join(toolchain, "wit"),
       worldName: world,
     });
+    // The map first: a cached component always has its map beside it.
+    await copyAtomically(finalMap, `${cached}.map`);
     const temp = `${cached}.${process.pid}.tmp`;
     await writeFile(temp, component);
     await rename(temp, cached);
@@ -363,12 +380,46 @@ async function main() {
   }
 }
 
+/** Copy the component `from` to `to`, and its source map `<from>.map` to
+ * `<to>.map`, where the host looks for it. */
 async function place(from, to) {
   if (from === to) return;
   await mkdir(dirname(to), { recursive: true });
+  if (existsSync(`${from}.map`)) await copyAtomically(`${from}.map`, `${to}.map`);
+  // A map left by an earlier build would mislabel every frame.
+  else await rm(`${to}.map`, { force: true });
+  await copyAtomically(from, to);
+}
+
+async function copyAtomically(from, to) {
   const temp = `${to}.${process.pid}.tmp`;
   await copyFile(from, temp);
   await rename(temp, to);
+}
+
+/** The source map in `file` as JSON text, with its sources relative to the
+ * directory of the worker's `entry`, as the bundle's comments are, and the
+ * toolchain's files and those made in the build's `work` directory as
+ * `<isola>/…`: the same sources give the same map wherever the build ran
+ * (the key of the build cache), and frames name files as the author does. */
+async function portableMap(file, entry, work) {
+  const map = JSON.parse(await readFile(file, "utf8"));
+  const from = resolve(dirname(file), map.sourceRoot ?? "");
+  const base = dirname(entry);
+  const roots = [
+    [toolchain, "<isola>"],
+    [modules, "<isola>/node_modules"],
+    [work, "<isola>"],
+  ];
+  map.sources = map.sources.map((source) => {
+    const path = resolve(from, source);
+    for (const [dir, name] of roots) {
+      if (path.startsWith(dir + sep)) return `${name}/${relative(dir, path)}`;
+    }
+    return relative(base, path);
+  });
+  delete map.sourceRoot;
+  return JSON.stringify(map);
 }
 
 main().catch((e) => {

@@ -36,6 +36,21 @@ function errorText(e) {
   }
 }
 
+// StarlingMonkey prints an Error given to `console.*` as `(new Error("msg",
+// "worker.js", 12))`, without its stack; Workers prints the stack, whose
+// positions the host then maps to the worker's own files.
+for (const level of ["log", "info", "warn", "error", "debug", "trace"]) {
+  const print = console[level];
+  if (typeof print !== "function") continue;
+  console[level] = function (...args) {
+    if (!args.some((a) => a instanceof Error)) return print.apply(console, args);
+    return print.apply(
+      console,
+      args.map((a) => (a instanceof Error ? errorText(a) : a)),
+    );
+  };
+}
+
 /** A binding call's `error` variant as a JavaScript Error. */
 function bindingError(e) {
   const payload = e && e.payload;

@@ -1,0 +1,198 @@
+//! Source-mapped errors: a TypeScript worker's stack frames name its own
+//! files, lines and columns (`explode@fail.ts:6:24`) in the log and in
+//! `isola tail`, not positions in the bundle StarlingMonkey runs; without
+//! the map beside the component they name the bundle, as before.
+//!
+//! One worker, `tests/js/ts-errors`: `src/index.ts` calls helpers of
+//! `src/fail.ts`. The expected positions are those of the sources (lines
+//! 1-based, columns 1-based, pointing at `new` or at the call).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::js::shared_cache;
+use crate::support::{Project, Server, client, get, isola, run_isola, stderr_of, worker};
+
+fn ts_errors() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/js/ts-errors/src/index.ts")
+        .canonicalize()
+        .expect("the TypeScript test worker")
+        .display()
+        .to_string()
+}
+
+/// Frames of each route, top first: where the error was made, then its
+/// caller in index.ts.
+const THROW: [&str; 2] = ["explode@fail.ts:6:24", "fetch@index.ts:12:28"];
+const CONSOLE: [&str; 2] = ["describe@fail.ts:11:24", "fetch@index.ts:14:21"];
+const WAIT_UNTIL: [&str; 2] = ["rejectLater@fail.ts:17:28", "fetch@index.ts:18:21"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typescript_workers_errors_name_its_own_files_in_the_log_and_in_tail() {
+    let project = Project::new(&format!(
+        "[server]\ncache_dir = {:?}\nadmin = \"127.0.0.1:0\"\n\n\
+         [[worker]]\nname = \"ts-errors\"\nmain = {:?}\nroutes = [\"/*\"]\n",
+        shared_cache().display().to_string(),
+        ts_errors(),
+    ));
+    let server = project.serve();
+    let tail = Tail::start(&server);
+    let client = client();
+
+    // An uncaught exception: the host logs it with the stack.
+    let (status, _, _) = get(&client, &server.url("/throw")).await;
+    assert_eq!(status, 500);
+    let logs = server.wait_for_log(THROW[0]);
+    assert!(
+        logs.contains("Uncaught Error: exploded: uncaught"),
+        "{logs}"
+    );
+    assert!(logs.contains(THROW[1]), "{logs}");
+
+    // `console.error(error)` prints the error's stack.
+    let (status, _, body) = get(&client, &server.url("/console")).await;
+    assert_eq!((status, body.as_str()), (200, "logged\n"));
+    let logs = server.wait_for_log(CONSOLE[0]);
+    assert!(logs.contains("Error: logged: console.error"), "{logs}");
+    assert!(logs.contains(CONSOLE[1]), "{logs}");
+
+    // A rejected waitUntil task, logged by the shim after the response.
+    let (status, _, body) = get(&client, &server.url("/wait-until")).await;
+    assert_eq!((status, body.as_str()), (200, "answered\n"));
+    let logs = server.wait_for_log(WAIT_UNTIL[0]);
+    assert!(
+        logs.contains("waitUntil task failed: TypeError: rejected: waitUntil"),
+        "{logs}"
+    );
+    assert!(logs.contains(WAIT_UNTIL[1]), "{logs}");
+
+    // No frame of the worker's functions names the bundle.
+    for function in ["explode", "describe", "rejectLater", "fetch"] {
+        assert!(
+            !logs.contains(&format!("{function}@worker.js:")),
+            "{function} at a bundle position:\n{logs}"
+        );
+    }
+
+    // `isola tail` shows the same lines as the log.
+    let event = tail.event_for("/console");
+    let messages: Vec<&str> = event["logs"]
+        .as_array()
+        .expect("the event's guest lines")
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .collect();
+    for frame in CONSOLE {
+        assert!(messages.contains(&frame), "{frame} not in {messages:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_build_cache_keeps_the_map_and_a_component_without_one_logs_bundle_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("ts-errors.wasm");
+    let map = dir.path().join("ts-errors.wasm.map");
+    let build = || {
+        let output = run_isola(&["build", &ts_errors(), "-o", component.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    build();
+    assert!(map.is_file(), "no source map beside the component");
+    // A build taken from the cache brings the map too.
+    std::fs::remove_file(&component).unwrap();
+    std::fs::remove_file(&map).unwrap();
+    let stdout = build();
+    assert!(stdout.contains("cached"), "{stdout}");
+    let sources: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&map).expect("the cached build's map")).unwrap();
+    let sources = sources["sources"].as_array().unwrap();
+    assert!(
+        sources.contains(&"fail.ts".into()) && sources.contains(&"index.ts".into()),
+        "{sources:?}"
+    );
+
+    // Without its map, the component serves as before and its frames name
+    // the bundle.
+    std::fs::remove_file(&map).unwrap();
+    let project = Project::new(&format!(
+        "[server]\ncache_dir = {:?}\n\n{}",
+        shared_cache().display().to_string(),
+        worker("ts-errors", component.to_str().unwrap(), &["/*"])
+    ));
+    let server = project.serve();
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/console")).await;
+    assert_eq!((status, body.as_str()), (200, "logged\n"));
+    let (status, _, _) = get(&client, &server.url("/throw")).await;
+    assert_eq!(status, 500);
+    server.wait_for_log("describe@worker.js:");
+    let logs = server.wait_for_log("explode@worker.js:");
+    assert!(!logs.contains("fail.ts"), "{logs}");
+}
+
+/// `isola tail --format json` against a server's admin listener.
+struct Tail {
+    child: Child,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Tail {
+    fn start(server: &Server) -> Tail {
+        let mut child = isola()
+            .args(["tail", "--admin", &server.admin_addr().to_string()])
+            .args(["--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting isola tail");
+        // Connected once it says so on stderr.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        stderr.read_line(&mut first).unwrap();
+        assert!(first.starts_with("tailing "), "{first:?}");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let event = serde_json::from_str(&line).expect("one JSON object per line");
+                sink.lock().unwrap().push(event);
+            }
+        });
+        Tail { child, events }
+    }
+
+    /// The event of the request to `path`, waiting ten seconds at most.
+    fn event_for(&self, path: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["path"] == path)
+            {
+                return event.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no tail event for {path}: {:?}",
+                self.events.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
