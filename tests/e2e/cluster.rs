@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use isola_bindings::queue::QueueStore;
-use isola_bindings::test_services::{self, Redis};
+use isola_backends::queue::QueueStore;
+use isola_backends::test_services::{self, Redis};
 use isola_test_programs as guests;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -223,10 +223,10 @@ fn batches_finished(logs: &str) -> usize {
 }
 
 async fn queue_depth(redis: &Redis, queue: &str) -> u64 {
-    let conn = isola_bindings::connect::redis_connection(&redis.url())
+    let conn = isola_backends::connect::redis_connection(&redis.url())
         .await
         .unwrap();
-    isola_bindings::redis_queue::RedisQueues::new(conn)
+    isola_backends::redis_queue::RedisQueues::new(conn)
         .depth(queue)
         .await
         .unwrap()
@@ -258,10 +258,10 @@ async fn queue_messages_are_consumed_once_across_nodes() {
 async fn no_message_is_lost_when_a_node_is_killed_holding_messages() {
     let redis = Redis::start();
     let config = triggers_config(&backends(&redis), CONSUMER);
-    let conn = isola_bindings::connect::redis_connection(&redis.url())
+    let conn = isola_backends::connect::redis_connection(&redis.url())
         .await
         .unwrap();
-    let queues = isola_bindings::redis_queue::RedisQueues::new(conn);
+    let queues = isola_backends::redis_queue::RedisQueues::new(conn);
     // Kill A while it holds leased messages. Batches are quick, so A may
     // finish one between the check and the kill: then a new A tries again
     // (bounded), on what is left.

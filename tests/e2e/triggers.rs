@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use isola_bindings::queue::QueueStore;
+use isola_backends::queue::QueueStore;
 use isola_test_programs as guests;
 use reqwest::StatusCode;
 
@@ -63,8 +63,8 @@ async fn post(server: &Server, path: &str, body: &str) {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
-fn queues_of(project: &Project) -> isola_bindings::queue::SqliteQueues {
-    isola_bindings::queue::SqliteQueues::open(&project.path(".isola/queues.sqlite")).unwrap()
+fn queues_of(project: &Project) -> isola_backends::queue::SqliteQueues {
+    isola_backends::queue::SqliteQueues::open(&project.path(".isola/queues.sqlite")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

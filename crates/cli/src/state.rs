@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use isola_bindings::kv::{KvNamespace, ListOptions, PutOptions};
-use isola_bindings::sql::{Statement, Value};
+use isola_backends::kv::{KvNamespace, ListOptions, PutOptions};
+use isola_backends::sql::{Statement, Value};
 use isola_config::Config;
 
 #[derive(Subcommand)]
@@ -234,7 +234,7 @@ pub fn analytics(config: &Config, command: AnalyticsCommand) -> Result<()> {
             if !path.is_file() {
                 bail!("{}: no analytics data has been written yet", path.display());
             }
-            let (columns, rows) = isola_bindings::analytics::query(&path, &sql)?;
+            let (columns, rows) = isola_backends::analytics::query(&path, &sql)?;
             print_rows(&columns, rows)
         }
     }

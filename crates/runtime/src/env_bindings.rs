@@ -1,6 +1,6 @@
 //! The host side of the binding interfaces (`isola:worker/{kv,sql,blob,
 //! cache,analytics}`): a binding name resolves to its backend in
-//! `isola-bindings`, every call is charged to the request's subrequest
+//! `isola-backends`, every call is charged to the request's subrequest
 //! budget, and WIT types are translated at the boundary.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use isola_bindings::{self as backend, Backends, BindingError};
+use isola_backends::{self as backend, Backends, BindingError};
 use isola_config::WorkerConfig;
 use wasmtime::component::Resource;
 

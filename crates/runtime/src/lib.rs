@@ -38,7 +38,7 @@ mod triggers;
 
 use failure::GuestError;
 pub use failure::{Failure, error_response};
-pub use isola_bindings::Backends;
+pub use isola_backends::Backends;
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX, Services};
 pub use triggers::{MessageOutcome, QueueMessage, TriggerError, TriggerRun};

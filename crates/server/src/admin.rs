@@ -25,7 +25,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isola_bindings::queue::QueueStore;
+use isola_backends::queue::QueueStore;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use isola_bindings::lease::LeaseStore;
-use isola_bindings::queue::{Delivery, QueueStore};
+use isola_backends::lease::LeaseStore;
+use isola_backends::queue::{Delivery, QueueStore};
 use isola_config::{CronSchedule, QueueConsumer, WorkerConfig};
 use isola_runtime::{MessageOutcome, QueueMessage, Worker};
 use tokio::task::JoinHandle;
