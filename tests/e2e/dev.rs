@@ -233,3 +233,42 @@ async fn js_template_init_then_serve() {
     let (status, _, body) = get(&client(), &server.url("/")).await;
     assert_eq!((status, body.as_str()), (200, "Hello from Isola"));
 }
+
+/// A build command compiles the worker's sources (with a Rust guest, its
+/// `build.rs` and macros run), so it runs without the secrets `isola` was
+/// given; the toolchain's own variables stay.
+#[tokio::test]
+async fn a_build_command_never_sees_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("isola.toml"),
+        format!(
+            "[[worker]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\n\
+             secrets = [\"DB_PASSWORD\"]\n\
+             build = {{ command = \"env > build-env.txt && cp {} hello.wasm\", watch = [\"src/*\"] }}\n",
+            isola_test_programs::EXAMPLE_HELLO
+        ),
+    )
+    .unwrap();
+    let server = Server::start_in(
+        dir.path(),
+        &["dev", "--listen", "127.0.0.1:0"],
+        &[
+            ("ISOLA_SECRET_DB_PASSWORD", "hunter2-dev"),
+            ("ISOLA_ADMIN_TOKEN", "admin-token-dev"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-dev"),
+            ("CARGO_HOME_FOR_THE_TEST", "kept"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&client(), &server.url("/")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = std::fs::read_to_string(dir.path().join("build-env.txt")).unwrap();
+    assert!(seen.contains("CARGO_HOME_FOR_THE_TEST=kept"), "{seen}");
+    assert!(seen.contains("PATH="), "{seen}");
+    for secret in ["hunter2-dev", "admin-token-dev", "aws-secret-dev"] {
+        assert!(!seen.contains(secret), "the build command saw {secret}");
+    }
+}

@@ -143,7 +143,9 @@ fn build(config: &Config, which: Option<&BTreeSet<String>>) -> bool {
         };
         tracing::info!(worker = %worker.name, "building: {}", command);
         let started = std::time::Instant::now();
-        let output = Command::new("sh")
+        let mut shell = Command::new("sh");
+        without_secrets(&mut shell);
+        let output = shell
             .arg("-c")
             .arg(command)
             .current_dir(&build.workdir)
@@ -246,6 +248,22 @@ pub async fn run(live: LiveHandle, source: PathBuf) {
                 tracing::info!("changed: {}", names.join(", "));
                 break;
             }
+        }
+    }
+}
+
+/// A build command compiles the worker's sources (a Rust build runs their
+/// `build.rs` and macros), so it never gets the secrets Isola was given:
+/// `ISOLA_SECRET_*`, the admin token, AWS credentials. It keeps the rest,
+/// which toolchains need (`PATH`, `HOME`, `CARGO_*`, ...).
+fn without_secrets(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(text) = name.to_str() else { continue };
+        if text.starts_with("ISOLA_SECRET_")
+            || text == "ISOLA_ADMIN_TOKEN"
+            || text.starts_with("AWS_")
+        {
+            command.env_remove(&name);
         }
     }
 }

@@ -162,6 +162,41 @@ fn toolchain() -> Result<PathBuf> {
     Ok(sdk)
 }
 
+/// Environment variables the toolchain's processes keep; everything else
+/// (`ISOLA_SECRET_*`, cloud credentials, store URLs, `NODE_OPTIONS`) is
+/// cleared. A worker's code never runs in these processes (its top level
+/// runs inside wasm, in the Wizer snapshot), but they read tenant files,
+/// and a secret a process never had cannot leak.
+const BUILD_ENV: &[&str] = &["PATH", "TMPDIR"];
+
+/// What `npm install` of the pinned toolchain needs besides: its cache and
+/// config under `HOME`, and the way to the registry (proxies, CA files).
+const INSTALL_ENV: &[&str] = &[
+    "HOME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
+/// Clear `command`'s environment but for `keep` (and, with `npm_config`,
+/// npm's own `npm_config_*` settings).
+fn minimal_env(command: &mut Command, keep: &[&str], npm_config: bool) {
+    command.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let Some(text) = name.to_str() else { continue };
+        let npm_setting = npm_config && text.to_ascii_lowercase().starts_with("npm_config_");
+        if keep.contains(&text) || npm_setting {
+            command.env(&name, value);
+        }
+    }
+}
+
 fn install_packages(dir: &Path) -> Result<()> {
     require_tool("node")?;
     require_tool("npm")?;
@@ -170,7 +205,9 @@ fn install_packages(dir: &Path) -> Result<()> {
         dir.display()
     );
     let staging = write_files(dir, NPM_FILES, &[])?;
-    let status = Command::new("npm")
+    let mut npm = Command::new("npm");
+    minimal_env(&mut npm, &[BUILD_ENV, INSTALL_ENV].concat(), true);
+    let status = npm
         // `npm ci` refuses lockfiles that list platform-specific optional
         // packages for other platforms (npm 11); `install` honours the
         // lockfile all the same.
@@ -263,6 +300,7 @@ pub fn build(main: &Path, out: &Path, options: &BuildOptions) -> Result<Built> {
     let _lock = build_lock()?;
     let toolchain = toolchain()?;
     let mut command = Command::new("node");
+    minimal_env(&mut command, BUILD_ENV, false);
     command
         .arg(toolchain.join("src/build.mjs"))
         .arg("--main")

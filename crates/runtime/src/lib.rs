@@ -27,6 +27,7 @@ mod coalesce;
 mod env_bindings;
 mod failure;
 mod guest_log;
+mod handlers;
 mod http_batch;
 mod outbound;
 mod pass_through;
@@ -164,6 +165,18 @@ pub enum LoadError {
     },
     #[error("worker `{worker}`: cannot open its bindings: {reason}")]
     Bindings { worker: String, reason: String },
+    #[error(
+        "{path}: {reason}, but the worker's code defines no `{handler}` handler (the component's answer to `isola:worker/handlers`)"
+    )]
+    NotImplemented {
+        path: String,
+        handler: &'static str,
+        reason: String,
+    },
+    #[error(
+        "{path}: asked which handlers it implements (`isola:worker/handlers`), it failed: {reason}"
+    )]
+    HandlersQuestion { path: String, reason: String },
 }
 
 /// Counts a running guest task until dropped.
@@ -310,25 +323,12 @@ impl Worker {
                     path: path_text(),
                     reason: format!("{e:#}"),
                 })?;
-        // The optional handlers are whatever the component exports.
+        // The optional handlers are whatever the component exports (and,
+        // for a component that says so, implements: see below).
         let scheduled =
             triggers::scheduled_world::ScheduledHandlerPre::new(instance_pre.clone()).ok();
         let queue = triggers::queue_world::QueueHandlerPre::new(instance_pre.clone()).ok();
-        if !config.crons.is_empty() && scheduled.is_none() {
-            return Err(LoadError::MissingHandler {
-                path: path_text(),
-                handler: "scheduled",
-                reason: format!("worker `{}` has `triggers.crons`", config.name),
-            });
-        }
-        if !config.queue_consumers.is_empty() && queue.is_none() {
-            return Err(LoadError::MissingHandler {
-                path: path_text(),
-                handler: "queue-consumer",
-                reason: format!("worker `{}` consumes queues", config.name),
-            });
-        }
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NoHandler {
+        let pre = ProxyPre::new(instance_pre.clone()).map_err(|e| LoadError::NoHandler {
             path: path_text(),
             reason: format!("{e:#}"),
         })?;
@@ -363,8 +363,7 @@ impl Worker {
         });
         let fuel_per_ms = config.fuel_per_ms.unwrap_or(DEFAULT_FUEL_PER_MS);
         let wall = Duration::from_millis(config.limits.wall_ms);
-        tracing::info!(worker = %config.name, component = %path.display(), cache = ?cache_outcome, "worker loaded");
-        Ok(Worker {
+        let mut worker = Worker {
             inner: Arc::new(Inner {
                 shared,
                 pre,
@@ -392,7 +391,10 @@ impl Worker {
                 reuse: config.instance_reuse,
                 idle: Arc::default(),
             }),
-        })
+        };
+        handlers::settle(&mut worker, &instance_pre, config, path)?;
+        tracing::info!(worker = %config.name, component = %path.display(), cache = ?cache_outcome, "worker loaded");
+        Ok(worker)
     }
 
     pub fn name(&self) -> &str {
@@ -577,15 +579,15 @@ impl Worker {
 
     /// A fresh store for one run with the worker's limits armed: `fuel`
     /// (when fuel is on), the epoch deadline of `wall_ms`, the memory
-    /// limiter, and the subrequest budget counted in `report`.
+    /// limiter, and the subrequest budget `subrequests`.
     fn new_store(
         &self,
         services: services::ServiceCalls,
-        report: &Report,
+        subrequests: Subrequests,
         fuel: u64,
     ) -> Result<Store<HostState>, GuestError> {
         let inner = &self.inner;
-        let state = HostState::new(inner.shared.clone(), self.subrequests(report), services);
+        let state = HostState::new(inner.shared.clone(), subrequests, services);
         let mut store = Store::new(inner.pre.engine(), state);
         store.limiter(|state| state as &mut dyn wasmtime::ResourceLimiter);
         if inner.consume_fuel {
@@ -652,7 +654,10 @@ impl Worker {
                 self.rearm(idle.store, services, &report)?,
                 Some((idle.proxy, idle.served)),
             ),
-            None => (self.new_store(services, &report, inner.fuel)?, None),
+            None => (
+                self.new_store(services, self.subrequests(&report), inner.fuel)?,
+                None,
+            ),
         };
 
         let incoming = store

@@ -224,7 +224,7 @@ impl Worker {
         let fuel = inner
             .trigger_cpu_ms
             .saturating_mul(inner.fuel_yield_interval);
-        let store = match self.new_store(services, &report, fuel) {
+        let store = match self.new_store(services, self.subrequests(&report), fuel) {
             Ok(store) => store,
             Err(e) => {
                 return TriggerRun {

@@ -12,9 +12,12 @@
 // 1. esbuild bundles the worker (relative ES imports, npm packages) into one
 //    module: StarlingMonkey takes a single file, and esbuild's errors name
 //    file, line and column.
-// 2. The bundle's handlers (fetch, scheduled, queue) pick the WIT world, so
-//    the component exports exactly the handlers the worker defines.
-// 3. componentize-js turns shim + bundle into a component. By default
+// 2. componentize-js turns shim + bundle into a component, always of the
+//    `worker-js` world: every handler export, plus `handlers`, through
+//    which the host asks the component which handlers the module defines.
+//    Knowing that means running the module, and a worker's code never runs
+//    here, only inside wasm (the Wizer snapshot, then the host).
+//    By default
 //    StarlingMonkey's fetch event serves the request (one per instance);
 //    with `--instance-reuse` the shim serves `wasi:http` itself, so one
 //    instance can serve many (`instance_reuse`).
@@ -24,13 +27,11 @@
 // (`worker.wasm.map`), where the host reads it to log original positions.
 
 import { createHash } from "node:crypto";
-import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { promisify } from "node:util";
 
 const here = dirname(fileURLToPath(import.meta.url));
 // `sdk-<hash>/` (shim, this script, WIT) sits inside the directory that
@@ -254,43 +255,6 @@ async function bundle(esbuild, entry, outfile, sourcemap, options = {}) {
   }
 }
 
-/** Which optional handlers the worker's default export defines: evaluated
- * in a separate node process, as StarlingMonkey evaluates it at build time
- * anyway. When that fails (the module needs Workers-only globals at the top
- * level), the bundle's text decides. */
-async function detectHandlers(userBundle) {
-  const probe = `
-    const m = await import(${JSON.stringify(pathToFileURL(userBundle).href)});
-    const w = m.default ?? {};
-    // An object with handlers, or a WorkerEntrypoint class with methods.
-    const has = (name) => typeof w[name] === "function" || typeof w.prototype?.[name] === "function";
-    console.log(JSON.stringify({ ok: true, scheduled: has("scheduled"), queue: has("queue") }));`;
-  try {
-    const { stdout } = await promisify(execFile)(
-      process.execPath,
-      ["--input-type=module", "-e", probe],
-      { timeout: 20000 },
-    );
-    const result = JSON.parse(stdout.trim().split("\n").pop());
-    if (result.ok) return result;
-  } catch {
-    // Fall through to the text check.
-  }
-  const text = await readFile(userBundle, "utf8");
-  // `scheduled(controller, env, ...` or a class's `scheduled(controller) {`.
-  const defines = (name) =>
-    new RegExp(`\\b${name}\\s*\\(\\s*\\w*\\s*(,|\\)\\s*\\{)`).test(text) ||
-    new RegExp(`\\b${name}\\s*:\\s*(async\\s*)?(function|\\()`).test(text);
-  return { scheduled: defines("scheduled"), queue: defines("queue") };
-}
-
-function worldFor({ scheduled, queue }) {
-  if (scheduled && queue) return "worker-scheduled-queue";
-  if (scheduled) return "worker-scheduled";
-  if (queue) return "worker-queue";
-  return "worker";
-}
-
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const options = args.options ? JSON.parse(args.options) : {};
@@ -314,8 +278,10 @@ async function main() {
       .update("\0")
       .update(userMap)
       .digest("hex");
-    await mkdir(args.cache, { recursive: true });
-    const cached = join(args.cache, `${key}.wasm`);
+    // Resolved now: the snapshot step changes the working directory.
+    const cacheDir = resolve(args.cache);
+    await mkdir(cacheDir, { recursive: true });
+    const cached = join(cacheDir, `${key}.wasm`);
     const out = resolve(args.out);
     if (existsSync(cached)) {
       await place(cached, out);
@@ -323,8 +289,7 @@ async function main() {
       return;
     }
 
-    const handlers = await detectHandlers(userBundle);
-    const world = worldFor(handlers);
+    const world = "worker-js";
     const entry = join(work, "entry.mjs");
     const shim = join(toolchain, "src/shim.js");
     // The shim comes first: its top level installs `caches` and friends
@@ -332,23 +297,32 @@ async function main() {
     await writeFile(
       entry,
       [
-        `import { installFetch, incomingHandlerExport, scheduledExport, queueExport } from ${JSON.stringify(shim)};`,
+        `import { installFetch, incomingHandlerExport, scheduledExport, queueExport, handlersExport } from ${JSON.stringify(shim)};`,
         `import * as userModule from ${JSON.stringify(userBundle)};`,
         `const worker = userModule.default;`,
         args.reuse
           ? `export const incomingHandler = incomingHandlerExport(worker);`
           : `installFetch(worker);`,
-        handlers.scheduled ? `export const scheduled = scheduledExport(worker);` : "",
-        handlers.queue ? `export const queueConsumer = queueExport(worker);` : "",
+        `export const scheduled = scheduledExport(worker);`,
+        `export const queueConsumer = queueExport(worker);`,
+        `export const handlers = handlersExport(worker);`,
         "",
       ].join("\n"),
     );
-    const finalBundle = join(work, "worker.js");
+    // The snapshot step (Wizer) runs the module's top level, inside wasm,
+    // with the directory of the source file pre-opened (componentize-js
+    // widens that to the working directory when the source lies under it):
+    // a directory holding nothing but the final bundle, as the working
+    // directory, keeps the rest of the file system out of its reach.
+    const snapshotDir = join(work, "snapshot");
+    await mkdir(snapshotDir);
+    const finalBundle = join(snapshotDir, "worker.js");
     await bundle(esbuild, entry, finalBundle, "external");
     // The map goes beside the component, out of the bundle's directory.
     const finalMap = join(work, "final.map");
     await writeFile(finalMap, await portableMap(`${finalBundle}.map`, mainPath, work));
     await rm(`${finalBundle}.map`);
+    process.chdir(snapshotDir);
 
     const { componentize } = await import(
       pathToFileURL(join(modules, "@bytecodealliance/componentize-js/src/componentize.js")).href

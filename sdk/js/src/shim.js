@@ -1394,6 +1394,20 @@ async function runTrigger(body) {
   }
 }
 
+/** The `handlers` export: which handlers the default export defines. The
+ * build gives every worker all the handler exports, since only running the
+ * module tells which it has, and the module runs nowhere but in wasm; the
+ * host asks this when it loads the worker. */
+export function handlersExport(worker) {
+  return {
+    implemented() {
+      // A service-worker script (no default export) serves fetch events.
+      if (worker === undefined) return ["fetch"];
+      return ["fetch", "scheduled", "queue"].filter((name) => hasHandler(worker, name));
+    },
+  };
+}
+
 /** The `scheduled` export: `worker.scheduled(controller, env, ctx)`. */
 export function scheduledExport(worker) {
   return {
