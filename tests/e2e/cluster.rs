@@ -223,7 +223,7 @@ fn batches_finished(logs: &str) -> usize {
 }
 
 async fn queue_depth(redis: &Redis, queue: &str) -> u64 {
-    let conn = isola_backends::connect::redis_connection(&redis.url())
+    let conn = isola_backends::remote::redis_connection(&redis.url())
         .await
         .unwrap();
     isola_backends::redis_queue::RedisQueues::new(conn)
@@ -258,7 +258,7 @@ async fn queue_messages_are_consumed_once_across_nodes() {
 async fn no_message_is_lost_when_a_node_is_killed_holding_messages() {
     let redis = Redis::start();
     let config = triggers_config(&backends(&redis), CONSUMER);
-    let conn = isola_backends::connect::redis_connection(&redis.url())
+    let conn = isola_backends::remote::redis_connection(&redis.url())
         .await
         .unwrap();
     let queues = isola_backends::redis_queue::RedisQueues::new(conn);

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::embedded::{LazyConn, blocking};
+use crate::error::{BindingError, Result, backend_err};
 use crate::sql::Value;
-use crate::{BindingError, LazyConn, Result, backend_err, blocking, lock};
+use crate::util::lock;
 
 pub const MAX_BLOBS: usize = 20;
 pub const MAX_BLOB_BYTES_TOTAL: usize = 16 * 1024;

@@ -16,7 +16,9 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err, lock};
+use crate::embedded::LazyConn;
+use crate::error::{BindingError, Result, backend_err};
+use crate::util::lock;
 
 pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_LIST_LIMIT: u32 = 1000;
@@ -264,7 +266,7 @@ fn new_version_path(key: &str) -> StorePath {
     let spread = Md5::digest(key.as_bytes());
     StorePath::from(format!(
         "{}/{nanos:x}-{:x}-{:x}",
-        crate::hex(&spread[..1]),
+        crate::util::hex(&spread[..1]),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ))
@@ -366,11 +368,11 @@ pub(crate) fn encode_cursor(resume: &Resume) -> String {
         Resume::After(key) => ('k', key),
         Resume::PastPrefix(prefix) => ('p', prefix),
     };
-    crate::hex(format!("{tag}{s}").as_bytes())
+    crate::util::hex(format!("{tag}{s}").as_bytes())
 }
 
 pub(crate) fn decode_cursor(cursor: &str) -> Result<Resume> {
-    let text = crate::unhex(cursor).and_then(|b| String::from_utf8(b).ok());
+    let text = crate::util::unhex(cursor).and_then(|b| String::from_utf8(b).ok());
     match text.as_deref().map(|t| t.split_at_checked(1)) {
         Some(Some(("k", key))) => Ok(Resume::After(key.to_owned())),
         Some(Some(("p", prefix))) => Ok(Resume::PastPrefix(prefix.to_owned())),
@@ -400,7 +402,7 @@ pub(crate) fn lower_bound(prefix: &str, resume: Option<&Resume>) -> Option<Lower
             inclusive: false,
         },
         Some(Resume::PastPrefix(p)) => LowerBound {
-            key: crate::prefix_successor(p)?,
+            key: crate::util::prefix_successor(p)?,
             inclusive: true,
         },
     };
@@ -461,7 +463,7 @@ fn list_index(
     resume: Option<Resume>,
     limit: usize,
 ) -> rusqlite::Result<ListResult> {
-    let upper = crate::prefix_successor(prefix);
+    let upper = crate::util::prefix_successor(prefix);
     let mut result = ListResult {
         objects: Vec::new(),
         delimited_prefixes: Vec::new(),
@@ -704,7 +706,7 @@ impl BlobUpload for FsUpload {
         let info = ObjectInfo {
             key: this.key.clone(),
             size: this.size,
-            etag: crate::hex(&this.hasher.finalize()),
+            etag: crate::util::hex(&this.hasher.finalize()),
             uploaded: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use lru::LruCache;
 
-use crate::{BindingError, Result, lock};
+use crate::error::{BindingError, Result};
+use crate::util::lock;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedResponse {
@@ -548,7 +549,7 @@ mod tests {
 
         async fn distributed() -> Self {
             let url = crate::test_services::shared_redis().url();
-            let conn = crate::connect::redis_connection(&url).await.unwrap();
+            let conn = crate::remote::redis_connection(&url).await.unwrap();
             Fixture {
                 cache: std::sync::Arc::new(crate::redis_cache::RedisCache::new(conn)),
                 scope: crate::test_services::unique("w"),

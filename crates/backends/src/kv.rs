@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err, unix_now};
+use crate::embedded::LazyConn;
+use crate::error::{BindingError, Result, backend_err};
+use crate::util::unix_now;
 
 pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 25 * 1024 * 1024;
@@ -351,7 +353,7 @@ impl KvStore for SqliteKv {
         let after = match cursor {
             None => None,
             Some(c) => Some(
-                crate::unhex(c)
+                crate::util::unhex(c)
                     .and_then(|b| String::from_utf8(b).ok())
                     .ok_or_else(|| invalid(format!("KV list cursor {c:?} is not valid")))?,
             ),
@@ -364,7 +366,7 @@ impl KvStore for SqliteKv {
             Some(after) if after.as_str() >= prefix => (false, after),
             _ => (true, prefix.to_owned()),
         };
-        let upper = crate::prefix_successor(prefix);
+        let upper = crate::util::prefix_successor(prefix);
         let sql = list_sql(inclusive, upper.is_some());
         let namespace = namespace.to_owned();
         let (mut keys, more) = self
@@ -389,7 +391,7 @@ impl KvStore for SqliteKv {
             .await?;
         keys.truncate(limit as usize);
         let cursor = match (more, keys.last()) {
-            (true, Some(last)) => Some(crate::hex(last.name.as_bytes())),
+            (true, Some(last)) => Some(crate::util::hex(last.name.as_bytes())),
             _ => None,
         };
         Ok(ListResult {
@@ -429,7 +431,7 @@ mod tests {
 
         async fn distributed() -> Self {
             let url = crate::test_services::shared_redis().url();
-            let conn = crate::connect::redis_connection(&url).await.unwrap();
+            let conn = crate::remote::redis_connection(&url).await.unwrap();
             Fixture {
                 store: Arc::new(crate::redis_kv::RedisKv::new(conn)),
                 prefix: crate::test_services::unique("kv"),
@@ -804,7 +806,7 @@ mod tests {
             .with(|conn| {
                 for inclusive in [true, false] {
                     for bounded in [true, false] {
-                        let plan = crate::query_plan(
+                        let plan = crate::embedded::query_plan(
                             conn,
                             &list_sql(inclusive, bounded),
                             params!["n", "a", Some("b").filter(|_| bounded), 0, 10],

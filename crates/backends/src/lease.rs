@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use std::time::Duration;
 
-use crate::{BindingError, Result};
+use crate::error::Result;
 
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
@@ -55,24 +55,18 @@ impl LeaseStore for RedisLeases {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}{key}", self.prefix))
-            .arg(crate::connect::node_id())
+            .arg(crate::remote::node_id())
             .arg("NX")
             .arg("PX")
             .arg(ms)
             .query_async(&mut conn)
             .await
-            .map_err(crate::connect::redis_err)?;
+            .map_err(crate::remote::redis_err)?;
         Ok(set.is_some())
     }
 
     fn is_shared(&self) -> bool {
         true
-    }
-}
-
-impl From<redis::RedisError> for BindingError {
-    fn from(e: redis::RedisError) -> Self {
-        crate::connect::redis_err(e)
     }
 }
 
@@ -83,8 +77,8 @@ mod tests {
     #[tokio::test]
     async fn one_holder_per_key_until_it_expires() {
         let url = crate::test_services::shared_redis().url();
-        let a = RedisLeases::new(crate::connect::redis_connection(&url).await.unwrap());
-        let b = RedisLeases::new(crate::connect::redis_connection(&url).await.unwrap());
+        let a = RedisLeases::new(crate::remote::redis_connection(&url).await.unwrap());
+        let b = RedisLeases::new(crate::remote::redis_connection(&url).await.unwrap());
         let key = crate::test_services::unique("cron");
         let ttl = Duration::from_millis(300);
         assert!(a.acquire(&key, ttl).await.unwrap());

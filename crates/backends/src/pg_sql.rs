@@ -28,9 +28,10 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls};
 
-use crate::connect::{IO_TIMEOUT, background, redact};
+use crate::error::{BindingError, Result};
+use crate::remote::{IO_TIMEOUT, background, redact};
 use crate::sql::{ExecResult, Meta, Rows, SqlBackend, SqlDatabase, Statement, Value};
-use crate::{BindingError, Result, lock};
+use crate::util::lock;
 
 /// Idle connections kept per database.
 const MAX_IDLE: usize = 16;
@@ -157,7 +158,7 @@ impl Pool {
         }
         let config = self.config.clone();
         let url = self.url.clone();
-        let client = crate::connect::on_background(async move {
+        let client = crate::remote::on_background(async move {
             let (client, connection) = config
                 .connect(NoTls)
                 .await

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use crate::{BindingError, LazyConn, Result, backend_err};
+use crate::embedded::LazyConn;
+use crate::error::{BindingError, Result, backend_err};
 
 /// Largest message body, as in Workers.
 pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
@@ -116,7 +117,7 @@ fn new_id() -> rusqlite::Result<String> {
             format!("no randomness for a message id: {e}").into(),
         )
     })?;
-    Ok(crate::hex(&bytes))
+    Ok(crate::util::hex(&bytes))
 }
 
 /// The lease query: the oldest visible messages of `?1` at `?2`, at most
@@ -413,7 +414,7 @@ mod tests {
 
     async fn redis_store(prefix: &str) -> Arc<dyn QueueStore> {
         let url = crate::test_services::shared_redis().url();
-        let conn = crate::connect::redis_connection(&url).await.unwrap();
+        let conn = crate::remote::redis_connection(&url).await.unwrap();
         Arc::new(Prefixed {
             inner: Arc::new(crate::redis_queue::RedisQueues::new(conn)),
             prefix: prefix.to_owned(),
@@ -818,15 +819,15 @@ mod tests {
         let q = open(&dir);
         q.conn
             .with(|conn| {
-                let lease = crate::query_plan(conn, LEASE_SQL, params!["q", 0, 10]);
+                let lease = crate::embedded::query_plan(conn, LEASE_SQL, params!["q", 0, 10]);
                 assert!(lease.contains("messages_fifo (queue=?)"), "{lease}");
                 assert!(!lease.contains("TEMP B-TREE"), "no sort: {lease}");
                 let next_sql = "SELECT min(visible_at) FROM messages WHERE queue = ?1";
-                let next = crate::query_plan(conn, next_sql, params!["q"]);
+                let next = crate::embedded::query_plan(conn, next_sql, params!["q"]);
                 assert!(next.contains("messages_visible"), "{next}");
                 let release_sql =
                     "UPDATE messages SET visible_at = ?1, leased = 0 WHERE leased AND visible_at > ?1";
-                let release = crate::query_plan(conn, release_sql, params![0]);
+                let release = crate::embedded::query_plan(conn, release_sql, params![0]);
                 assert!(release.contains("messages_leased"), "{release}");
                 Ok(())
             })

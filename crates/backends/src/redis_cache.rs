@@ -15,9 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use crate::Result;
 use crate::cache::{CacheStore, CachedResponse, Headers, prepare_put, vary_matches};
-use crate::connect::redis_err;
+use crate::error::Result;
+use crate::remote::redis_err;
 
 pub struct RedisCache {
     conn: ConnectionManager,

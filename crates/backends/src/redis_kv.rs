@@ -19,9 +19,9 @@
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use crate::connect::redis_err;
+use crate::error::{BindingError, Result};
 use crate::kv::{KeyInfo, KvStore, KvValue, ListResult};
-use crate::{BindingError, Result};
+use crate::remote::redis_err;
 
 pub struct RedisKv {
     conn: ConnectionManager,
@@ -150,7 +150,7 @@ impl KvStore for RedisKv {
         let after = match cursor {
             None => None,
             Some(c) => Some(
-                crate::unhex(c)
+                crate::util::unhex(c)
                     .and_then(|b| String::from_utf8(b).ok())
                     .ok_or_else(|| {
                         BindingError::Invalid(format!("KV list cursor {c:?} is not valid"))
@@ -162,8 +162,8 @@ impl KvStore for RedisKv {
             _ if prefix_.is_empty() => "-".to_owned(),
             _ => format!("[{prefix_}"),
         };
-        let upper =
-            crate::prefix_successor(prefix_).map_or_else(|| "+".to_owned(), |s| format!("({s}"));
+        let upper = crate::util::prefix_successor(prefix_)
+            .map_or_else(|| "+".to_owned(), |s| format!("({s}"));
         let mut conn = self.conn.clone();
         let rows: Vec<(String, String, Option<String>)> = self
             .list
@@ -186,7 +186,7 @@ impl KvStore for RedisKv {
             })
             .collect();
         let cursor = match (more, keys.last()) {
-            (true, Some(last)) => Some(crate::hex(last.name.as_bytes())),
+            (true, Some(last)) => Some(crate::util::hex(last.name.as_bytes())),
             _ => None,
         };
         Ok(ListResult {

@@ -27,9 +27,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use crate::connect::redis_err;
+use crate::error::{BindingError, Result};
 use crate::queue::{Delivery, OutgoingMessage, QueueStore, validate};
-use crate::{BindingError, Result};
+use crate::remote::redis_err;
 
 pub struct RedisQueues {
     conn: ConnectionManager,
@@ -264,7 +264,7 @@ fn new_id() -> Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes)
         .map_err(|e| BindingError::Backend(format!("no randomness for a message id: {e}")))?;
-    Ok(crate::hex(&bytes))
+    Ok(crate::util::hex(&bytes))
 }
 
 #[async_trait]
@@ -294,7 +294,7 @@ impl QueueStore for RedisQueues {
         invocation
             .arg(max)
             .arg(millis(lease))
-            .arg(crate::connect::node_id());
+            .arg(crate::remote::node_id());
         let rows: Vec<(String, Vec<u8>, String, u64, u32)> = self.run(&invocation).await?;
         Ok(rows
             .into_iter()

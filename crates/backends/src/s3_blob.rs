@@ -42,7 +42,7 @@ use crate::blob::{
     MAX_LIST_LIMIT, ObjectInfo, PART_BYTES, PARTS_IN_FLIGHT, PutOptions, Range, Resume,
     decode_cursor, encode_cursor, lower_bound, resolve_range, validate_bucket, validate_key,
 };
-use crate::{BindingError, Result};
+use crate::error::{BindingError, Result};
 
 const CUSTOM: &str = "isola-custom";
 const UPLOADED: &str = "isola-uploaded";
@@ -83,12 +83,12 @@ impl S3BlobStore {
             .with_bucket_name(bucket)
             .with_client_options(
                 ClientOptions::new()
-                    .with_connect_timeout(crate::connect::IO_TIMEOUT)
+                    .with_connect_timeout(crate::remote::IO_TIMEOUT)
                     .with_timeout(Duration::from_secs(60)),
             )
             .with_retry(RetryConfig {
                 max_retries: 2,
-                retry_timeout: crate::connect::IO_TIMEOUT,
+                retry_timeout: crate::remote::IO_TIMEOUT,
                 ..RetryConfig::default()
             });
         let shown = match endpoint {
@@ -96,7 +96,7 @@ impl S3BlobStore {
                 builder = builder
                     .with_endpoint(endpoint)
                     .with_allow_http(endpoint.starts_with("http://"));
-                format!("{}/{bucket}", crate::connect::redact(endpoint))
+                format!("{}/{bucket}", crate::remote::redact(endpoint))
             }
             None => format!("s3://{bucket} ({region})"),
         };
@@ -109,7 +109,7 @@ impl S3BlobStore {
             let mut listing = check.list(Some(&StorePath::from("isola-check")));
             listing.next().await.transpose()
         };
-        crate::connect::on_background(async move { probe.await.map_err(s3_err) })
+        crate::remote::on_background(async move { probe.await.map_err(s3_err) })
             .await
             .map_err(|e| BindingError::Backend(format!("cannot reach {shown}: {e}")))?;
         Ok(S3BlobStore { store })
@@ -117,7 +117,7 @@ impl S3BlobStore {
 }
 
 fn path(bucket: &str, key: &str) -> StorePath {
-    StorePath::from(format!("{bucket}/{}", crate::hex(key.as_bytes())))
+    StorePath::from(format!("{bucket}/{}", crate::util::hex(key.as_bytes())))
 }
 
 fn http_attributes(m: &HttpMetadata) -> [(Attribute, &Option<String>); 5] {
@@ -141,7 +141,7 @@ fn attributes(options: &PutOptions, uploaded: u64, md5: Option<&str>) -> Result<
         .map_err(|e| BindingError::Backend(e.to_string()))?;
     attributes.insert(
         Attribute::Metadata(CUSTOM.into()),
-        crate::hex(custom.as_bytes()).into(),
+        crate::util::hex(custom.as_bytes()).into(),
     );
     attributes.insert(
         Attribute::Metadata(UPLOADED.into()),
@@ -156,7 +156,7 @@ fn attributes(options: &PutOptions, uploaded: u64, md5: Option<&str>) -> Result<
 fn info(key: &str, meta: &object_store::ObjectMeta, attributes: &Attributes) -> ObjectInfo {
     let get = |a: Attribute| attributes.get(&a).map(|v| v.as_ref().to_owned());
     let custom = get(Attribute::Metadata(CUSTOM.into()))
-        .and_then(|h| crate::unhex(&h))
+        .and_then(|h| crate::util::unhex(&h))
         .and_then(|json| serde_json::from_slice(&json).ok())
         .unwrap_or_default();
     let etag = get(Attribute::Metadata(MD5.into())).unwrap_or_else(|| {
@@ -335,7 +335,7 @@ impl BlobStore for S3BlobStore {
                     .location
                     .as_ref()
                     .strip_prefix(&format!("{bucket}/"))
-                    .and_then(crate::unhex)
+                    .and_then(crate::util::unhex)
                     .and_then(|b| String::from_utf8(b).ok())
                 else {
                     continue; // Not an object of ours.
@@ -382,7 +382,7 @@ impl BlobStore for S3BlobStore {
 /// The S3 `start-after` (hex, under the bucket's root) for a listing that
 /// starts at `from`; `None` for the very start.
 fn start_after(from: &LowerBound) -> Option<String> {
-    let hex = crate::hex(from.key.as_bytes());
+    let hex = crate::util::hex(from.key.as_bytes());
     if from.inclusive {
         // Every object's name has even length, so dropping the last digit
         // gives a name just before `hex` that no object has.
@@ -438,7 +438,7 @@ impl BlobUpload for S3Upload {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
-        let md5 = crate::hex(&std::mem::take(&mut self.hasher).finalize());
+        let md5 = crate::util::hex(&std::mem::take(&mut self.hasher).finalize());
         let etag = match self.multipart.take() {
             Some(writer) => {
                 let done = writer.finish().await.map_err(s3_err)?;

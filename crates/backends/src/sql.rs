@@ -13,7 +13,9 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, StatementStatus, TransactionBehavior};
 
-use crate::{BindingError, Result, backend_err, blocking, lock};
+use crate::embedded::blocking;
+use crate::error::{BindingError, Result, backend_err};
+use crate::util::lock;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -130,7 +132,7 @@ struct SqliteDatabase {
 
 impl SqliteDatabase {
     fn open(path: &std::path::Path) -> Result<Self> {
-        let mut conn = crate::open_sqlite(path).map_err(sql_err)?;
+        let mut conn = crate::embedded::open_sqlite(path).map_err(sql_err)?;
         conn.execute_batch("PRAGMA foreign_keys=ON;")
             .map_err(sql_err)?;
         let in_batch = Arc::new(AtomicBool::new(false));

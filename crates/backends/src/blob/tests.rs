@@ -245,7 +245,7 @@ async fn a_large_object_streams_both_ways(f: &Fixture) {
         expected.update(&c);
         upload.write(c).await.unwrap();
     }
-    let expected = crate::hex(&expected.finalize());
+    let expected = crate::util::hex(&expected.finalize());
     let info = upload.finish().await.unwrap();
     assert_eq!(info.size, (CHUNK * CHUNKS) as u64);
     if f.dir().is_some() {
@@ -267,7 +267,7 @@ async fn a_large_object_streams_both_ways(f: &Fixture) {
         hasher.update(&piece);
     }
     assert_eq!(total, CHUNK * CHUNKS);
-    assert_eq!(crate::hex(&hasher.finalize()), expected);
+    assert_eq!(crate::util::hex(&hasher.finalize()), expected);
     assert!(
         largest <= 1024 * 1024,
         "streamed, not read whole: {largest}"
@@ -463,7 +463,7 @@ fn cursors_round_trip() {
         assert_eq!(decode_cursor(&encode_cursor(&resume)).unwrap(), resume);
     }
     assert!(decode_cursor("").is_err());
-    assert!(decode_cursor(&crate::hex(b"zkey")).is_err());
+    assert!(decode_cursor(&crate::util::hex(b"zkey")).is_err());
 }
 
 #[test]
@@ -475,7 +475,7 @@ fn listing_seeks_in_the_primary_key() {
             for inclusive in [true, false] {
                 for bounded in [true, false] {
                     let upper = Some("b").filter(|_| bounded);
-                    let plan = crate::query_plan(
+                    let plan = crate::embedded::query_plan(
                         conn,
                         &scan_sql(inclusive, bounded),
                         params!["b", "a", upper, 10],
@@ -516,7 +516,7 @@ async fn concurrent_overwrites_leave_one_object_and_one_file(f: &Fixture) {
         body.iter().all(|&b| b == body[0]),
         "one writer's bytes only"
     );
-    assert_eq!(crate::hex(&Md5::digest(&body)), info.etag);
+    assert_eq!(crate::util::hex(&Md5::digest(&body)), info.etag);
     if let Some(dir) = f.dir() {
         assert_eq!(files(&dir.join("r2/b")).len(), 1);
     }
