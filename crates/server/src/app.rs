@@ -1,65 +1,23 @@
-//! Isola's HTTP front end.
-//!
-//! A [`Server`] accepts HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) on
-//! one listener, gives every request an id (`x-request-id`), routes it to a
-//! worker by Wrangler-style patterns, and on shutdown stops accepting and
-//! lets in-flight requests finish.
+//! The app: the current generation of workers, swapped whole on reload,
+//! and what happens to one request (size checks, routing, the worker, the
+//! request id and the access line).
 
-pub mod router;
-
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use isola_config::{ServerConfig, WorkerConfig};
-use isola_engine::IsolaEngine;
 use isola_runtime::{
-    Body, ClientAddr, LoadError, RequestId, RequestInfo, Services, Worker, error_response,
-    full_body,
+    Body, ClientAddr, RequestId, RequestInfo, Services, Worker, error_response, full_body,
 };
-use tokio::net::TcpListener;
 
-pub mod admin;
-pub mod telemetry;
-pub mod triggers;
-
-pub use isola_runtime::Backends;
-pub use router::Router;
-pub use telemetry::{Telemetry, TelemetryLayer};
-pub use triggers::Triggers;
-
-/// Header carrying the request id on every response.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Load (compile or fetch from the cache) every worker, in parallel.
-/// Workers sharing a component compile it once.
-pub fn load_workers(
-    engine: &IsolaEngine,
-    configs: &[WorkerConfig],
-    backends: &Backends,
-) -> Result<Vec<Worker>, LoadError> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = configs
-            .iter()
-            .map(|config| scope.spawn(move || Worker::load(engine, config, backends)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker loading panicked"))
-            .collect()
-    })
-}
+use crate::REQUEST_ID_HEADER;
+use crate::router::Router;
+use crate::telemetry::{self, Telemetry};
 
 /// One loaded config: the workers, how requests reach them, and the
 /// request limits. Requests hold the generation they started on, so a reload
@@ -123,8 +81,8 @@ pub struct App {
     /// Workers of replaced generations whose guest tasks were still running
     /// (kept so shutdown waits for them too).
     retired: Mutex<Vec<Worker>>,
-    header_timeout: Duration,
-    shutdown_grace: Duration,
+    pub(crate) header_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
     telemetry: Arc<Telemetry>,
 }
 
@@ -406,118 +364,4 @@ fn head_size<B>(request: &http::Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     line + headers
-}
-
-/// A bound, not yet running server.
-pub struct Server {
-    listener: TcpListener,
-    app: Arc<App>,
-    /// How long shutdown waits for in-flight requests before giving up.
-    pub shutdown_grace: Duration,
-}
-
-impl Server {
-    pub async fn bind(addr: SocketAddr, app: impl Into<Arc<App>>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        let app = app.into();
-        Ok(Server {
-            listener,
-            shutdown_grace: app.shutdown_grace,
-            app,
-        })
-    }
-
-    /// The app this server serves (to reload it).
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serve until `shutdown` resolves, then stop accepting and wait, up to
-    /// `shutdown_grace` in all, for in-flight requests and for the work
-    /// guests do after responding (waitUntil).
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // hyper answers 431 itself beyond these; the exact limit is checked
-        // per request in `App::handle`.
-        builder
-            .http1()
-            .max_buf_size(64 * 1024)
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.app.header_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(64 * 1024);
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let app = self.app.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
-            });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, "connection ended with an error: {e}");
-                }
-            });
-        }
-        drop(self.listener);
-        tracing::info!("shutting down: waiting for in-flight requests");
-        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("shutdown grace period over; closing remaining connections");
-            }
-        }
-        // Background work (waitUntil) outlives its response; give it the
-        // rest of the grace period.
-        while self.app.active_tasks() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        match self.app.active_tasks() {
-            0 => tracing::info!("all guest work finished"),
-            cut => tracing::warn!(
-                "shutdown grace period over: cutting {cut} guest task(s) still running (waitUntil work)"
-            ),
-        }
-        Ok(())
-    }
-}
-
-/// Installs SIGINT and SIGTERM handlers now (call it before announcing the
-/// server, so an early signal is not fatal) and resolves on either.
-/// Must be called inside a tokio runtime.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }
