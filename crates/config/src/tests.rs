@@ -1,4 +1,5 @@
 use super::*;
+use crate::secrets::secret_value;
 
 struct Fixture {
     dir: tempfile::TempDir,
