@@ -226,7 +226,7 @@ async fn queue_depth(redis: &Redis, queue: &str) -> u64 {
     let conn = isola_backends::remote::redis_connection(&redis.url())
         .await
         .unwrap();
-    isola_backends::redis_queue::RedisQueues::new(conn)
+    isola_backends::queue::redis::RedisQueues::new(conn)
         .depth(queue)
         .await
         .unwrap()
@@ -261,7 +261,7 @@ async fn no_message_is_lost_when_a_node_is_killed_holding_messages() {
     let conn = isola_backends::remote::redis_connection(&redis.url())
         .await
         .unwrap();
-    let queues = isola_backends::redis_queue::RedisQueues::new(conn);
+    let queues = isola_backends::queue::redis::RedisQueues::new(conn);
     // Kill A while it holds leased messages. Batches are quick, so A may
     // finish one between the check and the kill: then a new A tries again
     // (bounded), on what is left.

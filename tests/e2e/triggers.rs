@@ -63,8 +63,8 @@ async fn post(server: &Server, path: &str, body: &str) {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
-fn queues_of(project: &Project) -> isola_backends::queue::SqliteQueues {
-    isola_backends::queue::SqliteQueues::open(&project.path(".isola/queues.sqlite")).unwrap()
+fn queues_of(project: &Project) -> isola_backends::queue::sqlite::SqliteQueues {
+    isola_backends::queue::sqlite::SqliteQueues::open(&project.path(".isola/queues.sqlite")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

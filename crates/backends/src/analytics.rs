@@ -221,7 +221,7 @@ pub fn query(
     let mut cursor = stmt.raw_query();
     while let Some(row) = cursor.next().map_err(backend_err)? {
         let values = (0..columns.len())
-            .map(|i| row.get_ref(i).map(crate::sql::from_sqlite))
+            .map(|i| row.get_ref(i).map(crate::sql::sqlite::from_sqlite))
             .collect::<rusqlite::Result<Vec<Value>>>()
             .map_err(backend_err)?;
         rows.push(values);

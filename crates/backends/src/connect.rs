@@ -20,14 +20,16 @@ impl crate::Backends {
             BindingError::Backend(format!("cannot create {}: {e}", state_dir.display()))
         })?;
         Ok(crate::Backends {
-            kv: Arc::new(kv::SqliteKv::open(&state_dir.join("kv.sqlite"))?),
-            sql: Arc::new(sql::SqliteSql::new(&state_dir.join("d1"))?),
-            blob: Arc::new(blob::FsBlobStore::new(&state_dir.join("r2"))?),
-            cache: Arc::new(cache::MemoryCache::new(cache_max_bytes)),
+            kv: Arc::new(kv::sqlite::SqliteKv::open(&state_dir.join("kv.sqlite"))?),
+            sql: Arc::new(sql::sqlite::SqliteSql::new(&state_dir.join("d1"))?),
+            blob: Arc::new(blob::fs::FsBlobStore::new(&state_dir.join("r2"))?),
+            cache: Arc::new(cache::memory::MemoryCache::new(cache_max_bytes)),
             analytics: Arc::new(analytics::SqliteAnalytics::open(
                 &state_dir.join("analytics.sqlite"),
             )?),
-            queues: Arc::new(queue::SqliteQueues::open(&state_dir.join("queues.sqlite"))?),
+            queues: Arc::new(queue::sqlite::SqliteQueues::open(
+                &state_dir.join("queues.sqlite"),
+            )?),
             leases: Arc::new(lease::LocalLeases),
         })
     }
@@ -57,48 +59,50 @@ impl crate::Backends {
             ))
         };
         let kv: Arc<dyn kv::KvStore> = match &config.kv {
-            Backend::Embedded => Arc::new(kv::SqliteKv::open(&state_dir.join("kv.sqlite"))?),
+            Backend::Embedded => {
+                Arc::new(kv::sqlite::SqliteKv::open(&state_dir.join("kv.sqlite"))?)
+            }
             Backend::Redis { url } => {
-                Arc::new(crate::redis_kv::RedisKv::new(redis_for("kv", url).await?))
+                Arc::new(kv::redis::RedisKv::new(redis_for("kv", url).await?))
             }
             other => return Err(wrong("kv", other)),
         };
         let cache: Arc<dyn cache::CacheStore> = match &config.cache {
-            Backend::Embedded => Arc::new(cache::MemoryCache::new(config.cache_max_bytes)),
-            Backend::Redis { url } => Arc::new(crate::redis_cache::RedisCache::new(
+            Backend::Embedded => Arc::new(cache::memory::MemoryCache::new(config.cache_max_bytes)),
+            Backend::Redis { url } => Arc::new(cache::redis::RedisCache::new(
                 redis_for("cache", url).await?,
             )),
             other => return Err(wrong("cache", other)),
         };
         let mut leases: Arc<dyn lease::LeaseStore> = Arc::new(lease::LocalLeases);
         let queues: Arc<dyn queue::QueueStore> = match &config.queue {
-            Backend::Embedded => {
-                Arc::new(queue::SqliteQueues::open(&state_dir.join("queues.sqlite"))?)
-            }
+            Backend::Embedded => Arc::new(queue::sqlite::SqliteQueues::open(
+                &state_dir.join("queues.sqlite"),
+            )?),
             Backend::Redis { url } => {
                 let conn = redis_for("queue", url).await?;
                 leases = Arc::new(lease::RedisLeases::new(conn.clone()));
-                Arc::new(crate::redis_queue::RedisQueues::new(conn))
+                Arc::new(queue::redis::RedisQueues::new(conn))
             }
             other => return Err(wrong("queue", other)),
         };
         let sql: Arc<dyn sql::SqlBackend> = match &config.sql {
-            Backend::Embedded => Arc::new(sql::SqliteSql::new(&state_dir.join("d1"))?),
+            Backend::Embedded => Arc::new(sql::sqlite::SqliteSql::new(&state_dir.join("d1"))?),
             Backend::Postgres { url } => Arc::new(
-                crate::pg_sql::PostgresSql::connect(url)
+                sql::postgres::PostgresSql::connect(url)
                     .await
                     .map_err(|e| BindingError::Backend(format!("backends.sql: {e}")))?,
             ),
             other => return Err(wrong("sql", other)),
         };
         let blob: Arc<dyn blob::BlobStore> = match &config.blob {
-            Backend::Embedded => Arc::new(blob::FsBlobStore::new(&state_dir.join("r2"))?),
+            Backend::Embedded => Arc::new(blob::fs::FsBlobStore::new(&state_dir.join("r2"))?),
             Backend::S3 {
                 endpoint,
                 region,
                 bucket,
             } => Arc::new(
-                crate::s3_blob::S3BlobStore::connect(endpoint.as_deref(), region, bucket)
+                blob::s3::S3BlobStore::connect(endpoint.as_deref(), region, bucket)
                     .await
                     .map_err(|e| BindingError::Backend(format!("backends.blob: {e}")))?,
             ),

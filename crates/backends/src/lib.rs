@@ -17,13 +17,8 @@ pub mod embedded;
 pub mod error;
 pub mod kv;
 pub mod lease;
-pub mod pg_sql;
 pub mod queue;
-pub mod redis_cache;
-pub mod redis_kv;
-pub mod redis_queue;
 pub mod remote;
-pub mod s3_blob;
 pub mod sql;
 #[cfg(any(test, feature = "test-services"))]
 pub mod test_services;

@@ -37,10 +37,9 @@ use object_store::{
     WriteMultipart,
 };
 
-use crate::blob::{
-    BlobStore, BlobUpload, BodyStream, HttpMetadata, ListOptions, ListResult, LowerBound,
-    MAX_LIST_LIMIT, ObjectInfo, PART_BYTES, PARTS_IN_FLIGHT, PutOptions, Range, Resume,
-    decode_cursor, encode_cursor, lower_bound, resolve_range, validate_bucket, validate_key,
+use super::{
+    BlobStore, BlobUpload, BodyStream, HttpMetadata, ListPage, ListQuery, LowerBound, ObjectInfo,
+    PART_BYTES, PARTS_IN_FLIGHT, PutOptions, Range, Resume, lower_bound, resolve_range,
 };
 use crate::error::{BindingError, Result};
 
@@ -215,20 +214,16 @@ impl S3BlobStore {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
-    async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
-        validate_bucket(bucket)?;
-        validate_key(key)?;
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>> {
         Ok(self.head_raw(bucket, key).await?.map(|(info, _)| info))
     }
 
-    async fn get(
+    async fn get_object(
         &self,
         bucket: &str,
         key: &str,
         range: Option<Range>,
     ) -> Result<Option<(ObjectInfo, BodyStream)>> {
-        validate_bucket(bucket)?;
-        validate_key(key)?;
         // The range needs the size first; the read then insists on the
         // same version (If-Match), so an overwrite in between is seen as a
         // change and read again, never as a mix.
@@ -261,14 +256,12 @@ impl BlobStore for S3BlobStore {
         )))
     }
 
-    async fn put(
+    async fn put_object(
         &self,
         bucket: &str,
         key: &str,
         options: PutOptions,
     ) -> Result<Box<dyn BlobUpload>> {
-        validate_bucket(bucket)?;
-        validate_key(key)?;
         Ok(Box::new(S3Upload {
             store: self.store.clone(),
             path: path(bucket, key),
@@ -282,11 +275,7 @@ impl BlobStore for S3BlobStore {
         }))
     }
 
-    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<()> {
-        validate_bucket(bucket)?;
-        for key in keys {
-            validate_key(key)?;
-        }
+    async fn delete_objects(&self, bucket: &str, keys: &[String]) -> Result<()> {
         for key in keys {
             match self.store.delete(&path(bucket, key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -296,32 +285,14 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
-    async fn list(&self, bucket: &str, options: ListOptions) -> Result<ListResult> {
-        validate_bucket(bucket)?;
-        let limit = options.limit.unwrap_or(MAX_LIST_LIMIT);
-        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-            return Err(BindingError::Invalid(format!(
-                "list limit is {limit}; it must be between 1 and {MAX_LIST_LIMIT}"
-            )));
-        }
-        let limit = limit as usize;
-        let resume = match options.cursor.as_deref().filter(|c| !c.is_empty()) {
-            Some(cursor) => Some(decode_cursor(cursor)?),
-            None => None,
-        };
-        let prefix = options.prefix.unwrap_or_default();
-        let delimiter = options.delimiter.filter(|d| !d.is_empty());
+    async fn list_objects(&self, bucket: &str, query: ListQuery) -> Result<ListPage> {
+        let (prefix, limit) = (query.prefix, query.limit);
+        let delimiter = query.delimiter;
         let root = StorePath::from(bucket);
-        let mut result = ListResult {
-            objects: Vec::new(),
-            delimited_prefixes: Vec::new(),
-            truncated: false,
-            cursor: None,
-        };
+        let mut result = ListPage::default();
         let mut keys = Vec::new();
         let mut count = 0;
-        let mut last: Option<Resume> = None;
-        let mut next = lower_bound(&prefix, resume.as_ref());
+        let mut next = lower_bound(&prefix, query.resume.as_ref());
         'scan: while let Some(from) = next.take() {
             let mut listing = match start_after(&from) {
                 Some(after) => self
@@ -356,15 +327,12 @@ impl BlobStore for S3BlobStore {
                     let common = key[..prefix.len() + at].to_owned();
                     next = lower_bound(&prefix, Some(&Resume::PastPrefix(common.clone())));
                     result.delimited_prefixes.push(common.clone());
-                    last = Some(Resume::PastPrefix(common));
+                    result.last = Some(Resume::PastPrefix(common));
                     continue 'scan;
                 }
-                last = Some(Resume::After(key.clone()));
+                result.last = Some(Resume::After(key.clone()));
                 keys.push(key);
             }
-        }
-        if result.truncated {
-            result.cursor = last.as_ref().map(encode_cursor);
         }
         // Metadata is only on the objects themselves: HEAD each one.
         // An object deleted since it was listed is left out.

@@ -1,3 +1,11 @@
+//! The R2 suite, run against the filesystem backend and S3 (moto).
+
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+
+use super::fs::FsBlobStore;
 use super::*;
 
 fn store(dir: &tempfile::TempDir) -> FsBlobStore {
@@ -466,30 +474,6 @@ fn cursors_round_trip() {
     assert!(decode_cursor(&crate::util::hex(b"zkey")).is_err());
 }
 
-#[test]
-fn listing_seeks_in_the_primary_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&dir);
-    s.index
-        .with(|conn| {
-            for inclusive in [true, false] {
-                for bounded in [true, false] {
-                    let upper = Some("b").filter(|_| bounded);
-                    let plan = crate::embedded::query_plan(
-                        conn,
-                        &scan_sql(inclusive, bounded),
-                        params!["b", "a", upper, 10],
-                    );
-                    // SQLite prints `>=` as `>` in query plans.
-                    assert!(plan.contains("PRIMARY KEY (bucket=? AND key>?"), "{plan}");
-                    assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
-                }
-            }
-            Ok(())
-        })
-        .unwrap();
-}
-
 async fn concurrent_overwrites_leave_one_object_and_one_file(f: &Fixture) {
     let s = f.store().await;
     let tasks: Vec<_> = (0..10u8)
@@ -557,7 +541,7 @@ impl Fixture {
             (None, Some(bucket)) => {
                 let s3 = crate::test_services::shared_s3();
                 Arc::new(
-                    crate::s3_blob::S3BlobStore::connect_with(
+                    super::s3::S3BlobStore::connect_with(
                         Some(&s3.endpoint()),
                         "us-east-1",
                         bucket,

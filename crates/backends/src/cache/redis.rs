@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use crate::cache::{CacheStore, CachedResponse, Headers, prepare_put, vary_matches};
+use super::{CacheStore, CachedResponse, Headers, prepare_put, vary_matches};
 use crate::error::Result;
 use crate::remote::redis_err;
 

@@ -19,8 +19,8 @@
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use crate::error::{BindingError, Result};
-use crate::kv::{KeyInfo, KvStore, KvValue, ListResult};
+use super::{KeyInfo, KeyPage, KvStore, KvValue};
+use crate::error::Result;
 use crate::remote::redis_err;
 
 pub struct RedisKv {
@@ -143,22 +143,10 @@ impl KvStore for RedisKv {
         namespace: &str,
         prefix_: &str,
         limit: u32,
-        cursor: Option<&str>,
-    ) -> Result<ListResult> {
-        // The cursor is the hex of the last key returned, as in the
-        // embedded backend.
-        let after = match cursor {
-            None => None,
-            Some(c) => Some(
-                crate::util::unhex(c)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        BindingError::Invalid(format!("KV list cursor {c:?} is not valid"))
-                    })?,
-            ),
-        };
+        after: Option<&str>,
+    ) -> Result<KeyPage> {
         let from = match after {
-            Some(after) if after.as_str() >= prefix_ => format!("({after}"),
+            Some(after) if after >= prefix_ => format!("({after}"),
             _ if prefix_.is_empty() => "-".to_owned(),
             _ => format!("[{prefix_}"),
         };
@@ -185,14 +173,6 @@ impl KvStore for RedisKv {
                 metadata,
             })
             .collect();
-        let cursor = match (more, keys.last()) {
-            (true, Some(last)) => Some(crate::util::hex(last.name.as_bytes())),
-            _ => None,
-        };
-        Ok(ListResult {
-            keys,
-            list_complete: !more,
-            cursor,
-        })
+        Ok(KeyPage { keys, more })
     }
 }

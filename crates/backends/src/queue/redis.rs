@@ -27,8 +27,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
+use super::{Delivery, OutgoingMessage, QueueStore, validate};
 use crate::error::{BindingError, Result};
-use crate::queue::{Delivery, OutgoingMessage, QueueStore, validate};
 use crate::remote::redis_err;
 
 pub struct RedisQueues {

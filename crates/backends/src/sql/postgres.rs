@@ -28,9 +28,9 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls};
 
+use super::{ExecResult, Meta, Rows, SqlBackend, SqlDatabase, Statement, Value};
 use crate::error::{BindingError, Result};
 use crate::remote::{IO_TIMEOUT, background, redact};
-use crate::sql::{ExecResult, Meta, Rows, SqlBackend, SqlDatabase, Statement, Value};
 use crate::util::lock;
 
 /// Idle connections kept per database.
@@ -66,16 +66,7 @@ impl PostgresSql {
 }
 
 impl SqlBackend for PostgresSql {
-    fn open(&self, name: &str) -> Result<Arc<dyn SqlDatabase>> {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
-            return Err(BindingError::Invalid(format!(
-                "database name {name:?} must be made of letters, digits, '_' and '-'"
-            )));
-        }
+    fn open_database(&self, name: &str) -> Result<Arc<dyn SqlDatabase>> {
         let mut open = lock(&self.open);
         if let Some(db) = open.get(name) {
             return Ok(db.clone());
