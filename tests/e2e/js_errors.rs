@@ -89,6 +89,25 @@ async fn a_typescript_workers_errors_name_its_own_files_in_the_log_and_in_tail()
     for frame in CONSOLE {
         assert!(messages.contains(&frame), "{frame} not in {messages:?}");
     }
+    // And, for the failed request, the host's line with the cause, the
+    // reason and the mapped stack.
+    let event = tail.event_for("/throw");
+    assert_eq!(event["status"], 500, "{event}");
+    let host: Vec<&str> = event["logs"]
+        .as_array()
+        .expect("the event's lines")
+        .iter()
+        .filter(|line| line["stream"] == "host")
+        .filter_map(|line| line["message"].as_str())
+        .collect();
+    let failure = host
+        .iter()
+        .find(|message| message.contains("Uncaught Error: exploded: uncaught"))
+        .unwrap_or_else(|| panic!("no failure line in {event}"));
+    assert!(failure.contains("[exception]"), "{failure}");
+    for frame in THROW {
+        assert!(failure.contains(frame), "{frame} not in {failure}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

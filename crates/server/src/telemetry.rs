@@ -361,6 +361,28 @@ impl Telemetry {
             "stream": fields.text("stream"),
             "message": fields.text("message"),
         });
+        self.hold_line(request_id, line);
+    }
+
+    /// A runtime warning or error about a request: its message, with the
+    /// limit and the backtrace when it names them.
+    fn on_host_line(&self, fields: &Fields) {
+        let Some(request_id) = fields.text("request_id") else {
+            return;
+        };
+        let mut message = fields.text("message").unwrap_or_default().to_owned();
+        if let Some(reason) = fields.text("reason") {
+            message = format!("{message} [{reason}]");
+        }
+        if let Some(backtrace) = fields.text("backtrace").filter(|b| *b != "none") {
+            message = format!("{message}\n{backtrace}");
+        }
+        let line = json!({ "time": now(), "stream": "host", "message": message });
+        self.hold_line(request_id, line);
+    }
+
+    /// Keep `line` for the tail event of `request_id`.
+    fn hold_line(&self, request_id: &str, line: serde_json::Value) {
         let mut pending = self.pending.lock().expect("tail lock");
         if pending.len() >= MAX_PENDING_REQUESTS && !pending.contains_key(request_id) {
             // Lines of runs that never finished (or never report): drop them
@@ -432,7 +454,7 @@ pub struct TelemetryLayer(pub Arc<Telemetry>);
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let target = event.metadata().target();
-        if !target.starts_with("isola::") {
+        if !target.starts_with("isola") {
             return;
         }
         match target {
@@ -452,6 +474,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
                 let mut fields = Fields::default();
                 event.record(&mut fields);
                 self.0.on_guest_line(&fields);
+            }
+            // Why a request failed (the cause, the guest's stack or
+            // backtrace) is the runtime's warning or error with the
+            // request's id: the tail shows it among the request's lines.
+            "isola_runtime"
+                if self.0.tailing() && *event.metadata().level() <= tracing::Level::WARN =>
+            {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                self.0.on_host_line(&fields);
             }
             "isola::trigger" => {
                 let mut fields = Fields::default();
