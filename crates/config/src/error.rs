@@ -2,7 +2,8 @@
 //! them in their file.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,9 +31,73 @@ impl fmt::Display for ConfigError {
     }
 }
 
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// A fault before it is placed in its file: the span and the key at fault.
+/// [`Fault::locate`] turns it into a [`ConfigError`].
+#[derive(Debug)]
+pub(crate) struct Fault {
+    span: Option<Range<usize>>,
+    key: Option<String>,
+    message: String,
+}
+
+impl Fault {
+    pub(crate) fn new(
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Fault {
+            span,
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// A fault at `span` in `key`.
+    pub(crate) fn at(
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Fault::new(Some(span), Some(key.into()), message)
+    }
+
+    /// The error as it names its line and column in `text`, read from `file`.
+    pub(crate) fn locate(self, file: &Path, text: &str) -> ConfigError {
+        let (line, column) = self.span.map_or((0, 0), |s| line_col(text, s.start));
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            key: self.key,
+            message: self.message,
+        }
+    }
+}
+
+/// The keys of `[[worker]]` number `.0`, as errors name them:
+/// `worker[0].routes`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerKeys(pub(crate) usize);
+
+impl WorkerKeys {
+    pub(crate) fn key(self, field: &str) -> String {
+        format!("worker[{}].{field}", self.0)
+    }
+
+    pub(crate) fn fault(
+        self,
+        span: Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Fault {
+        Fault::at(span, self.key(field), message)
+    }
 }

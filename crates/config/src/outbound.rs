@@ -128,6 +128,16 @@ impl fmt::Display for OutboundRule {
     }
 }
 
+/// `outbound_override` must be a plain `http://host:port`; the authority.
+pub(crate) fn parse_override(text: &str) -> Result<String, String> {
+    let authority = text
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| format!("`{text}` is not of the form http://host:port"))?;
+    Ok(authority.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

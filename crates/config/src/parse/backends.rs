@@ -1,0 +1,171 @@
+//! `[backends]`: where binding state lives. A `type` Isola does not
+//! implement is an error, and so is a field its type does not have.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use crate::error::Fault;
+use crate::model::{Backend, BackendsConfig};
+use crate::raw::{RawBackend, RawBackends};
+
+/// A `[backends]` field, where it is, and the backend types that have it.
+type FieldRule<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
+
+pub(super) fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, Fault> {
+    let mut config = BackendsConfig::default();
+    let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
+        ("kv", &raw.kv, &["sqlite", "redis"]),
+        ("sql", &raw.sql, &["sqlite", "postgres"]),
+        ("blob", &raw.blob, &["fs", "s3"]),
+        ("cache", &raw.cache, &["memory", "redis"]),
+        ("queue", &raw.queue, &["sqlite", "redis"]),
+    ];
+    for (kind, backend, available) in kinds {
+        let Some(backend) = backend else { continue };
+        let key = format!("backends.{kind}");
+        check_fields(&key, kind, backend, available)?;
+        let parsed = parse_backend(&key, backend)?;
+        if let Some(mb) = &backend.max_mb {
+            if *mb.get_ref() == 0 {
+                return Err(Fault::at(
+                    mb.span(),
+                    format!("{key}.max_mb"),
+                    "must be at least 1",
+                ));
+            }
+            config.cache_max_bytes = mb.get_ref().saturating_mul(1 << 20);
+        }
+        *match kind {
+            "kv" => &mut config.kv,
+            "sql" => &mut config.sql,
+            "blob" => &mut config.blob,
+            "cache" => &mut config.cache,
+            _ => &mut config.queue,
+        } = parsed;
+    }
+    Ok(config)
+}
+
+/// The `type` is one of the `available` ones for `kind`, and every other
+/// field belongs to that type.
+fn check_fields(
+    key: &str,
+    kind: &str,
+    backend: &RawBackend,
+    available: &[&str],
+) -> Result<(), Fault> {
+    let kind_name = backend.r#type.get_ref();
+    if !available.contains(&kind_name.as_str()) {
+        return Err(Fault::at(
+            backend.r#type.span(),
+            format!("{key}.type"),
+            format!(
+                "`{kind_name}` is not an available {kind} backend (available: {})",
+                available.join(", ")
+            ),
+        ));
+    }
+    // Every field but `type` belongs to some backend types only.
+    let fields: [FieldRule; 5] = [
+        (
+            "max_mb",
+            backend.max_mb.as_ref().map(Spanned::span),
+            &["memory"],
+        ),
+        (
+            "url",
+            backend.url.as_ref().map(Spanned::span),
+            &["redis", "postgres"],
+        ),
+        (
+            "endpoint",
+            backend.endpoint.as_ref().map(Spanned::span),
+            &["s3"],
+        ),
+        (
+            "region",
+            backend.region.as_ref().map(Spanned::span),
+            &["s3"],
+        ),
+        (
+            "bucket",
+            backend.bucket.as_ref().map(Spanned::span),
+            &["s3"],
+        ),
+    ];
+    for (field, span, types) in fields {
+        if let Some(span) = span
+            && !types.contains(&kind_name.as_str())
+        {
+            let message = if field == "max_mb" {
+                "only the cache backend has a size cap".to_owned()
+            } else {
+                format!("a `{kind_name}` backend has no `{field}`")
+            };
+            return Err(Fault::at(span, format!("{key}.{field}"), message));
+        }
+    }
+    Ok(())
+}
+
+/// The backend a checked entry describes.
+fn parse_backend(key: &str, backend: &RawBackend) -> Result<Backend, Fault> {
+    let kind_name = backend.r#type.get_ref();
+    let required = |value: &Option<Spanned<String>>, field: &str| {
+        value
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Fault::at(
+                    backend.r#type.span(),
+                    format!("{key}.{field}"),
+                    format!("a `{kind_name}` backend needs `{field}`"),
+                )
+            })
+    };
+    Ok(match kind_name.as_str() {
+        "redis" | "postgres" => {
+            let url = required(&backend.url, "url")?;
+            let scheme = if kind_name == "redis" {
+                ["redis://", "rediss://"].as_slice()
+            } else {
+                ["postgres://", "postgresql://"].as_slice()
+            };
+            if !scheme.iter().any(|s| url.starts_with(s)) {
+                return Err(Fault::new(
+                    backend.url.as_ref().map(Spanned::span),
+                    Some(format!("{key}.url")),
+                    format!("must start with {}", scheme.join(" or ")),
+                ));
+            }
+            if kind_name == "redis" {
+                Backend::Redis { url }
+            } else {
+                Backend::Postgres { url }
+            }
+        }
+        "s3" => {
+            let endpoint = backend.endpoint.as_ref().map(|e| e.get_ref().clone());
+            if let Some(e) = &backend.endpoint
+                && !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://"))
+            {
+                return Err(Fault::at(
+                    e.span(),
+                    format!("{key}.endpoint"),
+                    "must start with http:// or https://",
+                ));
+            }
+            Backend::S3 {
+                endpoint,
+                region: backend
+                    .region
+                    .as_ref()
+                    .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
+                bucket: required(&backend.bucket, "bucket")?,
+            }
+        }
+        _ => Backend::Embedded,
+    })
+}

@@ -1,0 +1,251 @@
+//! `[[worker]]`: each worker's name, routes, limits and outbound rules
+//! here; its bindings, triggers and sources in their own modules. Names,
+//! routes and queue consumers are unique across workers; a service binding
+//! names a worker of the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::checks::positive;
+use super::{bindings, source, triggers};
+use crate::error::{Fault, WorkerKeys};
+use crate::js_build;
+use crate::model::{Limits, ServerConfig, WorkerConfig};
+use crate::outbound::{OutboundRule, parse_override};
+use crate::raw::RawWorker;
+use crate::route::RoutePattern;
+
+pub(super) fn parse_workers(
+    raw: Vec<RawWorker>,
+    base: &Path,
+    server: &ServerConfig,
+    outbound_override: Option<String>,
+) -> Result<Vec<WorkerConfig>, Fault> {
+    if raw.is_empty() {
+        return Err(Fault::new(None, None, "no [[worker]] is configured"));
+    }
+    let mut workers = Workers {
+        base,
+        server,
+        outbound_override,
+        single: raw.len() == 1,
+        names: HashMap::new(),
+        route_owner: HashMap::new(),
+        consumer_owner: HashMap::new(),
+        service_refs: Vec::new(),
+        dev_vars: None,
+    };
+    let parsed = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| workers.parse(WorkerKeys(i), w))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (service, keys) in &workers.service_refs {
+        if !workers.names.contains_key(service.get_ref()) {
+            return Err(keys.fault(
+                service.span(),
+                "services",
+                format!("no worker is named `{}`", service.get_ref()),
+            ));
+        }
+    }
+    Ok(parsed)
+}
+
+/// What each worker is checked against: the server's defaults and the
+/// workers before it.
+struct Workers<'a> {
+    base: &'a Path,
+    server: &'a ServerConfig,
+    /// `server.outbound_override`, the default of every worker.
+    outbound_override: Option<String>,
+    /// A lone worker serves everything, as with `wrangler dev`.
+    single: bool,
+    names: HashMap<String, usize>,
+    route_owner: HashMap<String, String>,
+    /// Each queue has at most one consumer.
+    consumer_owner: HashMap<String, String>,
+    /// Checked once every worker is named.
+    service_refs: Vec<(Spanned<String>, WorkerKeys)>,
+    /// `.dev.vars`, read when the first secret is looked up.
+    dev_vars: Option<BTreeMap<String, String>>,
+}
+
+impl Workers<'_> {
+    fn parse(&mut self, keys: WorkerKeys, w: RawWorker) -> Result<WorkerConfig, Fault> {
+        let name = self.claim_name(keys, &w.name)?;
+        let instance_reuse = w.instance_reuse.as_ref().map_or(0, |r| *r.get_ref());
+        let build = source::parse_build(keys, w.build.as_ref(), self.base)?;
+        let built = self.server.js_build_path(&name);
+        let (component, main) = source::parse_source(keys, &w, build.is_some(), self.base, built)?;
+        let routes = self.routes(keys, w.routes.as_deref(), &name)?;
+        let limits = parse_limits(keys, &w)?;
+        let (allowed_outbound_hosts, outbound_override) =
+            parse_outbound(keys, &w, self.outbound_override.as_ref())?;
+        let origin = parse_origin(keys, w.origin.as_ref())?;
+        self.service_refs
+            .extend(w.services.iter().map(|b| (b.service.clone(), keys)));
+        let bindings = bindings::parse_bindings(keys, &w, self.base, &mut self.dev_vars)?;
+        let queue_consumers =
+            triggers::parse_consumers(keys, &w.queues.consumers, &name, &mut self.consumer_owner)?;
+        let (crons, trigger_cpu_ms) = triggers::parse_triggers(keys, &w.triggers)?;
+        let js_build = js_build::RawJsBuild {
+            alias: w.alias,
+            define: w.define,
+            rules: w.rules,
+        }
+        .parse(self.base, main.is_some())
+        .map_err(|(span, field, m)| keys.fault(span, &field, m))?;
+        let compatibility_date = source::compatibility_date(keys, w.compatibility_date.as_ref())?;
+        let compatibility_flags = source::compatibility_flags(keys, w.compatibility_flags)?;
+        Ok(WorkerConfig {
+            name,
+            component,
+            main,
+            routes,
+            vars: w.vars,
+            secrets: bindings.secrets,
+            queue_producers: bindings.queue_producers,
+            queue_consumers,
+            crons,
+            trigger_cpu_ms,
+            kv_namespaces: bindings.kv_namespaces,
+            d1_databases: bindings.d1_databases,
+            r2_buckets: bindings.r2_buckets,
+            analytics_engine_datasets: bindings.analytics_engine_datasets,
+            limits,
+            allowed_outbound_hosts,
+            outbound_override,
+            server_timing: self.server.server_timing,
+            fuel_per_ms: self.server.fuel_per_ms,
+            origin,
+            services: bindings.services,
+            instance_reuse,
+            build,
+            js_build,
+            compatibility_date,
+            compatibility_flags,
+        })
+    }
+
+    /// A valid name, not taken by a worker before this one.
+    fn claim_name(&mut self, keys: WorkerKeys, name: &Spanned<String>) -> Result<String, Fault> {
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(keys.fault(
+                name.span(),
+                "name",
+                format!("`{text}` is not a valid worker name (letters, digits, `-`, `_`)"),
+            ));
+        }
+        if self.names.insert(text.clone(), keys.0).is_some() {
+            return Err(keys.fault(
+                name.span(),
+                "name",
+                format!("worker `{text}` is defined twice"),
+            ));
+        }
+        Ok(text.clone())
+    }
+
+    /// `routes`: valid patterns that no other worker uses.
+    fn routes(
+        &mut self,
+        keys: WorkerKeys,
+        routes: Option<&[Spanned<String>]>,
+        name: &str,
+    ) -> Result<Vec<RoutePattern>, Fault> {
+        match routes {
+            Some(routes) => routes
+                .iter()
+                .map(|r| {
+                    let pattern = RoutePattern::parse(r.get_ref())
+                        .map_err(|e| keys.fault(r.span(), "routes", e.to_string()))?;
+                    if let Some(other) = self.route_owner.insert(r.get_ref().clone(), name.into()) {
+                        return Err(keys.fault(
+                            r.span(),
+                            "routes",
+                            format!(
+                                "route `{}` is already used by worker `{other}`",
+                                r.get_ref()
+                            ),
+                        ));
+                    }
+                    Ok(pattern)
+                })
+                .collect(),
+            None if self.single => Ok(vec![RoutePattern::parse("/*").expect("valid pattern")]),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// `cpu_ms`, `wall_ms`, `memory_mb`, `subrequests`.
+fn parse_limits(keys: WorkerKeys, w: &RawWorker) -> Result<Limits, Fault> {
+    let mut limits = Limits::default();
+    for (field, value, slot) in [
+        ("cpu_ms", &w.cpu_ms, &mut limits.cpu_ms),
+        ("wall_ms", &w.wall_ms, &mut limits.wall_ms),
+        ("memory_mb", &w.memory_mb, &mut limits.memory_mb),
+    ] {
+        if let Some(value) = value {
+            *slot = positive(value, keys.key(field))?;
+        }
+    }
+    if let Some(n) = w.subrequests {
+        limits.subrequests = n;
+    }
+    Ok(limits)
+}
+
+/// `allowed_outbound_hosts`, and `outbound_override` (the server's when
+/// the worker has none).
+fn parse_outbound(
+    keys: WorkerKeys,
+    w: &RawWorker,
+    server_override: Option<&String>,
+) -> Result<(Vec<OutboundRule>, Option<String>), Fault> {
+    let allowed = w
+        .allowed_outbound_hosts
+        .iter()
+        .map(|rule| {
+            OutboundRule::parse(rule.get_ref())
+                .map_err(|m| keys.fault(rule.span(), "allowed_outbound_hosts", m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outbound_override = match &w.outbound_override {
+        Some(o) => Some(
+            parse_override(o.get_ref())
+                .map_err(|m| keys.fault(o.span(), "outbound_override", m))?,
+        ),
+        None => server_override.cloned(),
+    };
+    Ok((allowed, outbound_override))
+}
+
+/// `origin = "http(s)://host[:port]"`, without a trailing `/`.
+fn parse_origin(
+    keys: WorkerKeys,
+    origin: Option<&Spanned<String>>,
+) -> Result<Option<String>, Fault> {
+    let Some(o) = origin else { return Ok(None) };
+    let text = o.get_ref().trim_end_matches('/');
+    let valid = ["http://", "https://"].iter().any(|scheme| {
+        text.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+    });
+    if !valid {
+        return Err(keys.fault(
+            o.span(),
+            "origin",
+            format!("`{text}` is not of the form http(s)://host[:port]"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
