@@ -76,10 +76,10 @@ mod tests {
 
     #[tokio::test]
     async fn one_holder_per_key_until_it_expires() {
-        let url = crate::test_services::shared_redis().url();
+        let url = isola_test_services::shared_redis().url();
         let a = RedisLeases::new(crate::remote::redis_connection(&url).await.unwrap());
         let b = RedisLeases::new(crate::remote::redis_connection(&url).await.unwrap());
-        let key = crate::test_services::unique("cron");
+        let key = isola_test_services::unique("cron");
         let ttl = Duration::from_millis(300);
         assert!(a.acquire(&key, ttl).await.unwrap());
         assert!(!b.acquire(&key, ttl).await.unwrap());

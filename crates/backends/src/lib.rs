@@ -20,8 +20,6 @@ pub mod lease;
 pub mod queue;
 pub mod remote;
 pub mod sql;
-#[cfg(any(test, feature = "test-services"))]
-pub mod test_services;
 mod util;
 
 use std::sync::Arc;

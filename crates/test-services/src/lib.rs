@@ -366,5 +366,6 @@ pub fn shared_s3() -> &'static S3 {
 pub fn unique(prefix: &str) -> String {
     let mut bytes = [0u8; 6];
     let _ = getrandom::getrandom(&mut bytes);
-    format!("{prefix}-{}", crate::util::hex(&bytes))
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
 }

@@ -522,8 +522,8 @@ impl Fixture {
     }
 
     async fn distributed() -> Self {
-        let bucket = crate::test_services::unique("b");
-        crate::test_services::shared_s3().create_bucket(&bucket);
+        let bucket = isola_test_services::unique("b");
+        isola_test_services::shared_s3().create_bucket(&bucket);
         Fixture {
             dir: None,
             s3_bucket: Some(bucket),
@@ -539,15 +539,15 @@ impl Fixture {
         match (&self.dir, &self.s3_bucket) {
             (Some(dir), _) => Arc::new(store(dir)),
             (None, Some(bucket)) => {
-                let s3 = crate::test_services::shared_s3();
+                let s3 = isola_test_services::shared_s3();
                 Arc::new(
                     super::s3::S3BlobStore::connect_with(
                         Some(&s3.endpoint()),
                         "us-east-1",
                         bucket,
                         Some((
-                            crate::test_services::S3_KEY_ID,
-                            crate::test_services::S3_SECRET,
+                            isola_test_services::S3_KEY_ID,
+                            isola_test_services::S3_SECRET,
                         )),
                     )
                     .await

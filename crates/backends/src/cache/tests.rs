@@ -42,11 +42,11 @@ impl Fixture {
     }
 
     async fn distributed() -> Self {
-        let url = crate::test_services::shared_redis().url();
+        let url = isola_test_services::shared_redis().url();
         let conn = crate::remote::redis_connection(&url).await.unwrap();
         Fixture {
             cache: std::sync::Arc::new(super::redis::RedisCache::new(conn)),
-            scope: crate::test_services::unique("w"),
+            scope: isola_test_services::unique("w"),
         }
     }
 

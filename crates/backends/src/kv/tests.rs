@@ -28,11 +28,11 @@ impl Fixture {
     }
 
     async fn distributed() -> Self {
-        let url = crate::test_services::shared_redis().url();
+        let url = isola_test_services::shared_redis().url();
         let conn = crate::remote::redis_connection(&url).await.unwrap();
         Fixture {
             store: Arc::new(super::redis::RedisKv::new(conn)),
-            prefix: crate::test_services::unique("kv"),
+            prefix: isola_test_services::unique("kv"),
             _dir: None,
         }
     }

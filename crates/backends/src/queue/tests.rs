@@ -34,7 +34,7 @@ impl Fixture {
     }
 
     async fn distributed() -> Self {
-        let prefix = crate::test_services::unique("q");
+        let prefix = isola_test_services::unique("q");
         Fixture {
             dir: tempfile::tempdir().unwrap(),
             store: redis_store(&prefix).await,
@@ -56,7 +56,7 @@ impl Fixture {
 }
 
 async fn redis_store(prefix: &str) -> Arc<dyn QueueStore> {
-    let url = crate::test_services::shared_redis().url();
+    let url = isola_test_services::shared_redis().url();
     let conn = crate::remote::redis_connection(&url).await.unwrap();
     Arc::new(Prefixed {
         inner: Arc::new(super::redis::RedisQueues::new(conn)),

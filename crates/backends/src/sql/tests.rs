@@ -33,11 +33,11 @@ impl Fixture {
     }
 
     async fn distributed() -> Self {
-        let url = crate::test_services::shared_postgres().url();
+        let url = isola_test_services::shared_postgres().url();
         Fixture {
             backend: Arc::new(super::postgres::PostgresSql::connect(&url).await.unwrap()),
             postgres: true,
-            prefix: crate::test_services::unique("t").replace('-', "_"),
+            prefix: isola_test_services::unique("t").replace('-', "_"),
             _dir: None,
         }
     }
