@@ -13,8 +13,7 @@ mod worker;
 
 use std::path::Path;
 
-use crate::ConfigError;
-use crate::error::Fault;
+use crate::error::{ConfigError, Fault};
 use crate::model::Config;
 use crate::raw::RawConfig;
 
