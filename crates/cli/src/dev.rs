@@ -7,14 +7,19 @@ use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use isola_config::Config;
+use isola_server::LiveHandle;
+use isola_server::lifecycle::Watch;
 use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 
-use crate::load_config;
-use crate::serve::{DEBOUNCE, LiveHandle, display_path};
+use crate::config::load_config;
+
+/// Wait for a quiet moment: the build tools write in bursts.
+const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What to watch for one config, and what a change means.
 #[derive(Default)]
@@ -177,8 +182,13 @@ fn build(config: &Config, which: Option<&BTreeSet<String>>) -> bool {
     ok
 }
 
+/// What `isola dev` runs beside the server: [`run`] on `source`.
+pub fn watch(source: PathBuf) -> Watch {
+    Box::new(move |live| Box::pin(run(live, source)))
+}
+
 /// Build, install, then rebuild and reinstall on every relevant change.
-pub async fn run(live: LiveHandle, source: PathBuf) {
+async fn run(live: LiveHandle, source: PathBuf) {
     let (sender, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
     let debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
         Ok(events) => {
@@ -266,4 +276,14 @@ fn without_secrets(command: &mut Command) {
             command.env_remove(&name);
         }
     }
+}
+
+/// `path` relative to the current directory when it is inside it.
+fn display_path(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_owned())
+        .display()
+        .to_string()
 }

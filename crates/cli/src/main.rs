@@ -2,11 +2,12 @@
 //! their state.
 
 mod admin_client;
+mod config;
 mod dev;
 mod init;
 mod js;
 mod log_writer;
-mod serve;
+mod progress;
 mod state;
 
 use std::io::IsTerminal;
@@ -18,11 +19,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use isola_config::{Config, ServerConfig};
-use isola_engine::{EngineOptions, IsolaEngine};
-use isola_server::{Backends, Telemetry, TelemetryLayer};
+use isola_server::{
+    Mode, ServeOptions, Telemetry, TelemetryLayer, backends_for, compile_components, engine_for,
+    load_workers,
+};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::{configs_for, load_config, load_config_listening};
 
 #[derive(Parser)]
 #[command(name = "isola", version, about = "A WebAssembly worker host")]
@@ -270,7 +275,11 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
                 worker.main = Some(component);
                 js::build_workers(&config)?;
             }
-            serve::serve(config, serve::Mode::Serve { source: None }, None, telemetry)
+            isola_server::serve(
+                config,
+                Mode::Serve { source: None },
+                serve_options(None, telemetry),
+            )
         }
         Command::Build {
             main,
@@ -285,11 +294,10 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             listen,
         } => {
             let config = load_config_listening(&path, listen)?;
-            serve::serve(
+            isola_server::serve(
                 config,
-                serve::Mode::Serve { source: Some(path) },
-                listen,
-                telemetry,
+                Mode::Serve { source: Some(path) },
+                serve_options(listen, telemetry),
             )
         }
         Command::Dev {
@@ -297,7 +305,11 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             listen,
         } => {
             let config = load_config_listening(&path, listen)?;
-            serve::serve(config, serve::Mode::Dev { source: path }, listen, telemetry)
+            let mode = Mode::Dev {
+                watch: dev::watch(path.clone()),
+                source: path,
+            };
+            isola_server::serve(config, mode, serve_options(listen, telemetry))
         }
         Command::Init {
             dir,
@@ -346,22 +358,16 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
     }
 }
 
-/// Read a config file for serving: parse and validate it, then build its
-/// JavaScript workers (`main = "….js"`) into components. Every config that
-/// is served (serve, dev, check, compile, reload, SIGHUP) is read here.
-pub(crate) fn load_config(path: &Path) -> Result<Config> {
-    let config = Config::load(path)?;
-    js::build_workers(&config)?;
-    Ok(config)
-}
-
-/// [`load_config`], with `--listen` (when given) in place of `[server] listen`.
-fn load_config_listening(path: &Path, listen: Option<SocketAddr>) -> Result<Config> {
-    let mut config = load_config(path)?;
-    if let Some(listen) = listen {
-        config.server.listen = listen;
+/// What serving needs of the command: `--listen` (kept over reloads), the
+/// telemetry the log layer feeds, [`load_config`] for reloads, and a
+/// progress bar.
+fn serve_options(listen: Option<SocketAddr>, telemetry: Arc<Telemetry>) -> ServeOptions {
+    ServeOptions {
+        listen_override: listen,
+        telemetry,
+        read_config: Arc::new(|path: &Path| load_config(path)),
+        progress: Arc::new(progress::Bar::new("loading workers")),
     }
-    Ok(config)
 }
 
 fn build(
@@ -423,45 +429,6 @@ fn build(
     Ok(())
 }
 
-/// The state behind the workers' bindings.
-/// The backends `[backends]` names, connected and checked (an unreachable
-/// server stops start-up with its URL, credentials redacted). Connections
-/// live on the bindings' own background runtime, so this works before any
-/// runtime of ours exists.
-fn backends_for(config: &Config) -> Result<Backends> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime
-        .block_on(Backends::connect(
-            &config.backends,
-            &config.server.state_dir,
-        ))
-        .with_context(|| {
-            if config.backends.is_distributed() {
-                format!("{}: cannot start the backends", config.source.display())
-            } else {
-                format!(
-                    "cannot open the state in {}",
-                    config.server.state_dir.display()
-                )
-            }
-        })
-}
-
-fn engine_for(config: &Config) -> Result<IsolaEngine> {
-    let mut options = EngineOptions::new(config.server.cache_dir());
-    options.max_instances = config.server.max_instances;
-    let largest = config
-        .workers
-        .iter()
-        .map(|w| w.limits.memory_mb)
-        .max()
-        .unwrap_or(128);
-    options.max_memory_bytes = usize::try_from(largest << 20).context("memory_mb too large")?;
-    Ok(IsolaEngine::new(&options)?)
-}
-
 fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()> {
     let Some(worker_config) = config.workers.iter().find(|w| w.name == name) else {
         bail!("{}: no worker is named `{name}`", config.source.display());
@@ -472,8 +439,7 @@ fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()>
     let engine = engine_for(config)?;
     let backends = backends_for(config)?;
     let worker =
-        isola_server::load_workers(&engine, std::slice::from_ref(worker_config), &backends)?
-            .remove(0);
+        load_workers(&engine, std::slice::from_ref(worker_config), &backends, &())?.remove(0);
     if !worker.handles_scheduled() {
         bail!("worker `{name}` does not export a scheduled handler");
     }
@@ -490,62 +456,20 @@ fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()>
     Ok(())
 }
 
-/// Configs named on the command line: a `.toml` is read as a config file,
-/// anything else is taken as a component.
-fn configs_for(inputs: &[PathBuf], state_dir: &Path) -> Result<Vec<Config>> {
-    inputs
-        .iter()
-        .map(|input| {
-            if input.extension().is_some_and(|e| e == "toml") {
-                load_config(input)
-            } else if input.is_file() {
-                let server = ServerConfig {
-                    state_dir: state_dir.to_owned(),
-                    ..ServerConfig::default()
-                };
-                Ok(Config::single(input.clone(), server))
-            } else {
-                bail!("{}: file not found", input.display())
-            }
-        })
-        .collect()
-}
-
 fn compile(inputs: &[PathBuf], state_dir: &Path) -> Result<()> {
     for config in configs_for(inputs, state_dir)? {
         let engine = engine_for(&config)?;
-        let progress = if config.workers.len() > 1 && std::io::stderr().is_terminal() {
-            indicatif::ProgressBar::new(config.workers.len() as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        std::thread::scope(|scope| -> Result<()> {
-            let handles: Vec<_> = config
-                .workers
-                .iter()
-                .map(|worker| {
-                    let (engine, progress) = (&engine, &progress);
-                    scope.spawn(move || {
-                        let loaded = engine.load_component(&worker.component);
-                        progress.inc(1);
-                        loaded
-                    })
-                })
-                .collect();
-            for (handle, worker) in handles.into_iter().zip(&config.workers) {
-                let loaded = handle.join().expect("compile thread panicked")?;
-                progress.suspend(|| {
-                    println!(
-                        "{}: {} ({:?})",
-                        worker.name,
-                        engine.cache().entry_path_for(&loaded.digest).display(),
-                        loaded.outcome
-                    )
-                });
-            }
-            Ok(())
-        })?;
-        progress.finish_and_clear();
+        let progress = progress::Bar::new("compiling");
+        let compiled = compile_components(&engine, &config.workers, &progress);
+        for (loaded, worker) in compiled.into_iter().zip(&config.workers) {
+            let loaded = loaded?;
+            println!(
+                "{}: {} ({:?})",
+                worker.name,
+                engine.cache().entry_path_for(&loaded.digest).display(),
+                loaded.outcome
+            );
+        }
     }
     Ok(())
 }
@@ -553,7 +477,7 @@ fn compile(inputs: &[PathBuf], state_dir: &Path) -> Result<()> {
 fn check(input: &Path, state_dir: &Path) -> Result<()> {
     for config in configs_for(std::slice::from_ref(&input.to_owned()), state_dir)? {
         let engine = engine_for(&config)?;
-        isola_server::load_workers(&engine, &config.workers, &backends_for(&config)?)?;
+        load_workers(&engine, &config.workers, &backends_for(&config)?, &())?;
         println!(
             "{}: ok ({} worker{})",
             config.source.display(),

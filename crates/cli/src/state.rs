@@ -101,7 +101,7 @@ fn kv_namespace_id(config: &Config, name: &str) -> Result<String> {
 }
 
 pub fn kv(config: &Config, command: KvCommand) -> Result<()> {
-    let backends = crate::backends_for(config)?;
+    let backends = isola_server::backends_for(config)?;
     let open = |name: &str| -> Result<KvNamespace> {
         Ok(KvNamespace::new(
             backends.kv.clone(),
@@ -196,7 +196,7 @@ pub fn sql(
     sql: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<()> {
-    let backends = crate::backends_for(config)?;
+    let backends = isola_server::backends_for(config)?;
     let database = backends.sql.open(&database_name(config, database)?)?;
     let runtime = runtime()?;
     if let Some(file) = file {

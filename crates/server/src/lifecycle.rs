@@ -1,27 +1,49 @@
-//! `serve`, `run` and `dev`: the listeners, reload (SIGHUP, `POST /reload`)
-//! and, for `dev`, building and watching the workers' sources.
+//! The life of a serving process (`run`, `serve`, `dev`): the admin
+//! listener, the first load, the public listener, reloads (SIGHUP,
+//! `POST /reload`, `dev`'s rebuilds) that swap a whole generation of
+//! workers and restart the trigger loops, and shutdown.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use isola_config::{Config, WorkerConfig};
+use futures_util::future::BoxFuture;
+use isola_config::Config;
 use isola_engine::IsolaEngine;
-use isola_server::admin::{Admin, AdminOptions, Reloader};
-use isola_server::{App, Backends, Server, Telemetry, Triggers};
 
-use crate::{backends_for, engine_for, load_config};
+use crate::admin::{Admin, AdminOptions, Reloader};
+use crate::load::{Progress, backends_for, engine_for, largest_memory_mb, load_workers};
+use crate::{App, Backends, Server, Telemetry, Triggers};
 
 /// How the server was asked to run.
 pub enum Mode {
     /// Workers load before the listeners open; SIGHUP reloads `source`
     /// when there is one.
     Serve { source: Option<PathBuf> },
-    /// The listeners open first; workers are built, loaded, and rebuilt on
-    /// change.
-    Dev { source: PathBuf },
+    /// The listeners open first; `watch` builds the workers, installs them
+    /// through its [`LiveHandle`], and rebuilds them on change. It is
+    /// stopped at shutdown.
+    Dev { source: PathBuf, watch: Watch },
+}
+
+/// `isola dev`'s builder and watcher, run beside the server.
+pub type Watch = Box<dyn FnOnce(LiveHandle) -> BoxFuture<'static, ()> + Send>;
+
+/// Reads a config file for serving: parses and validates it and builds its
+/// JavaScript workers (the command knows how).
+pub type ReadConfig = Arc<dyn Fn(&Path) -> Result<Config> + Send + Sync>;
+
+/// What the command gives the server besides the config.
+pub struct ServeOptions {
+    /// `--listen`, already applied to the config; reloads keep it.
+    pub listen_override: Option<SocketAddr>,
+    pub telemetry: Arc<Telemetry>,
+    /// How a reload reads the config file.
+    pub read_config: ReadConfig,
+    /// Hears each load of the workers.
+    pub progress: Arc<dyn Progress>,
 }
 
 /// What a reload needs: the process-wide engine and state, the app to swap
@@ -35,7 +57,9 @@ struct Live {
     /// change).
     initial: Config,
     /// `--listen`, which outlives reloads.
-    listen_override: Option<std::net::SocketAddr>,
+    listen_override: Option<SocketAddr>,
+    read_config: ReadConfig,
+    progress: Arc<dyn Progress>,
     triggers: tokio::sync::Mutex<Option<Triggers>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -50,7 +74,12 @@ impl Live {
         let live = self.clone();
         let workers_config = config.workers.clone();
         let workers = tokio::task::spawn_blocking(move || {
-            load_workers_with_progress(&live.engine, &workers_config, &live.backends)
+            load_workers(
+                &live.engine,
+                &workers_config,
+                &live.backends,
+                &*live.progress,
+            )
         })
         .await
         .context("loading the workers panicked")??;
@@ -124,15 +153,7 @@ impl Live {
         if self.initial.backends != config.backends {
             changed.push("[backends]");
         }
-        // As `engine_for` sizes the pool.
-        let largest = |c: &Config| {
-            c.workers
-                .iter()
-                .map(|w| w.limits.memory_mb)
-                .max()
-                .unwrap_or(128)
-        };
-        if largest(config) > largest(&self.initial) {
+        if largest_memory_mb(config) > largest_memory_mb(&self.initial) {
             changed.push("the largest memory_mb (the instance pool is sized at start)");
         }
         if !changed.is_empty() {
@@ -150,7 +171,8 @@ impl Live {
         let Some(source) = self.source.clone() else {
             bail!("this server was started without a config file");
         };
-        let mut config = tokio::task::spawn_blocking(move || load_config(&source))
+        let read_config = self.read_config.clone();
+        let mut config = tokio::task::spawn_blocking(move || read_config(&source))
             .await
             .context("reading the config panicked")??;
         self.keep_overrides(&mut config);
@@ -176,60 +198,26 @@ impl Live {
     }
 }
 
-/// Load every worker; a progress bar on a terminal when there are several.
-fn load_workers_with_progress(
-    engine: &IsolaEngine,
-    configs: &[WorkerConfig],
-    backends: &Backends,
-) -> Result<Vec<isola_runtime::Worker>> {
-    let progress = if configs.len() > 1 && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(configs.len() as u64);
-        bar.set_message("loading workers");
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let workers = std::thread::scope(|scope| {
-        let handles: Vec<_> = configs
-            .iter()
-            .map(|config| {
-                let progress = &progress;
-                scope.spawn(move || {
-                    let loaded = isola_runtime::Worker::load(engine, config, backends);
-                    progress.inc(1);
-                    loaded
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker loading panicked"))
-            .collect::<Result<Vec<_>, _>>()
-    });
-    progress.finish_and_clear();
-    Ok(workers?)
-}
-
 /// Serve `config` until SIGINT or SIGTERM.
-/// `listen_override` is the `--listen` flag, already applied to `config`.
-pub fn serve(
-    config: Config,
-    mode: Mode,
-    listen_override: Option<std::net::SocketAddr>,
-    telemetry: Arc<Telemetry>,
-) -> Result<()> {
+pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
+    let ServeOptions {
+        listen_override,
+        telemetry,
+        read_config,
+        progress,
+    } = options;
     let engine = engine_for(&config)?;
     let backends = backends_for(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shutdown = isola_server::shutdown_signal()?;
+        let shutdown = crate::shutdown_signal()?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let app = Arc::new(App::empty(&config.server, telemetry));
         let source = match &mode {
             Mode::Serve { source } => source.clone(),
-            Mode::Dev { source } => Some(source.clone()),
+            Mode::Dev { source, .. } => Some(source.clone()),
         };
         let live = Arc::new(Live {
             source,
@@ -238,6 +226,8 @@ pub fn serve(
             app: app.clone(),
             initial: config.clone(),
             listen_override,
+            read_config,
+            progress,
             triggers: tokio::sync::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
         });
@@ -298,7 +288,7 @@ pub fn serve(
             });
         }
         let dev = match mode {
-            Mode::Dev { source } => Some(tokio::spawn(crate::dev::run(live_handle(&live), source))),
+            Mode::Dev { watch, .. } => Some(tokio::spawn(watch(LiveHandle(live.clone())))),
             Mode::Serve { .. } => None,
         };
         server
@@ -321,10 +311,6 @@ pub fn serve(
 #[derive(Clone)]
 pub struct LiveHandle(Arc<Live>);
 
-fn live_handle(live: &Arc<Live>) -> LiveHandle {
-    LiveHandle(live.clone())
-}
-
 impl LiveHandle {
     /// Install an already read config (after a build); logs the outcome.
     pub async fn install(&self, mut config: Config, why: &str) -> bool {
@@ -344,16 +330,3 @@ impl LiveHandle {
         }
     }
 }
-
-/// `path` relative to the current directory when it is inside it.
-pub fn display_path(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_owned())
-        .display()
-        .to_string()
-}
-
-/// Wait for a quiet moment: the build tools write in bursts.
-pub const DEBOUNCE: Duration = Duration::from_millis(300);

@@ -1,9 +1,25 @@
-//! Loading workers: compiling (or finding in the cache) and checking every
-//! worker of a config, in parallel.
+//! What serving a config needs before the first request: the engine, the
+//! backends, and every worker compiled (or found in the cache) and loaded,
+//! in parallel. `serve`, `dev`, reloads, `check`, `compile` and `trigger`
+//! all load here.
 
-use isola_config::WorkerConfig;
-use isola_engine::IsolaEngine;
+use anyhow::{Context, Result};
+use isola_config::{Config, WorkerConfig};
+use isola_engine::{EngineError, EngineOptions, IsolaEngine, LoadedComponent};
 use isola_runtime::{Backends, LoadError, Worker};
+
+/// Hears how loading goes, worker by worker (the command draws a progress
+/// bar on a terminal). Every method may be left out; `&()` hears nothing.
+pub trait Progress: Send + Sync {
+    /// `total` workers start loading.
+    fn start(&self, _total: usize) {}
+    /// One of them is done, loaded or failed.
+    fn done(&self, _worker: &WorkerConfig) {}
+    /// All of them are done.
+    fn finish(&self) {}
+}
+
+impl Progress for () {}
 
 /// Load (compile or fetch from the cache) every worker, in parallel.
 /// Workers sharing a component compile it once.
@@ -11,15 +27,100 @@ pub fn load_workers(
     engine: &IsolaEngine,
     configs: &[WorkerConfig],
     backends: &Backends,
+    progress: &dyn Progress,
 ) -> Result<Vec<Worker>, LoadError> {
-    std::thread::scope(|scope| {
+    each_worker(configs, progress, |config| {
+        Worker::load(engine, config, backends)
+    })
+    .into_iter()
+    .collect()
+}
+
+/// Compile (or find in the cache) every worker's component, in parallel,
+/// without loading the worker (no backends): `isola compile`. One result
+/// per config, in order.
+pub fn compile_components(
+    engine: &IsolaEngine,
+    configs: &[WorkerConfig],
+    progress: &dyn Progress,
+) -> Vec<Result<LoadedComponent, EngineError>> {
+    each_worker(configs, progress, |config| {
+        engine.load_component(&config.component)
+    })
+}
+
+/// `load` for every config, each on its own thread; one result per config,
+/// in order.
+fn each_worker<T: Send>(
+    configs: &[WorkerConfig],
+    progress: &dyn Progress,
+    load: impl Fn(&WorkerConfig) -> T + Sync,
+) -> Vec<T> {
+    progress.start(configs.len());
+    let load = &load;
+    let results = std::thread::scope(|scope| {
         let handles: Vec<_> = configs
             .iter()
-            .map(|config| scope.spawn(move || Worker::load(engine, config, backends)))
+            .map(|config| {
+                scope.spawn(move || {
+                    let loaded = load(config);
+                    progress.done(config);
+                    loaded
+                })
+            })
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("worker loading panicked"))
             .collect()
-    })
+    });
+    progress.finish();
+    results
+}
+
+/// The engine for `config`: its compile cache, and an instance pool sized
+/// for its largest worker.
+pub fn engine_for(config: &Config) -> Result<IsolaEngine> {
+    let mut options = EngineOptions::new(config.server.cache_dir());
+    options.max_instances = config.server.max_instances;
+    options.max_memory_bytes =
+        usize::try_from(largest_memory_mb(config) << 20).context("memory_mb too large")?;
+    Ok(IsolaEngine::new(&options)?)
+}
+
+/// The largest `memory_mb` of `config`'s workers (128 without workers):
+/// what the instance pool is sized for.
+pub(crate) fn largest_memory_mb(config: &Config) -> u64 {
+    config
+        .workers
+        .iter()
+        .map(|w| w.limits.memory_mb)
+        .max()
+        .unwrap_or(128)
+}
+
+/// The state behind the workers' bindings.
+/// The backends `[backends]` names, connected and checked (an unreachable
+/// server stops start-up with its URL, credentials redacted). Connections
+/// live on the bindings' own background runtime, so this works before any
+/// runtime of ours exists.
+pub fn backends_for(config: &Config) -> Result<Backends> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(Backends::connect(
+            &config.backends,
+            &config.server.state_dir,
+        ))
+        .with_context(|| {
+            if config.backends.is_distributed() {
+                format!("{}: cannot start the backends", config.source.display())
+            } else {
+                format!(
+                    "cannot open the state in {}",
+                    config.server.state_dir.display()
+                )
+            }
+        })
 }
