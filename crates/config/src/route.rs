@@ -1,16 +1,16 @@
 //! Wrangler-style route patterns: `[host]/path[*]`.
 //!
 //! `example.com/*`, `*.example.com/api/*` and `/api/*` (any host) are valid.
-//! A `*` may only open the host or close the path. When several patterns
-//! match a request, the most specific wins: a literal host beats a wildcard
-//! host beats no host, then the longer literal path, then an exact path over
-//! a prefix.
+//! A `*` may only open the host or close the path. Which pattern a request
+//! matches, and which wins when several do, is the server's router's
+//! business.
 
-use std::cmp::Ordering;
 use std::fmt;
 
+/// The host part of a route pattern, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum HostPattern {
+pub enum HostPattern {
+    /// No host, or `*`: any host.
     Any,
     /// `*.example.com` matches `a.example.com`; `*example.com` also matches
     /// `example.com` itself (both are Cloudflare forms).
@@ -91,38 +91,19 @@ impl RoutePattern {
         })
     }
 
-    /// Does this pattern match a request for `host` (port ignored) and `path`?
-    pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok = match &self.host {
-            HostPattern::Any => true,
-            HostPattern::Exact(want) => {
-                host.is_some_and(|h| strip_port(h).eq_ignore_ascii_case(want))
-            }
-            HostPattern::Suffix(suffix) => host.is_some_and(|h| {
-                let h = strip_port(h).to_ascii_lowercase();
-                h.ends_with(suffix.as_str())
-            }),
-        };
-        host_ok
-            && if self.prefix {
-                path.starts_with(&self.path)
-            } else {
-                path == self.path
-            }
+    /// The hosts it matches.
+    pub fn host(&self) -> &HostPattern {
+        &self.host
     }
 
-    /// Orders patterns from least to most specific.
-    pub fn specificity(&self) -> impl Ord + use<> {
-        let host_rank = match self.host {
-            HostPattern::Any => 0,
-            HostPattern::Suffix(_) => 1,
-            HostPattern::Exact(_) => 2,
-        };
-        let host_len = match &self.host {
-            HostPattern::Any => 0,
-            HostPattern::Suffix(s) | HostPattern::Exact(s) => s.len(),
-        };
-        (host_rank, host_len, self.path.len(), !self.prefix)
+    /// The literal path, without the closing `*`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether the path closes with `*`: a prefix rather than an exact path.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
     }
 
     pub fn as_str(&self) -> &str {
@@ -136,43 +117,32 @@ impl fmt::Display for RoutePattern {
     }
 }
 
-/// Compare two patterns by specificity (see the module docs).
-pub fn by_specificity(a: &RoutePattern, b: &RoutePattern) -> Ordering {
-    a.specificity().cmp(&b.specificity())
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // An IPv6 literal: `[::1]:8787`.
-        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> RoutePattern {
-        RoutePattern::parse(s).unwrap()
-    }
-
     #[test]
-    fn parses_and_matches() {
-        assert!(p("/api/*").matches(None, "/api/users"));
-        assert!(p("/api/*").matches(Some("x.com"), "/api/"));
-        assert!(!p("/api/*").matches(None, "/apix"));
-        assert!(!p("/api/*").matches(None, "/api"));
-        assert!(p("/health").matches(None, "/health"));
-        assert!(!p("/health").matches(None, "/health/x"));
-        assert!(p("example.com/*").matches(Some("Example.com:8787"), "/"));
-        assert!(!p("example.com/*").matches(Some("other.com"), "/"));
-        assert!(!p("example.com/*").matches(None, "/"));
-        assert!(p("*.example.com/*").matches(Some("a.example.com"), "/x"));
-        assert!(!p("*.example.com/*").matches(Some("example.com"), "/x"));
-        assert!(p("*example.com/*").matches(Some("example.com"), "/x"));
-        assert!(p("*/*").matches(Some("anything"), "/x"));
-        assert!(p("/*").matches(Some("[::1]:80"), "/x"));
+    fn parses_host_and_path() {
+        let p = |s| RoutePattern::parse(s).unwrap();
+        assert_eq!(*p("/api/*").host(), HostPattern::Any);
+        assert_eq!(*p("*/x").host(), HostPattern::Any);
+        assert_eq!(
+            *p("*.Example.com/*").host(),
+            HostPattern::Suffix(".example.com".into())
+        );
+        assert_eq!(
+            *p("example.com/x").host(),
+            HostPattern::Exact("example.com".into())
+        );
+        assert_eq!(
+            (p("/api/*").path(), p("/api/*").is_prefix()),
+            ("/api/", true)
+        );
+        assert_eq!(
+            (p("/health").path(), p("/health").is_prefix()),
+            ("/health", false)
+        );
+        assert_eq!(p("/api/*").to_string(), "/api/*");
     }
 
     #[test]
@@ -193,30 +163,5 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
-    }
-
-    #[test]
-    fn most_specific_wins() {
-        let mut patterns = [
-            p("/*"),
-            p("example.com/api/*"),
-            p("/api/*"),
-            p("*.example.com/*"),
-            p("/api/health"),
-            p("example.com/*"),
-        ];
-        patterns.sort_by(by_specificity);
-        let order: Vec<_> = patterns.iter().map(|p| p.as_str()).collect();
-        assert_eq!(
-            order,
-            [
-                "/*",
-                "/api/*",
-                "/api/health",
-                "*.example.com/*",
-                "example.com/*",
-                "example.com/api/*"
-            ]
-        );
     }
 }
