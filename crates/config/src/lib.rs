@@ -3,6 +3,12 @@
 //! Every error names the file, the line and column, and the key at fault:
 //! an unknown key, a bad route, a missing component. Nothing is silently
 //! ignored: a key Isola does not implement is an unknown key.
+//!
+//! The text is read into the raw serde types (`raw`, with spans), checked
+//! section by section (`parse`) and handed on as the plain model (`model`);
+//! `secrets` finds secret values, `error` places faults at a line and
+//! column. `route`, `outbound` and `js_build` hold the patterns, rules and
+//! build keys that have a grammar of their own.
 
 mod error;
 pub mod js_build;
