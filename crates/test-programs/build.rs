@@ -37,7 +37,7 @@ fn main() {
     for watched in [
         "crates/test-programs/guests",
         "guest-examples",
-        "crates/sdk",
+        "sdk/rust",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());

@@ -161,7 +161,7 @@ async fn dev_rebuilds_an_edited_guest_and_survives_a_broken_edit() {
     let project = dir.path().join("isola-dev-e2e");
     std::fs::create_dir_all(project.join("src")).unwrap();
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../sdk")
+        .join("../../sdk/rust")
         .canonicalize()
         .unwrap();
     std::fs::write(

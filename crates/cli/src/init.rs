@@ -27,7 +27,7 @@ pub enum Handler {
 /// Where `isola-sdk` is: not on crates.io yet, so the template points at a
 /// checkout. Defaults to the one this binary was built from.
 fn default_sdk() -> Option<PathBuf> {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk/rust"))
         .canonicalize()
         .ok()
         .filter(|p| p.join("Cargo.toml").is_file())
@@ -107,7 +107,7 @@ fn files(
     match template {
         Template::Rust => {
             let sdk = sdk.context(
-                "isola-sdk is not on crates.io yet: give --sdk PATH (a checkout's crates/sdk)",
+                "isola-sdk is not on crates.io yet: give --sdk PATH (a checkout's sdk/rust)",
             )?;
             files.push((
                 "Cargo.toml",
