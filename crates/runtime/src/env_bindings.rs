@@ -3,134 +3,22 @@
 //! `isola-backends`, every call is charged to the request's subrequest
 //! budget, and WIT types are translated at the boundary.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
-use isola_backends::{self as backend, Backends, BindingError};
-use isola_config::WorkerConfig;
+use isola_backends::{self as backend, BindingError};
 use wasmtime::component::Resource;
 
+use crate::generated::isola::worker::{analytics, blob, cache, kv, queue, sql, types};
+use crate::resources::{
+    BodyHandle, BucketHandle, CacheHandle, DatasetHandle, KvHandle, ProducerHandle, SqlHandle,
+    UploadHandle, UploadStep, WorkerBindings,
+};
 use crate::state::HostState;
-use crate::state::generated::isola::worker::{analytics, blob, cache, kv, queue, sql, types};
 
 type Error = types::Error;
 /// A host call's result: the outer error traps (a bad handle), the inner
 /// one is the guest's to handle.
 type CallResult<T> = wasmtime::Result<Result<T, Error>>;
-
-/// A worker's bindings, resolved once at load time.
-pub(crate) struct WorkerBindings {
-    kv: HashMap<String, backend::kv::KvNamespace>,
-    sql: HashMap<String, Arc<dyn backend::sql::SqlDatabase>>,
-    buckets: HashMap<String, String>,
-    datasets: HashMap<String, String>,
-    /// Producer binding → queue name.
-    queues: HashMap<String, String>,
-    backends: Backends,
-    /// Cache API entries are kept per worker, so one worker can neither read
-    /// nor poison another's cache.
-    cache_scope: String,
-}
-
-impl WorkerBindings {
-    pub fn new(config: &WorkerConfig, backends: &Backends) -> Result<Self, BindingError> {
-        let mut sql = HashMap::new();
-        for d1 in &config.d1_databases {
-            sql.insert(d1.binding.clone(), backends.sql.open(&d1.database_name)?);
-        }
-        Ok(WorkerBindings {
-            kv: config
-                .kv_namespaces
-                .iter()
-                .map(|kv| {
-                    let namespace = backend::kv::KvNamespace::new(backends.kv.clone(), &kv.id);
-                    (kv.binding.clone(), namespace)
-                })
-                .collect(),
-            sql,
-            buckets: config
-                .r2_buckets
-                .iter()
-                .map(|r2| (r2.binding.clone(), r2.bucket_name.clone()))
-                .collect(),
-            datasets: config
-                .analytics_engine_datasets
-                .iter()
-                .map(|a| (a.binding.clone(), a.dataset.clone()))
-                .collect(),
-            queues: config
-                .queue_producers
-                .iter()
-                .map(|p| (p.binding.clone(), p.queue.clone()))
-                .collect(),
-            backends: backends.clone(),
-            cache_scope: config.name.clone(),
-        })
-    }
-}
-
-pub struct KvHandle(backend::kv::KvNamespace);
-pub struct SqlHandle(Arc<dyn backend::sql::SqlDatabase>);
-pub struct BucketHandle(String);
-pub struct CacheHandle(String);
-pub struct DatasetHandle(String);
-pub struct ProducerHandle(String);
-
-/// An object body being read by the guest.
-pub struct BodyHandle {
-    stream: backend::blob::BodyStream,
-    /// What is left of the last chunk the backend gave.
-    pending: Bytes,
-}
-
-/// An object being written by the guest. The backend's upload runs in a
-/// task of its own: hashing and writing are storage work, not the guest's,
-/// so they must not count against its CPU limit (which measures the
-/// guest's thread), and the guest can produce the next chunk meanwhile.
-pub struct UploadHandle {
-    steps: tokio::sync::mpsc::Sender<UploadStep>,
-    outcome: tokio::sync::oneshot::Receiver<Result<backend::blob::ObjectInfo, BindingError>>,
-}
-
-enum UploadStep {
-    Chunk(Bytes),
-    Finish,
-}
-
-impl UploadHandle {
-    fn spawn(mut upload: Box<dyn backend::blob::BlobUpload>) -> Self {
-        // A few chunks in flight: enough to overlap, little memory.
-        let (steps, mut receiver) = tokio::sync::mpsc::channel(4);
-        let (report, outcome) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let result = async {
-                while let Some(step) = receiver.recv().await {
-                    match step {
-                        UploadStep::Chunk(chunk) => upload.write(chunk).await?,
-                        UploadStep::Finish => return upload.finish().await.map(Some),
-                    }
-                }
-                // The guest dropped the upload: dropping ours discards it.
-                Ok(None)
-            }
-            .await;
-            if let Some(result) = result.transpose() {
-                let _ = report.send(result);
-            }
-        });
-        UploadHandle { steps, outcome }
-    }
-
-    /// The backend's error once its task has stopped early.
-    async fn failure(&mut self) -> BindingError {
-        match (&mut self.outcome).await {
-            Ok(Err(e)) => e,
-            _ => BindingError::Backend("the upload was interrupted".into()),
-        }
-    }
-}
 
 fn guest_error(error: BindingError) -> Error {
     match error {

@@ -26,12 +26,15 @@
 mod coalesce;
 mod env_bindings;
 mod failure;
+mod generated;
 mod guest_log;
 mod handlers;
 mod http_batch;
+mod linker;
 mod outbound;
 mod pass_through;
 mod report;
+mod resources;
 mod services;
 mod source_map;
 mod state;
@@ -315,7 +318,7 @@ impl Worker {
     ) -> Result<Worker, LoadError> {
         let path_text = || path.display().to_string();
         let linker =
-            state::linker(engine.engine()).map_err(|e| LoadError::Linker(format!("{e:#}")))?;
+            linker::linker(engine.engine()).map_err(|e| LoadError::Linker(format!("{e:#}")))?;
         let instance_pre =
             linker
                 .instantiate_pre(component)
@@ -336,12 +339,11 @@ impl Worker {
         for (name, secret) in &config.secrets {
             vars.insert(name.clone(), secret.expose().to_owned());
         }
-        let bindings = env_bindings::WorkerBindings::new(config, backends).map_err(|e| {
-            LoadError::Bindings {
+        let bindings =
+            resources::WorkerBindings::new(config, backends).map_err(|e| LoadError::Bindings {
                 worker: config.name.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let shared = Arc::new(WorkerShared {
             name: config.name.as_str().into(),
             environment: vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

@@ -6,46 +6,14 @@ use std::sync::Arc;
 use crate::RequestInfo;
 use crate::services::ServiceCalls;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::guest_log::{GuestLog, Stream};
 use crate::outbound::{OutboundPolicy, Subrequests};
 
-pub(crate) mod generated {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "isola:worker/imports",
-        // Binding calls reach backends (SQLite, files, later the network):
-        // async, so a slow one never blocks the executor thread. A bad
-        // handle traps; backend failures are the guest's `error`.
-        imports: {
-            "isola:worker/ctx.abort": trappable,
-            "isola:worker/kv": async | trappable,
-            "isola:worker/sql": async | trappable,
-            "isola:worker/blob": async | trappable,
-            "isola:worker/cache": async | trappable,
-            "isola:worker/analytics": async | trappable,
-            "isola:worker/queue": async | trappable,
-        },
-        with: {
-            "isola:worker/kv.namespace": crate::env_bindings::KvHandle,
-            "isola:worker/sql.database": crate::env_bindings::SqlHandle,
-            "isola:worker/blob.bucket": crate::env_bindings::BucketHandle,
-            "isola:worker/blob.body": crate::env_bindings::BodyHandle,
-            "isola:worker/blob.upload": crate::env_bindings::UploadHandle,
-            "isola:worker/cache.cache": crate::env_bindings::CacheHandle,
-            "isola:worker/analytics.dataset": crate::env_bindings::DatasetHandle,
-            "isola:worker/queue.producer": crate::env_bindings::ProducerHandle,
-        },
-        require_store_data_send: true,
-    });
-}
-
-use generated::isola::worker::{
-    analytics, blob, cache, ctx, env, kv, queue, request_info, sql, types,
-};
+use crate::generated::isola::worker::{ctx, env, request_info};
 
 /// What a worker's requests share, built once at load time.
 pub(crate) struct WorkerShared {
@@ -57,7 +25,7 @@ pub(crate) struct WorkerShared {
     pub environment: Vec<(String, String)>,
     /// Secret values, masked in guest log lines.
     pub secret_values: Arc<[String]>,
-    pub bindings: crate::env_bindings::WorkerBindings,
+    pub bindings: crate::resources::WorkerBindings,
     /// Every name of the worker's `env` and what it is (`env.bindings`).
     pub env_names: Vec<env::Binding>,
     pub outbound: Arc<OutboundPolicy>,
@@ -339,25 +307,4 @@ pub(crate) fn env_names(config: &isola_config::WorkerConfig) -> Vec<env::Binding
         .into_iter()
         .map(|(name, kind)| env::Binding { name, kind })
         .collect()
-}
-
-/// Everything a worker may import: all of WASI 0.2 (cargo's wasm32-wasip2
-/// output imports `wasi:cli`, `wasi:filesystem` and friends even when it
-/// only serves HTTP), `wasi:http`, and `isola:worker`.
-pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    crate::http_batch::add_to_linker(&mut linker)?;
-    ctx::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    env::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    request_info::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    kv::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    sql::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    blob::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    cache::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    analytics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    queue::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    Ok(linker)
 }
