@@ -11,6 +11,7 @@ mod examples;
 mod js;
 mod js_build;
 mod js_errors;
+mod js_proxy;
 mod js_sandbox;
 mod lifecycle;
 mod limits;

@@ -312,6 +312,11 @@ class D1Database {
     return new D1PreparedStatement(this, sql);
   }
   async batch(statements) {
+    for (const s of statements) {
+      if (!(s instanceof D1PreparedStatement)) {
+        throw new TypeError("D1 batch: every item must be a statement from prepare()");
+      }
+    }
     const results = call(() => this.handle().batch(statements.map((s) => s.statement())));
     return results.map(d1Result);
   }
@@ -394,16 +399,17 @@ class R2ObjectBody extends R2Object {
   get bodyUsed() {
     return this.#stream.locked;
   }
-  arrayBuffer() {
+  // Async so that any failure rejects rather than throws.
+  async arrayBuffer() {
     return new Response(this.#stream).arrayBuffer();
   }
-  text() {
+  async text() {
     return new Response(this.#stream).text();
   }
-  json() {
+  async json() {
     return new Response(this.#stream).json();
   }
-  blob() {
+  async blob() {
     return new Response(this.#stream).blob();
   }
 }
@@ -601,7 +607,9 @@ class Fetcher {
   constructor(binding) {
     this.#host = `${binding.toLowerCase()}${SERVICE_HOST_SUFFIX}`;
   }
-  fetch(input, init) {
+  // Async, as every Promise-returning Workers method: a bad URL or init
+  // rejects the promise rather than throwing at the call.
+  async fetch(input, init) {
     const request = new Request(input, init);
     const url = new URL(request.url);
     url.protocol = "http:";
@@ -817,7 +825,7 @@ function timingSafeEqual(a, b) {
 const TEED_BODY = Symbol("isola.teedBody");
 
 function redirectBody(response, stream) {
-  const read = (method) => () => new Response(stream)[method]();
+  const read = (method) => async () => new Response(stream)[method]();
   response[TEED_BODY] = stream;
   Object.defineProperties(response, {
     body: { get: () => stream, configurable: true },
@@ -896,7 +904,118 @@ async function settled(response) {
   });
 }
 
+// Forwarding the fetch event's request with a body meets three
+// StarlingMonkey (componentize-js 0.23) bugs, worked around here (issue 28);
+// the body stays a stream throughout:
+// - `fetch(request)` and `new Request(request[, init])` trap with "wasm
+//   trap: uninitialized element" (a 500). `fetch(request)` works once
+//   something has read `request.body` (the body is then a stream, not the
+//   bare incoming-body handle), `new Request(request)` traps even then, and
+//   `new Request(request.url, request)` always works. So a Request made
+//   from a Request with a body is made from its URL and fields.
+// - its `clone()` throws (the number 0), even for a GET: replaced by one
+//   that tees the body as `Response.clone` does.
+// - an outgoing request whose body is the incoming body's stream and that
+//   has a Content-Length now and then ends the event loop before the
+//   response (one 10 MiB upload in four here: the engine's 500 "no
+//   fetch-event handler triggered", "JS event loop terminated without
+//   completing the request" in the log); chunked uploads and bodies read
+//   through JavaScript do not. So `fetch` re-reads a stream body in JS.
+const REQUEST_INIT_KEYS = [
+  "method",
+  "headers",
+  "body",
+  "redirect",
+  "signal",
+  "referrer",
+  "referrerPolicy",
+  "mode",
+  "credentials",
+  "cache",
+  "integrity",
+  "keepalive",
+  "duplex",
+];
+
+/** The RequestInit members `sources` give, later ones winning. */
+function requestFields(...sources) {
+  const fields = {};
+  for (const source of sources) {
+    if (source === undefined || source === null) continue;
+    for (const key of REQUEST_INIT_KEYS) {
+      // A dictionary member that is undefined is absent (WebIDL).
+      if (source[key] !== undefined) fields[key] = source[key];
+    }
+  }
+  return fields;
+}
+
+/** `source` re-read by JavaScript, one chunk per pull. */
+function pullThrough(source) {
+  const reader = source.getReader();
+  return new ReadableStream({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}
+
+function installRequestWorkaround() {
+  const EngineRequest = Request;
+  const engineFetch = globalThis.fetch;
+  const forwardable = new Proxy(EngineRequest, {
+    construct(target, args, newTarget) {
+      const [input, init] = args;
+      if (input instanceof EngineRequest && input.body !== null) {
+        const fields = { duplex: "half", ...requestFields(input, init) };
+        return Reflect.construct(target, [input.url, fields], newTarget);
+      }
+      return Reflect.construct(target, args, newTarget);
+    },
+  });
+  Object.defineProperty(EngineRequest.prototype, "constructor", {
+    value: forwardable,
+    writable: true,
+    configurable: true,
+  });
+  globalThis.Request = forwardable;
+  Object.defineProperty(EngineRequest.prototype, "clone", {
+    value: function clone() {
+      if (this.bodyUsed) throw new TypeError("Request.clone: the body has already been used");
+      const fields = requestFields(this);
+      if (fields.body === undefined || fields.body === null) {
+        return new EngineRequest(this.url, fields);
+      }
+      const [mine, theirs] = tee(fields.body);
+      redirectBody(this, mine);
+      return new EngineRequest(this.url, { ...fields, body: theirs, duplex: "half" });
+    },
+    writable: true,
+    configurable: true,
+  });
+  globalThis.fetch = function fetch(input, init) {
+    // A rejected promise, never a throw, as Workers' fetch.
+    try {
+      const fromRequest = input instanceof EngineRequest;
+      if (fromRequest && init?.body === undefined && input.bodyUsed) {
+        throw new TypeError("fetch: the request's body has already been used");
+      }
+      const fields = requestFields(fromRequest ? input : undefined, init);
+      if (!(fields.body instanceof ReadableStream)) return engineFetch.apply(this, arguments);
+      fields.body = pullThrough(fields.body);
+      fields.duplex = "half";
+      return engineFetch(new EngineRequest(fromRequest ? input.url : input, fields));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  };
+}
+
 function installGlobals() {
+  installRequestWorkaround();
   if (typeof Response.prototype.clone !== "function") {
     Object.defineProperty(Response.prototype, "clone", { value: cloneResponse, configurable: true });
   }
