@@ -79,8 +79,10 @@ pub mod d1;
 mod error;
 mod handlers;
 pub mod kv;
+mod outbound;
 pub mod queue;
 pub mod r2;
+mod wire;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -91,7 +93,7 @@ pub use anyhow::{Context as _, Error, Result, anyhow, bail};
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub use isola_sdk_macros::{fetch, queue, scheduled};
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme,
+    IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme,
 };
 use wasi::io::streams::StreamError;
 
@@ -101,11 +103,14 @@ pub use d1::{D1, D1ExecResult, D1Meta, D1Params, D1Result, D1Row, D1Statement, D
 pub use error::BindingError;
 pub use handlers::ScheduledEvent;
 pub use kv::{Kv, KvKey, KvList, KvListOptions, KvPutOptions, KvValue};
+pub use outbound::{FetchResponse, OutboundRequest, fetch};
 pub use queue::{Message, MessageBatch, Queue, QueueMessage, QueueSendOptions};
 pub use r2::{
     Bucket, R2Body, R2HttpMetadata, R2ListOptions, R2Object, R2ObjectBody, R2Objects, R2PutBody,
     R2PutOptions, R2Range, R2Upload,
 };
+pub use wire::percent_decode;
+use wire::{decode_query, fields, header_map, write_all};
 
 /// The worker's environment: vars, secrets and bindings.
 #[derive(Clone, Copy, Debug, Default)]
@@ -592,240 +597,6 @@ impl From<&str> for Response {
     fn from(text: &str) -> Self {
         Response::text(text)
     }
-}
-
-/// An outbound HTTP request, sent with [`fetch()`].
-pub struct OutboundRequest {
-    method: Method,
-    url: String,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl OutboundRequest {
-    pub fn new(method: Method, url: impl Into<String>) -> Self {
-        OutboundRequest {
-            method,
-            url: url.into(),
-            headers: HeaderMap::new(),
-            body: Vec::new(),
-        }
-    }
-
-    pub fn get(url: impl Into<String>) -> Self {
-        Self::new(Method::GET, url)
-    }
-
-    pub fn post(url: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
-        Self::new(Method::POST, url).with_body(body)
-    }
-
-    /// Panics if the name or value is not a valid header.
-    pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.append(
-            HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
-            HeaderValue::from_str(value).expect("a valid header value"),
-        );
-        self
-    }
-
-    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-}
-
-impl From<&str> for OutboundRequest {
-    fn from(url: &str) -> Self {
-        OutboundRequest::get(url)
-    }
-}
-
-impl From<String> for OutboundRequest {
-    fn from(url: String) -> Self {
-        OutboundRequest::get(url)
-    }
-}
-
-/// The response to a [`fetch()`].
-pub struct FetchResponse {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl FetchResponse {
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.body
-    }
-
-    pub fn text(&self) -> Result<String> {
-        Ok(String::from_utf8(self.body.clone())?)
-    }
-}
-
-/// Send an HTTP request through the host (`wasi:http/outgoing-handler`).
-///
-/// The host decides what is reachable: hosts outside the worker's
-/// `allowed_outbound_hosts`, or requests beyond its subrequest budget, fail
-/// here with an error naming the reason.
-pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse> {
-    use wasi::http::types::Method as WasiMethod;
-
-    let request = request.into();
-    let url = request.url.clone();
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| anyhow!("fetch {url}: not an absolute http(s) URL"))?;
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        other => bail!("fetch {url}: unsupported scheme {other}"),
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], rest[i..].to_owned()),
-        None => (rest, "/".to_owned()),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path
-    };
-    let fields = fields(&request.headers).with_context(|| format!("fetch {url}"))?;
-    let outgoing = wasi::http::types::OutgoingRequest::new(fields);
-    let method = match request.method.as_str() {
-        "GET" => WasiMethod::Get,
-        "HEAD" => WasiMethod::Head,
-        "POST" => WasiMethod::Post,
-        "PUT" => WasiMethod::Put,
-        "DELETE" => WasiMethod::Delete,
-        "OPTIONS" => WasiMethod::Options,
-        "PATCH" => WasiMethod::Patch,
-        other => WasiMethod::Other(other.to_owned()),
-    };
-    let invalid = |what: &str| anyhow!("fetch {url}: invalid {what}");
-    outgoing
-        .set_method(&method)
-        .map_err(|()| invalid("method"))?;
-    outgoing
-        .set_scheme(Some(&scheme))
-        .map_err(|()| invalid("scheme"))?;
-    outgoing
-        .set_authority(Some(authority))
-        .map_err(|()| invalid("host"))?;
-    outgoing
-        .set_path_with_query(Some(&path))
-        .map_err(|()| invalid("path"))?;
-    let body = outgoing
-        .body()
-        .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
-
-    // Send first, then stream the body: the host forwards it as it is written.
-    let pending = wasi::http::outgoing_handler::handle(outgoing, None)
-        .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
-    {
-        let stream = body
-            .write()
-            .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
-        write_all(&stream, &request.body)
-            .with_context(|| format!("fetch {url}: sending the body"))?;
-    }
-    OutgoingBody::finish(body, None).map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
-
-    let response = loop {
-        match pending.get() {
-            Some(result) => break result,
-            None => pending.subscribe().block(),
-        }
-    };
-    let response = response
-        .map_err(|()| anyhow!("fetch {url}: response taken twice"))?
-        .map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
-    let status = StatusCode::from_u16(response.status())?;
-    let headers = header_map(&response.headers())?;
-    let incoming = response
-        .consume()
-        .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
-    let mut body = Vec::new();
-    for chunk in BodyChunks::new(Some(incoming)) {
-        body.extend_from_slice(&chunk.with_context(|| format!("fetch {url}"))?);
-    }
-    Ok(FetchResponse {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// Percent-decode a path segment or other URL text (`%2F` → `/`). Invalid
-/// escapes are kept as they are; bytes that are not UTF-8 are replaced.
-pub fn percent_decode(text: &str) -> String {
-    decode(text, false)
-}
-
-/// Percent-decode a query component, where `+` is also a space.
-fn decode_query(text: &str) -> String {
-    decode(text, true)
-}
-
-fn decode(text: &str, plus_is_space: bool) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Write all of `bytes`; `blocking-write-and-flush` takes at most 4096 bytes
-/// a call.
-fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) -> Result<()> {
-    for piece in bytes.chunks(4096) {
-        stream
-            .blocking_write_and_flush(piece)
-            .map_err(|e| anyhow!("{e:?}"))?;
-    }
-    Ok(())
-}
-
-fn header_map(fields: &Fields) -> Result<HeaderMap> {
-    let mut headers = HeaderMap::new();
-    for (name, value) in fields.entries() {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes())?,
-            HeaderValue::from_bytes(&value)?,
-        );
-    }
-    Ok(headers)
-}
-
-fn fields(headers: &HeaderMap) -> Result<Fields> {
-    let entries: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
-    Fields::from_list(&entries).map_err(|e| anyhow!("bad header: {e:?}"))
 }
 
 /// Drive a future to completion on this (single) thread.

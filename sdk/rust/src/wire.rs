@@ -1,0 +1,69 @@
+//! Bytes on the wire: percent-decoding, writing a whole buffer to a WASI
+//! stream, and headers between `http` and `wasi:http`.
+
+use anyhow::{Result, anyhow};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wasi::http::types::Fields;
+
+/// Percent-decode a path segment or other URL text (`%2F` → `/`). Invalid
+/// escapes are kept as they are; bytes that are not UTF-8 are replaced.
+pub fn percent_decode(text: &str) -> String {
+    decode(text, false)
+}
+
+/// Percent-decode a query component, where `+` is also a space.
+pub(crate) fn decode_query(text: &str) -> String {
+    decode(text, true)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Write all of `bytes`; `blocking-write-and-flush` takes at most 4096 bytes
+/// a call.
+pub(crate) fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) -> Result<()> {
+    for piece in bytes.chunks(4096) {
+        stream
+            .blocking_write_and_flush(piece)
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn header_map(fields: &Fields) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in fields.entries() {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_bytes(&value)?,
+        );
+    }
+    Ok(headers)
+}
+
+pub(crate) fn fields(headers: &HeaderMap) -> Result<Fields> {
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    Fields::from_list(&entries).map_err(|e| anyhow!("bad header: {e:?}"))
+}
