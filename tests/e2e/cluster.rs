@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use isola_backends::queue::QueueStore;
-use isola_test_services::{self as test_services, Redis};
 use isola_test_programs as guests;
+use isola_test_services::{self as test_services, Redis};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

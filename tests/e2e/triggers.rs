@@ -64,7 +64,8 @@ async fn post(server: &Server, path: &str, body: &str) {
 }
 
 fn queues_of(project: &Project) -> isola_backends::queue::sqlite::SqliteQueues {
-    isola_backends::queue::sqlite::SqliteQueues::open(&project.path(".isola/queues.sqlite")).unwrap()
+    isola_backends::queue::sqlite::SqliteQueues::open(&project.path(".isola/queues.sqlite"))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
