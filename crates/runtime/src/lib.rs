@@ -64,6 +64,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use outbound::{OutboundPolicy, Subrequests};
+pub use report::RequestStats;
 use report::{Report, within_limits};
 use state::{HostState, WorkerShared};
 
@@ -195,42 +196,6 @@ impl ActiveTask {
 impl Drop for ActiveTask {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What a request cost, read from a response's extensions. CPU time and
-/// fuel are final once the guest is done (the body fully read).
-#[derive(Clone)]
-pub struct RequestStats(Arc<Report>);
-
-impl RequestStats {
-    /// Thread CPU time spent running the guest.
-    pub fn cpu_time(&self) -> Duration {
-        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
-    }
-
-    /// Time spent instantiating the component (zero for a reused
-    /// instance).
-    pub fn instantiate_time(&self) -> Duration {
-        Duration::from_nanos(self.0.instantiate_ns.load(Ordering::Relaxed))
-    }
-
-    /// Time spent dropping the request's store and instance, after the
-    /// handler returned (zero for an instance kept by `instance_reuse`).
-    /// It is part of [`cpu_time`](Self::cpu_time), but off the response's
-    /// critical path: the guest task drops the store after responding.
-    pub fn drop_time(&self) -> Duration {
-        Duration::from_nanos(self.0.drop_ns.load(Ordering::Relaxed))
-    }
-
-    /// Fuel the guest consumed (0 when fuel is off).
-    pub fn fuel_used(&self) -> u64 {
-        self.0.outcome.lock().expect("report lock").fuel_used
-    }
-
-    /// Outbound fetches and binding calls made.
-    pub fn subrequests(&self) -> u32 {
-        self.0.subrequests.load(Ordering::Relaxed)
     }
 }
 
