@@ -32,6 +32,34 @@ const NPM_FILES: &[(&str, &str)] = &[
 const SDK_FILES: &[(&str, &str)] = &[
     ("src/shim.js", include_str!("../../../sdk/js/src/shim.js")),
     (
+        "src/errors.js",
+        include_str!("../../../sdk/js/src/errors.js"),
+    ),
+    ("src/bytes.js", include_str!("../../../sdk/js/src/bytes.js")),
+    ("src/kv.js", include_str!("../../../sdk/js/src/kv.js")),
+    ("src/d1.js", include_str!("../../../sdk/js/src/d1.js")),
+    ("src/r2.js", include_str!("../../../sdk/js/src/r2.js")),
+    (
+        "src/queues.js",
+        include_str!("../../../sdk/js/src/queues.js"),
+    ),
+    (
+        "src/analytics.js",
+        include_str!("../../../sdk/js/src/analytics.js"),
+    ),
+    (
+        "src/service.js",
+        include_str!("../../../sdk/js/src/service.js"),
+    ),
+    ("src/env.js", include_str!("../../../sdk/js/src/env.js")),
+    ("src/cache.js", include_str!("../../../sdk/js/src/cache.js")),
+    ("src/http.js", include_str!("../../../sdk/js/src/http.js")),
+    (
+        "src/globals.js",
+        include_str!("../../../sdk/js/src/globals.js"),
+    ),
+    ("src/serve.js", include_str!("../../../sdk/js/src/serve.js")),
+    (
         "src/inject.js",
         include_str!("../../../sdk/js/src/inject.js"),
     ),
