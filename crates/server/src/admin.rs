@@ -29,7 +29,7 @@ use isola_backends::queue::QueueStore;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-use crate::App;
+use crate::app::App;
 use crate::telemetry::TailEvent;
 
 /// Re-reads the config and installs it; `Ok` says what was loaded, `Err`

@@ -15,9 +15,11 @@ use isola_runtime::{
     Body, ClientAddr, RequestId, RequestInfo, Services, Worker, error_response, full_body,
 };
 
-use crate::REQUEST_ID_HEADER;
 use crate::router::Router;
 use crate::telemetry::{self, Telemetry};
+
+/// Header carrying the request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// One loaded config: the workers, how requests reach them, and the
 /// request limits. Requests hold the generation they started on, so a reload

@@ -16,7 +16,7 @@ pub mod router;
 pub mod telemetry;
 pub mod triggers;
 
-pub use app::{App, Generation};
+pub use app::{App, Generation, REQUEST_ID_HEADER};
 pub use isola_runtime::Backends;
 pub use lifecycle::{LiveHandle, Mode, ServeOptions, serve};
 pub use listener::{Server, shutdown_signal};
@@ -24,6 +24,3 @@ pub use load::{Progress, backends_for, compile_components, engine_for, load_work
 pub use router::Router;
 pub use telemetry::{Telemetry, TelemetryLayer};
 pub use triggers::Triggers;
-
-/// Header carrying the request id on every response.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -12,10 +12,14 @@ use anyhow::{Context, Result, bail};
 use futures_util::future::BoxFuture;
 use isola_config::Config;
 use isola_engine::IsolaEngine;
+use isola_runtime::Backends;
 
 use crate::admin::{Admin, AdminOptions, Reloader};
+use crate::app::App;
+use crate::listener::{Server, shutdown_signal};
 use crate::load::{Progress, backends_for, engine_for, largest_memory_mb, load_workers};
-use crate::{App, Backends, Server, Telemetry, Triggers};
+use crate::telemetry::Telemetry;
+use crate::triggers::Triggers;
 
 /// How the server was asked to run.
 pub enum Mode {
@@ -212,7 +216,7 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shutdown = crate::shutdown_signal()?;
+        let shutdown = shutdown_signal()?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let app = Arc::new(App::empty(&config.server, telemetry));
         let source = match &mode {

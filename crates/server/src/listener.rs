@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::App;
+use crate::app::App;
 
 /// A bound, not yet running server.
 pub struct Server {
