@@ -1,11 +1,18 @@
 //! Isola's benchmark: in-process micro-benchmarks through the embedding
 //! API ([`micro`]), fuel's cost ([`fuel`]), and servers side by side under
-//! `wrk` ([`load`]). `src/main.rs` runs them all and writes
-//! `bench/RESULTS.md`; `bench/run` prepares the peers first.
+//! `wrk` ([`load`]): the programs and guests of a run ([`setup`]), what
+//! loads them ([`workload`]), interleaved hello rounds ([`rounds`]) and
+//! the tables ([`table`]). `src/main.rs` runs them all, one section of
+//! `src/sections/` after another, and writes `bench/RESULTS.md`;
+//! `bench/run` prepares the peers first.
 
 pub mod fuel;
 pub mod load;
 pub mod micro;
+pub mod rounds;
+pub mod setup;
+pub mod table;
+pub mod workload;
 
 use std::time::Duration;
 
