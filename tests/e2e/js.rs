@@ -780,8 +780,9 @@ async fn an_uncaught_exception_is_a_500_with_the_stack_in_the_log() {
         assert_eq!(response.status(), 500, "{path}");
         assert_eq!(response.headers()["x-isola-error"], "exception");
         let line = server.wait_for_line(|l| l.contains(message));
-        // The stack names the bundled module and a line and column.
-        assert!(line.contains("worker.js:"), "{line}");
+        // The stack names the worker's own file, line and column (the
+        // source map beside the component maps the bundle's positions).
+        assert!(line.contains("apis.js:"), "{line}");
     }
 }
 

@@ -235,7 +235,9 @@ fn main() -> ExitCode {
     let events = tracing_subscriber::filter::Targets::new()
         .with_target("isola::access", tracing::Level::INFO)
         .with_target("isola::guest", tracing::Level::INFO)
-        .with_target("isola::trigger", tracing::Level::INFO);
+        .with_target("isola::trigger", tracing::Level::INFO)
+        // A failed request's cause, for its tail event.
+        .with_target("isola_runtime", tracing::Level::WARN);
     tracing_subscriber::registry()
         .with(log.with_filter(filter))
         .with(TelemetryLayer(telemetry.clone()).with_filter(events))
