@@ -7,14 +7,10 @@
 //! `src/fail.ts`. The expected positions are those of the sources (lines
 //! 1-based, columns 1-based, pointing at `new` or at the call).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::js::shared_cache;
-use crate::support::{Project, Server, client, get, isola, run_isola, stderr_of, worker};
+use crate::support::{Project, Tail, client, get, run_isola, stderr_of, worker};
 
 fn ts_errors() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,7 +36,7 @@ async fn a_typescript_workers_errors_name_its_own_files_in_the_log_and_in_tail()
         ts_errors(),
     ));
     let server = project.serve();
-    let tail = Tail::start(&server);
+    let tail = Tail::start(server.admin_addr(), &["--format", "json"]);
     let client = client();
 
     // An uncaught exception: the host logs it with the stack.
@@ -152,66 +148,4 @@ async fn the_build_cache_keeps_the_map_and_a_component_without_one_logs_bundle_p
     server.wait_for_log("describe@worker.js:");
     let logs = server.wait_for_log("explode@worker.js:");
     assert!(!logs.contains("fail.ts"), "{logs}");
-}
-
-/// `isola tail --format json` against a server's admin listener.
-struct Tail {
-    child: Child,
-    events: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Tail {
-    fn start(server: &Server) -> Tail {
-        let mut child = isola()
-            .args(["tail", "--admin", &server.admin_addr().to_string()])
-            .args(["--format", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting isola tail");
-        // Connected once it says so on stderr.
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        stderr.read_line(&mut first).unwrap();
-        assert!(first.starts_with("tailing "), "{first:?}");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let event = serde_json::from_str(&line).expect("one JSON object per line");
-                sink.lock().unwrap().push(event);
-            }
-        });
-        Tail { child, events }
-    }
-
-    /// The event of the request to `path`, waiting ten seconds at most.
-    fn event_for(&self, path: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(event) = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| e["path"] == path)
-            {
-                return event.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no tail event for {path}: {:?}",
-                self.events.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tail {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -2,14 +2,12 @@
 //! /tail), access logs as JSON, reload by SIGHUP and `isola reload`, and
 //! `isola dev` readiness.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use isola_test_programs::{CHATTY, COUNTER, SLOW};
 
-use crate::support::{Project, Server, client, get, isola, run_isola, stderr_of, worker};
+use crate::support::{Project, Server, Tail, client, get, run_isola, stderr_of, worker};
 
 fn admin_config(extra_server: &str, workers: &str) -> String {
     format!("[server]\nadmin = \"127.0.0.1:0\"\n{extra_server}\n{workers}")
@@ -311,60 +309,6 @@ async fn access_lines_as_json() {
             serde_json::from_str::<serde_json::Value>(l).is_ok(),
             "not JSON: {l}"
         );
-    }
-}
-
-/// `isola tail` as a child process; its stdout lines collected.
-struct Tail {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Tail {
-    fn start(admin: std::net::SocketAddr, args: &[&str]) -> Tail {
-        let mut child = isola()
-            .args(["tail", "--admin", &admin.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting isola tail");
-        // Connected once it says so on stderr.
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        stderr.read_line(&mut first).unwrap();
-        assert!(first.starts_with("tailing "), "{first:?}");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Tail { child, lines }
-    }
-
-    /// Wait until `n` lines arrived (then a little longer, for extra ones).
-    fn lines(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.lines.lock().unwrap().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Tail {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -427,3 +427,77 @@ impl Drop for Upstream {
         self.task.abort();
     }
 }
+
+/// `isola tail` as a child process; its stdout lines collected.
+pub struct Tail {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    pub fn start(admin: std::net::SocketAddr, args: &[&str]) -> Tail {
+        let mut child = isola()
+            .args(["tail", "--admin", &admin.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting isola tail");
+        // Connected once it says so on stderr.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        stderr.read_line(&mut first).unwrap();
+        assert!(first.starts_with("tailing "), "{first:?}");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Tail { child, lines }
+    }
+
+    /// Wait until `n` lines arrived (then a little longer, for extra ones).
+    pub fn lines(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.lines.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.lines.lock().unwrap().clone()
+    }
+    /// The event (with `--format json`) of the request to `path`, waiting
+    /// ten seconds at most.
+    pub fn event_for(&self, path: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.lines.lock().unwrap().iter().find_map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).ok()?;
+                (event["path"] == path).then_some(event)
+            });
+            if let Some(event) = found {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no tail event for {path}: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
