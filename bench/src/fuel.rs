@@ -12,9 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
-use isola_config::WorkerConfig;
-use isola_engine::{EngineOptions, IsolaEngine};
-use isola_runtime::{RequestStats, Worker};
+use isola_runtime::{EngineOptions, IsolaEngine, RequestContext, Worker, WorkerRun};
 
 const ITERATIONS: u64 = 20_000_000;
 const ROUNDS: usize = 15;
@@ -36,11 +34,12 @@ fn worker(state: &Path, consume_fuel: bool) -> Worker {
     let mut options = EngineOptions::new(state.join(if consume_fuel { "fuel" } else { "nofuel" }));
     options.consume_fuel = consume_fuel;
     let engine = IsolaEngine::new(&options).expect("engine");
-    let mut config = WorkerConfig::new("limits", isola_test_programs::LIMITS);
-    config.limits.cpu_ms = 1_000_000;
-    config.limits.wall_ms = 1_000_000;
+    let mut run = WorkerRun::default();
+    run.limits.cpu_ms = 1_000_000;
+    run.limits.wall_ms = 1_000_000;
     let backends = isola_runtime::Backends::embedded(state, 1 << 20).expect("state");
-    Worker::load(&engine, &config, &backends).expect("the limits guest loads")
+    let component = Path::new(isola_test_programs::LIMITS);
+    Worker::load(&engine, "limits", &run, component, &backends).expect("the limits guest loads")
 }
 
 /// Run one checksum request; return wall time, CPU time and fuel.
@@ -49,19 +48,12 @@ async fn run(worker: &Worker) -> (Duration, Duration, u64) {
         .body(Empty::<bytes::Bytes>::new())
         .unwrap();
     let started = Instant::now();
-    let response = worker.handle(request).await;
-    assert_eq!(response.status(), 200);
-    let stats = response
-        .extensions()
-        .get::<RequestStats>()
-        .cloned()
-        .unwrap();
-    response.into_body().collect().await.unwrap();
+    let handled = worker.handle(request, RequestContext::default()).await;
+    assert_eq!(handled.response.status(), 200);
+    handled.response.into_body().collect().await.unwrap();
     let elapsed = started.elapsed();
-    while worker.active_tasks() > 0 {
-        tokio::task::yield_now().await;
-    }
-    (elapsed, stats.cpu_time(), stats.fuel_used())
+    let outcome = handled.outcome.await;
+    (elapsed, outcome.cpu, outcome.fuel)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

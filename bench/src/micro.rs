@@ -7,9 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
-use isola_config::WorkerConfig;
-use isola_engine::{EngineOptions, IsolaEngine};
-use isola_runtime::{RequestStats, Worker};
+use isola_runtime::{EngineOptions, IsolaEngine, RequestContext, Worker, WorkerRun};
 
 use crate::percentile;
 
@@ -66,26 +64,25 @@ pub async fn one_at_a_time(
             .body(Empty::<bytes::Bytes>::new())
             .unwrap();
         let started = Instant::now();
-        let response = worker.handle(request).await;
-        let stats = response
-            .extensions()
-            .get::<RequestStats>()
-            .cloned()
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let handled = worker.handle(request, RequestContext::default()).await;
+        let status = handled.response.status();
+        let body = handled
+            .response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
         let elapsed = started.elapsed();
         check(status, &body);
-        while worker.active_tasks() > 0 {
-            tokio::task::yield_now().await;
-        }
+        let outcome = handled.outcome.await;
         if i >= warmup {
             samples.wall.push(elapsed);
-            samples.guest_cpu.push(stats.cpu_time());
+            samples.guest_cpu.push(outcome.cpu);
             samples
                 .before_drop
-                .push(stats.cpu_time().saturating_sub(stats.drop_time()));
-            samples.instantiate.push(stats.instantiate_time());
+                .push(outcome.cpu.saturating_sub(outcome.drop));
+            samples.instantiate.push(outcome.instantiate);
         }
     }
     samples.wall.sort();
@@ -134,8 +131,10 @@ pub fn load_times(component: &Path, work: &Path) -> LoadTimes {
 /// `instance_reuse` as in the config (0: a fresh instance per request).
 pub fn worker(component: &Path, name: &str, work: &Path, instance_reuse: u32) -> Worker {
     let engine = IsolaEngine::new(&EngineOptions::new(work.join("cache"))).expect("engine");
-    let mut config = WorkerConfig::new(name, component);
-    config.instance_reuse = instance_reuse;
+    let run = WorkerRun {
+        instance_reuse,
+        ..WorkerRun::default()
+    };
     let backends = isola_runtime::Backends::embedded(work, 1 << 20).expect("state");
-    Worker::load(&engine, &config, &backends).expect("the worker loads")
+    Worker::load(&engine, name, &run, component, &backends).expect("the worker loads")
 }

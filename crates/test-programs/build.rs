@@ -1,6 +1,7 @@
-//! Build the test guests (`guests/`) and the examples (`guest-examples/`)
-//! for wasm32-wasip2 and expose each component's path as a constant, e.g.
-//! `COUNTER` or `EXAMPLE_HELLO`. The guests in [`WASIP1_GUESTS`] are also
+//! Build the test guests (`guests/`), the examples (`guest-examples/`) and
+//! the example plugin host's plugin (`examples/plugin-host/guests/`) for
+//! wasm32-wasip2 and expose each component's path as a constant, e.g.
+//! `COUNTER`, `EXAMPLE_HELLO` or `PLUGIN_FILTER`. The guests in [`WASIP1_GUESTS`] are also
 //! built for wasm32-wasip1, as `spin build` builds them: core modules, not
 //! components (`SPIN_HELLO_WASIP1`).
 //!
@@ -37,6 +38,8 @@ fn main() {
     for watched in [
         "crates/test-programs/guests",
         "guest-examples",
+        "examples/plugin-host/guests",
+        "examples/plugin-host/wit",
         "sdk/rust",
         "wit",
     ] {
@@ -47,6 +50,7 @@ fn main() {
     for (prefix, workspace) in [
         ("", manifest_dir.join("guests")),
         ("EXAMPLE_", root.join("guest-examples")),
+        ("PLUGIN_", root.join("examples/plugin-host/guests")),
     ] {
         build(&workspace, &target_dir, TARGET, &[]);
         for name in artifacts(&workspace) {

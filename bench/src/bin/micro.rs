@@ -6,7 +6,8 @@
 //! `cargo run --release -p isola-bench --bin micro [REQUESTS] [JS.wasm [JS-REUSE.wasm]]`
 //!
 //! `MICRO_ONLY="JS hello"` (a table's name) runs that one alone, for
-//! profiling; `MICRO_ONLY=fuel` runs only the fuel calibration and overhead.
+//! profiling; `MICRO_ONLY=fuel` runs only the fuel calibration and overhead;
+//! `MICRO_ONLY=plugin` only the custom-world plugin call.
 
 use std::path::Path;
 
@@ -26,6 +27,17 @@ async fn main() {
     guests.extend(js.map(|js| ("JS hello", js, 0)));
     guests.extend(js_reuse.map(|js| ("JS hello, instance_reuse", js, u32::MAX)));
     let only = std::env::var("MICRO_ONLY").ok();
+    if only.as_deref() == Some("plugin") {
+        let calls =
+            isola_bench::plugin::per_call(&work.join("plugin"), requests / 20, requests).await;
+        println!(
+            "| plugin call (custom world), {requests} calls | p50 µs | p99 µs |\n|---|---|---|\n\
+             | instantiate + call + drop (wall) | {:.1} | {:.1} |",
+            isola_bench::percentile(&calls, 0.5),
+            isola_bench::percentile(&calls, 0.99)
+        );
+        return;
+    }
     if only.as_deref() == Some("fuel") {
         let fuel = isola_bench::fuel::measure(&work.join("fuel")).await;
         println!(

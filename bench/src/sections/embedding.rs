@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use isola_bench::fuel::{self, FuelResult};
 use isola_bench::micro::{self, LoadTimes, Samples};
+use isola_bench::plugin;
 use isola_bench::setup::{Setup, build_js};
 use isola_bench::workload::HELLO;
 
@@ -24,6 +25,8 @@ struct PerRequest {
     rust: Samples,
     js: Samples,
     js_reuse: Samples,
+    /// A custom-world plugin call, wall time: instantiate + call + drop.
+    plugin: Vec<Duration>,
     fuel: FuelResult,
 }
 
@@ -81,11 +84,13 @@ fn per_request(
             u32::MAX,
         );
         let js_reuse = micro::one_at_a_time(&reuse, 200, requests, js_hello).await;
+        let plugin = plugin::per_call(&micro_dir.join("plugin"), 500, requests).await;
         let fuel = fuel::measure(&micro_dir.join("fuel")).await;
         PerRequest {
             rust,
             js,
             js_reuse,
+            plugin,
             fuel,
         }
     })
@@ -99,7 +104,7 @@ fn toolchain(setup: &Setup, micro_dir: &Path) -> Toolchain {
         |out: &Path, marker| build_js(&setup.isola, &setup.js_main, out, marker, false);
     let js_build = cold_build(&marked[0], Some("first"));
     cold_build(&marked[1], Some("second"));
-    let engine = isola_engine::IsolaEngine::new(&isola_engine::EngineOptions::new(
+    let engine = isola_runtime::IsolaEngine::new(&isola_runtime::EngineOptions::new(
         micro_dir.join("second-cache"),
     ))
     .expect("engine");
@@ -139,6 +144,16 @@ fn write_micro(per_request: &PerRequest, requests: usize, doc: &mut String) {
             &per_request.js_reuse,
             requests
         )
+    )
+    .unwrap();
+    let calls = &per_request.plugin;
+    writeln!(
+        doc,
+        "| plugin of a custom WIT world (`examples/plugin-host`), {} calls | p50 µs | p99 µs |\n|---|---|---|\n\
+         | instantiate + call + drop (wall, one call at a time) | {:.1} | {:.1} |\n",
+        calls.len(),
+        isola_bench::percentile(calls, 0.5),
+        isola_bench::percentile(calls, 0.99),
     )
     .unwrap();
 }

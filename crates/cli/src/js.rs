@@ -377,7 +377,7 @@ pub fn build_workers(config: &Config) -> Result<()> {
         let Some(main) = &worker.main else { continue };
         let started = std::time::Instant::now();
         let options = BuildOptions {
-            instance_reuse: worker.instance_reuse > 1,
+            instance_reuse: worker.run.instance_reuse > 1,
             bundle: worker.js_build.clone(),
         };
         let built = build(main, &worker.component, &options).with_context(|| {

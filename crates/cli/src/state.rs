@@ -95,7 +95,7 @@ fn kv_namespace_id(config: &Config, name: &str) -> Result<String> {
     let entries = config
         .workers
         .iter()
-        .flat_map(|w| &w.kv_namespaces)
+        .flat_map(|w| &w.run.kv_namespaces)
         .map(|kv| (kv.id.as_str(), kv.binding.as_str()));
     resolve(config, "KV namespace", name, entries)
 }
@@ -185,7 +185,7 @@ fn database_name(config: &Config, name: &str) -> Result<String> {
     let entries = config
         .workers
         .iter()
-        .flat_map(|w| &w.d1_databases)
+        .flat_map(|w| &w.run.d1_databases)
         .map(|d1| (d1.database_name.as_str(), d1.binding.as_str()));
     resolve(config, "D1 database", name, entries)
 }

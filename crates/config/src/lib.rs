@@ -24,7 +24,7 @@ pub use js_build::{JsBuild, ModuleRule, ModuleType};
 pub use model::{
     AnalyticsBinding, Backend, BackendsConfig, BuildConfig, Config, CronSchedule, D1Binding,
     DEFAULT_LISTEN, DEFAULT_STATE_DIR, KvBinding, Limits, QueueConsumer, QueueProducer, R2Binding,
-    Secret, ServerConfig, ServiceBinding, WorkerConfig,
+    Secret, ServerConfig, ServiceBinding, WorkerConfig, WorkerRun,
 };
 pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};

@@ -308,6 +308,30 @@ pub struct WorkerConfig {
     /// into `component` before loading.
     pub main: Option<PathBuf>,
     pub routes: Vec<RoutePattern>,
+    pub queue_consumers: Vec<QueueConsumer>,
+    /// `triggers.crons`.
+    pub crons: Vec<CronSchedule>,
+    /// How `isola dev` builds the component from its sources.
+    pub build: Option<BuildConfig>,
+    /// How a JavaScript worker (`main`) is bundled: `alias`, `define`,
+    /// `rules`.
+    pub js_build: JsBuild,
+    /// Checked and kept; Isola has one behaviour, not dated ones.
+    pub compatibility_date: Option<String>,
+    /// Checked and kept: Node.js modules (`nodejs_compat`) are always
+    /// available, and no flag changes anything.
+    pub compatibility_flags: Vec<String>,
+    /// What the runtime needs to run the worker; the fields above are the
+    /// front end's (routing, building, triggering).
+    pub run: WorkerRun,
+}
+
+/// What a worker needs to run, and all that the runtime is given of its
+/// configuration: its env (vars, secrets, bindings, services), its limits
+/// and where its requests may go. How it is routed, built and triggered
+/// stays with the front end ([`WorkerConfig`]).
+#[derive(Debug, Clone)]
+pub struct WorkerRun {
     pub vars: BTreeMap<String, String>,
     /// Values from `ISOLA_SECRET_<NAME>` or `.dev.vars` beside the config.
     pub secrets: BTreeMap<String, Secret>,
@@ -316,9 +340,6 @@ pub struct WorkerConfig {
     pub r2_buckets: Vec<R2Binding>,
     pub analytics_engine_datasets: Vec<AnalyticsBinding>,
     pub queue_producers: Vec<QueueProducer>,
-    pub queue_consumers: Vec<QueueConsumer>,
-    /// `triggers.crons`.
-    pub crons: Vec<CronSchedule>,
     /// CPU budget of a scheduled run or a queue batch (`triggers.cpu_ms`);
     /// `limits.cpu_ms` when unset.
     pub trigger_cpu_ms: Option<u64>,
@@ -342,16 +363,30 @@ pub struct WorkerConfig {
     /// once (opt-in throughput, mostly for JS workers, whose instances cost
     /// the most to make); 0 or 1: a fresh instance per request, the default.
     pub instance_reuse: u32,
-    /// How `isola dev` builds the component from its sources.
-    pub build: Option<BuildConfig>,
-    /// How a JavaScript worker (`main`) is bundled: `alias`, `define`,
-    /// `rules`.
-    pub js_build: JsBuild,
-    /// Checked and kept; Isola has one behaviour, not dated ones.
-    pub compatibility_date: Option<String>,
-    /// Checked and kept: Node.js modules (`nodejs_compat`) are always
-    /// available, and no flag changes anything.
-    pub compatibility_flags: Vec<String>,
+}
+
+impl Default for WorkerRun {
+    /// No env, no outbound hosts, default limits, `Server-Timing` on.
+    fn default() -> Self {
+        WorkerRun {
+            vars: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            kv_namespaces: Vec::new(),
+            d1_databases: Vec::new(),
+            r2_buckets: Vec::new(),
+            analytics_engine_datasets: Vec::new(),
+            queue_producers: Vec::new(),
+            trigger_cpu_ms: None,
+            limits: Limits::default(),
+            allowed_outbound_hosts: Vec::new(),
+            outbound_override: None,
+            server_timing: true,
+            fuel_per_ms: None,
+            origin: None,
+            services: Vec::new(),
+            instance_reuse: 0,
+        }
+    }
 }
 
 /// `build = { command = "...", watch = ["src/**/*.rs"], workdir = "." }`:
@@ -377,28 +412,13 @@ impl WorkerConfig {
             component: component.into(),
             main: None,
             routes: Vec::new(),
-            vars: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            kv_namespaces: Vec::new(),
-            d1_databases: Vec::new(),
-            r2_buckets: Vec::new(),
-            analytics_engine_datasets: Vec::new(),
-            queue_producers: Vec::new(),
             queue_consumers: Vec::new(),
             crons: Vec::new(),
-            trigger_cpu_ms: None,
-            limits: Limits::default(),
-            allowed_outbound_hosts: Vec::new(),
-            outbound_override: None,
-            server_timing: true,
-            fuel_per_ms: None,
-            origin: None,
-            services: Vec::new(),
-            instance_reuse: 0,
             build: None,
             js_build: JsBuild::default(),
             compatibility_date: None,
             compatibility_flags: Vec::new(),
+            run: WorkerRun::default(),
         }
     }
 }
@@ -412,8 +432,8 @@ impl Config {
             .unwrap_or_else(|| "worker".into());
         let mut worker = WorkerConfig::new(name, component);
         worker.routes = vec![RoutePattern::parse("/*").expect("valid pattern")];
-        worker.server_timing = server.server_timing;
-        worker.fuel_per_ms = server.fuel_per_ms;
+        worker.run.server_timing = server.server_timing;
+        worker.run.fuel_per_ms = server.fuel_per_ms;
         Config {
             source: PathBuf::from("<command line>"),
             server,

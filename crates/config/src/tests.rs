@@ -54,8 +54,8 @@ fn minimal_config_gets_defaults() {
     let w = &config.workers[0];
     assert_eq!(w.component, f.dir.path().join("app.wasm"));
     assert_eq!(w.routes[0].as_str(), "/*");
-    assert_eq!(w.vars["GREETING"], "hi");
-    assert_eq!(w.limits, Limits::default());
+    assert_eq!(w.run.vars["GREETING"], "hi");
+    assert_eq!(w.run.limits, Limits::default());
 }
 
 #[test]
@@ -194,12 +194,12 @@ fn bindings_and_secrets() {
         .unwrap();
     assert_eq!(config.backends.cache_max_bytes, 8 << 20);
     let w = &config.workers[0];
-    assert_eq!(w.secrets["API_KEY"].expose(), "from-dev-vars");
-    assert_eq!(format!("{:?}", w.secrets), "{\"API_KEY\": [redacted]}");
-    assert_eq!(w.kv_namespaces[0].id, "app-kv");
-    assert_eq!(w.d1_databases[0].database_name, "app");
-    assert_eq!(w.r2_buckets[0].bucket_name, "assets");
-    assert_eq!(w.analytics_engine_datasets[0].dataset, "events");
+    assert_eq!(w.run.secrets["API_KEY"].expose(), "from-dev-vars");
+    assert_eq!(format!("{:?}", w.run.secrets), "{\"API_KEY\": [redacted]}");
+    assert_eq!(w.run.kv_namespaces[0].id, "app-kv");
+    assert_eq!(w.run.d1_databases[0].database_name, "app");
+    assert_eq!(w.run.r2_buckets[0].bucket_name, "assets");
+    assert_eq!(w.run.analytics_engine_datasets[0].dataset, "events");
 }
 
 #[test]
@@ -313,7 +313,7 @@ fn queues_and_triggers() {
         )
         .unwrap();
     let w = &config.workers[0];
-    assert_eq!(w.queue_producers[0].queue, "jobs");
+    assert_eq!(w.run.queue_producers[0].queue, "jobs");
     let c = &w.queue_consumers[0];
     assert_eq!(
         (
@@ -326,7 +326,7 @@ fn queues_and_triggers() {
     );
     assert_eq!(c.dead_letter_queue.as_deref(), Some("jobs-dlq"));
     assert_eq!(w.crons.len(), 2);
-    assert_eq!(w.trigger_cpu_ms, Some(500));
+    assert_eq!(w.run.trigger_cpu_ms, Some(500));
 
     let worker = "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\n";
     assert_eq!(

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::Body;
+use crate::body::Body;
 
 /// Gather at most this much before streaming the rest.
 const MAX_GATHERED: usize = 64 * 1024;
@@ -102,7 +102,7 @@ fn complete(frames: VecDeque<Frame<Bytes>>, size: usize) -> Body {
     }
     let data = data.freeze();
     match trailers {
-        None => crate::full_body(data),
+        None => crate::body::full_body(data),
         Some(trailers) => {
             let frames = [Ok(Frame::data(data)), Ok(Frame::trailers(trailers))];
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()

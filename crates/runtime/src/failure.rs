@@ -2,7 +2,11 @@
 
 use wasmtime::Trap;
 
-use crate::{Body, ERROR_HEADER, RequestId, full_body};
+use crate::body::{Body, full_body};
+use crate::request::RequestId;
+
+/// Header naming the reason of a response the host made for a failed request.
+pub const ERROR_HEADER: &str = "x-isola-error";
 
 /// How a request failed, as the client and the log see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +26,28 @@ pub enum Failure {
     /// The guest failed after a binding call met a failing backend (a
     /// store that is down): the guest did not handle the `backend` error.
     Backend,
+}
+
+/// A limit that can end a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `cpu_ms`: fuel, or the thread CPU time backstop.
+    Cpu,
+    /// `wall_ms`: the epoch deadline and the host-side timeout.
+    Wall,
+    /// `memory_mb`.
+    Memory,
+}
+
+impl Limit {
+    /// As the log, the metrics and `x-isola-error` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu-limit",
+            Limit::Wall => "wall-limit",
+            Limit::Memory => "memory-limit",
+        }
+    }
 }
 
 impl Failure {
@@ -60,13 +86,14 @@ impl Failure {
         }
     }
 
-    /// Is this one of the limits (rather than a guest fault)?
-    pub fn limit(self) -> Option<&'static str> {
-        matches!(
-            self,
-            Failure::CpuLimit | Failure::WallLimit | Failure::MemoryLimit
-        )
-        .then(|| self.reason())
+    /// The limit this failure is, if it is one (rather than a fault).
+    pub fn limit(self) -> Option<Limit> {
+        match self {
+            Failure::CpuLimit => Some(Limit::Cpu),
+            Failure::WallLimit => Some(Limit::Wall),
+            Failure::MemoryLimit => Some(Limit::Memory),
+            _ => None,
+        }
     }
 
     /// The response the client gets: a short body, the reason and the id.

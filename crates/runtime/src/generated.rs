@@ -1,5 +1,6 @@
 //! Host bindings of the `isola:worker` imports (the `imports` world), with
-//! each WIT resource mapped to its host type in `resources`.
+//! each WIT resource mapped to its host type in `host::handles`; and of the
+//! optional handlers' worlds, which the runtime calls.
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -17,14 +18,32 @@ wasmtime::component::bindgen!({
         "isola:worker/queue": async | trappable,
     },
     with: {
-        "isola:worker/kv.namespace": crate::resources::KvHandle,
-        "isola:worker/sql.database": crate::resources::SqlHandle,
-        "isola:worker/blob.bucket": crate::resources::BucketHandle,
-        "isola:worker/blob.body": crate::resources::BodyHandle,
-        "isola:worker/blob.upload": crate::resources::UploadHandle,
-        "isola:worker/cache.cache": crate::resources::CacheHandle,
-        "isola:worker/analytics.dataset": crate::resources::DatasetHandle,
-        "isola:worker/queue.producer": crate::resources::ProducerHandle,
+        "isola:worker/kv.namespace": crate::host::handles::KvHandle,
+        "isola:worker/sql.database": crate::host::handles::SqlHandle,
+        "isola:worker/blob.bucket": crate::host::handles::BucketHandle,
+        "isola:worker/blob.body": crate::host::handles::BodyHandle,
+        "isola:worker/blob.upload": crate::host::handles::UploadHandle,
+        "isola:worker/cache.cache": crate::host::handles::CacheHandle,
+        "isola:worker/analytics.dataset": crate::host::handles::DatasetHandle,
+        "isola:worker/queue.producer": crate::host::handles::ProducerHandle,
     },
     require_store_data_send: true,
 });
+
+/// The `scheduled` handler's world (cron triggers).
+pub(crate) mod scheduled_world {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "isola:worker/scheduled-handler",
+        exports: { default: async },
+    });
+}
+
+/// The `queue` handler's world (queue consumers).
+pub(crate) mod queue_world {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "isola:worker/queue-handler",
+        exports: { default: async },
+    });
+}

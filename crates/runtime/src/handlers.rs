@@ -6,16 +6,12 @@
 //! but inside wasm. So the host asks, once per load, in a fresh instance
 //! under the worker's limits, and offers only what the answer names.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
-use isola_config::WorkerConfig;
-
+use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use crate::outbound::Subrequests;
 use crate::state::HostState;
-use crate::{LoadError, RequestId, RequestInfo, Worker, services};
 
 mod handlers_world {
     wasmtime::component::bindgen!({
@@ -27,70 +23,23 @@ mod handlers_world {
 
 use handlers_world::HandlersExportPre;
 
-/// Settle which handlers `worker` offers: those its component exports,
-/// narrowed to what it says it implements when it answers
-/// `isola:worker/handlers`. A config that needs a handler the worker lacks
-/// (crons, queue consumers) is refused here, at load.
-pub(crate) fn settle(
-    worker: &mut Worker,
-    pre: &InstancePre<HostState>,
-    config: &WorkerConfig,
-    path: &Path,
-) -> Result<(), LoadError> {
-    let path_text = || path.display().to_string();
-    if let Some(implemented) =
-        implemented(worker, pre).map_err(|reason| LoadError::HandlersQuestion {
-            path: path_text(),
-            reason,
-        })?
-    {
-        let implements = |name: &str| implemented.iter().any(|n| n == name);
-        for (handler, wanted) in [
-            ("scheduled", !config.crons.is_empty()),
-            ("queue", !config.queue_consumers.is_empty()),
-        ] {
-            if wanted && !implements(handler) {
-                return Err(LoadError::NotImplemented {
-                    path: path_text(),
-                    handler,
-                    reason: if handler == "scheduled" {
-                        format!("worker `{}` has `triggers.crons`", config.name)
-                    } else {
-                        format!("worker `{}` consumes queues", config.name)
-                    },
-                });
-            }
-        }
-        let inner = Arc::get_mut(&mut worker.inner).expect("the worker is not shared yet");
-        if !implements("scheduled") {
-            inner.scheduled = None;
-        }
-        if !implements("queue") {
-            inner.queue = None;
-        }
-    }
-    if !config.crons.is_empty() && worker.inner.scheduled.is_none() {
-        return Err(LoadError::MissingHandler {
-            path: path_text(),
-            handler: "scheduled",
-            reason: format!("worker `{}` has `triggers.crons`", config.name),
-        });
-    }
-    if !config.queue_consumers.is_empty() && worker.inner.queue.is_none() {
-        return Err(LoadError::MissingHandler {
-            path: path_text(),
-            handler: "queue-consumer",
-            reason: format!("worker `{}` consumes queues", config.name),
-        });
-    }
-    Ok(())
+/// A handler besides `fetch` that a worker may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `scheduled`, for cron triggers.
+    Scheduled,
+    /// `queue`, for queue consumers.
+    Queue,
 }
 
 /// The handlers a component says it implements, or `None` when it does not
-/// export `isola:worker/handlers` (then its exports say it all).
-fn implemented(
-    worker: &Worker,
+/// export `isola:worker/handlers` (then its exports say it all). The
+/// question runs in the store `fresh_store` makes (a fresh one, the
+/// worker's limits armed), and is given `wall` to answer.
+pub(crate) fn implemented(
     pre: &InstancePre<HostState>,
+    fresh_store: impl FnOnce() -> Result<Store<HostState>, String> + Send,
+    wall: Duration,
 ) -> Result<Option<Vec<String>>, String> {
     let Ok(pre) = HandlersExportPre::new(pre.clone()) else {
         return Ok(None);
@@ -105,7 +54,7 @@ fn implemented(
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start a runtime: {e}"))?;
-                runtime.block_on(ask(worker, pre))
+                runtime.block_on(ask(pre, fresh_store()?, wall))
             })
             .join()
             .unwrap_or_else(|_| Err("the question panicked".to_owned()))
@@ -113,26 +62,11 @@ fn implemented(
     .map(Some)
 }
 
-async fn ask(worker: &Worker, pre: HandlersExportPre<HostState>) -> Result<Vec<String>, String> {
-    let inner = &worker.inner;
-    let request_id = RequestId::generate();
-    let services = services::ServiceCalls {
-        services: std::sync::Weak::new(),
-        bindings: Arc::default(),
-        depth: 0,
-        locals: Arc::default(),
-        request_id,
-        info: RequestInfo::default(),
-    };
-    // No subrequests: answering needs none.
-    let subrequests = Subrequests {
-        used: Arc::default(),
-        budget: 0,
-        backend_failed: Arc::default(),
-    };
-    let mut store = worker
-        .new_store(services, subrequests, inner.fuel)
-        .map_err(|e| e.cause)?;
+async fn ask(
+    pre: HandlersExportPre<HostState>,
+    mut store: Store<HostState>,
+    wall: Duration,
+) -> Result<Vec<String>, String> {
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
@@ -140,9 +74,9 @@ async fn ask(worker: &Worker, pre: HandlersExportPre<HostState>) -> Result<Vec<S
             .call_implemented(&mut store)
             .await
     };
-    match tokio::time::timeout(inner.wall, call).await {
+    match tokio::time::timeout(wall, call).await {
         Ok(Ok(names)) => Ok(names),
         Ok(Err(trap)) => Err(format!("{trap:#}")),
-        Err(_) => Err(format!("no answer within wall_ms ({:?})", inner.wall)),
+        Err(_) => Err(format!("no answer within wall_ms ({wall:?})")),
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error, WasiBody};
 
-use crate::Body;
+use crate::body::Body;
 
 /// Largest request body kept for a pass-through replay.
 pub const REPLAY_BUFFER_LIMIT: u64 = 1 << 20;

@@ -1,5 +1,7 @@
-//! Per-request accounting: CPU time, fuel, subrequests, the limit hit, and
-//! the one access-log line written when the request is completely done.
+//! Per-run accounting: CPU time, fuel, subrequests, the limit hit; and the
+//! run's [`Outcome`], told when the run is completely done (its response
+//! streamed, its waitUntil work finished) to the access log, the worker's
+//! [`Observer`] and whoever holds the [`PendingOutcome`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,19 +10,73 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::{Failure, GuestError};
+use crate::failure::{Failure, GuestError, Limit};
+use crate::request::RequestId;
+
+/// How one run of a worker went: a request, a service-binding call, a cron
+/// firing or a queue batch. Final: it is made when the guest is done.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub worker: Arc<str>,
+    pub request_id: RequestId,
+    /// The request's method; `SCHEDULED` or `QUEUE` for trigger runs.
+    pub method: http::Method,
+    /// The request's path; the cron or the queue for trigger runs.
+    pub path: String,
+    pub client: Option<std::net::SocketAddr>,
+    /// The status sent; `None` when no response was sent.
+    pub status: Option<u16>,
+    /// Why the host answered (or cut the guest off) instead of the guest.
+    pub failure: Option<Failure>,
+    /// The limit that ended the run, if one did.
+    pub limit: Option<Limit>,
+    /// Thread CPU time spent running the guest (and host code on its
+    /// behalf), instantiation and the instance's drop included.
+    pub cpu: Duration,
+    pub wall: Duration,
+    /// Time spent making the instance; zero for a reused one.
+    pub instantiate: Duration,
+    /// Time spent dropping the store and instance after the handler
+    /// returned (off the response's path); zero for a kept instance.
+    pub drop: Duration,
+    /// Fuel the guest consumed (0 when fuel is off).
+    pub fuel: u64,
+    /// Outbound fetches, service calls and binding calls made.
+    pub subrequests: u32,
+}
+
+/// Hears of every finished run of a worker (see [`Outcome`]), on the thread
+/// that finished it: keep it quick. The server's metrics and `isola tail`
+/// are fed this way.
+pub trait Observer: Send + Sync {
+    fn finished(&self, outcome: &Outcome);
+}
+
+/// A run's [`Outcome`], which arrives once the run is done: after the
+/// response body has been read (or dropped) and waitUntil work has ended.
+pub struct PendingOutcome(tokio::sync::oneshot::Receiver<Outcome>);
+
+impl Future for PendingOutcome {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|sent| sent.expect("a run's report always sends its outcome"))
+    }
+}
 
 /// Shared by the request path and the guest task; whichever lets go last
-/// writes the access line, so it covers work done after the response too.
+/// ends the run: it makes the [`Outcome`] and tells it.
 pub(crate) struct Report {
     pub worker: Arc<str>,
-    pub request_id: Arc<str>,
+    pub request_id: RequestId,
     pub method: http::Method,
     pub path: String,
     pub client: Option<std::net::SocketAddr>,
     pub started: Instant,
     /// Thread CPU time spent running the guest, in nanoseconds.
-    pub cpu_ns: AtomicU64,
+    pub cpu_ns: Arc<AtomicU64>,
     /// Time spent making the instance (store set up excluded), in
     /// nanoseconds; 0 when no instance was made.
     pub instantiate_ns: AtomicU64,
@@ -30,24 +86,28 @@ pub(crate) struct Report {
     pub subrequests: Arc<AtomicU32>,
     /// A binding call got a `backend` error (see [`Failure::Backend`]).
     pub backend_failed: Arc<std::sync::atomic::AtomicBool>,
-    pub outcome: Mutex<Outcome>,
+    pub outcome: Mutex<Settled>,
+    observer: Option<Arc<dyn Observer>>,
+    pending: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
 }
 
+/// What is settled as the run goes.
 #[derive(Default)]
-pub(crate) struct Outcome {
+pub(crate) struct Settled {
     pub status: Option<u16>,
     pub fuel_used: u64,
-    pub limit: Option<&'static str>,
+    pub failure: Option<Failure>,
 }
 
 impl Report {
     /// A run starting now; nothing spent yet.
     pub fn new(
         worker: Arc<str>,
-        request_id: Arc<str>,
+        request_id: RequestId,
         method: http::Method,
         path: String,
         client: Option<std::net::SocketAddr>,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Arc<Report> {
         Arc::new(Report {
             worker,
@@ -56,13 +116,22 @@ impl Report {
             path,
             client,
             started: Instant::now(),
-            cpu_ns: AtomicU64::new(0),
+            cpu_ns: Arc::default(),
             instantiate_ns: AtomicU64::new(0),
             drop_ns: AtomicU64::new(0),
             subrequests: Arc::default(),
             backend_failed: Arc::default(),
-            outcome: Mutex::new(Outcome::default()),
+            outcome: Mutex::new(Settled::default()),
+            observer,
+            pending: Mutex::new(None),
         })
+    }
+
+    /// The outcome of this run, once it is done.
+    pub fn pending(&self) -> PendingOutcome {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        *self.pending.lock().expect("report lock") = Some(sender);
+        PendingOutcome(receiver)
     }
 
     pub fn cpu_ms(&self) -> f64 {
@@ -76,12 +145,17 @@ impl Report {
     pub fn set_status(&self, status: u16) {
         self.outcome.lock().expect("report lock").status = Some(status);
     }
+
+    /// The run failed with `failure` (the host answered for the guest, or
+    /// cut it off after it answered).
+    pub fn set_failure(&self, failure: Failure) {
+        self.outcome.lock().expect("report lock").failure = Some(failure);
+    }
 }
 
-/// Milliseconds to the microsecond, as a number: the log shows `0.057`,
-/// and the metrics read it without parsing text back.
-fn millis(nanos: f64) -> f64 {
-    (nanos / 1e3).round() / 1e3
+/// Milliseconds to the microsecond, as a number: the log shows `0.057`.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_nanos() as f64 / 1e3).round() / 1e3
 }
 
 /// A client address as the log shows it: `-` when unknown.
@@ -98,24 +172,46 @@ impl std::fmt::Display for Client {
 
 impl Drop for Report {
     fn drop(&mut self) {
-        let wall_ns = self.started.elapsed().as_nanos() as f64;
-        let outcome = self.outcome.get_mut().expect("report lock");
+        let settled = std::mem::take(self.outcome.get_mut().expect("report lock"));
+        let nanos = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed));
+        let outcome = Outcome {
+            worker: self.worker.clone(),
+            request_id: self.request_id.clone(),
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            client: self.client,
+            status: settled.status,
+            failure: settled.failure,
+            limit: settled.failure.and_then(Failure::limit),
+            cpu: nanos(&self.cpu_ns),
+            wall: self.started.elapsed(),
+            instantiate: nanos(&self.instantiate_ns),
+            drop: nanos(&self.drop_ns),
+            fuel: settled.fuel_used,
+            subrequests: self.subrequests.load(Ordering::Relaxed),
+        };
         tracing::info!(
             target: "isola::access",
-            request_id = %self.request_id,
-            worker = %self.worker,
-            client = %Client(self.client),
-            method = %self.method,
-            path = %self.path,
+            request_id = %outcome.request_id,
+            worker = %outcome.worker,
+            client = %Client(outcome.client),
+            method = %outcome.method,
+            path = %outcome.path,
             status = outcome.status.unwrap_or(0),
-            cpu_ms = millis(self.cpu_ns.load(Ordering::Relaxed) as f64),
-            wall_ms = millis(wall_ns),
-            instantiate_ms = millis(self.instantiate_ns.load(Ordering::Relaxed) as f64),
-            fuel = outcome.fuel_used,
-            subrequests = self.subrequests.load(Ordering::Relaxed),
-            limit = %outcome.limit.unwrap_or("none"),
+            cpu_ms = millis(outcome.cpu),
+            wall_ms = millis(outcome.wall),
+            instantiate_ms = millis(outcome.instantiate),
+            fuel = outcome.fuel,
+            subrequests = outcome.subrequests,
+            limit = %outcome.limit.map_or("none", Limit::as_str),
             "request"
         );
+        if let Some(observer) = &self.observer {
+            observer.finished(&outcome);
+        }
+        if let Some(sender) = self.pending.get_mut().expect("report lock").take() {
+            let _ = sender.send(outcome);
+        }
     }
 }
 
@@ -139,15 +235,16 @@ impl Drop for Report {
 /// time its thread waited to run, and an e2e upload hit `cpu-limit`.
 pub(crate) struct CpuTimed<F> {
     inner: Option<Pin<Box<F>>>,
-    report: Arc<Report>,
+    /// The run's CPU time so far, in nanoseconds.
+    cpu_ns: Arc<AtomicU64>,
     limit_ns: u64,
 }
 
 impl<F> CpuTimed<F> {
-    pub fn new(inner: F, report: Arc<Report>, limit: std::time::Duration) -> Self {
+    pub fn new(inner: F, cpu_ns: Arc<AtomicU64>, limit: std::time::Duration) -> Self {
         CpuTimed {
             inner: Some(Box::pin(inner)),
-            report,
+            cpu_ns,
             limit_ns: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
         }
     }
@@ -170,7 +267,7 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
         } else {
             thread_cpu_ns().saturating_sub(before)
         };
-        let total = self.report.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
+        let total = self.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
         if result.is_pending() && total > self.limit_ns {
             // Dropping the guest drops its store and instance.
             self.inner = None;
@@ -188,18 +285,18 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
 }
 
 /// Run `guest` under the wall-clock limit (which also bounds host-side
-/// waits) and the CPU-time backstop, accounting its CPU time in `report`.
+/// waits) and the CPU-time backstop, accounting its CPU time in `cpu_ns`.
 ///
 /// `guest` is boxed here, before the returned future is spawned: a task
 /// holding it unboxed would be memcpy'd whole when spawned and when it
 /// stores its output (~1.5% of a hello request's server CPU).
 pub(crate) fn within_limits<T>(
     guest: impl Future<Output = Result<T, GuestError>>,
-    report: Arc<Report>,
+    cpu_ns: Arc<AtomicU64>,
     wall: std::time::Duration,
     cpu_limit: std::time::Duration,
 ) -> impl Future<Output = Result<T, GuestError>> {
-    let limited = tokio::time::timeout(wall, CpuTimed::new(guest, report, cpu_limit));
+    let limited = tokio::time::timeout(wall, CpuTimed::new(guest, cpu_ns, cpu_limit));
     async move {
         match limited.await {
             Ok(result) => result,
@@ -224,8 +321,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn report() -> Arc<Report> {
-        Report::new("w".into(), "id".into(), http::Method::GET, "/".into(), None)
+    fn counter() -> Arc<AtomicU64> {
+        Arc::default()
     }
 
     /// A guest that spends `polls` polls blocked (no CPU) for `each`.
@@ -252,25 +349,25 @@ mod tests {
     async fn time_blocked_inside_a_poll_is_not_cpu_time() {
         // 10 × 5 ms blocked: wall-time counting would see 50 ms and cut it
         // off at the 20 ms limit; the thread CPU clock sees almost nothing.
-        let report = report();
+        let cpu_ns = counter();
         let timed = CpuTimed::new(
             blocked(10, Duration::from_millis(5)),
-            report.clone(),
+            cpu_ns.clone(),
             Duration::from_millis(20),
         );
         assert!(timed.await.is_ok());
-        let counted = Duration::from_nanos(report.cpu_ns.load(Ordering::Relaxed));
+        let counted = Duration::from_nanos(cpu_ns.load(Ordering::Relaxed));
         assert!(counted < Duration::from_millis(5), "{counted:?}");
     }
 
     /// A guest spinning `each` per poll is cut off at a 20 ms CPU limit,
     /// with more than 20 ms counted.
     async fn assert_spinning_is_cut_off(each: Duration) {
-        let report = report();
-        let timed = CpuTimed::new(spinning(each), report.clone(), Duration::from_millis(20));
+        let cpu_ns = counter();
+        let timed = CpuTimed::new(spinning(each), cpu_ns.clone(), Duration::from_millis(20));
         let error = timed.await.expect_err("cut off");
         assert_eq!(error.failure, Failure::CpuLimit);
-        let counted = Duration::from_nanos(report.cpu_ns.load(Ordering::Relaxed));
+        let counted = Duration::from_nanos(cpu_ns.load(Ordering::Relaxed));
         assert!(counted > Duration::from_millis(20), "{counted:?}");
     }
 
@@ -284,41 +381,5 @@ mod tests {
         // Polls well under SHORT_POLL are charged their wall time: many of
         // them still add up to the limit.
         assert_spinning_is_cut_off(Duration::from_micros(20)).await;
-    }
-}
-
-/// What a request cost, read from a response's extensions. CPU time and
-/// fuel are final once the guest is done (the body fully read).
-#[derive(Clone)]
-pub struct RequestStats(pub(crate) Arc<Report>);
-
-impl RequestStats {
-    /// Thread CPU time spent running the guest.
-    pub fn cpu_time(&self) -> Duration {
-        Duration::from_nanos(self.0.cpu_ns.load(Ordering::Relaxed))
-    }
-
-    /// Time spent instantiating the component (zero for a reused
-    /// instance).
-    pub fn instantiate_time(&self) -> Duration {
-        Duration::from_nanos(self.0.instantiate_ns.load(Ordering::Relaxed))
-    }
-
-    /// Time spent dropping the request's store and instance, after the
-    /// handler returned (zero for an instance kept by `instance_reuse`).
-    /// It is part of [`cpu_time`](Self::cpu_time), but off the response's
-    /// critical path: the guest task drops the store after responding.
-    pub fn drop_time(&self) -> Duration {
-        Duration::from_nanos(self.0.drop_ns.load(Ordering::Relaxed))
-    }
-
-    /// Fuel the guest consumed (0 when fuel is off).
-    pub fn fuel_used(&self) -> u64 {
-        self.0.outcome.lock().expect("report lock").fuel_used
-    }
-
-    /// Outbound fetches and binding calls made.
-    pub fn subrequests(&self) -> u32 {
-        self.0.subrequests.load(Ordering::Relaxed)
     }
 }

@@ -1,70 +1,111 @@
-//! The per-request store data: WASI contexts and the `isola:worker` imports.
+//! The data of a run's `Store`: WASI contexts, outbound HTTP, the memory
+//! limiter and the `isola:worker` capabilities (`host`). [`RunState`] is
+//! what every run has; a worker request adds its request context
+//! ([`HostState`]), a plugin call the embedder's data
+//! ([`crate::plugin::PluginState`]).
 
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::RequestInfo;
+use isola_backends::Backends;
+use isola_config::WorkerRun;
+
+use crate::load_error::LoadError;
 use crate::services::ServiceCalls;
+use crate::source_map::SourceMap;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
 
 use crate::guest_log::{GuestLog, Stream};
+use crate::host::ctx::{AbortReports, RequestCtx};
+use crate::host::{Capabilities, HostView, View};
 use crate::outbound::{OutboundPolicy, Subrequests};
 
-use crate::generated::isola::worker::{ctx, env, request_info};
-
-/// What a worker's requests share, built once at load time.
+/// What a worker's (or plugin's) runs share, built once at load time.
 pub(crate) struct WorkerShared {
     pub name: Arc<str>,
-    /// Vars and secrets: what `env.var` answers.
-    pub vars: BTreeMap<String, String>,
-    /// `vars` and secrets as WASI environment variables, so `std::env::var`
+    /// Vars and secrets as WASI environment variables, so `std::env::var`
     /// works too.
     pub environment: Vec<(String, String)>,
-    /// Secret values, masked in guest log lines.
-    pub secret_values: Arc<[String]>,
-    pub bindings: crate::resources::WorkerBindings,
-    /// Every name of the worker's `env` and what it is (`env.bindings`).
-    pub env_names: Vec<env::Binding>,
+    pub capabilities: Capabilities,
     pub outbound: Arc<OutboundPolicy>,
     /// Largest linear memory, in bytes.
     pub memory_limit: usize,
-    /// The JavaScript bundle's source map (`<component>.map`), read once at
-    /// load: guest log lines name original positions with it.
-    pub source_map: Option<Arc<crate::source_map::SourceMap>>,
+    /// How guest log lines and uncaught exceptions are told: secret values
+    /// masked, JavaScript positions mapped through the bundle's source map
+    /// (`<component>.map`, read once at load).
+    pub reports: AbortReports,
 }
 
-/// The data of one request's `Store`.
-pub(crate) struct HostState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    pub(crate) table: ResourceTable,
-    hooks: IsolaHttpHooks,
-    pub(crate) shared: Arc<WorkerShared>,
-    request_id: Arc<str>,
+impl WorkerShared {
+    /// What the runs of worker (or plugin) `name` share, from its
+    /// configuration `run`; `component` is where source maps are looked for
+    /// and what errors name.
+    pub fn new(
+        name: &str,
+        run: &WorkerRun,
+        backends: &Backends,
+        component: &Path,
+    ) -> Result<Self, LoadError> {
+        let capabilities =
+            Capabilities::new(name, run, backends).map_err(|e| LoadError::Bindings {
+                worker: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(WorkerShared {
+            name: name.into(),
+            environment: capabilities
+                .env
+                .vars()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            capabilities,
+            outbound: Arc::new(OutboundPolicy {
+                rules: run.allowed_outbound_hosts.clone(),
+                override_authority: run.outbound_override.clone(),
+            }),
+            memory_limit: usize::try_from(run.limits.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            reports: AbortReports {
+                source_map: SourceMap::beside(component),
+                secrets: run
+                    .secrets
+                    .values()
+                    .map(|s| s.expose().to_owned())
+                    .collect(),
+            },
+        })
+    }
+}
+
+/// What every run's store holds.
+pub(crate) struct RunState {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+    pub hooks: IsolaHttpHooks,
+    pub shared: Arc<WorkerShared>,
     /// What the guest's stdout and stderr lines are tagged with.
     log_request_id: Arc<std::sync::RwLock<Arc<str>>>,
-    info: RequestInfo,
-    pub pass_through_on_exception: bool,
     /// Set when the guest asked for more memory than its limit.
     pub memory_limit_hit: bool,
 }
 
-impl HostState {
+impl RunState {
     pub fn new(
         shared: Arc<WorkerShared>,
         subrequests: Subrequests,
         services: ServiceCalls,
     ) -> Self {
-        let request_id = services.request_id.0.clone();
-        let log_request_id = Arc::new(std::sync::RwLock::new(request_id.clone()));
+        let log_request_id = Arc::new(std::sync::RwLock::new(services.request_id.0.clone()));
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
             request_id: log_request_id.clone(),
-            secrets: shared.secret_values.clone(),
-            source_map: shared.source_map.clone(),
+            secrets: shared.reports.secrets.clone(),
+            source_map: shared.reports.source_map.clone(),
             stream,
         };
         // No preopened directories, no inherited environment, no network:
@@ -74,94 +115,174 @@ impl HostState {
             .stdout(log(Stream::Stdout))
             .stderr(log(Stream::Stderr))
             .build();
-        HostState {
+        RunState {
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            info: services.info.clone(),
             hooks: IsolaHttpHooks {
                 policy: shared.outbound.clone(),
                 subrequests,
                 services,
             },
             shared,
-            request_id,
             log_request_id,
-            pass_through_on_exception: false,
             memory_limit_hit: false,
+        }
+    }
+
+    /// Point a reused instance at its next run: its id, its subrequest
+    /// budget and service calls are that run's; nothing of the last one
+    /// remains on the host side.
+    pub fn begin(&mut self, subrequests: Subrequests, services: ServiceCalls) {
+        *self.log_request_id.write().expect("request id lock") = services.request_id.0.clone();
+        self.hooks.subrequests = subrequests;
+        self.hooks.services = services;
+        self.memory_limit_hit = false;
+    }
+
+    /// The memory limiter's answer to a guest growing to `desired` bytes.
+    pub fn memory_growing(&mut self, desired: usize) -> bool {
+        if desired > self.shared.memory_limit {
+            self.memory_limit_hit = true;
+            return false;
+        }
+        true
+    }
+
+    /// Each table element costs a pointer; tables are held to the same
+    /// budget as memory.
+    pub fn table_growing(&self, desired: usize) -> bool {
+        desired.saturating_mul(std::mem::size_of::<usize>()) <= self.shared.memory_limit
+    }
+}
+
+/// The data of one worker request's `Store`.
+pub(crate) struct HostState {
+    pub run: RunState,
+    pub request: RequestCtx,
+}
+
+impl HostState {
+    pub fn new(
+        shared: Arc<WorkerShared>,
+        subrequests: Subrequests,
+        services: ServiceCalls,
+    ) -> Self {
+        let request = request_ctx(&shared, &services);
+        HostState {
+            run: RunState::new(shared, subrequests, services),
+            request,
         }
     }
 
     /// Point a reused instance's host state at its next request: what the
     /// guest sees of the request (id, info, locals) and what it is charged
-    /// (subrequests) are that request's; nothing of the last one remains
-    /// on the host side.
+    /// (subrequests) are that request's.
     pub fn begin_request(&mut self, subrequests: Subrequests, services: ServiceCalls) {
-        self.request_id = services.request_id.0.clone();
-        *self.log_request_id.write().expect("request id lock") = self.request_id.clone();
-        self.info = services.info.clone();
-        self.hooks.subrequests = subrequests;
-        self.hooks.services = services;
-        self.pass_through_on_exception = false;
-        self.memory_limit_hit = false;
+        self.request = request_ctx(&self.run.shared, &services);
+        self.run.begin(subrequests, services);
     }
 }
 
-impl HostState {
-    pub(crate) fn subrequests(&self) -> &Subrequests {
-        &self.hooks.subrequests
+/// The request context of a run making `services`' calls.
+fn request_ctx(shared: &WorkerShared, services: &ServiceCalls) -> RequestCtx {
+    RequestCtx {
+        request_id: services.request_id.0.clone(),
+        info: services.info.clone(),
+        locals: services.locals.clone(),
+        pass_through: Default::default(),
+        reports: shared.reports.clone(),
     }
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
+/// For store data with a `run: RunState` field: WASI, `wasi:http`, the
+/// memory limiter, and each capability's view (its context, this store's
+/// table, this run's subrequest budget).
+macro_rules! run_state_views {
+    ([$($generics:tt)*] $data:ty) => {
+        impl<$($generics)*> wasmtime_wasi::WasiView for $data {
+            fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+                wasmtime_wasi::WasiCtxView {
+                    ctx: &mut self.run.wasi,
+                    table: &mut self.run.table,
+                }
+            }
         }
-    }
-}
 
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
+        impl<$($generics)*> wasmtime_wasi_http::WasiHttpView for $data {
+            fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+                wasmtime_wasi_http::WasiHttpCtxView {
+                    ctx: &mut self.run.http,
+                    table: &mut self.run.table,
+                    hooks: &mut self.run.hooks,
+                }
+            }
         }
-    }
-}
 
-impl wasmtime::ResourceLimiter for HostState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.shared.memory_limit {
-            self.memory_limit_hit = true;
-            return Ok(false);
+        impl<$($generics)*> wasmtime::ResourceLimiter for $data {
+            fn memory_growing(
+                &mut self,
+                _current: usize,
+                desired: usize,
+                _maximum: Option<usize>,
+            ) -> wasmtime::Result<bool> {
+                Ok(self.run.memory_growing(desired))
+            }
+
+            fn table_growing(
+                &mut self,
+                _current: usize,
+                desired: usize,
+                _maximum: Option<usize>,
+            ) -> wasmtime::Result<bool> {
+                Ok(self.run.table_growing(desired))
+            }
         }
-        Ok(true)
-    }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Each table element costs a pointer; hold tables to the same budget.
-        Ok(desired.saturating_mul(std::mem::size_of::<usize>()) <= self.shared.memory_limit)
+        $crate::state::run_state_views!(@caps [$($generics)*] $data;
+            $crate::host::env::EnvCtx => env,
+            $crate::host::kv::KvCtx => kv,
+            $crate::host::sql::SqlCtx => sql,
+            $crate::host::blob::BlobCtx => blob,
+            $crate::host::cache::CacheCtx => cache,
+            $crate::host::analytics::AnalyticsCtx => analytics,
+            $crate::host::queue::QueueCtx => queue,
+        );
+    };
+    (@caps $generics:tt $data:ty; $($ctx:ty => $field:ident),* $(,)?) => {$(
+        $crate::state::run_state_views!(@cap $generics $data; $ctx => $field);
+    )*};
+    (@cap [$($generics:tt)*] $data:ty; $ctx:ty => $field:ident) => {
+        impl<$($generics)*> $crate::host::HostView<$ctx> for $data {
+            fn view(&mut self) -> $crate::host::View<'_, $ctx> {
+                $crate::host::View {
+                    ctx: &self.run.shared.capabilities.$field,
+                    table: &mut self.run.table,
+                    meter: &self.run.hooks.subrequests,
+                }
+            }
+        }
+    };
+}
+pub(crate) use run_state_views;
+
+run_state_views!([] HostState);
+
+impl HostView<RequestCtx> for HostState {
+    fn view(&mut self) -> View<'_, RequestCtx> {
+        View {
+            ctx: &self.request,
+            table: &mut self.run.table,
+            meter: &self.run.hooks.subrequests,
+        }
     }
 }
 
 /// Outbound HTTP goes through the worker's allow-list and the request's
 /// subrequest budget; a worker granted no hosts reaches nothing.
-struct IsolaHttpHooks {
+pub(crate) struct IsolaHttpHooks {
     policy: Arc<OutboundPolicy>,
-    subrequests: Subrequests,
+    pub subrequests: Subrequests,
     services: ServiceCalls,
 }
 
@@ -187,124 +308,4 @@ impl WasiHttpHooks for IsolaHttpHooks {
             options,
         ))
     }
-}
-
-impl ctx::Host for HostState {
-    fn request_id(&mut self) -> String {
-        self.request_id.to_string()
-    }
-
-    fn pass_through_on_exception(&mut self) {
-        self.pass_through_on_exception = true;
-    }
-
-    fn abort(&mut self, message: String) -> wasmtime::Result<()> {
-        // The message carries the uncaught exception's stack: its frames
-        // name original positions, as guest log lines do.
-        let message = match &self.shared.source_map {
-            Some(map) => map.rewrite_cow(&message),
-            None => std::borrow::Cow::Borrowed(message.as_str()),
-        };
-        Err(wasmtime::Error::msg(crate::guest_log::mask_secrets(
-            &message,
-            &self.shared.secret_values,
-        )))
-    }
-
-    fn get_local(&mut self, key: String) -> Option<String> {
-        self.hooks
-            .services
-            .locals
-            .lock()
-            .expect("locals lock")
-            .get(&key)
-            .cloned()
-    }
-
-    fn set_local(&mut self, key: String, value: String) {
-        self.hooks
-            .services
-            .locals
-            .lock()
-            .expect("locals lock")
-            .insert(key, value);
-    }
-}
-
-impl request_info::Host for HostState {
-    fn get(&mut self) -> request_info::Info {
-        request_info::Info {
-            client_address: self.info.client_address.map(|ip| ip.to_string()),
-            protocol: self.info.protocol.clone(),
-            tls_version: self.info.tls_version.clone(),
-            request_id: self.request_id.to_string(),
-            colo: self.info.colo.clone(),
-            country: self.info.country.clone(),
-        }
-    }
-}
-
-impl env::Host for HostState {
-    fn var(&mut self, name: String) -> Option<String> {
-        self.shared.vars.get(&name).cloned()
-    }
-
-    fn bindings(&mut self) -> Vec<env::Binding> {
-        self.shared.env_names.clone()
-    }
-}
-
-/// The names of a worker's `env`, as `env.bindings` lists them.
-pub(crate) fn env_names(config: &isola_config::WorkerConfig) -> Vec<env::Binding> {
-    use env::BindingKind as Kind;
-    let named = |kind: Kind| move |name: &String| (name.clone(), kind);
-    let mut names: Vec<(String, Kind)> = Vec::new();
-    names.extend(config.vars.keys().map(named(Kind::Var)));
-    names.extend(config.secrets.keys().map(named(Kind::Secret)));
-    names.extend(
-        config
-            .kv_namespaces
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Kv)),
-    );
-    names.extend(
-        config
-            .d1_databases
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Sql)),
-    );
-    names.extend(
-        config
-            .r2_buckets
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Blob)),
-    );
-    names.extend(
-        config
-            .analytics_engine_datasets
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Analytics)),
-    );
-    names.extend(
-        config
-            .queue_producers
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Queue)),
-    );
-    names.extend(
-        config
-            .services
-            .iter()
-            .map(|b| &b.binding)
-            .map(named(Kind::Service)),
-    );
-    names
-        .into_iter()
-        .map(|(name, kind)| env::Binding { name, kind })
-        .collect()
 }

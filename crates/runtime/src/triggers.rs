@@ -9,26 +9,14 @@ use std::time::Duration;
 use wasmtime::Store;
 
 use crate::failure::{Failure, GuestError};
+use crate::instance::ActiveTask;
 use crate::report::{Report, within_limits};
+use crate::request::{RequestId, RequestInfo};
+use crate::services::ServiceCalls;
 use crate::state::HostState;
-use crate::{ActiveTask, RequestId, RequestInfo, Worker, services};
+use crate::worker::Worker;
 
-pub(crate) mod scheduled_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "isola:worker/scheduled-handler",
-        exports: { default: async },
-    });
-}
-
-pub(crate) mod queue_world {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "isola:worker/queue-handler",
-        exports: { default: async },
-    });
-}
-
+use crate::generated::{queue_world, scheduled_world};
 use queue_world::exports::isola::worker::queue_consumer as wit_queue;
 use scheduled_world::exports::isola::worker::scheduled as wit_scheduled;
 
@@ -205,13 +193,14 @@ impl Worker {
         let id = RequestId::generate();
         let report = Report::new(
             inner.shared.name.clone(),
-            id.0.clone(),
+            id.clone(),
             http::Method::from_bytes(method.as_bytes()).expect("a valid method name"),
             target,
             None,
+            inner.observer.get().cloned(),
         );
-        let services = services::ServiceCalls {
-            services: inner.services.get().cloned().unwrap_or_default(),
+        let services = ServiceCalls {
+            services: inner.services.get().cloned(),
             bindings: inner.bindings.clone(),
             depth: 0,
             locals: Arc::default(),
@@ -223,7 +212,7 @@ impl Worker {
         };
         let fuel = inner
             .trigger_cpu_ms
-            .saturating_mul(inner.fuel_yield_interval);
+            .saturating_mul(inner.budget.fuel_yield_interval);
         let store = match self.new_store(services, self.subrequests(&report), fuel) {
             Ok(store) => store,
             Err(e) => {
@@ -239,15 +228,14 @@ impl Worker {
             let (result, store) = body(store).await;
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
-            let memory_limit_hit = store.data().memory_limit_hit;
+            let memory_limit_hit = store.data().run.memory_limit_hit;
             drop(store);
             result.map_err(|trap| GuestError::from_trap(trap, memory_limit_hit, false))
         };
-        let wall = inner.wall;
+        let wall = inner.budget.wall;
         let cpu_limit = Duration::from_millis(inner.trigger_cpu_ms);
         let active = ActiveTask::start(&inner.active);
-        let timed_report = report.clone();
-        let limited = within_limits(guest, timed_report, wall, cpu_limit);
+        let limited = within_limits(guest, report.cpu_ns.clone(), wall, cpu_limit);
         let task = tokio::spawn(async move {
             let _active = active;
             limited.await
@@ -265,7 +253,7 @@ impl Worker {
                 Ok(value)
             }
             Err(error) => {
-                report.outcome.lock().expect("report lock").limit = error.failure.limit();
+                report.set_failure(error.failure);
                 report.set_status(error.failure.status().as_u16());
                 Err(TriggerError::from(error))
             }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use isola_config::WorkerConfig;
+use isola_config::WorkerRun;
 use isola_engine::{EngineOptions, IsolaEngine};
 use isola_runtime::{LoadError, Worker};
 use wit_component::{ComponentEncoder, StringEncoding};
@@ -43,7 +43,8 @@ fn load(component: &[u8]) -> Result<Worker, LoadError> {
     let backends = isola_runtime::Backends::embedded(state.path(), 1 << 20).unwrap();
     Worker::from_component(
         &engine,
-        &WorkerConfig::new("contract", path),
+        "contract",
+        &WorkerRun::default(),
         &backends,
         &loaded.component,
         loaded.outcome,

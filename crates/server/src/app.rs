@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use isola_config::{ServerConfig, WorkerConfig};
 use isola_runtime::{
-    Body, ClientAddr, RequestId, RequestInfo, Services, Worker, error_response, full_body,
+    Body, BodyError, Observer, Outcome, RequestContext, RequestId, RequestInfo, Services, Worker,
+    error_response, full_body,
 };
 
 use crate::router::Router;
@@ -124,6 +125,9 @@ impl App {
         server: &ServerConfig,
     ) -> u64 {
         let id = self.current.load().as_ref().map_or(1, |g| g.id + 1);
+        for worker in &workers {
+            worker.observe(self.telemetry.clone());
+        }
         let next = Arc::new(Generation::new(id, workers, configs, server));
         if let Some(old) = self.current.swap(Some(next)) {
             let mut retired = self.retired.lock().expect("retired lock");
@@ -185,8 +189,10 @@ impl App {
             http::HeaderValue::from_str(id.as_str()).expect("request ids are hex"),
         );
         if !routed {
-            // Requests that reached a worker are logged by the runtime, with
-            // their CPU time and limits, once the guest is done.
+            // Requests that reached a worker are logged and counted by the
+            // runtime, with their CPU time and limits, once the guest is done.
+            let status = response.status().as_u16();
+            let wall = started.elapsed();
             tracing::info!(
                 target: "isola::access",
                 request_id = %id,
@@ -194,10 +200,26 @@ impl App {
                 %client,
                 %method,
                 path = %path,
-                status = response.status().as_u16(),
-                wall_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1e3),
+                status,
+                wall_ms = format_args!("{:.3}", wall.as_secs_f64() * 1e3),
                 "request"
             );
+            self.telemetry.finished(&Outcome {
+                worker: "-".into(),
+                request_id: id.clone(),
+                method,
+                path,
+                client: Some(client),
+                status: Some(status),
+                failure: None,
+                limit: None,
+                cpu: Duration::ZERO,
+                wall,
+                instantiate: Duration::ZERO,
+                drop: Duration::ZERO,
+                fuel: 0,
+                subrequests: 0,
+            });
         }
         // In flight until the body has been sent (or the client went away).
         response.map(move |body| {
@@ -320,23 +342,23 @@ impl Generation {
         let too_large = Arc::new(AtomicBool::new(false));
         let flag = too_large.clone();
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let mut request = request.map(move |body| {
+        let request = request.map(move |body| {
             Limited::new(body, limit).map_err(move |error| {
                 if error.is::<LengthLimitError>() {
                     flag.store(true, Ordering::Relaxed);
-                    return wasmtime_wasi_http::Error::HttpRequestBodySize(None);
+                    return BodyError::HttpRequestBodySize(None);
                 }
                 match error.downcast::<hyper::Error>() {
-                    Ok(hyper_error) => wasmtime_wasi_http::Error::Hyper(*hyper_error),
-                    Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+                    Ok(hyper_error) => BodyError::Hyper(*hyper_error),
+                    Err(other) => BodyError::InternalError(Some(other.to_string())),
                 }
             })
         });
-        request.extensions_mut().insert(id.clone());
-        request.extensions_mut().insert(ClientAddr(client));
-        let info = self.request_info(&request, client);
-        request.extensions_mut().insert(info);
-        let response = worker.handle(request).await;
+        let context = RequestContext::default()
+            .with_id(id.clone())
+            .with_client(client)
+            .with_info(self.request_info(&request, client));
+        let response = worker.handle(request, context).await.response;
         if too_large.load(Ordering::Relaxed) {
             let detail = format!(
                 "the body is over the limit of {} bytes",

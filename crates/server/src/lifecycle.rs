@@ -11,8 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use futures_util::future::BoxFuture;
 use isola_config::Config;
-use isola_engine::IsolaEngine;
-use isola_runtime::Backends;
+use isola_runtime::{Backends, IsolaEngine};
 
 use crate::admin::{Admin, AdminOptions, Reloader};
 use crate::app::App;

@@ -5,8 +5,9 @@
 
 use anyhow::{Context, Result};
 use isola_config::{Config, WorkerConfig};
-use isola_engine::{EngineError, EngineOptions, IsolaEngine, LoadedComponent};
-use isola_runtime::{Backends, LoadError, Worker};
+use isola_runtime::{
+    Backends, EngineError, EngineOptions, Handler, IsolaEngine, LoadError, LoadedComponent, Worker,
+};
 
 /// Hears how loading goes, worker by worker (the command draws a progress
 /// bar on a terminal). Every method may be left out; `&()` hears nothing.
@@ -30,10 +31,39 @@ pub fn load_workers(
     progress: &dyn Progress,
 ) -> Result<Vec<Worker>, LoadError> {
     each_worker(configs, progress, |config| {
-        Worker::load(engine, config, backends)
+        load_worker(engine, config, backends)
     })
     .into_iter()
     .collect()
+}
+
+/// Load one worker, and refuse it when its triggers need a handler its
+/// code does not offer.
+fn load_worker(
+    engine: &IsolaEngine,
+    config: &WorkerConfig,
+    backends: &Backends,
+) -> Result<Worker, LoadError> {
+    let worker = Worker::load(
+        engine,
+        &config.name,
+        &config.run,
+        &config.component,
+        backends,
+    )?;
+    if !config.crons.is_empty() {
+        worker.require(
+            Handler::Scheduled,
+            format!("worker `{}` has `triggers.crons`", config.name),
+        )?;
+    }
+    if !config.queue_consumers.is_empty() {
+        worker.require(
+            Handler::Queue,
+            format!("worker `{}` consumes queues", config.name),
+        )?;
+    }
+    Ok(worker)
 }
 
 /// Compile (or find in the cache) every worker's component, in parallel,
@@ -94,7 +124,7 @@ pub(crate) fn largest_memory_mb(config: &Config) -> u64 {
     config
         .workers
         .iter()
-        .map(|w| w.limits.memory_mb)
+        .map(|w| w.run.limits.memory_mb)
         .max()
         .unwrap_or(128)
 }

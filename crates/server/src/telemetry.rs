@@ -1,19 +1,19 @@
-//! Metrics and live tail, fed by the host's own log events.
+//! Metrics and live tail.
 //!
-//! Every request ends with exactly one `isola::access` event (written by the
-//! runtime when the guest is completely done, waitUntil work included, or by
-//! the front end for requests no worker saw), and guest output becomes
-//! `isola::guest` events tagged with the request id. [`TelemetryLayer`]
-//! watches those events, whatever the log filter says, and turns them into
-//! Prometheus metrics and tail events, so the request path carries no second
-//! bookkeeping that could drift from the log.
+//! Every run ends with one typed [`Outcome`]: the runtime tells it to the
+//! [`Observer`] of its worker (this telemetry) when the guest is completely
+//! done, waitUntil work included; the front end makes one for requests no
+//! worker saw. The metrics and the tail's request events come from it. Guest
+//! output becomes `isola::guest` events tagged with the request id, which
+//! [`TelemetryLayer`] holds for the request's tail event, whatever the log
+//! filter says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
-use isola_engine::CacheOutcome;
+use isola_runtime::{CacheOutcome, Limit, Observer, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -271,23 +271,15 @@ impl Telemetry {
         self.tail.receiver_count() > 0
     }
 
-    /// Counts a finished request; `fields` has all of the event's fields
-    /// when there are tail subscribers to send it to.
-    fn on_access(&self, access: AccessMetrics, fields: Option<&Fields>) {
-        let AccessMetrics {
-            worker,
-            request_id,
-            status,
-            wall_ms,
-            cpu_ms,
-            instantiate_ms,
-            limit,
-        } = access;
-        let worker = if worker.is_empty() {
+    /// Counts a finished run, and sends its tail event with the lines it
+    /// logged when someone is tailing.
+    fn on_access(&self, outcome: &Outcome) {
+        let worker: String = if outcome.worker.is_empty() {
             "-".into()
         } else {
-            worker
+            outcome.worker.to_string()
         };
+        let status = outcome.status;
         self.requests
             .get_or_create(&RequestLabels {
                 worker: worker.clone(),
@@ -295,50 +287,46 @@ impl Telemetry {
             })
             .inc();
         let labels = WorkerLabels { worker };
-        if let Some(wall) = wall_ms {
-            self.duration.get_or_create(&labels).observe(wall / 1e3);
-        }
-        if let Some(cpu) = cpu_ms {
-            self.cpu.get_or_create(&labels).observe(cpu / 1e3);
-        }
-        if let Some(instantiate) = instantiate_ms.filter(|&t| t > 0.0) {
+        self.duration
+            .get_or_create(&labels)
+            .observe(outcome.wall.as_secs_f64());
+        self.cpu
+            .get_or_create(&labels)
+            .observe(outcome.cpu.as_secs_f64());
+        if !outcome.instantiate.is_zero() {
             self.instantiation
                 .get_or_create(&labels)
-                .observe(instantiate / 1e3);
+                .observe(outcome.instantiate.as_secs_f64());
         }
-        let limit = limit.filter(|l| l != "none");
-        if let Some(limit) = &limit {
+        let limit = outcome.limit.map(Limit::as_str);
+        if let Some(limit) = limit {
             self.limits
                 .get_or_create(&LimitLabels {
                     worker: labels.worker.clone(),
-                    limit: limit.clone(),
+                    limit: limit.to_owned(),
                 })
                 .inc();
         }
-        let request_id = if request_id.is_empty() {
-            "-"
-        } else {
-            &request_id
-        };
+        let request_id = outcome.request_id.as_str();
         let logs = self.take_pending(request_id);
-        // The layer records all fields only when someone is tailing.
-        let Some(fields) = fields else {
+        if !self.tailing() {
             return;
-        };
+        }
         let worker = labels.worker;
+        let millis = |d: std::time::Duration| (d.as_nanos() as f64 / 1e3).round() / 1e3;
         let event = json!({
             "type": "request",
             "time": now(),
             "request_id": request_id,
             "worker": worker,
-            "client": fields.text("client"),
-            "method": fields.text("method"),
-            "path": fields.text("path"),
+            "client": outcome.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            "method": outcome.method.as_str(),
+            "path": outcome.path,
             "status": status,
-            "cpu_ms": fields.number("cpu_ms"),
-            "wall_ms": fields.number("wall_ms"),
-            "fuel": fields.number("fuel").map(|f| f as u64),
-            "subrequests": fields.number("subrequests").map(|f| f as u64),
+            "cpu_ms": millis(outcome.cpu),
+            "wall_ms": millis(outcome.wall),
+            "fuel": outcome.fuel,
+            "subrequests": outcome.subrequests,
             "limit": limit,
             "logs": logs,
         });
@@ -437,6 +425,14 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Every finished run of every worker: the server makes the telemetry
+/// the observer of each worker it loads.
+impl Observer for Telemetry {
+    fn finished(&self, outcome: &Outcome) {
+        self.on_access(outcome);
+    }
+}
+
 /// Decrements the in-flight gauge when dropped.
 pub(crate) struct InFlight(Arc<Telemetry>);
 
@@ -446,7 +442,7 @@ impl Drop for InFlight {
     }
 }
 
-/// Feeds [`Telemetry`] from `isola::access`, `isola::guest` and
+/// Feeds [`Telemetry`] from `isola::guest`, runtime warnings and
 /// `isola::trigger` events. Add it to the subscriber without the log
 /// level filter, so metrics do not depend on `ISOLA_LOG`.
 pub struct TelemetryLayer(pub Arc<Telemetry>);
@@ -458,18 +454,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
             return;
         }
         match target {
-            "isola::access" => {
-                // Every request passes here: the metrics read their few
-                // fields into a struct. Only tail subscribers need them all.
-                let mut access = AccessMetrics::default();
-                event.record(&mut access);
-                let fields = self.0.tailing().then(|| {
-                    let mut fields = Fields::default();
-                    event.record(&mut fields);
-                    fields
-                });
-                self.0.on_access(access, fields.as_ref());
-            }
             "isola::guest" if self.0.tailing() => {
                 let mut fields = Fields::default();
                 event.record(&mut fields);
@@ -478,8 +462,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TelemetryLayer {
             // Why a request failed (the cause, the guest's stack or
             // backtrace) is the runtime's warning or error with the
             // request's id: the tail shows it among the request's lines.
-            "isola_runtime"
-                if self.0.tailing() && *event.metadata().level() <= tracing::Level::WARN =>
+            runtime
+                if (runtime == "isola_runtime" || runtime.starts_with("isola_runtime::"))
+                    && self.0.tailing()
+                    && *event.metadata().level() <= tracing::Level::WARN =>
             {
                 let mut fields = Fields::default();
                 event.record(&mut fields);
@@ -504,77 +490,6 @@ enum FieldValue {
     Text(String),
 }
 
-/// The fields of an access event that the metrics read (empty or `None`
-/// when absent). Numbers may come as numbers or as text
-/// (`format_args!("{:.3}")`).
-#[derive(Default, Debug)]
-struct AccessMetrics {
-    worker: String,
-    request_id: String,
-    status: Option<u16>,
-    wall_ms: Option<f64>,
-    cpu_ms: Option<f64>,
-    instantiate_ms: Option<f64>,
-    limit: Option<String>,
-}
-
-impl AccessMetrics {
-    fn number(&mut self, field: &Field) -> Option<&mut Option<f64>> {
-        match field.name() {
-            "wall_ms" => Some(&mut self.wall_ms),
-            "cpu_ms" => Some(&mut self.cpu_ms),
-            "instantiate_ms" => Some(&mut self.instantiate_ms),
-            _ => None,
-        }
-    }
-
-    fn text(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
-        match field.name() {
-            "worker" => write_text(&mut self.worker, value),
-            "request_id" => write_text(&mut self.request_id, value),
-            "limit" => write_text(self.limit.get_or_insert_default(), value),
-            "status" => self.status = value.to_string().parse().ok(),
-            _ => {
-                if let Some(slot) = self.number(field) {
-                    *slot = value.to_string().parse().ok();
-                }
-            }
-        }
-    }
-}
-
-fn write_text(slot: &mut String, value: std::fmt::Arguments<'_>) {
-    slot.clear();
-    let _ = slot.write_fmt(value);
-}
-
-impl Visit for AccessMetrics {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.text(field, format_args!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, format_args!("{value}"));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match field.name() {
-            "status" => self.status = u16::try_from(value).ok(),
-            _ => self.record_f64(field, value as f64),
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record_u64(field, u64::try_from(value).unwrap_or(0));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if let Some(slot) = self.number(field) {
-            *slot = Some(value);
-        }
-    }
-}
-
 /// An event's fields by name.
 #[derive(Default, Debug)]
 struct Fields {
@@ -590,14 +505,6 @@ impl Fields {
         match self.values.get(name)? {
             FieldValue::Text(t) => Some(t),
             FieldValue::Number(_) => None,
-        }
-    }
-
-    /// Numbers recorded as numbers, or as text (`format_args!("{:.3}")`).
-    fn number(&self, name: &str) -> Option<f64> {
-        match self.values.get(name)? {
-            FieldValue::Number(n) => Some(*n),
-            FieldValue::Text(t) => t.parse().ok(),
         }
     }
 }
@@ -635,70 +542,68 @@ impl Visit for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use isola_runtime::RequestId;
+    use std::time::Duration;
     use tracing_subscriber::layer::SubscriberExt;
 
+    fn outcome(id: &str, status: u16, limit: Option<Limit>) -> Outcome {
+        Outcome {
+            worker: "app".into(),
+            request_id: RequestId::from(id),
+            method: http::Method::GET,
+            path: "/x".into(),
+            client: None,
+            status: Some(status),
+            failure: None,
+            limit,
+            cpu: Duration::from_micros(12_500),
+            wall: Duration::from_micros(500),
+            instantiate: Duration::from_micros(200),
+            drop: Duration::ZERO,
+            fuel: 10,
+            subrequests: 0,
+        }
+    }
+
     #[test]
-    fn access_events_move_the_metrics_and_reach_tail_subscribers() {
+    fn outcomes_move_the_metrics_and_reach_tail_subscribers_with_their_lines() {
         let telemetry = Arc::new(Telemetry::new());
         let subscriber = tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
         let mut tail = telemetry.subscribe();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(target: "isola::guest", worker = "app", request_id = "r1", stream = "stdout", "hello");
-            tracing::info!(
-                target: "isola::access",
-                request_id = "r1", worker = "app", client = "-", method = "GET", path = "/x",
-                status = 503u64, cpu_ms = format_args!("{:.3}", 12.5), wall_ms = format_args!("{:.3}", 40.0),
-                instantiate_ms = format_args!("{:.3}", 0.2), fuel = 10u64, subrequests = 0u64,
-                limit = "cpu", "request"
-            );
         });
+        telemetry.finished(&outcome("r1", 503, Some(Limit::Cpu)));
         let text = telemetry.encode();
-        assert!(
-            text.contains("isola_requests_total{worker=\"app\",status=\"503\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("isola_limit_hits_total{worker=\"app\",limit=\"cpu\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("isola_request_duration_seconds_count{worker=\"app\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("isola_instantiation_seconds_count{worker=\"app\"} 1"),
-            "{text}"
-        );
+        for expected in [
+            "isola_requests_total{worker=\"app\",status=\"503\"} 1",
+            "isola_limit_hits_total{worker=\"app\",limit=\"cpu-limit\"} 1",
+            "isola_request_duration_seconds_count{worker=\"app\"} 1",
+            "isola_instantiation_seconds_count{worker=\"app\"} 1",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
         let event = tail.try_recv().expect("a tail event");
         assert_eq!(event.status, Some(503));
         assert_eq!(event.worker, "app");
         let json: Value = serde_json::from_str(&event.json).unwrap();
         assert_eq!(json["path"], "/x");
         assert_eq!(json["cpu_ms"], 12.5);
+        assert_eq!(json["limit"], "cpu-limit");
         assert_eq!(json["logs"][0]["message"], "hello");
         assert_eq!(json["logs"][0]["stream"], "stdout");
     }
 
     #[test]
-    fn access_events_move_the_metrics_without_tail_subscribers() {
-        let telemetry = Arc::new(Telemetry::new());
-        let subscriber = tracing_subscriber::registry().with(TelemetryLayer(telemetry.clone()));
-        tracing::subscriber::with_default(subscriber, || {
-            for (id, status, limit) in [("a", 200u16, "none"), ("b", 503, "memory")] {
-                let worker: Arc<str> = "app".into();
-                tracing::info!(
-                    target: "isola::access",
-                    request_id = %id, worker = %worker, status = status,
-                    cpu_ms = 0.25f64, wall_ms = 0.5f64, instantiate_ms = 0.01f64,
-                    limit = %limit, "request"
-                );
-            }
-        });
+    fn outcomes_move_the_metrics_without_tail_subscribers() {
+        let telemetry = Telemetry::new();
+        telemetry.finished(&outcome("a", 200, None));
+        telemetry.finished(&outcome("b", 503, Some(Limit::Memory)));
         let text = telemetry.encode();
         for expected in [
             "isola_requests_total{worker=\"app\",status=\"200\"} 1",
             "isola_requests_total{worker=\"app\",status=\"503\"} 1",
-            "isola_limit_hits_total{worker=\"app\",limit=\"memory\"} 1",
+            "isola_limit_hits_total{worker=\"app\",limit=\"memory-limit\"} 1",
             "isola_request_duration_seconds_count{worker=\"app\"} 2",
             "isola_request_duration_seconds_sum{worker=\"app\"} 0.001",
             "isola_request_cpu_seconds_count{worker=\"app\"} 2",
@@ -706,6 +611,5 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }
-        assert!(!text.contains("limit=\"none\""), "{text}");
     }
 }

@@ -12,7 +12,7 @@ use super::checks::positive;
 use super::{bindings, source, triggers};
 use crate::error::{Fault, WorkerKeys};
 use crate::js_build;
-use crate::model::{Limits, ServerConfig, WorkerConfig};
+use crate::model::{Limits, ServerConfig, WorkerConfig, WorkerRun};
 use crate::outbound::{OutboundRule, parse_override};
 use crate::raw::RawWorker;
 use crate::route::RoutePattern;
@@ -105,28 +105,30 @@ impl Workers<'_> {
             component,
             main,
             routes,
-            vars: w.vars,
-            secrets: bindings.secrets,
-            queue_producers: bindings.queue_producers,
             queue_consumers,
             crons,
-            trigger_cpu_ms,
-            kv_namespaces: bindings.kv_namespaces,
-            d1_databases: bindings.d1_databases,
-            r2_buckets: bindings.r2_buckets,
-            analytics_engine_datasets: bindings.analytics_engine_datasets,
-            limits,
-            allowed_outbound_hosts,
-            outbound_override,
-            server_timing: self.server.server_timing,
-            fuel_per_ms: self.server.fuel_per_ms,
-            origin,
-            services: bindings.services,
-            instance_reuse,
             build,
             js_build,
             compatibility_date,
             compatibility_flags,
+            run: WorkerRun {
+                vars: w.vars,
+                secrets: bindings.secrets,
+                kv_namespaces: bindings.kv_namespaces,
+                d1_databases: bindings.d1_databases,
+                r2_buckets: bindings.r2_buckets,
+                analytics_engine_datasets: bindings.analytics_engine_datasets,
+                queue_producers: bindings.queue_producers,
+                trigger_cpu_ms,
+                limits,
+                allowed_outbound_hosts,
+                outbound_override,
+                server_timing: self.server.server_timing,
+                fuel_per_ms: self.server.fuel_per_ms,
+                origin,
+                services: bindings.services,
+                instance_reuse,
+            },
         })
     }
 

@@ -1,0 +1,69 @@
+//! A run's budget, armed on its store: fuel for CPU time, an epoch deadline
+//! for wall time, and the memory limiter.
+
+use std::time::Duration;
+
+use isola_config::{Limits, WorkerRun};
+use isola_engine::IsolaEngine;
+use wasmtime::{ResourceLimiter, Store};
+
+/// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
+/// overrides it). Calibrated on the development machine with
+/// the Fuel section of `bench/run` (8.4–8.8 M): a compute-bound guest
+/// burns this much fuel per millisecond of thread CPU time.
+pub const DEFAULT_FUEL_PER_MS: u64 = 8_500_000;
+
+/// What each run of a worker (or plugin) may spend.
+pub(crate) struct Budget {
+    pub limits: Limits,
+    /// Fuel of one run (`cpu_ms` worth).
+    pub fuel: u64,
+    /// Fuel between yields to the async executor, so that a spinning guest
+    /// lets other runs on its thread go on (about a millisecond of CPU).
+    pub fuel_yield_interval: u64,
+    pub wall: Duration,
+    /// `wall` in epoch ticks.
+    pub wall_ticks: u64,
+    /// Whether the engine meters fuel at all.
+    pub consume_fuel: bool,
+}
+
+impl Budget {
+    pub fn new(run: &WorkerRun, engine: &IsolaEngine) -> Self {
+        let fuel_per_ms = run.fuel_per_ms.unwrap_or(DEFAULT_FUEL_PER_MS);
+        let wall = Duration::from_millis(run.limits.wall_ms);
+        Budget {
+            limits: run.limits,
+            fuel: run.limits.cpu_ms.saturating_mul(fuel_per_ms),
+            fuel_yield_interval: fuel_per_ms,
+            wall,
+            wall_ticks: IsolaEngine::ticks_for(wall),
+            consume_fuel: engine.consumes_fuel(),
+        }
+    }
+
+    /// A store for `data` with the memory limiter on and fuel yields set;
+    /// [`arm`](Self::arm) it before each run.
+    pub fn store<S: ResourceLimiter + Send + 'static>(
+        &self,
+        engine: &wasmtime::Engine,
+        data: S,
+    ) -> wasmtime::Result<Store<S>> {
+        let mut store = Store::new(engine, data);
+        store.limiter(|state| state as &mut dyn ResourceLimiter);
+        if self.consume_fuel {
+            store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
+        }
+        Ok(store)
+    }
+
+    /// Give `store` `fuel` (when fuel is on) and a wall deadline of
+    /// `wall_ms` from now.
+    pub fn arm<S>(&self, store: &mut Store<S>, fuel: u64) -> wasmtime::Result<()> {
+        if self.consume_fuel {
+            store.set_fuel(fuel)?;
+        }
+        store.set_epoch_deadline(self.wall_ticks);
+        Ok(())
+    }
+}
