@@ -440,6 +440,7 @@ fn trigger_cron(config: &Config, name: &str, cron: Option<String>) -> Result<()>
         .with_context(|| format!("worker `{name}` has no triggers.crons; give --cron"))?;
     let engine = engine_for(config)?;
     let backends = backends_for(config)?;
+    isola_server::outbound_client_for(config)?;
     let worker =
         load_workers(&engine, std::slice::from_ref(worker_config), &backends, &())?.remove(0);
     if !worker.handles_scheduled() {

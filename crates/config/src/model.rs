@@ -62,6 +62,13 @@ pub struct ServerConfig {
     /// Bearer token every admin call must carry; required when `admin` is
     /// not a loopback address.
     pub admin_token: Option<Secret>,
+    /// How long a pooled connection to an origin stays open while idle.
+    pub outbound_idle_timeout_ms: u64,
+    /// Most connections open to one origin (scheme, host, port) at once.
+    pub outbound_max_connections_per_origin: u32,
+    /// PEM certificates outbound TLS trusts besides the web's public roots
+    /// (an internal CA), resolved against the config's directory.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -96,6 +103,9 @@ impl Default for ServerConfig {
             trusted_client_ip_header: None,
             admin: None,
             admin_token: None,
+            outbound_idle_timeout_ms: 90_000,
+            outbound_max_connections_per_origin: 256,
+            outbound_ca_file: None,
         }
     }
 }

@@ -59,6 +59,9 @@ pub(crate) struct RawServer {
     pub(crate) trusted_client_ip_header: Option<Spanned<String>>,
     pub(crate) admin: Option<Spanned<String>>,
     pub(crate) admin_token: Option<String>,
+    pub(crate) outbound_idle_timeout_ms: Option<Spanned<u64>>,
+    pub(crate) outbound_max_connections_per_origin: Option<Spanned<u64>>,
+    pub(crate) outbound_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -34,6 +34,7 @@
 //! ```
 
 mod body;
+mod client;
 mod coalesce;
 mod failure;
 mod generated;
@@ -58,6 +59,7 @@ mod triggers;
 mod worker;
 
 pub use body::{Body, BodyError, full_body};
+pub use client::{ClientSettings, configure_client, parse_pem_certificates};
 pub use failure::{ERROR_HEADER, Failure, Limit, error_response};
 pub use handlers::Handler;
 pub use limits::DEFAULT_FUEL_PER_MS;

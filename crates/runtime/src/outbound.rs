@@ -1,16 +1,17 @@
 //! Outbound HTTP from guests (`wasi:http/outgoing-handler`): the allow-list,
 //! the per-request subrequest budget and the override target, in front of
-//! wasmtime-wasi-http's hyper client.
+//! the process's pooled client (`client`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http_body_util::BodyExt;
 use isola_config::OutboundRule;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
+use crate::client::OutboundClient;
 use crate::services::ServiceCalls;
 
 /// A worker's outbound rules, shared by its requests.
@@ -93,41 +94,34 @@ pub(crate) async fn send(
         Error::InternalError(Some(why))
     })?;
 
-    let target = match &policy.override_authority {
-        Some(authority) => {
-            // Keep the original Host header (already set by wasi-http) and
-            // path; only the connection goes elsewhere, over plain HTTP.
-            set_target(&mut request, Scheme::HTTP, authority.parse().map_err(|_| Error::HttpRequestUriInvalid)?)?;
-            None
-        }
-        None if matching.iter().any(|rule| rule.names_host()) => None,
-        // Only the wildcard allowed it: the host must be public. Resolve it
-        // here; plain HTTP then dials the checked address, so a DNS answer
-        // cannot change in between. HTTPS dials the name again (its
-        // certificate must match it), which leaves a DNS-rebinding window.
-        None => Some(public_address(&host, port).await.inspect_err(|_| {
-            tracing::warn!(target: "isola::outbound", url = %uri, "denied: `*` does not cover loopback or private addresses; name the host in allowed_outbound_hosts");
-        })?),
-    };
-    if let Some(address) = target
-        && scheme == "http"
-    {
-        set_target(
-            &mut request,
-            Scheme::HTTP,
-            address
-                .to_string()
-                .parse()
-                .map_err(|_| Error::HttpRequestUriInvalid)?,
-        )?;
+    // A host only `*` allowed must be public: the client checks every
+    // address it resolves to and dials one of those (no rebinding window).
+    let public_only = !matching.iter().any(|rule| rule.names_host());
+    if let Some(authority) = &policy.override_authority {
+        // Keep the original Host header (already set by wasi-http) and
+        // path; only the connection goes elsewhere, over plain HTTP.
+        let authority = authority
+            .parse()
+            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        set_target(&mut request, Scheme::HTTP, authority)?;
     }
-
-    let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-    Ok((
-        response.map(BodyExt::boxed_unsync),
-        Box::new(io) as Box<dyn Future<Output = _> + Send>,
-    ))
+    let public_only = public_only && policy.override_authority.is_none();
+    let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
+        options.as_ref().and_then(pick).unwrap_or(DEFAULT_TIMEOUT)
+    };
+    let first_byte = timeout(|o| o.first_byte_timeout);
+    let between_bytes = timeout(|o| o.between_bytes_timeout);
+    let response = OutboundClient::shared()
+        .send(request, public_only, first_byte, between_bytes)
+        .await
+        .inspect_err(|e| tracing::debug!(target: "isola::outbound", url = %uri, "failed: {e}"))?;
+    // The connection is driven by the client's own task.
+    Ok((response, Box::new(async { Ok(()) })))
 }
+
+/// What wasi-http's request options default to: the worker's `wall_ms`
+/// bounds a request long before this.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn set_target(
     request: &mut http::Request<WasiBody>,
@@ -139,25 +133,6 @@ fn set_target(
     parts.authority = Some(authority);
     *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
     Ok(())
-}
-
-async fn public_address(host: &str, port: u16) -> Result<SocketAddr, Error> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| Error::DestinationNotFound)?
-            .collect(),
-    };
-    if addresses.is_empty() {
-        return Err(Error::DestinationNotFound);
-    }
-    if addresses.iter().all(|a| is_public(a.ip())) {
-        Ok(addresses[0])
-    } else {
-        Err(Error::DestinationIpProhibited)
-    }
 }
 
 /// Loopback, private, link-local, shared (CGNAT), unspecified, multicast

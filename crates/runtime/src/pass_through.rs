@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error, WasiBody};
 
 use crate::body::Body;
+use crate::client::OutboundClient;
 
 /// Largest request body kept for a pass-through replay.
 pub const REPLAY_BUFFER_LIMIT: u64 = 1 << 20;
@@ -62,15 +63,17 @@ pub(crate) async fn forward(origin: &str, replay: Replay) -> Result<http::Respon
     let mut request = http::Request::builder()
         .method(replay.method)
         .uri(uri)
-        .body(Full::new(replay.body).map_err(|never| match never {}))
+        .body(
+            Full::new(replay.body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .map_err(|_| Error::HttpRequestUriInvalid)?;
     *request.headers_mut() = replay.headers;
-    let (response, connection) = wasmtime_wasi_http::default_send_request(request, None).await?;
-    // The connection is driven on its own while the body streams back.
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("origin connection ended: {e}");
-        }
-    });
-    Ok(response.map(|body| body.boxed_unsync()))
+    // The origin is the operator's, named in the config: any address.
+    let origin_timeout = std::time::Duration::from_secs(600);
+    let response = OutboundClient::shared()
+        .send(request, false, origin_timeout, origin_timeout)
+        .await?;
+    Ok(response)
 }

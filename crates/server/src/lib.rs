@@ -20,7 +20,9 @@ pub use app::{App, Generation, REQUEST_ID_HEADER};
 pub use isola_runtime::Backends;
 pub use lifecycle::{LiveHandle, Mode, ServeOptions, serve};
 pub use listener::{Server, shutdown_signal};
-pub use load::{Progress, backends_for, compile_components, engine_for, load_workers};
+pub use load::{
+    Progress, backends_for, compile_components, engine_for, load_workers, outbound_client_for,
+};
 pub use router::Router;
 pub use telemetry::{Telemetry, TelemetryLayer};
 pub use triggers::Triggers;

@@ -16,7 +16,9 @@ use isola_runtime::{Backends, IsolaEngine};
 use crate::admin::{Admin, AdminOptions, Reloader};
 use crate::app::App;
 use crate::listener::{Server, shutdown_signal};
-use crate::load::{Progress, backends_for, engine_for, largest_memory_mb, load_workers};
+use crate::load::{
+    Progress, backends_for, engine_for, largest_memory_mb, load_workers, outbound_client_for,
+};
 use crate::telemetry::Telemetry;
 use crate::triggers::Triggers;
 
@@ -211,6 +213,7 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
     } = options;
     let engine = engine_for(&config)?;
     let backends = backends_for(&config)?;
+    outbound_client_for(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

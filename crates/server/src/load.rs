@@ -6,7 +6,8 @@
 use anyhow::{Context, Result};
 use isola_config::{Config, WorkerConfig};
 use isola_runtime::{
-    Backends, EngineError, EngineOptions, Handler, IsolaEngine, LoadError, LoadedComponent, Worker,
+    Backends, ClientSettings, EngineError, EngineOptions, Handler, IsolaEngine, LoadError,
+    LoadedComponent, Worker, configure_client,
 };
 
 /// Hears how loading goes, worker by worker (the command draws a progress
@@ -127,6 +128,26 @@ pub(crate) fn largest_memory_mb(config: &Config) -> u64 {
         .map(|w| w.run.limits.memory_mb)
         .max()
         .unwrap_or(128)
+}
+
+/// Set up the process's outbound HTTP client from `[server]`: its pool's
+/// idle timeout, the per-origin connection cap, and the extra CA roots of
+/// `outbound_ca_file` (a file that holds no certificate is an error).
+pub fn outbound_client_for(config: &Config) -> Result<()> {
+    let server = &config.server;
+    let mut settings = ClientSettings {
+        idle_timeout: std::time::Duration::from_millis(server.outbound_idle_timeout_ms),
+        max_connections_per_origin: server.outbound_max_connections_per_origin as usize,
+        ..ClientSettings::default()
+    };
+    if let Some(file) = &server.outbound_ca_file {
+        let text = std::fs::read(file)
+            .with_context(|| format!("server.outbound_ca_file: cannot read {}", file.display()))?;
+        settings.extra_roots = isola_runtime::parse_pem_certificates(&text)
+            .map_err(|e| anyhow::anyhow!("server.outbound_ca_file {}: {e}", file.display()))?;
+    }
+    configure_client(settings);
+    Ok(())
 }
 
 /// The state behind the workers' bindings.

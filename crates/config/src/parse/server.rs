@@ -72,6 +72,27 @@ pub(super) fn parse_server(
         server.admin = Some(addr);
     }
     server.admin_token = raw.admin_token.map(Secret::new);
+    if let Some(ms) = &raw.outbound_idle_timeout_ms {
+        server.outbound_idle_timeout_ms = positive(ms, "server.outbound_idle_timeout_ms".into())?;
+    }
+    if let Some(n) = &raw.outbound_max_connections_per_origin {
+        let key = "server.outbound_max_connections_per_origin";
+        server.outbound_max_connections_per_origin = u32::try_from(positive(n, key.into())?)
+            .ok()
+            .filter(|&n| n <= 100_000)
+            .ok_or_else(|| Fault::at(n.span(), key, "must be at most 100000"))?;
+    }
+    if let Some(file) = &raw.outbound_ca_file {
+        let path = base.join(file.get_ref());
+        if !path.is_file() {
+            return Err(Fault::at(
+                file.span(),
+                "server.outbound_ca_file",
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        server.outbound_ca_file = Some(path);
+    }
     let outbound_override = match &raw.outbound_override {
         Some(o) => Some(
             parse_override(o.get_ref())
