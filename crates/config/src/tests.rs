@@ -400,3 +400,38 @@ fn a_malformed_dev_vars_file_never_echoes_its_lines() {
     assert!(error.contains("is not NAME=value"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+#[test]
+fn outbound_client_settings() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("ca.pem"), "").unwrap();
+    let worker = "[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n";
+    let config = f
+        .parse(&format!(
+            "[server]\noutbound_idle_timeout_ms = 5000\noutbound_max_connections_per_origin = 8\noutbound_ca_file = \"ca.pem\"\n{worker}"
+        ))
+        .unwrap();
+    assert_eq!(config.server.outbound_idle_timeout_ms, 5000);
+    assert_eq!(config.server.outbound_max_connections_per_origin, 8);
+    assert_eq!(
+        config.server.outbound_ca_file.as_deref(),
+        Some(f.dir.path().join("ca.pem").as_path())
+    );
+    let defaults = f.parse(worker).unwrap();
+    assert_eq!(defaults.server.outbound_max_connections_per_origin, 256);
+    assert_eq!(defaults.server.outbound_ca_file, None);
+    assert_eq!(
+        f.error(&format!(
+            "[server]\noutbound_max_connections_per_origin = 0\n{worker}"
+        )),
+        "isola.toml:2:39: server.outbound_max_connections_per_origin: must be at least 1"
+    );
+    let missing = f.error(&format!(
+        "[server]\noutbound_ca_file = \"nope.pem\"\n{worker}"
+    ));
+    assert!(
+        missing.starts_with("isola.toml:2:20: server.outbound_ca_file: ")
+            && missing.ends_with("nope.pem is not a file"),
+        "{missing}"
+    );
+}
