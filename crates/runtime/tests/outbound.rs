@@ -194,3 +194,34 @@ async fn the_wildcard_does_not_reach_loopback_addresses() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_fetches_fit_in_ten_milliseconds_of_cpu() {
+    pki();
+    let state = tempfile::tempdir().unwrap();
+    let (port, _seen) = origin(false).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let engine = IsolaEngine::new(&EngineOptions::new(state.path().join("cache"))).unwrap();
+    let backends = Backends::embedded(state.path(), 1 << 20).unwrap();
+    let mut run = WorkerRun {
+        allowed_outbound_hosts: vec![OutboundRule::parse(&url).unwrap()],
+        ..WorkerRun::default()
+    };
+    run.limits.cpu_ms = 10;
+    run.limits.subrequests = 1000;
+    let component = Path::new(isola_test_programs::LIMITS);
+    let worker = Worker::load(&engine, "fetcher", &run, component, &backends).unwrap();
+    let request = http::Request::get(format!("http://test/fetch?url={url}/&n=200"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let handled = worker.handle(request, RequestContext::default()).await;
+    let status = handled.response.status();
+    let body = handled.response.into_body().collect().await.unwrap().to_bytes();
+    let outcome = handled.outcome.await;
+    // 200 round trips fit in `cpu_ms = 10`: the connection's work runs in
+    // the client's tasks, and waiting for the origin is not CPU time.
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body.starts_with(b"ok=200\n"));
+    assert_eq!((outcome.limit, outcome.subrequests), (None, 200));
+    assert!(outcome.wall > outcome.cpu, "{outcome:?}");
+}
