@@ -6,6 +6,7 @@ mod support;
 mod bindings;
 mod cli;
 mod cluster;
+mod concurrency;
 mod dev;
 mod examples;
 mod js;

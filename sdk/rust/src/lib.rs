@@ -17,9 +17,16 @@
 //! Returning `Err` logs the error (with its chain) to the request's log and
 //! fails the request: the client gets a 500 `x-isola-error: exception`.
 //!
-//! I/O in this SDK is synchronous under the hood (WASI 0.2 blocking calls),
-//! so the handler's future normally completes in one poll; a future that
-//! waits on something else is polled again until it is ready.
+//! # Concurrency
+//!
+//! The SDK's async is concurrent: futures that wait for the host (a
+//! [`fetch()`] and its response body, [`Request::bytes`], [`sleep`]) let the
+//! others run, and when none can go on the guest blocks in
+//! `wasi:io/poll` until one can, costing no CPU time. Ten fetches awaited
+//! together (`futures::join!`, `join_all`) take as long as the slowest, and
+//! `ctx.wait_until` tasks run side by side. Binding calls (KV, D1, R2,
+//! queues, caches) and the iterator APIs ([`Request::body_chunks`],
+//! [`Response::stream`]) still block the whole guest while they wait.
 //!
 //! # Bindings
 //!
@@ -82,12 +89,12 @@ pub mod kv;
 mod outbound;
 pub mod queue;
 pub mod r2;
+mod runtime;
 mod wire;
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll, Waker};
+use std::pin::Pin;
 
 pub use anyhow::{Context as _, Error, Result, anyhow, bail};
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -109,6 +116,7 @@ pub use r2::{
     Bucket, R2Body, R2HttpMetadata, R2ListOptions, R2Object, R2ObjectBody, R2Objects, R2PutBody,
     R2PutOptions, R2Range, R2Upload,
 };
+pub use runtime::{block_on, sleep};
 pub use wire::percent_decode;
 use wire::{decode_query, fields, header_map, write_all};
 
@@ -206,8 +214,9 @@ impl Ctx {
 
     /// Run `work` after the response has been sent (it still counts against
     /// the worker's wall-clock limit). Call it as often as needed: the
-    /// futures run together, and one that fails is logged without stopping
-    /// the others.
+    /// futures run concurrently (while one waits for a fetch or a timer the
+    /// others go on), and one that fails is logged without stopping the
+    /// others.
     pub fn wait_until(&self, work: impl Future<Output = Result<()>> + 'static) {
         BACKGROUND.with(|background| background.borrow_mut().push(Box::pin(work)));
     }
@@ -247,22 +256,22 @@ thread_local! {
     static BACKGROUND: RefCell<Vec<Background>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Poll every `wait_until` future until all are done (allSettled).
+/// Run every `wait_until` future concurrently until all are done
+/// (allSettled). Work registered by background work joins the set.
 fn run_background() {
-    let mut pending: Vec<Background> = BACKGROUND.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    let mut cx = Context::from_waker(Waker::noop());
-    while !pending.is_empty() {
-        pending.retain_mut(|work| match work.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(())) => false,
-            Poll::Ready(Err(error)) => {
-                eprintln!("waitUntil task failed: {error:?}");
-                false
-            }
-            Poll::Pending => true,
-        });
-        // Work registered by background work joins the set.
-        pending.extend(BACKGROUND.with(|b| std::mem::take(&mut *b.borrow_mut())));
-    }
+    let take = || -> Vec<runtime::Task<'static>> {
+        let work = BACKGROUND.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        work.into_iter()
+            .map(|work| -> runtime::Task<'static> {
+                Box::pin(async move {
+                    if let Err(error) = work.await {
+                        eprintln!("waitUntil task failed: {error:?}");
+                    }
+                })
+            })
+            .collect()
+    };
+    runtime::run(take(), take);
 }
 
 /// What the host knows about the request beyond the HTTP message: the
@@ -390,10 +399,11 @@ impl Request {
         BodyChunks::new(self.body.take())
     }
 
-    /// The whole body.
+    /// The whole body. Other tasks run while it arrives.
     pub async fn bytes(&mut self) -> Result<Vec<u8>> {
+        let mut chunks = self.body_chunks();
         let mut all = Vec::new();
-        for chunk in self.body_chunks() {
+        while let Some(chunk) = chunks.next_async().await {
             all.extend_from_slice(&chunk?);
         }
         Ok(all)
@@ -426,6 +436,34 @@ impl BodyChunks {
             _body: body,
         }
     }
+
+    /// The next chunk, as [`Iterator::next`], but waiting for it with the
+    /// executor, so other tasks run meanwhile.
+    pub(crate) async fn next_async(&mut self) -> Option<Result<Vec<u8>>> {
+        loop {
+            let result = self.stream.as_ref()?.read(64 * 1024);
+            match result {
+                Ok(chunk) if chunk.is_empty() => {
+                    runtime::wait_for(self.stream.as_ref()?.subscribe()).await
+                }
+                result => return self.chunk(result),
+            }
+        }
+    }
+
+    fn chunk(&mut self, result: Result<Vec<u8>, StreamError>) -> Option<Result<Vec<u8>>> {
+        match result {
+            Ok(chunk) => Some(Ok(chunk)),
+            Err(StreamError::Closed) => {
+                self.stream = None;
+                None
+            }
+            Err(StreamError::LastOperationFailed(e)) => {
+                self.stream = None;
+                Some(Err(anyhow!("reading the body: {}", e.to_debug_string())))
+            }
+        }
+    }
 }
 
 impl Iterator for BodyChunks {
@@ -436,15 +474,7 @@ impl Iterator for BodyChunks {
             let result = self.stream.as_ref()?.blocking_read(64 * 1024);
             match result {
                 Ok(chunk) if chunk.is_empty() => continue,
-                Ok(chunk) => return Some(Ok(chunk)),
-                Err(StreamError::Closed) => {
-                    self.stream = None;
-                    return None;
-                }
-                Err(StreamError::LastOperationFailed(e)) => {
-                    self.stream = None;
-                    return Some(Err(anyhow!("reading the body: {}", e.to_debug_string())));
-                }
+                result => return self.chunk(result),
             }
         }
     }
@@ -596,17 +626,6 @@ impl From<String> for Response {
 impl From<&str> for Response {
     fn from(text: &str) -> Self {
         Response::text(text)
-    }
-}
-
-/// Drive a future to completion on this (single) thread.
-pub fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
     }
 }
 

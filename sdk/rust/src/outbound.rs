@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 
-use crate::wire::{fields, header_map, write_all};
+use crate::runtime::wait_for;
+use crate::wire::{fields, header_map, write_all_async};
 use crate::{
     BodyChunks, HeaderMap, HeaderName, HeaderValue, Method, Result, StatusCode, anyhow, bail,
 };
@@ -91,6 +92,9 @@ impl FetchResponse {
 /// The host decides what is reachable: hosts outside the worker's
 /// `allowed_outbound_hosts`, or requests beyond its subrequest budget, fail
 /// here with an error naming the reason.
+///
+/// Fetches awaited together (`futures::join!`, `join_all`) are in flight
+/// together: ten to an upstream that takes 100 ms take about 100 ms.
 pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse> {
     use wasi::http::types::Method as WasiMethod;
 
@@ -149,15 +153,17 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
         let stream = body
             .write()
             .map_err(|()| anyhow!("fetch {url}: body stream taken twice"))?;
-        write_all(&stream, &request.body)
+        write_all_async(&stream, &request.body)
+            .await
             .with_context(|| format!("fetch {url}: sending the body"))?;
     }
     OutgoingBody::finish(body, None).map_err(|e| anyhow!("fetch {url}: {e:?}"))?;
 
+    // Wait with the executor: other fetches (and tasks) go on meanwhile.
     let response = loop {
         match pending.get() {
             Some(result) => break result,
-            None => pending.subscribe().block(),
+            None => wait_for(pending.subscribe()).await,
         }
     };
     let response = response
@@ -168,8 +174,9 @@ pub async fn fetch(request: impl Into<OutboundRequest>) -> Result<FetchResponse>
     let incoming = response
         .consume()
         .map_err(|()| anyhow!("fetch {url}: body taken twice"))?;
+    let mut chunks = BodyChunks::new(Some(incoming));
     let mut body = Vec::new();
-    for chunk in BodyChunks::new(Some(incoming)) {
+    while let Some(chunk) = chunks.next_async().await {
         body.extend_from_slice(&chunk.with_context(|| format!("fetch {url}"))?);
     }
     Ok(FetchResponse {

@@ -49,6 +49,37 @@ pub(crate) fn write_all(stream: &wasi::io::streams::OutputStream, bytes: &[u8]) 
     Ok(())
 }
 
+/// Write all of `bytes` and flush, as [`write_all`] does, but waiting for
+/// the stream with the executor, so other tasks run meanwhile.
+pub(crate) async fn write_all_async(
+    stream: &wasi::io::streams::OutputStream,
+    bytes: &[u8],
+) -> Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let error = |e| anyhow!("{e:?}");
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let permitted = stream.check_write().map_err(error)?;
+        if permitted == 0 {
+            crate::runtime::wait_for(stream.subscribe()).await;
+            continue;
+        }
+        let n = rest
+            .len()
+            .min(usize::try_from(permitted).unwrap_or(usize::MAX));
+        stream.write(&rest[..n]).map_err(error)?;
+        rest = &rest[n..];
+    }
+    stream.flush().map_err(error)?;
+    // The flush is done once the stream takes writes again.
+    while stream.check_write().map_err(error)? == 0 {
+        crate::runtime::wait_for(stream.subscribe()).await;
+    }
+    Ok(())
+}
+
 pub(crate) fn header_map(fields: &Fields) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     for (name, value) in fields.entries() {
