@@ -216,7 +216,13 @@ async fn two_hundred_fetches_fit_in_ten_milliseconds_of_cpu() {
         .unwrap();
     let handled = worker.handle(request, RequestContext::default()).await;
     let status = handled.response.status();
-    let body = handled.response.into_body().collect().await.unwrap().to_bytes();
+    let body = handled
+        .response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
     let outcome = handled.outcome.await;
     // 200 round trips fit in `cpu_ms = 10`: the connection's work runs in
     // the client's tasks, and waiting for the origin is not CPU time.
