@@ -373,6 +373,10 @@ pub struct WorkerRun {
     /// once (opt-in throughput, mostly for JS workers, whose instances cost
     /// the most to make); 0 or 1: a fresh instance per request, the default.
     pub instance_reuse: u32,
+    /// With an `origin`: request bodies up to this size (sized or chunked)
+    /// are kept for a pass-through replay; larger ones stream to the guest
+    /// and cannot be replayed.
+    pub pass_through_buffer_kb: u64,
 }
 
 impl Default for WorkerRun {
@@ -395,6 +399,7 @@ impl Default for WorkerRun {
             origin: None,
             services: Vec::new(),
             instance_reuse: 0,
+            pass_through_buffer_kb: 1024,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) struct RawWorker {
     pub(crate) memory_mb: Option<Spanned<u64>>,
     pub(crate) subrequests: Option<u32>,
     pub(crate) instance_reuse: Option<Spanned<u32>>,
+    pub(crate) pass_through_buffer_kb: Option<Spanned<u64>>,
     #[serde(default)]
     pub(crate) allowed_outbound_hosts: Vec<Spanned<String>>,
     pub(crate) outbound_override: Option<Spanned<String>>,

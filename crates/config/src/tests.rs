@@ -419,6 +419,15 @@ fn outbound_client_settings() {
     );
     let defaults = f.parse(worker).unwrap();
     assert_eq!(defaults.server.outbound_max_connections_per_origin, 256);
+    assert_eq!(defaults.workers[0].run.pass_through_buffer_kb, 1024);
+    let buffered = f
+        .parse(&format!("{worker}pass_through_buffer_kb = 64\n"))
+        .unwrap();
+    assert_eq!(buffered.workers[0].run.pass_through_buffer_kb, 64);
+    assert_eq!(
+        f.error(&format!("{worker}pass_through_buffer_kb = 0\n")),
+        "isola.toml:4:26: worker[0].pass_through_buffer_kb: must be at least 1"
+    );
     assert_eq!(defaults.server.outbound_ca_file, None);
     assert_eq!(
         f.error(&format!(

@@ -2,18 +2,22 @@
 //! responding, the original request goes to the worker's origin instead.
 //!
 //! Replaying the request needs its body, so for workers with an origin the
-//! body is buffered before the guest starts, when its length is known and at
-//! most [`REPLAY_BUFFER_LIMIT`]; other requests run streamed and cannot be
-//! passed through (the log says so if it comes to it).
+//! body is kept while the guest gets it, up to the worker's
+//! `pass_through_buffer_kb` (sized or chunked); a larger body streams on to
+//! the guest and cannot be passed through (the log says so if it comes to
+//! it).
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use wasmtime_wasi_http::{Error, WasiBody};
 
 use crate::body::Body;
 use crate::client::OutboundClient;
 
-/// Largest request body kept for a pass-through replay.
+/// The default of `pass_through_buffer_kb`: request bodies up to this size
+/// are kept for a pass-through replay.
 pub const REPLAY_BUFFER_LIMIT: u64 = 1 << 20;
 
 /// The parts of a request needed to send it again.
@@ -24,22 +28,43 @@ pub(crate) struct Replay {
     body: Bytes,
 }
 
-/// Buffer `request`'s body for a replay if that is possible; return the
-/// request for the guest (with a buffered or streaming body) and the replay.
+/// Read `request`'s body while it fits in `limit` bytes; return the request
+/// for the guest (its body whole again, or what was read followed by the
+/// rest of the stream) and, when it all fit, the replay.
 pub(crate) async fn prepare(
     request: http::Request<WasiBody>,
+    limit: u64,
 ) -> Result<(http::Request<WasiBody>, Option<Replay>), Error> {
     use http_body::Body as _;
-    let fits = request
+    if request
         .body()
         .size_hint()
         .exact()
-        .is_some_and(|len| len <= REPLAY_BUFFER_LIMIT);
-    if !fits {
+        .is_some_and(|len| len > limit)
+    {
         return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let mut frames = BodyStream::new(body);
+    let mut kept = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                kept.extend_from_slice(&data);
+                if kept.len() as u64 > limit {
+                    // Too large to keep: the guest gets what was read, then
+                    // the rest as it comes.
+                    let read = futures_util::stream::iter([Ok(Frame::data(kept.freeze()))]);
+                    let body = StreamBody::new(read.chain(frames)).boxed_unsync();
+                    return Ok((http::Request::from_parts(parts, body), None));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    let body = kept.freeze();
     let replay = Replay {
         method: parts.method.clone(),
         path_and_query: parts
@@ -49,9 +74,15 @@ pub(crate) async fn prepare(
         headers: parts.headers.clone(),
         body: body.clone(),
     };
-    let body = Full::new(body)
-        .map_err(|never| match never {})
-        .boxed_unsync();
+    let body = match trailers {
+        None => Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        Some(trailers) => {
+            let frames = [Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
+            StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+        }
+    };
     Ok((http::Request::from_parts(parts, body), Some(replay)))
 }
 

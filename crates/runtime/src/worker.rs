@@ -21,7 +21,7 @@ use crate::handlers::{self, Handler};
 use crate::limits::Budget;
 use crate::load_error::LoadError;
 use crate::outbound::Subrequests;
-use crate::pass_through::{self, REPLAY_BUFFER_LIMIT};
+use crate::pass_through;
 use crate::report::{Observer, PendingOutcome, Report};
 use crate::request::{RequestContext, RequestId, RequestInfo, protocol_name};
 use crate::services::{Callees, ServiceCalls};
@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) server_timing: bool,
     pub(crate) cache_outcome: CacheOutcome,
     pub(crate) origin: Option<String>,
+    /// Largest request body kept for a pass-through replay, in bytes.
+    pub(crate) replay_limit: u64,
     /// Service binding name (lower-cased) → worker name.
     pub(crate) bindings: Arc<std::collections::HashMap<String, String>>,
     pub(crate) services: std::sync::OnceLock<std::sync::Weak<dyn Callees>>,
@@ -145,6 +147,7 @@ impl Worker {
                 server_timing: config.server_timing,
                 cache_outcome,
                 origin: config.origin.clone(),
+                replay_limit: config.pass_through_buffer_kb.saturating_mul(1024),
                 bindings: Arc::new(
                     config
                         .services
@@ -310,7 +313,7 @@ impl Worker {
         };
         let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
         let (request, replay) = if self.inner.origin.is_some() {
-            match pass_through::prepare(request).await {
+            match pass_through::prepare(request, self.inner.replay_limit).await {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     tracing::warn!(request_id = %request_id, "reading the request body failed: {e}");
@@ -397,7 +400,7 @@ impl Worker {
             }
             (Some(_), None) => {
                 tracing::error!(worker = %self.name(), request_id = %request_id, reason = failure.reason(),
-                    "the guest failed and asked for pass-through, but the request body was not buffered (over {REPLAY_BUFFER_LIMIT} bytes or of unknown length), so it cannot be replayed");
+                    "the guest failed and asked for pass-through, but the request body was over pass_through_buffer_kb ({} KiB), so it cannot be replayed", self.inner.replay_limit / 1024);
                 return failure.response(request_id);
             }
         };

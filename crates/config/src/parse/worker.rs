@@ -77,6 +77,10 @@ impl Workers<'_> {
     fn parse(&mut self, keys: WorkerKeys, w: RawWorker) -> Result<WorkerConfig, Fault> {
         let name = self.claim_name(keys, &w.name)?;
         let instance_reuse = w.instance_reuse.as_ref().map_or(0, |r| *r.get_ref());
+        let pass_through_buffer_kb = match &w.pass_through_buffer_kb {
+            Some(kb) => positive(kb, keys.key("pass_through_buffer_kb"))?,
+            None => 1024,
+        };
         let build = source::parse_build(keys, w.build.as_ref(), self.base)?;
         let built = self.server.js_build_path(&name);
         let (component, main) = source::parse_source(keys, &w, build.is_some(), self.base, built)?;
@@ -128,6 +132,7 @@ impl Workers<'_> {
                 origin,
                 services: bindings.services,
                 instance_reuse,
+                pass_through_buffer_kb,
             },
         })
     }
