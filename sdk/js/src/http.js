@@ -32,57 +32,114 @@ export function cloneResponse() {
   return new Response(theirs, init);
 }
 
+/** Bytes a tee branch holds unread (plus at most one chunk more) before
+ * the other branch waits for it: back-pressure, as in workerd, rather than
+ * a buffer that grows to the whole body. */
+const TEE_HIGH_WATER = 1024 * 1024;
+
+const chunkSize = (chunk) => (typeof chunk?.byteLength === "number" ? chunk.byteLength : 1);
+
+/** A chunk for the second branch: each branch gets bytes of its own, as
+ * StarlingMonkey takes over (detaches) the buffer of a chunk of a response
+ * it sends, and a chunk shared by both branches arrived empty in the
+ * other one. */
+function copyChunk(chunk) {
+  if (chunk instanceof ArrayBuffer) return chunk.slice(0);
+  if (!ArrayBuffer.isView(chunk)) return chunk;
+  const bytes = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength).slice();
+  return chunk instanceof Uint8Array ? bytes : new chunk.constructor(bytes.buffer);
+}
+
 /** Split `source` into two streams that each see every chunk. Written out
  * rather than `source.tee()`: StarlingMonkey sends a response whose body is
  * a branch of a host body straight from the host stream, and the other
- * branch then sees nothing. Reading `source` here keeps both fed. A slow
- * branch buffers what the other has read. */
+ * branch then sees nothing. Reading `source` here keeps both fed.
+ *
+ * Unlike the spec's tee, which reads as fast as the faster branch and
+ * queues everything for the slower one, `source` is read only while every
+ * branch that is being read (locked: a reader, `arrayBuffer()`, the engine
+ * sending it) holds less than TEE_HIGH_WATER bytes: the faster branch
+ * waits for the slower one. A branch nobody reads yet holds no one back
+ * (else `await cache.put(request, response.clone()); return response`
+ * would wait forever): it queues what the other reads, as in any engine,
+ * until it is read. Each branch also reads ahead up to TEE_HIGH_WATER. */
 function tee(source) {
   const reader = source.getReader();
-  const branches = new Set();
-  let reading = null;
-  const pump = () => {
-    reading ??= reader.read().then(
+  const branches = [];
+  let reading = false;
+  let finished = false;
+  const live = () => branches.filter((branch) => !branch.cancelled);
+  // Room for one more chunk: not read by anyone, or under its high water.
+  const hasRoom = (branch) =>
+    !branch.stream.locked || branch.controller.desiredSize === null || branch.controller.desiredSize > 0;
+  const answer = (branch) => {
+    const resolve = branch.wanting;
+    branch.wanting = null;
+    resolve?.();
+  };
+  const readOnce = () => {
+    const open = live();
+    if (reading || finished || !open.some((branch) => branch.wanting) || !open.every(hasRoom)) return;
+    reading = true;
+    reader.read().then(
       ({ done, value }) => {
-        reading = null;
-        for (const controller of branches) {
-          if (done) controller.close();
-          else controller.enqueue(value);
-        }
+        reading = false;
+        const open = live();
+        if (done) finished = true;
+        open.forEach((branch, i) => {
+          if (done) branch.controller.close();
+          else branch.controller.enqueue(i === 0 ? value : copyChunk(value));
+        });
+        for (const branch of open) answer(branch);
       },
       (error) => {
-        reading = null;
-        for (const controller of branches) controller.error(error);
+        reading = false;
+        finished = true;
+        for (const branch of live()) {
+          branch.controller.error(error);
+          answer(branch);
+        }
       },
     );
-    return reading;
   };
   const branch = () => {
-    let mine;
-    return new ReadableStream({
-      start(controller) {
-        mine = controller;
-        branches.add(controller);
+    const state = { stream: null, controller: null, wanting: null, cancelled: false };
+    state.stream = new ReadableStream(
+      {
+        start(controller) {
+          state.controller = controller;
+        },
+        // Settled once this branch got a chunk (or the end), so that the
+        // stream asks again only while it has room.
+        pull() {
+          return new Promise((resolve) => {
+            state.wanting = resolve;
+            readOnce();
+          });
+        },
+        cancel(reason) {
+          state.cancelled = true;
+          answer(state);
+          if (live().length === 0) return reader.cancel(reason);
+          // The other branch may have been waiting for this one.
+          readOnce();
+        },
       },
-      pull: pump,
-      cancel() {
-        branches.delete(mine);
-        if (branches.size === 0) reader.cancel();
-      },
-    });
+      { highWaterMark: TEE_HIGH_WATER, size: chunkSize },
+    );
+    branches.push(state);
+    return state.stream;
   };
   return [branch(), branch()];
 }
 
 /** A Response the engine can send: a cloned one is rebuilt on its branch,
- * read here in full. Handing the engine the branch itself left the other
- * branch (the clone, typically being cached in waitUntil) empty, so a
- * response that was cloned is buffered instead of streamed. */
-export async function settled(response) {
+ * which the engine then streams while the clone is read (the tee above
+ * keeps both fed and bounds what waits for the slower one). */
+export function settled(response) {
   const stream = response[TEED_BODY];
   if (stream === undefined) return response;
-  const body = await new Response(stream).arrayBuffer();
-  return new Response(body, {
+  return new Response(stream, {
     status: response.status,
     statusText: response.statusText,
     headers: response.headers,
