@@ -17,5 +17,6 @@ mod js_sandbox;
 mod lifecycle;
 mod limits;
 mod operability;
+mod overload;
 mod serving;
 mod triggers;

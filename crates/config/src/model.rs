@@ -69,6 +69,12 @@ pub struct ServerConfig {
     /// PEM certificates outbound TLS trusts besides the web's public roots
     /// (an internal CA), resolved against the config's directory.
     pub outbound_ca_file: Option<PathBuf>,
+    /// How long a request waits for a free instance slot (all
+    /// `max_instances` busy) before it is answered 503 `overloaded`.
+    pub queue_timeout_ms: u64,
+    /// Most client connections open at once; past it, new ones wait in the
+    /// kernel's accept queue.
+    pub max_connections: u32,
 }
 
 impl ServerConfig {
@@ -106,6 +112,8 @@ impl Default for ServerConfig {
             outbound_idle_timeout_ms: 90_000,
             outbound_max_connections_per_origin: 256,
             outbound_ca_file: None,
+            queue_timeout_ms: 500,
+            max_connections: 10_000,
         }
     }
 }
@@ -377,6 +385,10 @@ pub struct WorkerRun {
     /// are kept for a pass-through replay; larger ones stream to the guest
     /// and cannot be replayed.
     pub pass_through_buffer_kb: u64,
+    /// Most instances of this worker alive at once; 0: as many as the
+    /// pool holds (`server.max_instances`). Set for servers of several
+    /// workers, to three quarters of the pool.
+    pub instance_cap: u32,
 }
 
 impl Default for WorkerRun {
@@ -400,6 +412,7 @@ impl Default for WorkerRun {
             services: Vec::new(),
             instance_reuse: 0,
             pass_through_buffer_kb: 1024,
+            instance_cap: 0,
         }
     }
 }

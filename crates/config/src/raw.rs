@@ -62,6 +62,8 @@ pub(crate) struct RawServer {
     pub(crate) outbound_idle_timeout_ms: Option<Spanned<u64>>,
     pub(crate) outbound_max_connections_per_origin: Option<Spanned<u64>>,
     pub(crate) outbound_ca_file: Option<Spanned<String>>,
+    pub(crate) queue_timeout_ms: Option<u64>,
+    pub(crate) max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]

@@ -63,7 +63,7 @@ fn errors_name_file_line_and_key() {
     let f = Fixture::new();
     assert_eq!(
         f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-        "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`"
+        "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`, `outbound_idle_timeout_ms`, `outbound_max_connections_per_origin`, `outbound_ca_file`, `queue_timeout_ms`, `max_connections`"
     );
     assert_eq!(
         f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),

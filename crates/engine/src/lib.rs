@@ -65,6 +65,9 @@ pub struct EngineOptions {
     /// Dirtied bytes of each linear memory reset in place and kept
     /// resident when an instance ends (see `engine_config`).
     pub keep_resident_bytes: usize,
+    /// How long a run waits for one of the `max_instances` slots before it
+    /// is refused as overloaded.
+    pub queue_timeout: Duration,
 }
 
 impl EngineOptions {
@@ -75,6 +78,7 @@ impl EngineOptions {
             max_memory_bytes: 128 << 20,
             consume_fuel: true,
             keep_resident_bytes: 16 << 20,
+            queue_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -87,6 +91,47 @@ pub struct IsolaEngine {
     engine: Engine,
     consume_fuel: bool,
     cache: std::sync::Arc<CompileCache>,
+    slots: InstanceSlots,
+}
+
+/// The instance pool's slots, one per instance alive at once: a run holds
+/// one from before it instantiates until its instance is dropped, so a run
+/// past the pool's size waits for a slot (at most `queue_timeout`) instead
+/// of failing to instantiate.
+#[derive(Clone)]
+pub struct InstanceSlots {
+    semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    queue_timeout: Duration,
+    size: u32,
+}
+
+/// A held instance slot; dropping it frees the slot.
+pub type InstanceSlot = tokio::sync::OwnedSemaphorePermit;
+
+impl InstanceSlots {
+    /// A slot, once one is free within the queue timeout; `None` when the
+    /// pool stayed full that long.
+    pub async fn acquire(&self) -> Option<InstanceSlot> {
+        self.acquire_within(self.queue_timeout).await
+    }
+
+    /// A slot, once one is free within `wait`.
+    pub async fn acquire_within(&self, wait: Duration) -> Option<InstanceSlot> {
+        let slot = self.semaphore.clone().acquire_owned();
+        match tokio::time::timeout(wait, slot).await {
+            Ok(Ok(slot)) => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Slots in all (`max_instances`).
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
 }
 
 impl IsolaEngine {
@@ -107,11 +152,23 @@ impl IsolaEngine {
             engine,
             consume_fuel: options.consume_fuel,
             cache: std::sync::Arc::new(cache),
+            slots: InstanceSlots {
+                semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    options.max_instances as usize,
+                )),
+                queue_timeout: options.queue_timeout,
+                size: options.max_instances,
+            },
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The instance pool's slots, shared by every worker of this engine.
+    pub fn slots(&self) -> &InstanceSlots {
+        &self.slots
     }
 
     /// Whether wasm execution is metered with fuel.

@@ -26,6 +26,9 @@ pub enum Failure {
     /// The guest failed after a binding call met a failing backend (a
     /// store that is down): the guest did not handle the `backend` error.
     Backend,
+    /// Every instance slot stayed busy for the queue timeout: the request
+    /// was refused before it ran (`Retry-After` says when to come back).
+    Overloaded,
 }
 
 /// A limit that can end a run.
@@ -53,7 +56,7 @@ impl Limit {
 impl Failure {
     pub fn status(self) -> http::StatusCode {
         match self {
-            Failure::CpuLimit | Failure::MemoryLimit | Failure::Backend => {
+            Failure::CpuLimit | Failure::MemoryLimit | Failure::Backend | Failure::Overloaded => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
             Failure::WallLimit => http::StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +75,7 @@ impl Failure {
             Failure::NoResponse => "no-response",
             Failure::BadRequest => "bad-request",
             Failure::Backend => "backend",
+            Failure::Overloaded => "overloaded",
         }
     }
 
@@ -82,6 +86,10 @@ impl Failure {
             Some(Trap::OutOfFuel) => Failure::CpuLimit,
             Some(Trap::Interrupt) => Failure::WallLimit,
             _ if memory_limit_hit => Failure::MemoryLimit,
+            // The pool refused the instance (a run that took no slot, such
+            // as a plugin's, or memory reserved elsewhere): not the guest's
+            // fault. wasmtime says so only in its message.
+            _ if format!("{error:#}").contains("maximum concurrent") => Failure::Overloaded,
             _ => Failure::Exception,
         }
     }
@@ -103,7 +111,14 @@ impl Failure {
             self.status().canonical_reason().unwrap_or("error"),
             self.reason()
         );
-        error_response(self.status(), self.reason(), &text)
+        let mut response = error_response(self.status(), self.reason(), &text);
+        if self == Failure::Overloaded {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

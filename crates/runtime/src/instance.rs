@@ -103,15 +103,20 @@ impl Worker {
     ) -> Result<http::Response<Body>, GuestError> {
         let inner = &self.inner;
         let request_id = services.request_id.clone();
-        let (mut store, reused) = match self.take_idle() {
+        // A kept instance holds its slot of the pool; a new one waits for
+        // one, a short while, and the request is refused when none frees.
+        let (mut store, reused, slot) = match self.take_idle() {
             Some(idle) => (
                 self.rearm(idle.store, services, &report)?,
                 Some((idle.proxy, idle.served)),
+                idle.slot,
             ),
-            None => (
-                self.new_store(services, self.subrequests(&report), inner.budget.fuel)?,
-                None,
-            ),
+            None => {
+                let slot = inner.budget.admit().await?;
+                let store =
+                    self.new_store(services, self.subrequests(&report), inner.budget.fuel)?;
+                (store, None, slot)
+            }
         };
 
         let incoming = store
@@ -179,6 +184,7 @@ impl Worker {
                         store,
                         proxy,
                         served: served + 1,
+                        slot,
                     })
                 }
                 // Drop the instance here, inside the timed task and off
@@ -186,6 +192,7 @@ impl Worker {
                 _ => {
                     let dropping = Instant::now();
                     drop(store);
+                    drop(slot);
                     task_report.drop_ns.store(
                         u64::try_from(dropping.elapsed().as_nanos()).unwrap_or(u64::MAX),
                         Ordering::Relaxed,

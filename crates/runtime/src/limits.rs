@@ -4,8 +4,13 @@
 use std::time::Duration;
 
 use isola_config::{Limits, WorkerRun};
-use isola_engine::IsolaEngine;
+use std::sync::Arc;
+
+use isola_engine::{InstanceSlot, InstanceSlots, IsolaEngine};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{ResourceLimiter, Store};
+
+use crate::failure::{Failure, GuestError};
 
 /// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
 /// overrides it). Calibrated on the development machine with
@@ -26,6 +31,17 @@ pub(crate) struct Budget {
     pub wall_ticks: u64,
     /// Whether the engine meters fuel at all.
     pub consume_fuel: bool,
+    /// The engine's instance slots, which every run takes one of.
+    pub slots: InstanceSlots,
+    /// This worker's own cap on its instances (`instance_cap`), if any.
+    pub own: Option<Arc<Semaphore>>,
+}
+
+/// A run's place in the instance pool: the engine's slot and, for a capped
+/// worker, one of its own. Dropping it frees both.
+pub(crate) struct Slot {
+    _pool: InstanceSlot,
+    _own: Option<OwnedSemaphorePermit>,
 }
 
 impl Budget {
@@ -39,7 +55,46 @@ impl Budget {
             wall,
             wall_ticks: IsolaEngine::ticks_for(wall),
             consume_fuel: engine.consumes_fuel(),
+            slots: engine.slots().clone(),
+            own: (run.instance_cap > 0)
+                .then(|| Arc::new(Semaphore::new(run.instance_cap as usize))),
         }
+    }
+
+    /// A slot of the instance pool for a new instance, or the `overloaded`
+    /// failure when none frees within the queue timeout.
+    pub async fn admit(&self) -> Result<Slot, GuestError> {
+        let queue_timeout = self.slots.queue_timeout();
+        let waited = std::time::Instant::now();
+        let own = match &self.own {
+            Some(own) => tokio::time::timeout(queue_timeout, own.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(Some),
+            None => Some(None),
+        };
+        let pool = match own {
+            Some(own) => self
+                .slots
+                .acquire_within(queue_timeout.saturating_sub(waited.elapsed()))
+                .await
+                .map(|pool| Slot {
+                    _pool: pool,
+                    _own: own,
+                }),
+            None => None,
+        };
+        pool.ok_or_else(|| {
+            GuestError::message(
+                Failure::Overloaded,
+                format!(
+                    "overloaded: all {} instance slots stayed busy for {} ms (server.max_instances, server.queue_timeout_ms)",
+                    self.slots.size(),
+                    self.slots.queue_timeout().as_millis()
+                ),
+            )
+        })
     }
 
     /// A store for `data` with the memory limiter on and fuel yields set;

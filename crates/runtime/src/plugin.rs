@@ -110,6 +110,10 @@ pub enum CallError {
     /// The plugin asked for more memory than `limits.memory_mb`.
     #[error("the plugin asked for more memory than its limit ({memory_mb} MiB)")]
     MemoryLimit { memory_mb: u64 },
+    /// Every instance slot of the engine stayed busy for its queue
+    /// timeout: the call did not run.
+    #[error("overloaded: no instance slot freed within {queue_ms} ms")]
+    Overloaded { queue_ms: u64 },
     /// The plugin trapped (a panic, say), or a host function or the
     /// embedder's call code returned an error.
     #[error("the plugin failed: {cause}")]
@@ -127,11 +131,12 @@ impl CallError {
             CallError::CpuLimit { .. } => Some(Limit::Cpu),
             CallError::WallLimit { .. } => Some(Limit::Wall),
             CallError::MemoryLimit { .. } => Some(Limit::Memory),
-            CallError::Failed { .. } => None,
+            CallError::Failed { .. } | CallError::Overloaded { .. } => None,
         }
     }
 
-    fn new(error: GuestError, limits: &Limits) -> Self {
+    fn new(error: GuestError, budget: &Budget) -> Self {
+        let limits = &budget.limits;
         match error.failure {
             Failure::CpuLimit => CallError::CpuLimit {
                 cpu_ms: limits.cpu_ms,
@@ -141,6 +146,9 @@ impl CallError {
             },
             Failure::MemoryLimit => CallError::MemoryLimit {
                 memory_mb: limits.memory_mb,
+            },
+            Failure::Overloaded => CallError::Overloaded {
+                queue_ms: budget.slots.queue_timeout().as_millis() as u64,
             },
             _ => CallError::Failed {
                 cause: error.cause,
@@ -179,6 +187,8 @@ struct Idle<T: 'static> {
     store: Store<PluginState<T>>,
     instance: Instance,
     served: u32,
+    /// The pool slot its instance holds while it waits.
+    slot: crate::limits::Slot,
 }
 
 impl<T: Send + 'static> Plugin<T> {
@@ -244,19 +254,23 @@ impl<T: Send + 'static> Plugin<T> {
             backend_failed: Arc::default(),
         };
         let services = ServiceCalls::none(id);
-        let (mut store, kept, served) = match self.take_idle() {
+        let (mut store, kept, served, slot) = match self.take_idle() {
             Some(mut idle) => {
                 let state = idle.store.data_mut();
                 state.run.begin(meter, services);
                 state.data = data;
-                (idle.store, Some(idle.instance), idle.served)
+                (idle.store, Some(idle.instance), idle.served, idle.slot)
             }
-            None => (self.new_store(data, meter, services)?, None, 0),
+            None => {
+                let slot =
+                    (inner.budget.admit().await).map_err(|e| CallError::new(e, &inner.budget))?;
+                (self.new_store(data, meter, services)?, None, 0, slot)
+            }
         };
         inner
             .budget
             .arm(&mut store, inner.budget.fuel)
-            .map_err(|e| CallError::new(GuestError::host(Failure::Exception, e), limits))?;
+            .map_err(|e| CallError::new(GuestError::host(Failure::Exception, e), &inner.budget))?;
 
         let guest = async {
             let instance = match kept {
@@ -274,23 +288,30 @@ impl<T: Send + 'static> Plugin<T> {
         )
         .await;
         let memory_limit_hit = store.data().run.memory_limit_hit;
-        match outcome {
-            Ok(Ok((value, instance))) => {
-                if !memory_limit_hit && served + 1 < inner.reuse {
-                    inner.idle.lock().expect("idle lock").push(Idle {
-                        store,
-                        instance,
-                        served: served + 1,
-                    });
-                }
-                Ok(value)
+        let (result, kept) = match outcome {
+            Ok(Ok((value, instance))) => (Ok(value), Some(instance)),
+            Ok(Err(trap)) => {
+                let error = GuestError::from_trap(trap, memory_limit_hit, false);
+                (Err(CallError::new(error, &inner.budget)), None)
             }
-            Ok(Err(trap)) => Err(CallError::new(
-                GuestError::from_trap(trap, memory_limit_hit, false),
-                limits,
-            )),
-            Err(cut_off) => Err(CallError::new(cut_off, limits)),
+            Err(cut_off) => (Err(CallError::new(cut_off, &inner.budget)), None),
+        };
+        match kept {
+            Some(instance) if !memory_limit_hit && served + 1 < inner.reuse => {
+                inner.idle.lock().expect("idle lock").push(Idle {
+                    store,
+                    instance,
+                    served: served + 1,
+                    slot,
+                });
+            }
+            // The instance goes before its slot is given back.
+            _ => {
+                drop(store);
+                drop(slot);
+            }
         }
+        result
     }
 
     fn take_idle(&self) -> Option<Idle<T>> {
@@ -313,11 +334,9 @@ impl<T: Send + 'static> Plugin<T> {
             run: RunState::new(inner.shared.clone(), meter, services),
             data,
         };
-        inner.budget.store(inner.pre.engine(), state).map_err(|e| {
-            CallError::new(
-                GuestError::host(Failure::Exception, e),
-                &inner.budget.limits,
-            )
-        })
+        inner
+            .budget
+            .store(inner.pre.engine(), state)
+            .map_err(|e| CallError::new(GuestError::host(Failure::Exception, e), &inner.budget))
     }
 }

@@ -213,9 +213,17 @@ impl Worker {
         let fuel = inner
             .trigger_cpu_ms
             .saturating_mul(inner.budget.fuel_yield_interval);
-        let store = match self.new_store(services, self.subrequests(&report), fuel) {
-            Ok(store) => store,
+        let admitted = match inner.budget.admit().await {
+            Ok(slot) => self
+                .new_store(services, self.subrequests(&report), fuel)
+                .map(|store| (store, slot)),
+            Err(e) => Err(e),
+        };
+        let (store, slot) = match admitted {
+            Ok(admitted) => admitted,
             Err(e) => {
+                report.set_failure(e.failure);
+                report.set_status(e.failure.status().as_u16());
                 return TriggerRun {
                     id,
                     result: Err(e.into()),
@@ -230,6 +238,7 @@ impl Worker {
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().run.memory_limit_hit;
             drop(store);
+            drop(slot);
             result.map_err(|trap| GuestError::from_trap(trap, memory_limit_hit, false))
         };
         let wall = inner.budget.wall;

@@ -78,6 +78,8 @@ pub(crate) struct Reusable {
     pub(crate) store: Store<HostState>,
     pub(crate) proxy: Proxy,
     pub(crate) served: u32,
+    /// The pool slot its instance holds while it waits.
+    pub(crate) slot: crate::limits::Slot,
 }
 
 impl Worker {

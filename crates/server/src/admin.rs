@@ -2,7 +2,8 @@
 //! public listener.
 //!
 //! - `GET /healthz`: the process is up (200).
-//! - `GET /readyz`: 200 once every worker is compiled and loaded, else 503.
+//! - `GET /readyz`: 200 once every worker is compiled and loaded, else 503;
+//!   503 too while requests are being refused as overloaded.
 //! - `GET /metrics`: Prometheus text format (see [`crate::telemetry`]).
 //! - `GET /tail[?worker=NAME][&status=5xx,404,ok,error]`: live request and
 //!   guest log events as Server-Sent Events (one JSON object per `data:`).
@@ -21,6 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+/// `/readyz` says overloaded while a refusal is this recent.
+const OVERLOAD_WINDOW: Duration = Duration::from_secs(1);
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -150,6 +154,11 @@ impl State {
         match (request.method(), request.uri().path()) {
             (&http::Method::GET, "/healthz") => text(200, "ok\n"),
             (&http::Method::GET, "/readyz") => match app.current() {
+                // A load balancer should send elsewhere for a moment.
+                Some(_) if app.telemetry().overloaded_within(OVERLOAD_WINDOW) => text(
+                    503,
+                    "not ready: overloaded, requests were refused in the last second\n",
+                ),
                 Some(generation) => text(
                     200,
                     format!(

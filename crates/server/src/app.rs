@@ -86,6 +86,7 @@ pub struct App {
     retired: Mutex<Vec<Worker>>,
     pub(crate) header_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) max_connections: usize,
     telemetry: Arc<Telemetry>,
 }
 
@@ -106,6 +107,7 @@ impl App {
             retired: Mutex::new(Vec::new()),
             header_timeout: Duration::from_millis(server.header_timeout_ms),
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+            max_connections: server.max_connections as usize,
             telemetry,
         }
     }

@@ -61,7 +61,15 @@ impl Server {
             .timer(TokioTimer::new())
             .max_header_list_size(64 * 1024);
         tokio::pin!(shutdown);
+        // A connection holds a slot until it closes; at the cap, new ones
+        // wait in the kernel's accept queue. Idle ones are closed by the
+        // header timeout, so they cannot hold the slots for long.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.app.max_connections));
         loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -76,16 +84,30 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let app = self.app.clone();
+            let header_timeout = app.header_timeout;
             let service = hyper::service::service_fn(move |request| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
             });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let (builder, watcher) = (builder.clone(), graceful.watcher());
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
+                let _slot = slot;
+                // hyper's header timeout starts with the first byte: a client
+                // that sends nothing at all is closed here, after the same
+                // time, so it cannot hold its connection slot.
+                // (`readable()` may report a fresh socket ready; a peek waits
+                // for a byte.)
+                let mut first = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                    Ok(Ok(1..))
+                ) {
+                    return;
+                }
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(%peer, "connection ended with an error: {e}");
                 }
             });

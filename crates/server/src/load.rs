@@ -114,6 +114,7 @@ fn each_worker<T: Send>(
 pub fn engine_for(config: &Config) -> Result<IsolaEngine> {
     let mut options = EngineOptions::new(config.server.cache_dir());
     options.max_instances = config.server.max_instances;
+    options.queue_timeout = std::time::Duration::from_millis(config.server.queue_timeout_ms);
     options.max_memory_bytes =
         usize::try_from(largest_memory_mb(config) << 20).context("memory_mb too large")?;
     Ok(IsolaEngine::new(&options)?)

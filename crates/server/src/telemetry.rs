@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
-use isola_runtime::{CacheOutcome, Limit, Observer, Outcome};
+use isola_runtime::{CacheOutcome, Failure, Limit, Observer, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -96,6 +96,10 @@ pub struct Telemetry {
     ready: Gauge,
     generation: Gauge,
     reloads: Family<CacheLabels, Counter>,
+    overloaded: Family<WorkerLabels, Counter>,
+    /// When a request was last refused as overloaded (ms since the Unix
+    /// epoch; 0: never).
+    last_overload_ms: std::sync::atomic::AtomicU64,
     tail: broadcast::Sender<TailEvent>,
     pending: Mutex<HashMap<String, Vec<Value>>>,
 }
@@ -129,6 +133,12 @@ impl Telemetry {
         let ready = Gauge::<i64, AtomicI64>::default();
         let generation = Gauge::<i64, AtomicI64>::default();
         let reloads = Family::<CacheLabels, Counter>::default();
+        let overloaded = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "isola_overloaded",
+            "Requests refused with 503 overloaded: every instance slot stayed busy for queue_timeout_ms",
+            overloaded.clone(),
+        );
         registry.register(
             "isola_requests",
             "Requests finished, by worker and response status",
@@ -203,6 +213,8 @@ impl Telemetry {
             ready,
             generation,
             reloads,
+            overloaded,
+            last_overload_ms: Default::default(),
             tail: broadcast::channel(TAIL_BUFFER).0,
             pending: Mutex::new(HashMap::new()),
         }
@@ -227,6 +239,15 @@ impl Telemetry {
                 outcome: if ok { "ok" } else { "failed" }.into(),
             })
             .inc();
+    }
+
+    /// Whether a request was refused as overloaded within the last
+    /// `window` (what `/readyz` reports).
+    pub(crate) fn overloaded_within(&self, window: std::time::Duration) -> bool {
+        let last = self
+            .last_overload_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        last != 0 && unix_ms().saturating_sub(last) <= window.as_millis() as u64
     }
 
     pub(crate) fn set_ready(&self, ready: bool, generation: u64) {
@@ -297,6 +318,11 @@ impl Telemetry {
             self.instantiation
                 .get_or_create(&labels)
                 .observe(outcome.instantiate.as_secs_f64());
+        }
+        if outcome.failure == Some(Failure::Overloaded) {
+            self.overloaded.get_or_create(&labels).inc();
+            self.last_overload_ms
+                .store(unix_ms(), std::sync::atomic::Ordering::Relaxed);
         }
         let limit = outcome.limit.map(Limit::as_str);
         if let Some(limit) = limit {
@@ -419,6 +445,12 @@ impl Telemetry {
             .remove(request_id)
             .unwrap_or_default()
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now() -> String {

@@ -42,7 +42,15 @@ fn parse(path: &Path, text: &str) -> Result<Config, Fault> {
         toml::from_str(text).map_err(|e| Fault::new(e.span(), None, e.message().trim()))?;
     let base = path.parent().unwrap_or(Path::new(""));
     let (server, outbound_override) = server::parse_server(raw.server, base)?;
-    let workers = worker::parse_workers(raw.worker, base, &server, outbound_override)?;
+    let mut workers = worker::parse_workers(raw.worker, base, &server, outbound_override)?;
+    // Beside other workers, one may hold at most three quarters of the
+    // instance pool, so an overloaded one cannot starve the rest.
+    if workers.len() > 1 {
+        let cap = (server.max_instances - server.max_instances / 4).max(1);
+        for worker in &mut workers {
+            worker.run.instance_cap = cap;
+        }
+    }
     let backends = backends::parse_backends(&raw.backends)?;
     Ok(Config {
         source: path.to_owned(),

@@ -82,6 +82,16 @@ pub(super) fn parse_server(
             .filter(|&n| n <= 100_000)
             .ok_or_else(|| Fault::at(n.span(), key, "must be at most 100000"))?;
     }
+    if let Some(ms) = raw.queue_timeout_ms {
+        server.queue_timeout_ms = ms;
+    }
+    if let Some(n) = &raw.max_connections {
+        let key = "server.max_connections";
+        server.max_connections = u32::try_from(positive(n, key.into())?)
+            .ok()
+            .filter(|&n| n <= 1_000_000)
+            .ok_or_else(|| Fault::at(n.span(), key, "must be at most 1000000"))?;
+    }
     if let Some(file) = &raw.outbound_ca_file {
         let path = base.join(file.get_ref());
         if !path.is_file() {

@@ -133,6 +133,7 @@ impl Workers<'_> {
                 services: bindings.services,
                 instance_reuse,
                 pass_through_buffer_kb,
+                instance_cap: 0,
             },
         })
     }
