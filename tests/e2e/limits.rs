@@ -461,3 +461,46 @@ async fn clients_that_send_headers_too_slowly_are_dropped() {
     // Others are served meanwhile and after.
     assert_eq!(get(&client(), &server.url("/")).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_header_limit_is_the_one_enforced() {
+    let project = Project::new(&format!(
+        "[server]\nmax_header_bytes = 2048\n{}",
+        worker("hello", guests::EXAMPLE_HELLO, &["/*"])
+    ));
+    let server = project.serve();
+    let client = client();
+    // Under the default 8 KiB but over the configured 2 KiB: refused.
+    let response = client
+        .get(server.url("/"))
+        .header("x-big", "a".repeat(3 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.headers()["x-isola-error"], "header-size");
+    // Under the configured limit: served.
+    let response = client
+        .get(server.url("/"))
+        .header("x-big", "a".repeat(1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_ms_bounds_a_fetch_to_a_slow_origin() {
+    let origin = Upstream::start(Duration::from_secs(30)).await;
+    let project = limits_project(&format!(
+        "wall_ms = 500\nallowed_outbound_hosts = [\"{}\"]",
+        origin.url("")
+    ));
+    let server = project.serve();
+    let started = std::time::Instant::now();
+    let url = format!("/fetch?url={}", origin.url("/slow"));
+    expect_failure(&server, &url, 504, "wall-limit").await;
+    // Cut at the deadline, not when the origin would have answered.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    still_serving(&server).await;
+}

@@ -358,3 +358,18 @@ async fn chunked_bodies_within_the_buffer_are_replayed_and_larger_ones_still_rea
     assert_eq!((status, reason.as_deref()), (500, Some("exception")));
     assert_eq!(seen.lock().unwrap().as_slice(), [48 << 10]);
 }
+
+#[tokio::test]
+async fn a_compute_loop_is_stopped_by_its_fuel_budget_to_the_unit() {
+    let host = Host::new();
+    // Fuel runs out after ~6 ms of wasm, long before the 50 ms thread-CPU
+    // backstop could: the limit that fires is the fuel budget itself.
+    let mut run = limited(50, 10_000, 32);
+    run.fuel_per_ms = Some(1_000_000);
+    let worker = host.load("spinner", isola_test_programs::LIMITS, &run);
+    let (status, reason, _, outcome) = read(get(&worker, "/spin").await).await;
+    assert_eq!((status, reason.as_deref()), (503, Some("cpu-limit")));
+    assert_eq!(outcome.limit, Some(Limit::Cpu));
+    assert_eq!(outcome.fuel, 50 * 1_000_000, "all of cpu_ms × fuel_per_ms");
+    assert!(outcome.cpu < Duration::from_millis(50), "{outcome:?}");
+}
