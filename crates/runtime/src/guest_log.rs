@@ -77,7 +77,13 @@ impl LineWriter {
         }
         self.pending.extend_from_slice(bytes);
         if self.pending.len() >= MAX_LINE {
+            // A long line is logged in pieces; a secret the next write
+            // completes must not be cut in two (each half would escape the
+            // mask), so the end that could start one stays for the next.
+            let cut = safe_cut(&self.pending, &self.log.secrets);
+            let rest = self.pending.split_off(cut);
             self.emit();
+            self.pending = rest;
         }
     }
 
@@ -154,6 +160,28 @@ impl tokio::io::AsyncWrite for LineWriter {
     }
 }
 
+/// Where to end the piece of a long line that is logged now: no secret
+/// occurrence may straddle the cut, and the last bytes that could begin a
+/// secret completed by a later write stay behind.
+fn safe_cut(pending: &[u8], secrets: &[String]) -> usize {
+    let masked = secrets.iter().filter(|s| s.len() >= MIN_MASKED_SECRET);
+    let longest = masked.clone().map(String::len).max().unwrap_or(0);
+    let mut cut = pending.len().saturating_sub(longest.saturating_sub(1));
+    // Move left past any whole occurrence the cut would split.
+    for secret in masked {
+        let needle = secret.as_bytes();
+        let from = cut.saturating_sub(needle.len() - 1);
+        let window = &pending[from..(cut + needle.len() - 1).min(pending.len())];
+        if let Some(at) = window.windows(needle.len()).position(|w| w == needle) {
+            let start = from + at;
+            if start < cut && cut < start + needle.len() {
+                cut = start;
+            }
+        }
+    }
+    cut
+}
+
 /// `text` with every secret value replaced by `[secret]`: a guest may print
 /// a secret by mistake, and the log never shows it. Very short values are
 /// left alone: masking them would garble ordinary text and hide little.
@@ -165,4 +193,33 @@ pub(crate) fn mask_secrets(text: &str, secrets: &[String]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_never_cut_inside_a_secret() {
+        let secrets = vec!["supersecretvalue".to_owned()];
+        // The write ends with the secret's first half: it stays behind.
+        let mut pending = vec![b'a'; MAX_LINE - 4];
+        pending.extend_from_slice(b"supersec");
+        let cut = safe_cut(&pending, &secrets);
+        assert!(!String::from_utf8_lossy(&pending[..cut]).contains("sup"));
+        assert!(pending[cut..].ends_with(b"supersec"));
+        // A whole secret across the naive cut is kept whole on one side.
+        let mut pending = vec![b'a'; MAX_LINE - 6];
+        pending.extend_from_slice(b"supersecretvalue");
+        pending.extend_from_slice(&[b'b'; 20]);
+        let cut = safe_cut(&pending, &secrets);
+        let (logged, kept) = (&pending[..cut], &pending[cut..]);
+        let whole_on_one_side = mask_secrets(&String::from_utf8_lossy(logged), &secrets)
+            .contains("[secret]")
+            || String::from_utf8_lossy(kept).contains("supersecretvalue");
+        assert!(whole_on_one_side);
+        assert!(!String::from_utf8_lossy(logged).ends_with("supersec"));
+        // Without secrets a piece is the whole buffer.
+        assert_eq!(safe_cut(&pending, &[]), pending.len());
+    }
 }
