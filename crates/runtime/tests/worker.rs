@@ -373,3 +373,39 @@ async fn a_compute_loop_is_stopped_by_its_fuel_budget_to_the_unit() {
     assert_eq!(outcome.fuel, 50 * 1_000_000, "all of cpu_ms × fuel_per_ms");
     assert!(outcome.cpu < Duration::from_millis(50), "{outcome:?}");
 }
+
+/// Counts the runs it hears of.
+#[derive(Default)]
+struct Runs(std::sync::atomic::AtomicUsize);
+
+impl isola_runtime::Observer for Runs {
+    fn finished(&self, _outcome: &isola_runtime::Outcome) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_chain_of_service_calls_may_nest_sixteen_deep_and_no_deeper() {
+    let host = Host::new();
+    let run = WorkerRun {
+        services: vec![ServiceBinding {
+            binding: "SELF".into(),
+            service: "looping".into(),
+        }],
+        ..WorkerRun::default()
+    };
+    let worker = host.load("looping", isola_test_programs::LIFECYCLE, &run);
+    let runs = Arc::new(Runs::default());
+    worker.observe(runs.clone());
+    let _services = Services::new(std::slice::from_ref(&worker));
+    // `/loop` calls itself through `SELF` until a call is refused.
+    let (status, reason, _, _) = read(get(&worker, "/loop").await).await;
+    assert_eq!((status, reason.as_deref()), (508, Some("loop-detected")));
+    assert_eq!(
+        isola_runtime::MAX_CALL_DEPTH,
+        16,
+        "the README and this test say 16"
+    );
+    // The request itself and the 16 nested calls ran; the 17th did not.
+    assert_eq!(runs.0.load(std::sync::atomic::Ordering::SeqCst), 17);
+}
