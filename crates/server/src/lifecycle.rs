@@ -216,6 +216,11 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
     outbound_client_for(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A spinning guest's poll lasts up to a fuel-yield interval (~1 ms).
+        // tokio looks for I/O every 61 polls by default, so behind a few
+        // spinners a healthy request waited ~60 ms per I/O step (300-800 ms
+        // per request, measured); every 8 polls it waits a few ms.
+        .event_interval(8)
         .build()?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
