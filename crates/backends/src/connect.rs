@@ -8,7 +8,7 @@ use std::sync::Arc;
 use isola_config::{Backend, BackendsConfig};
 
 use crate::error::{BindingError, Result};
-use crate::remote::redis_connection;
+use crate::remote::redis_connection_with;
 use crate::{analytics, blob, cache, kv, lease, queue, sql};
 
 impl crate::Backends {
@@ -43,14 +43,16 @@ impl crate::Backends {
             BindingError::Backend(format!("cannot create {}: {e}", state_dir.display()))
         })?;
         let mut redis: HashMap<String, redis::aio::ConnectionManager> = HashMap::new();
-        let mut redis_for = async |kind: &str, url: &str| {
-            if let Some(conn) = redis.get(url) {
+        let mut redis_for = async |kind: &str, url: &str, tls: &isola_config::BackendTls| {
+            // One connection per server and set of certificate files.
+            let key = format!("{url} {tls:?}");
+            if let Some(conn) = redis.get(&key) {
                 return Ok(conn.clone());
             }
-            let conn = redis_connection(url)
+            let conn = redis_connection_with(url, tls)
                 .await
                 .map_err(|e| BindingError::Backend(format!("backends.{kind}: {e}")))?;
-            redis.insert(url.to_owned(), conn.clone());
+            redis.insert(key, conn.clone());
             Ok::<_, BindingError>(conn)
         };
         let wrong = |kind: &str, backend: &Backend| {
@@ -58,19 +60,24 @@ impl crate::Backends {
                 "backends.{kind}: {backend:?} is not a {kind} backend"
             ))
         };
+        let not_yet = |kind: &str| {
+            BindingError::Invalid(format!(
+                "backends.{kind}: certificate files are not supported for this store yet"
+            ))
+        };
         let kv: Arc<dyn kv::KvStore> = match &config.kv {
             Backend::Embedded => {
                 Arc::new(kv::sqlite::SqliteKv::open(&state_dir.join("kv.sqlite"))?)
             }
-            Backend::Redis { url } => {
-                Arc::new(kv::redis::RedisKv::new(redis_for("kv", url).await?))
+            Backend::Redis { url, tls } => {
+                Arc::new(kv::redis::RedisKv::new(redis_for("kv", url, tls).await?))
             }
             other => return Err(wrong("kv", other)),
         };
         let cache: Arc<dyn cache::CacheStore> = match &config.cache {
             Backend::Embedded => Arc::new(cache::memory::MemoryCache::new(config.cache_max_bytes)),
-            Backend::Redis { url } => Arc::new(cache::redis::RedisCache::new(
-                redis_for("cache", url).await?,
+            Backend::Redis { url, tls } => Arc::new(cache::redis::RedisCache::new(
+                redis_for("cache", url, tls).await?,
             )),
             other => return Err(wrong("cache", other)),
         };
@@ -79,8 +86,8 @@ impl crate::Backends {
             Backend::Embedded => Arc::new(queue::sqlite::SqliteQueues::open(
                 &state_dir.join("queues.sqlite"),
             )?),
-            Backend::Redis { url } => {
-                let conn = redis_for("queue", url).await?;
+            Backend::Redis { url, tls } => {
+                let conn = redis_for("queue", url, tls).await?;
                 leases = Arc::new(lease::RedisLeases::new(conn.clone()));
                 Arc::new(queue::redis::RedisQueues::new(conn))
             }
@@ -88,7 +95,10 @@ impl crate::Backends {
         };
         let sql: Arc<dyn sql::SqlBackend> = match &config.sql {
             Backend::Embedded => Arc::new(sql::sqlite::SqliteSql::new(&state_dir.join("d1"))?),
-            Backend::Postgres { url } => Arc::new(
+            Backend::Postgres { tls, .. } if *tls != isola_config::BackendTls::default() => {
+                return Err(not_yet("sql"));
+            }
+            Backend::Postgres { url, .. } => Arc::new(
                 sql::postgres::PostgresSql::connect(url)
                     .await
                     .map_err(|e| BindingError::Backend(format!("backends.sql: {e}")))?,
@@ -97,10 +107,14 @@ impl crate::Backends {
         };
         let blob: Arc<dyn blob::BlobStore> = match &config.blob {
             Backend::Embedded => Arc::new(blob::fs::FsBlobStore::new(&state_dir.join("r2"))?),
+            Backend::S3 { tls, .. } if *tls != isola_config::BackendTls::default() => {
+                return Err(not_yet("blob"));
+            }
             Backend::S3 {
                 endpoint,
                 region,
                 bucket,
+                ..
             } => Arc::new(
                 blob::s3::S3BlobStore::connect(endpoint.as_deref(), region, bucket)
                     .await
@@ -156,6 +170,7 @@ mod tests {
         let config = BackendsConfig {
             kv: Backend::Redis {
                 url: format!("redis://isola:hunter2@127.0.0.1:{port}"),
+                tls: Default::default(),
             },
             ..BackendsConfig::default()
         };
@@ -176,6 +191,7 @@ mod tests {
         let config = BackendsConfig {
             sql: Backend::Postgres {
                 url: format!("postgres://isola:hunter2@127.0.0.1:{port}/app"),
+                tls: Default::default(),
             },
             ..BackendsConfig::default()
         };

@@ -20,6 +20,8 @@ pub mod lease;
 pub mod queue;
 pub mod remote;
 pub mod sql;
+#[cfg(test)]
+mod tls_tests;
 mod util;
 
 use std::sync::Arc;

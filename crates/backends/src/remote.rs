@@ -94,24 +94,101 @@ pub(crate) fn redis_err(e: redis::RedisError) -> BindingError {
     BindingError::Backend(format!("redis: {e}"))
 }
 
+/// Install aws-lc-rs as the process's rustls provider unless one is set:
+/// clients that build their TLS config with `ClientConfig::builder()` (the
+/// `redis` crate's) need one, and this build has two.
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+}
+
+/// What a failed TLS handshake with `store` was checked against, to follow
+/// its error: ` (Redis TLS: server certificate checked against ca.pem)`.
+pub(crate) fn tls_hint(store: &str, tls: &isola_config::BackendTls) -> String {
+    let roots = tls.ca_file.as_ref().map_or_else(
+        || "the system's root certificates".to_owned(),
+        |ca| format!("CA file {}", ca.display()),
+    );
+    let client = match &tls.client_cert {
+        Some(cert) => format!(", client certificate {}", cert.display()),
+        None => String::new(),
+    };
+    format!(" ({store} TLS: server certificate checked against {roots}{client})")
+}
+
+/// Whether a connection error came from the TLS handshake.
+pub(crate) fn is_tls_failure(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "alert"]
+        .iter()
+        .any(|word| message.contains(word))
+}
+
+/// The contents of a certificate file a `[backends]` entry names.
+pub(crate) fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| BindingError::Invalid(format!("cannot read {what} {}: {e}", path.display())))
+}
+
 /// A Redis connection that reconnects by itself: commands on a broken
 /// connection fail (the caller gets a `backend` error) and the next one
 /// reconnects. Every attempt and every command is bounded by
-/// [`IO_TIMEOUT`].
+/// [`IO_TIMEOUT`]. A `rediss://` URL is TLS, verified against the system's
+/// roots; see [`redis_connection_with`] for certificate files.
 pub async fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).map_err(|e| {
+    redis_connection_with(url, &isola_config::BackendTls::default()).await
+}
+
+/// As [`redis_connection`]; over TLS (`rediss://`) the server's certificate
+/// is verified against `tls.ca_file` (else the system's roots), and
+/// `tls.client_cert` / `client_key` are presented when set.
+pub async fn redis_connection_with(
+    url: &str,
+    tls: &isola_config::BackendTls,
+) -> Result<redis::aio::ConnectionManager> {
+    let invalid = |e: redis::RedisError| {
         BindingError::Invalid(format!("redis URL {} is not valid: {e}", redact(url)))
-    })?;
+    };
+    let client = if url.starts_with("rediss://") {
+        ensure_crypto_provider();
+        let client_tls = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert, "client certificate")?,
+                client_key: read_pem(key, "client key")?,
+            }),
+            _ => None,
+        };
+        let root_cert = match &tls.ca_file {
+            Some(ca) => Some(read_pem(ca, "CA file")?),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(invalid)?
+    } else {
+        redis::Client::open(url).map_err(invalid)?
+    };
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(IO_TIMEOUT))
         .set_response_timeout(Some(IO_TIMEOUT))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     let shown = redact(url);
+    let hint = url.starts_with("rediss://").then(|| tls_hint("Redis", tls));
     on_background(async move {
         let mut conn = redis::aio::ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| BindingError::Backend(format!("cannot connect to {shown}: {e}")))?;
+            .map_err(|e| {
+                let e = e.to_string();
+                let hint = hint.filter(|_| is_tls_failure(&e)).unwrap_or_default();
+                BindingError::Backend(format!("cannot connect to {shown}: {e}{hint}"))
+            })?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await

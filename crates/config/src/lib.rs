@@ -22,9 +22,9 @@ mod secrets;
 pub use error::ConfigError;
 pub use js_build::{JsBuild, ModuleRule, ModuleType};
 pub use model::{
-    AnalyticsBinding, Backend, BackendsConfig, BuildConfig, Config, CronSchedule, D1Binding,
-    DEFAULT_LISTEN, DEFAULT_STATE_DIR, KvBinding, Limits, QueueConsumer, QueueProducer, R2Binding,
-    Secret, ServerConfig, ServiceBinding, WorkerConfig, WorkerRun,
+    AnalyticsBinding, Backend, BackendTls, BackendsConfig, BuildConfig, Config, CronSchedule,
+    D1Binding, DEFAULT_LISTEN, DEFAULT_STATE_DIR, KvBinding, Limits, QueueConsumer, QueueProducer,
+    R2Binding, Secret, ServerConfig, ServiceBinding, WorkerConfig, WorkerRun,
 };
 pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};

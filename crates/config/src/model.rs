@@ -277,10 +277,12 @@ impl BackendsConfig {
 pub enum Backend {
     /// SQLite, the filesystem or memory, under `state_dir`.
     Embedded,
-    /// `redis://[user:password@]host:port[/db]` (kv, cache, queue).
-    Redis { url: String },
-    /// `postgres://user:password@host:port/database` (sql).
-    Postgres { url: String },
+    /// `redis://[user:password@]host:port[/db]` (kv, cache, queue);
+    /// `rediss://` for TLS.
+    Redis { url: String, tls: BackendTls },
+    /// `postgres://user:password@host:port/database` (sql);
+    /// `?sslmode=require` or `verify-full` for TLS.
+    Postgres { url: String, tls: BackendTls },
     /// One S3 bucket (blob); credentials come from the environment
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
     S3 {
@@ -288,7 +290,25 @@ pub enum Backend {
         endpoint: Option<String>,
         region: String,
         bucket: String,
+        /// Only `ca_file` applies.
+        tls: BackendTls,
     },
+}
+
+/// The certificate files of a `[backends]` entry reached over TLS, resolved
+/// against the config file's directory and checked to be files at parse
+/// time. The server's certificate is always verified: against `ca_file`
+/// when set, else the system's roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendTls {
+    /// PEM file of the CA certificate(s) the server's certificate must
+    /// chain to (instead of the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to a server that asks for one
+    /// (mutual TLS; Redis and PostgreSQL); set with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// Per-request limits of a worker.

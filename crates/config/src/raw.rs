@@ -38,6 +38,9 @@ pub(crate) struct RawBackend {
     pub(crate) endpoint: Option<Spanned<String>>,
     pub(crate) region: Option<Spanned<String>>,
     pub(crate) bucket: Option<Spanned<String>>,
+    pub(crate) ca_file: Option<Spanned<String>>,
+    pub(crate) client_cert: Option<Spanned<String>>,
+    pub(crate) client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

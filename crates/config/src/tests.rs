@@ -147,19 +147,22 @@ fn distributed_backends() {
     assert_eq!(
         b.kv,
         Backend::Redis {
-            url: "redis://127.0.0.1:6379".into()
+            url: "redis://127.0.0.1:6379".into(),
+            tls: BackendTls::default(),
         }
     );
     assert_eq!(
         b.cache,
         Backend::Redis {
-            url: "redis://127.0.0.1:6379/1".into()
+            url: "redis://127.0.0.1:6379/1".into(),
+            tls: BackendTls::default(),
         }
     );
     assert_eq!(
         b.sql,
         Backend::Postgres {
-            url: "postgres://isola:pw@db/isola".into()
+            url: "postgres://isola:pw@db/isola".into(),
+            tls: BackendTls::default(),
         }
     );
     assert_eq!(
@@ -167,11 +170,91 @@ fn distributed_backends() {
         Backend::S3 {
             endpoint: Some("http://127.0.0.1:9000".into()),
             region: "us-east-1".into(),
-            bucket: "isola".into()
+            bucket: "isola".into(),
+            tls: BackendTls::default(),
         }
     );
     assert_eq!(b.queue, b.kv);
     assert!(!BackendsConfig::default().is_distributed());
+}
+
+#[test]
+fn backends_over_tls() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.dir.path().join("certs")).unwrap();
+    for file in ["ca.pem", "node.pem", "node.key"] {
+        std::fs::write(f.dir.path().join("certs").join(file), "").unwrap();
+    }
+    let worker = "[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n";
+    let config = f
+        .parse(&format!(
+            "[backends]\n\
+             kv = {{ type = \"redis\", url = \"rediss://r:6380\", ca_file = \"certs/ca.pem\", \
+             client_cert = \"certs/node.pem\", client_key = \"certs/node.key\" }}\n\
+             sql = {{ type = \"postgres\", url = \"postgres://db/app?sslmode=verify-full\", ca_file = \"certs/ca.pem\" }}\n\
+             blob = {{ type = \"s3\", endpoint = \"https://s3:9000\", bucket = \"b\", ca_file = \"certs/ca.pem\" }}\n\
+             {worker}"
+        ))
+        .unwrap();
+    let certs = f.dir.path().join("certs");
+    let full = BackendTls {
+        ca_file: Some(certs.join("ca.pem")),
+        client_cert: Some(certs.join("node.pem")),
+        client_key: Some(certs.join("node.key")),
+    };
+    let ca_only = BackendTls {
+        ca_file: Some(certs.join("ca.pem")),
+        ..BackendTls::default()
+    };
+    let b = &config.backends;
+    assert_eq!(
+        b.kv,
+        Backend::Redis {
+            url: "rediss://r:6380".into(),
+            tls: full
+        }
+    );
+    assert_eq!(
+        b.sql,
+        Backend::Postgres {
+            url: "postgres://db/app?sslmode=verify-full".into(),
+            tls: ca_only.clone()
+        }
+    );
+    assert!(matches!(&b.blob, Backend::S3 { tls, .. } if *tls == ca_only));
+
+    let missing = f.error(&format!(
+        "[backends]\nkv = {{ type = \"redis\", url = \"rediss://r\", ca_file = \"nope.pem\" }}\n{worker}"
+    ));
+    assert!(
+        missing.starts_with("isola.toml:2:54: backends.kv.ca_file: ")
+            && missing.ends_with("nope.pem is not a file"),
+        "{missing}"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\nkv = {{ type = \"redis\", url = \"redis://r\", ca_file = \"certs/ca.pem\" }}\n{worker}"
+        )),
+        "isola.toml:2:30: backends.kv.url: certificate files need a `rediss://` (TLS) URL"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\ncache = {{ type = \"redis\", url = \"rediss://r\", client_cert = \"certs/node.pem\" }}\n{worker}"
+        )),
+        "isola.toml:2:61: backends.cache.client_cert: `client_cert` needs `client_key`"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\nblob = {{ type = \"s3\", bucket = \"b\", client_key = \"certs/node.key\" }}\n{worker}"
+        )),
+        "isola.toml:2:50: backends.blob.client_key: a `s3` backend has no `client_key`"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\nkv = {{ type = \"sqlite\", ca_file = \"certs/ca.pem\" }}\n{worker}"
+        )),
+        "isola.toml:2:35: backends.kv.ca_file: a `sqlite` backend has no `ca_file`"
+    );
 }
 
 #[test]

@@ -76,10 +76,71 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// A test CA and what it signed, as PEM files in a temp dir: `ca.pem`,
+/// `server.pem` / `server.key` (for `localhost` and `127.0.0.1`),
+/// `client.pem` / `client.key` (a client certificate for mutual TLS).
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    /// A fresh CA, server and client certificate: a second `Certs` is a CA
+    /// the first one's servers are not signed by.
+    pub fn generate() -> Certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("writing a certificate");
+            // PostgreSQL refuses a key others may read.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+            }
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own, so another test CA is an unknown issuer.
+        ca.distinguished_name
+            .push(DnType::CommonName, unique("Isola test CA"));
+        let ca = ca.self_signed(&ca_key).expect("CA certificate");
+        write("ca.pem", ca.pem());
+        for (name, usage) in [
+            ("server", ExtendedKeyUsagePurpose::ServerAuth),
+            ("client", ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let key = KeyPair::generate().expect("key");
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                    .expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("isola-test-{name}"));
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Certs { dir }
+    }
+
+    /// `name` in the certificate dir (`ca.pem`, `server.key`, ...).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 /// A `redis-server` without persistence.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// Set for a TLS-only server (`rediss://`).
+    tls: bool,
 }
 
 impl Redis {
@@ -88,9 +149,42 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Self::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// A server speaking only TLS, with `certs`' server certificate; with
+    /// `client_certs`, a client must present a certificate `certs`' CA
+    /// signed.
+    pub fn start_tls(certs: &Certs, client_certs: bool) -> Redis {
+        let port = free_port();
+        let file = |name: &str| certs.path(name).display().to_string();
+        let auth = if client_certs { "yes" } else { "no" };
+        let mut redis = Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &file("server.pem"),
+                "--tls-key-file",
+                &file("server.key"),
+                "--tls-ca-cert-file",
+                &file("ca.pem"),
+                "--tls-auth-clients",
+                auth,
+            ],
+        );
+        redis.tls = true;
+        redis
+    }
+
+    fn spawn(port: u16, listen: &[&str]) -> Redis {
         let program = require("redis-server", "apt-get install redis-server");
         let mut child = Command::new(program)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -100,11 +194,18 @@ impl Redis {
         Redis {
             child: Some(child),
             port,
+            tls: false,
         }
     }
 
+    /// `redis://127.0.0.1:<port>`, or `rediss://127.0.0.1:<port>` for a
+    /// TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -119,9 +220,10 @@ impl Redis {
         }
     }
 
-    /// Start it again on the same port.
+    /// Start it again on the same port (without TLS).
     pub fn restart(&mut self) {
         self.stop();
+        self.tls = false;
         self.child = Redis::start_on(self.port).child.take();
     }
 }

@@ -2,17 +2,20 @@
 //! implement is an error, and so is a field its type does not have.
 
 use std::ops::Range;
+use std::path::Path;
 
 use toml::Spanned;
 
 use crate::error::Fault;
-use crate::model::{Backend, BackendsConfig};
+use crate::model::{Backend, BackendTls, BackendsConfig};
 use crate::raw::{RawBackend, RawBackends};
 
 /// A `[backends]` field, where it is, and the backend types that have it.
 type FieldRule<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
 
-pub(super) fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, Fault> {
+/// `base` is the config file's directory, which certificate files are
+/// relative to.
+pub(super) fn parse_backends(raw: &RawBackends, base: &Path) -> Result<BackendsConfig, Fault> {
     let mut config = BackendsConfig::default();
     let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
         ("kv", &raw.kv, &["sqlite", "redis"]),
@@ -25,7 +28,7 @@ pub(super) fn parse_backends(raw: &RawBackends) -> Result<BackendsConfig, Fault>
         let Some(backend) = backend else { continue };
         let key = format!("backends.{kind}");
         check_fields(&key, kind, backend, available)?;
-        let parsed = parse_backend(&key, backend)?;
+        let parsed = parse_backend(&key, backend, base)?;
         if let Some(mb) = &backend.max_mb {
             if *mb.get_ref() == 0 {
                 return Err(Fault::at(
@@ -67,7 +70,7 @@ fn check_fields(
         ));
     }
     // Every field but `type` belongs to some backend types only.
-    let fields: [FieldRule; 5] = [
+    let fields: [FieldRule; 8] = [
         (
             "max_mb",
             backend.max_mb.as_ref().map(Spanned::span),
@@ -93,6 +96,21 @@ fn check_fields(
             backend.bucket.as_ref().map(Spanned::span),
             &["s3"],
         ),
+        (
+            "ca_file",
+            backend.ca_file.as_ref().map(Spanned::span),
+            &["redis", "postgres", "s3"],
+        ),
+        (
+            "client_cert",
+            backend.client_cert.as_ref().map(Spanned::span),
+            &["redis", "postgres"],
+        ),
+        (
+            "client_key",
+            backend.client_key.as_ref().map(Spanned::span),
+            &["redis", "postgres"],
+        ),
     ];
     for (field, span, types) in fields {
         if let Some(span) = span
@@ -110,7 +128,7 @@ fn check_fields(
 }
 
 /// The backend a checked entry describes.
-fn parse_backend(key: &str, backend: &RawBackend) -> Result<Backend, Fault> {
+fn parse_backend(key: &str, backend: &RawBackend, base: &Path) -> Result<Backend, Fault> {
     let kind_name = backend.r#type.get_ref();
     let required = |value: &Option<Spanned<String>>, field: &str| {
         value
@@ -140,10 +158,18 @@ fn parse_backend(key: &str, backend: &RawBackend) -> Result<Backend, Fault> {
                     format!("must start with {}", scheme.join(" or ")),
                 ));
             }
+            let tls = parse_tls(key, backend, base)?;
             if kind_name == "redis" {
-                Backend::Redis { url }
+                if !url.starts_with("rediss://") && tls != BackendTls::default() {
+                    return Err(Fault::new(
+                        backend.url.as_ref().map(Spanned::span),
+                        Some(format!("{key}.url")),
+                        "certificate files need a `rediss://` (TLS) URL",
+                    ));
+                }
+                Backend::Redis { url, tls }
             } else {
-                Backend::Postgres { url }
+                Backend::Postgres { url, tls }
             }
         }
         "s3" => {
@@ -164,8 +190,48 @@ fn parse_backend(key: &str, backend: &RawBackend) -> Result<Backend, Fault> {
                     .as_ref()
                     .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
                 bucket: required(&backend.bucket, "bucket")?,
+                tls: parse_tls(key, backend, base)?,
             }
         }
         _ => Backend::Embedded,
     })
+}
+
+/// `ca_file`, `client_cert` and `client_key`, relative to `base`: each must
+/// be a file, and a client certificate comes with its key.
+fn parse_tls(key: &str, backend: &RawBackend, base: &Path) -> Result<BackendTls, Fault> {
+    let file = |value: &Option<Spanned<String>>, field: &str| {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let path = base.join(value.get_ref());
+        if !path.is_file() {
+            return Err(Fault::at(
+                value.span(),
+                format!("{key}.{field}"),
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        Ok(Some(path))
+    };
+    let tls = BackendTls {
+        ca_file: file(&backend.ca_file, "ca_file")?,
+        client_cert: file(&backend.client_cert, "client_cert")?,
+        client_key: file(&backend.client_key, "client_key")?,
+    };
+    for (present, absent, span) in [
+        ("client_cert", "client_key", backend.client_cert.as_ref()),
+        ("client_key", "client_cert", backend.client_key.as_ref()),
+    ] {
+        if let Some(span) = span
+            && tls.client_cert.is_some() != tls.client_key.is_some()
+        {
+            return Err(Fault::at(
+                span.span(),
+                format!("{key}.{present}"),
+                format!("`{present}` needs `{absent}`"),
+            ));
+        }
+    }
+    Ok(tls)
 }

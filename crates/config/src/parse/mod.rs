@@ -51,7 +51,7 @@ fn parse(path: &Path, text: &str) -> Result<Config, Fault> {
             worker.run.instance_cap = cap;
         }
     }
-    let backends = backends::parse_backends(&raw.backends)?;
+    let backends = backends::parse_backends(&raw.backends, base)?;
     Ok(Config {
         source: path.to_owned(),
         server,

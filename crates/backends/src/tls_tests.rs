@@ -1,0 +1,100 @@
+//! The distributed backends over TLS, against real servers on loopback
+//! with certificates made for the test: the right CA connects, a wrong one
+//! stops start-up with an error naming the store and the certificate
+//! problem.
+
+use std::path::Path;
+
+use isola_config::{Backend, BackendTls, BackendsConfig};
+use isola_test_services::{Certs, Redis};
+
+use crate::kv::KvNamespace;
+
+fn tls(certs: &Certs, client: bool) -> BackendTls {
+    BackendTls {
+        ca_file: Some(certs.path("ca.pem")),
+        client_cert: client.then(|| certs.path("client.pem")),
+        client_key: client.then(|| certs.path("client.key")),
+    }
+}
+
+fn kv_on(url: String, tls: BackendTls) -> BackendsConfig {
+    BackendsConfig {
+        kv: Backend::Redis { url, tls },
+        ..BackendsConfig::default()
+    }
+}
+
+async fn connect(config: &BackendsConfig, state: &Path) -> crate::Result<crate::Backends> {
+    crate::Backends::connect(config, state).await
+}
+
+async fn kv_round_trip(backends: &crate::Backends) {
+    let kv = KvNamespace::new(backends.kv.clone(), &isola_test_services::unique("tls"));
+    kv.put("k", b"over tls".to_vec(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(kv.get("k").await.unwrap().unwrap().data, b"over tls");
+}
+
+#[tokio::test]
+async fn kv_over_rediss_with_the_right_ca() {
+    let certs = Certs::generate();
+    let redis = Redis::start_tls(&certs, false);
+    assert!(redis.url().starts_with("rediss://"));
+    let dir = tempfile::tempdir().unwrap();
+    let backends = connect(&kv_on(redis.url(), tls(&certs, false)), dir.path())
+        .await
+        .unwrap();
+    kv_round_trip(&backends).await;
+}
+
+#[tokio::test]
+async fn rediss_with_a_client_certificate() {
+    let certs = Certs::generate();
+    let redis = Redis::start_tls(&certs, true);
+    let dir = tempfile::tempdir().unwrap();
+    let backends = connect(&kv_on(redis.url(), tls(&certs, true)), dir.path())
+        .await
+        .unwrap();
+    kv_round_trip(&backends).await;
+
+    // Without one, the server hangs up on the handshake.
+    let err = connect(&kv_on(redis.url(), tls(&certs, false)), dir.path())
+        .await
+        .err()
+        .expect("a server that wants a client certificate refuses none")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("backends.kv: cannot connect to {}", redis.url())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn rediss_with_a_wrong_ca_is_refused() {
+    let certs = Certs::generate();
+    let other = Certs::generate();
+    let redis = Redis::start_tls(&certs, false);
+    let dir = tempfile::tempdir().unwrap();
+    let err = connect(&kv_on(redis.url(), tls(&other, false)), dir.path())
+        .await
+        .err()
+        .expect("a server certificate another CA signed is refused")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("backends.kv: cannot connect to {}", redis.url())),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "(Redis TLS: server certificate checked against CA file {})",
+            other.path("ca.pem").display()
+        )),
+        "{err}"
+    );
+}
