@@ -67,6 +67,18 @@ pub struct SqliteQueues {
 }
 
 impl SqliteQueues {
+    /// Messages of `queue` leased and not yet acked, retried or
+    /// dead-lettered (a consumer holds them, or held them when it died).
+    pub async fn in_flight(&self, queue: &str) -> Result<u64> {
+        let queue = queue.to_owned();
+        self.with_conn(move |conn| {
+            conn.prepare_cached("SELECT count(*) FROM messages WHERE queue = ?1 AND leased")?
+                .query_row([queue], |row| row.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
     /// The store in `path`, which is opened (and created) on first use.
     pub fn open(path: &std::path::Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
