@@ -95,11 +95,8 @@ impl crate::Backends {
         };
         let sql: Arc<dyn sql::SqlBackend> = match &config.sql {
             Backend::Embedded => Arc::new(sql::sqlite::SqliteSql::new(&state_dir.join("d1"))?),
-            Backend::Postgres { tls, .. } if *tls != isola_config::BackendTls::default() => {
-                return Err(not_yet("sql"));
-            }
-            Backend::Postgres { url, .. } => Arc::new(
-                sql::postgres::PostgresSql::connect(url)
+            Backend::Postgres { url, tls } => Arc::new(
+                sql::postgres::PostgresSql::connect_with(url, tls)
                     .await
                     .map_err(|e| BindingError::Backend(format!("backends.sql: {e}")))?,
             ),

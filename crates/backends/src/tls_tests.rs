@@ -6,9 +6,10 @@
 use std::path::Path;
 
 use isola_config::{Backend, BackendTls, BackendsConfig};
-use isola_test_services::{Certs, Redis};
+use isola_test_services::{Certs, Postgres, Redis};
 
 use crate::kv::KvNamespace;
+use crate::sql::{Statement, Value};
 
 fn tls(certs: &Certs, client: bool) -> BackendTls {
     BackendTls {
@@ -93,6 +94,72 @@ async fn rediss_with_a_wrong_ca_is_refused() {
     assert!(
         err.ends_with(&format!(
             "(Redis TLS: server certificate checked against CA file {})",
+            other.path("ca.pem").display()
+        )),
+        "{err}"
+    );
+}
+
+fn sql_on(url: String, tls: BackendTls) -> BackendsConfig {
+    BackendsConfig {
+        sql: Backend::Postgres { url, tls },
+        ..BackendsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn postgres_verify_full_with_the_right_ca() {
+    let certs = Certs::generate();
+    let pg = Postgres::start_tls(&certs);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let backends = connect(&sql_on(url, tls(&certs, false)), dir.path())
+        .await
+        .unwrap();
+    let db = backends
+        .sql
+        .open(&isola_test_services::unique("tls").replace('-', "_"))
+        .unwrap();
+    let rows = db
+        .query(Statement {
+            sql: "SELECT ssl::int AS tls FROM pg_stat_ssl WHERE pid = pg_backend_pid()".into(),
+            params: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        vec![vec![Value::Integer(1)]],
+        "the session is TLS"
+    );
+}
+
+#[tokio::test]
+async fn postgres_with_a_wrong_ca_is_refused() {
+    let certs = Certs::generate();
+    let other = Certs::generate();
+    let pg = Postgres::start_tls(&certs);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let err = connect(&sql_on(url.clone(), tls(&other, false)), dir.path())
+        .await
+        .err()
+        .expect("a server certificate another CA signed is refused")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "backends.sql: cannot connect to {}: error performing TLS handshake: ",
+            crate::remote::redact(&url)
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "(PostgreSQL TLS: server certificate checked against CA file {})",
             other.path("ca.pem").display()
         )),
         "{err}"

@@ -239,6 +239,12 @@ fn backends_over_tls() {
     );
     assert_eq!(
         f.error(&format!(
+            "[backends]\nsql = {{ type = \"postgres\", url = \"postgres://db/app\", ca_file = \"certs/ca.pem\" }}\n{worker}"
+        )),
+        "isola.toml:2:34: backends.sql.url: certificate files need `sslmode=verify-full` (or `require`) in the URL"
+    );
+    assert_eq!(
+        f.error(&format!(
             "[backends]\ncache = {{ type = \"redis\", url = \"rediss://r\", client_cert = \"certs/node.pem\" }}\n{worker}"
         )),
         "isola.toml:2:61: backends.cache.client_cert: `client_cert` needs `client_key`"

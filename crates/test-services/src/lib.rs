@@ -256,11 +256,36 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// A cluster that also speaks TLS (`ssl=on`) with `certs`' server
+    /// certificate (plain connections are still allowed).
+    pub fn start_tls(certs: &Certs) -> Postgres {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Certs>) -> Postgres {
         let initdb = require("initdb", "apt-get install postgresql");
         let postgres = require("postgres", "apt-get install postgresql");
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let root = is_root();
+        // The server's certificate and key, readable by the server alone.
+        let mut ssl = Vec::new();
+        if let Some(certs) = certs {
+            let tls = dir.path().join("tls");
+            std::fs::create_dir(&tls).expect("tls dir");
+            for (name, setting) in [
+                ("server.pem", "ssl_cert_file"),
+                ("server.key", "ssl_key_file"),
+            ] {
+                std::fs::copy(certs.path(name), tls.join(name)).expect("copying a certificate");
+                ssl.push("-c".to_owned());
+                ssl.push(format!("{setting}={}", tls.join(name).display()));
+            }
+            ssl.extend(["-c".to_owned(), "ssl=on".to_owned()]);
+        }
         let as_postgres = |program: &Path| {
             let mut command;
             if root {
@@ -328,6 +353,7 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ])
+            .args(&ssl)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

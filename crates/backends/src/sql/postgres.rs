@@ -28,6 +28,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls};
 
+use super::pg_tls::{PgTls, split_mode};
 use super::{ExecResult, Meta, Rows, SqlBackend, SqlDatabase, Statement, Value};
 use crate::error::{BindingError, Result};
 use crate::remote::{IO_TIMEOUT, background, redact};
@@ -38,6 +39,7 @@ const MAX_IDLE: usize = 16;
 
 pub struct PostgresSql {
     config: tokio_postgres::Config,
+    tls: Option<PgTls>,
     url: String,
     open: Mutex<HashMap<String, Arc<PgDatabase>>>,
 }
@@ -45,12 +47,25 @@ pub struct PostgresSql {
 impl PostgresSql {
     /// Connect once to check the server answers.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &isola_config::BackendTls::default()).await
+    }
+
+    /// As [`PostgresSql::connect`]; with `sslmode=require` or `verify-full`
+    /// in the URL, over TLS verified against `tls`' files
+    /// ([`super::pg_tls`]).
+    pub async fn connect_with(url: &str, tls: &isola_config::BackendTls) -> Result<Self> {
         let shown = redact(url);
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let (parsed, verified) = split_mode(url)?;
+        let mut config: tokio_postgres::Config = parsed.parse().map_err(|e| {
             BindingError::Invalid(format!("postgres URL {shown} is not valid: {e}"))
         })?;
         config.connect_timeout(IO_TIMEOUT);
-        let pool = Pool::new(config.clone(), shown.clone(), None);
+        let tls = if verified {
+            Some(PgTls::new(tls)?)
+        } else {
+            None
+        };
+        let pool = Pool::new(config.clone(), tls.clone(), shown.clone(), None);
         let client = pool.get().await?;
         client
             .client()
@@ -59,6 +74,7 @@ impl PostgresSql {
             .map_err(|e| BindingError::Backend(format!("{shown}: {}", pg_message(&e))))?;
         Ok(PostgresSql {
             config,
+            tls,
             url: shown,
             open: Mutex::new(HashMap::new()),
         })
@@ -74,6 +90,7 @@ impl SqlBackend for PostgresSql {
         let db = Arc::new(PgDatabase {
             pool: Pool::new(
                 self.config.clone(),
+                self.tls.clone(),
                 self.url.clone(),
                 Some(format!("d1_{name}")),
             ),
@@ -87,6 +104,7 @@ impl SqlBackend for PostgresSql {
 /// dropped, so the next call reconnects.
 struct Pool {
     config: tokio_postgres::Config,
+    tls: Option<PgTls>,
     url: String,
     schema: Option<String>,
     schema_made: AtomicBool,
@@ -125,9 +143,15 @@ fn quote_ident(name: &str) -> String {
 }
 
 impl Pool {
-    fn new(config: tokio_postgres::Config, url: String, schema: Option<String>) -> Self {
+    fn new(
+        config: tokio_postgres::Config,
+        tls: Option<PgTls>,
+        url: String,
+        schema: Option<String>,
+    ) -> Self {
         Pool {
             config,
+            tls,
             url,
             schema,
             schema_made: AtomicBool::new(false),
@@ -149,16 +173,41 @@ impl Pool {
         }
         let config = self.config.clone();
         let url = self.url.clone();
+        let tls = self.tls.clone();
         let client = crate::remote::on_background(async move {
-            let (client, connection) = config
-                .connect(NoTls)
-                .await
-                .map_err(|e| BindingError::Backend(format!("cannot connect to {url}: {e}")))?;
-            background().spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("postgres connection ended: {e}");
+            let failed = |e: tokio_postgres::Error, hint: &str| {
+                // A TLS error's reason is in its sources, which `e` does not show.
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    let text = cause.to_string();
+                    if !message.contains(&text) {
+                        message = format!("{message}: {text}");
+                    }
+                    source = cause.source();
                 }
-            });
+                let hint = if crate::remote::is_tls_failure(&message) {
+                    hint
+                } else {
+                    ""
+                };
+                BindingError::Backend(format!("cannot connect to {url}: {message}{hint}"))
+            };
+            let client = match tls {
+                Some(tls) => {
+                    let hint = tls.hint.clone();
+                    let (client, connection) =
+                        config.connect(tls).await.map_err(|e| failed(e, &hint))?;
+                    background().spawn(drive(connection));
+                    client
+                }
+                None => {
+                    let (client, connection) =
+                        config.connect(NoTls).await.map_err(|e| failed(e, ""))?;
+                    background().spawn(drive(connection));
+                    client
+                }
+            };
             Ok(client)
         })
         .await?;
@@ -185,6 +234,16 @@ impl Pool {
             client: Some(client),
             idle: self.idle.clone(),
         })
+    }
+}
+
+/// Run a connection until it ends.
+async fn drive<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!("postgres connection ended: {e}");
     }
 }
 

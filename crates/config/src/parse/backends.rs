@@ -169,6 +169,16 @@ fn parse_backend(key: &str, backend: &RawBackend, base: &Path) -> Result<Backend
                 }
                 Backend::Redis { url, tls }
             } else {
+                let tls_mode = ["require", "verify-full"]
+                    .iter()
+                    .any(|mode| url.contains(&format!("sslmode={mode}")));
+                if !tls_mode && tls != BackendTls::default() {
+                    return Err(Fault::new(
+                        backend.url.as_ref().map(Spanned::span),
+                        Some(format!("{key}.url")),
+                        "certificate files need `sslmode=verify-full` (or `require`) in the URL",
+                    ));
+                }
                 Backend::Postgres { url, tls }
             }
         }
