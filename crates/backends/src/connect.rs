@@ -60,11 +60,6 @@ impl crate::Backends {
                 "backends.{kind}: {backend:?} is not a {kind} backend"
             ))
         };
-        let not_yet = |kind: &str| {
-            BindingError::Invalid(format!(
-                "backends.{kind}: certificate files are not supported for this store yet"
-            ))
-        };
         let kv: Arc<dyn kv::KvStore> = match &config.kv {
             Backend::Embedded => {
                 Arc::new(kv::sqlite::SqliteKv::open(&state_dir.join("kv.sqlite"))?)
@@ -104,18 +99,21 @@ impl crate::Backends {
         };
         let blob: Arc<dyn blob::BlobStore> = match &config.blob {
             Backend::Embedded => Arc::new(blob::fs::FsBlobStore::new(&state_dir.join("r2"))?),
-            Backend::S3 { tls, .. } if *tls != isola_config::BackendTls::default() => {
-                return Err(not_yet("blob"));
-            }
             Backend::S3 {
                 endpoint,
                 region,
                 bucket,
-                ..
+                tls,
             } => Arc::new(
-                blob::s3::S3BlobStore::connect(endpoint.as_deref(), region, bucket)
-                    .await
-                    .map_err(|e| BindingError::Backend(format!("backends.blob: {e}")))?,
+                blob::s3::S3BlobStore::connect_tls(
+                    endpoint.as_deref(),
+                    region,
+                    bucket,
+                    None,
+                    tls.ca_file.as_deref(),
+                )
+                .await
+                .map_err(|e| BindingError::Backend(format!("backends.blob: {e}")))?,
             ),
             other => return Err(wrong("blob", other)),
         };

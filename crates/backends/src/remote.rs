@@ -117,6 +117,20 @@ pub(crate) fn tls_hint(store: &str, tls: &isola_config::BackendTls) -> String {
     format!(" ({store} TLS: server certificate checked against {roots}{client})")
 }
 
+/// `e`'s message followed by those of its sources not already in it.
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}
+
 /// Whether a connection error came from the TLS handshake.
 pub(crate) fn is_tls_failure(message: &str) -> bool {
     let message = message.to_ascii_lowercase();

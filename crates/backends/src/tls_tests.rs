@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use isola_config::{Backend, BackendTls, BackendsConfig};
-use isola_test_services::{Certs, Postgres, Redis};
+use isola_test_services::{Certs, Postgres, Redis, S3};
 
 use crate::kv::KvNamespace;
 use crate::sql::{Statement, Value};
@@ -160,6 +160,54 @@ async fn postgres_with_a_wrong_ca_is_refused() {
     assert!(
         err.ends_with(&format!(
             "(PostgreSQL TLS: server certificate checked against CA file {})",
+            other.path("ca.pem").display()
+        )),
+        "{err}"
+    );
+}
+
+/// moto over HTTPS with the test CA's certificate; credentials from the
+/// test rather than the environment.
+async fn s3_store(s3: &S3, ca_file: &Path) -> crate::Result<crate::blob::s3::S3BlobStore> {
+    crate::blob::s3::S3BlobStore::connect_tls(
+        Some(&s3.endpoint()),
+        "us-east-1",
+        &s3.bucket,
+        Some((
+            isola_test_services::S3_KEY_ID,
+            isola_test_services::S3_SECRET,
+        )),
+        Some(ca_file),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn s3_over_https_with_a_custom_ca() {
+    let certs = Certs::generate();
+    let s3 = S3::start_tls(&certs);
+    assert!(s3.endpoint().starts_with("https://"));
+    let store = s3_store(&s3, &certs.path("ca.pem")).await.unwrap();
+    let store: std::sync::Arc<dyn crate::blob::BlobStore> = std::sync::Arc::new(store);
+    assert_eq!(store.head("b", "k").await.unwrap(), None);
+
+    let other = Certs::generate();
+    let err = s3_store(&s3, &other.path("ca.pem"))
+        .await
+        .err()
+        .expect("a server certificate another CA signed is refused")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("cannot reach {}/{}: ", s3.endpoint(), s3.bucket)),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "(S3 TLS: server certificate checked against CA file {})",
             other.path("ca.pem").display()
         )),
         "{err}"

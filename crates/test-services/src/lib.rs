@@ -419,6 +419,8 @@ pub struct S3 {
     child: Option<Child>,
     pub port: u16,
     pub bucket: String,
+    /// The CA file of an HTTPS server.
+    ca_file: Option<PathBuf>,
 }
 
 /// Credentials moto accepts (any).
@@ -427,10 +429,28 @@ pub const S3_SECRET: &str = "isola-test-secret";
 
 impl S3 {
     pub fn start() -> S3 {
+        Self::start_with(None)
+    }
+
+    /// An HTTPS server with `certs`' server certificate.
+    pub fn start_tls(certs: &Certs) -> S3 {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&Certs>) -> S3 {
         let program = require("moto_server", "pip install 'moto[server]==5.2.1'");
         let port = free_port();
-        let mut child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut command = Command::new(program);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(certs) = certs {
+            command
+                .arg("-s")
+                .arg("-c")
+                .arg(certs.path("server.pem"))
+                .arg("-k")
+                .arg(certs.path("server.key"));
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -440,6 +460,7 @@ impl S3 {
             child: Some(child),
             port,
             bucket: "isola-test".to_owned(),
+            ca_file: certs.map(|c| c.path("ca.pem")),
         };
         s3.create_bucket(&s3.bucket);
         s3
@@ -448,6 +469,21 @@ impl S3 {
     /// CreateBucket (moto does not check signatures).
     pub fn create_bucket(&self, bucket: &str) {
         use std::io::{Read, Write};
+        if let Some(ca) = &self.ca_file {
+            let curl = require("curl", "apt-get install curl");
+            let out = Command::new(curl)
+                .args(["-sS", "-f", "-X", "PUT", "--cacert"])
+                .arg(ca)
+                .arg(format!("{}/{bucket}", self.endpoint()))
+                .output()
+                .expect("running curl");
+            assert!(
+                out.status.success(),
+                "moto did not create bucket {bucket}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
         let port = self.port;
         let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("moto");
         write!(
@@ -463,8 +499,14 @@ impl S3 {
         );
     }
 
+    /// `http://127.0.0.1:<port>`, or `https://` for a TLS server.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {

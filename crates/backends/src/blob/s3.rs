@@ -71,6 +71,37 @@ impl S3BlobStore {
         bucket: &str,
         credentials: Option<(&str, &str)>,
     ) -> Result<Self> {
+        Self::connect_tls(endpoint, region, bucket, credentials, None).await
+    }
+
+    /// As [`S3BlobStore::connect_with`]; an `https://` endpoint's
+    /// certificate is verified against `ca_file` (PEM, one or more CA
+    /// certificates) instead of the system's roots.
+    pub async fn connect_tls(
+        endpoint: Option<&str>,
+        region: &str,
+        bucket: &str,
+        credentials: Option<(&str, &str)>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let mut options = ClientOptions::new()
+            .with_connect_timeout(crate::remote::IO_TIMEOUT)
+            .with_timeout(Duration::from_secs(60));
+        if let Some(ca) = ca_file {
+            let pem = crate::remote::read_pem(ca, "CA file")?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| BindingError::Invalid(format!("CA file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(BindingError::Invalid(format!(
+                    "CA file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            options = options.with_no_system_certificates(true);
+            for cert in certs {
+                options = options.with_root_certificate(cert);
+            }
+        }
         let mut builder = AmazonS3Builder::from_env();
         if let Some((key_id, secret)) = credentials {
             builder = builder
@@ -80,11 +111,7 @@ impl S3BlobStore {
         let mut builder = builder
             .with_region(region)
             .with_bucket_name(bucket)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(crate::remote::IO_TIMEOUT)
-                    .with_timeout(Duration::from_secs(60)),
-            )
+            .with_client_options(options)
             .with_retry(RetryConfig {
                 max_retries: 2,
                 retry_timeout: crate::remote::IO_TIMEOUT,
@@ -108,9 +135,30 @@ impl S3BlobStore {
             let mut listing = check.list(Some(&StorePath::from("isola-check")));
             listing.next().await.transpose()
         };
-        crate::remote::on_background(async move { probe.await.map_err(s3_err) })
-            .await
-            .map_err(|e| BindingError::Backend(format!("cannot reach {shown}: {e}")))?;
+        // The reason a request failed (a certificate, say) is in the
+        // error's sources, which its message leaves out.
+        let hint = endpoint
+            .is_some_and(|e| e.starts_with("https://"))
+            .then(|| {
+                crate::remote::tls_hint(
+                    "S3",
+                    &isola_config::BackendTls {
+                        ca_file: ca_file.map(std::path::Path::to_owned),
+                        ..Default::default()
+                    },
+                )
+            });
+        crate::remote::on_background(async move {
+            probe.await.map_err(|e| {
+                let message = crate::remote::with_sources(&e);
+                let hint = hint
+                    .filter(|_| crate::remote::is_tls_failure(&message))
+                    .unwrap_or_default();
+                BindingError::Backend(format!("s3: {message}{hint}"))
+            })
+        })
+        .await
+        .map_err(|e| BindingError::Backend(format!("cannot reach {shown}: {e}")))?;
         Ok(S3BlobStore { store })
     }
 }
