@@ -110,7 +110,7 @@ fn sql_on(url: String, tls: BackendTls) -> BackendsConfig {
 #[tokio::test]
 async fn postgres_verify_full_with_the_right_ca() {
     let certs = Certs::generate();
-    let pg = Postgres::start_tls(&certs);
+    let pg = Postgres::start_tls(&certs, false);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{}?sslmode=verify-full", pg.url());
     let backends = connect(&sql_on(url, tls(&certs, false)), dir.path())
@@ -138,7 +138,7 @@ async fn postgres_verify_full_with_the_right_ca() {
 async fn postgres_with_a_wrong_ca_is_refused() {
     let certs = Certs::generate();
     let other = Certs::generate();
-    let pg = Postgres::start_tls(&certs);
+    let pg = Postgres::start_tls(&certs, false);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{}?sslmode=verify-full", pg.url());
     let err = connect(&sql_on(url.clone(), tls(&other, false)), dir.path())
@@ -209,6 +209,46 @@ async fn s3_over_https_with_a_custom_ca() {
         err.ends_with(&format!(
             "(S3 TLS: server certificate checked against CA file {})",
             other.path("ca.pem").display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_with_a_client_certificate() {
+    let certs = Certs::generate();
+    let pg = Postgres::start_tls(&certs, true);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?sslmode=verify-full", pg.url());
+    let backends = connect(&sql_on(url.clone(), tls(&certs, true)), dir.path())
+        .await
+        .unwrap();
+    let db = backends.sql.open("mtls").unwrap();
+    let rows = db
+        .query(Statement {
+            sql: "SELECT client_serial IS NOT NULL AS cert FROM pg_stat_ssl \
+                  WHERE pid = pg_backend_pid()"
+                .into(),
+            params: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        vec![vec![Value::Integer(1)]],
+        "a client certificate"
+    );
+
+    // Without one, the server refuses the session.
+    let err = connect(&sql_on(url.clone(), tls(&certs, false)), dir.path())
+        .await
+        .err()
+        .expect("a server that wants a client certificate refuses none")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "backends.sql: cannot connect to {}",
+            crate::remote::redact(&url)
         )),
         "{err}"
     );

@@ -256,16 +256,18 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Postgres {
-        Self::start_with(None)
+        Self::start_with(None, false)
     }
 
     /// A cluster that also speaks TLS (`ssl=on`) with `certs`' server
-    /// certificate (plain connections are still allowed).
-    pub fn start_tls(certs: &Certs) -> Postgres {
-        Self::start_with(Some(certs))
+    /// certificate (plain connections are still allowed); with
+    /// `client_certs`, connections over TCP must be TLS with a client
+    /// certificate `certs`' CA signed (`hostssl ... clientcert=verify-ca`).
+    pub fn start_tls(certs: &Certs, client_certs: bool) -> Postgres {
+        Self::start_with(Some(certs), client_certs)
     }
 
-    fn start_with(certs: Option<&Certs>) -> Postgres {
+    fn start_with(certs: Option<&Certs>, client_certs: bool) -> Postgres {
         let initdb = require("initdb", "apt-get install postgresql");
         let postgres = require("postgres", "apt-get install postgresql");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -285,6 +287,19 @@ impl Postgres {
                 ssl.push(format!("{setting}={}", tls.join(name).display()));
             }
             ssl.extend(["-c".to_owned(), "ssl=on".to_owned()]);
+            if client_certs {
+                std::fs::copy(certs.path("ca.pem"), tls.join("ca.pem")).expect("copying the CA");
+                std::fs::write(
+                    tls.join("pg_hba.conf"),
+                    "local all all trust\n\
+                     hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n",
+                )
+                .expect("writing pg_hba.conf");
+                for (file, setting) in [("ca.pem", "ssl_ca_file"), ("pg_hba.conf", "hba_file")] {
+                    ssl.push("-c".to_owned());
+                    ssl.push(format!("{setting}={}", tls.join(file).display()));
+                }
+            }
         }
         let as_postgres = |program: &Path| {
             let mut command;
@@ -364,7 +379,14 @@ impl Postgres {
         let start = Instant::now();
         loop {
             let ok = Command::new(&psql)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "isola"])
+                // Over the socket when TCP wants a client certificate.
+                .arg("-h")
+                .arg(if client_certs {
+                    dir.path()
+                } else {
+                    Path::new("127.0.0.1")
+                })
+                .args(["-p", &port.to_string(), "-U", "isola"])
                 .args(["-d", "postgres", "-c", "SELECT 1", "-q"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
