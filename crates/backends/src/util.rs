@@ -29,7 +29,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Inverse of [`hex`]; `None` for anything else.
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -85,5 +85,60 @@ mod tests {
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("é0"), None);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn hex_round_trips_and_unhex_takes_only_hex(
+                bytes in any::<Vec<u8>>(),
+                text in prop_oneof![any::<String>(), "[0-9a-fA-F+ -]{0,8}"],
+            ) {
+                prop_assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+                if let Some(decoded) = unhex(&text) {
+                    prop_assert_eq!(hex(&decoded), text.to_ascii_lowercase());
+                }
+            }
+
+            #[test]
+            fn the_successor_bounds_exactly_the_prefixed_strings(
+                prefix in prop_oneof![any::<String>(), "[a\u{d7ff}\u{e000}\u{10ffff}]{0,3}"],
+                rest in prop_oneof![any::<String>(), "[\u{0}\u{10ffff}]{0,3}"],
+                other in any::<String>(),
+            ) {
+                match prefix_successor(&prefix) {
+                    Some(succ) => {
+                        let prefixed = format!("{prefix}{rest}");
+                        prop_assert!(prefixed.as_bytes() < succ.as_bytes());
+                        if !other.starts_with(&prefix) && other >= prefix {
+                            prop_assert!(other.as_bytes() >= succ.as_bytes());
+                        }
+                    }
+                    None => prop_assert!(prefix.chars().all(|c| c == char::MAX)),
+                }
+            }
+        }
+
+        #[test]
+        fn unhex_refuses_a_sign() {
+            // Found by `hex_round_trips_and_unhex_takes_only_hex`:
+            // `u8::from_str_radix` takes a leading `+`, so "+f" decoded.
+            assert_eq!(unhex("+f"), None);
+            assert_eq!(unhex("+f+f"), None);
+        }
     }
 }

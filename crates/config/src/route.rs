@@ -165,3 +165,133 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Text made of the characters the grammar cares about.
+    fn adversarial() -> impl Strategy<Value = String> {
+        "[*/.:?#a-cA-C0-9 \t\n\u{0}\u{e9}\u{3000}-]{0,20}"
+    }
+
+    /// The pattern written back from its parts.
+    fn render(p: &RoutePattern) -> String {
+        let host = match p.host() {
+            HostPattern::Any => String::new(),
+            HostPattern::Suffix(s) => format!("*{s}"),
+            HostPattern::Exact(h) => h.clone(),
+        };
+        let star = if p.is_prefix() { "*" } else { "" };
+        format!("{host}{}{star}", p.path())
+    }
+
+    fn check_accepted(text: &str, p: &RoutePattern) -> Result<(), TestCaseError> {
+        prop_assert_eq!(p.as_str(), text);
+        prop_assert_eq!(p.to_string(), text);
+        prop_assert_eq!(&RoutePattern::parse(p.as_str()).unwrap(), p);
+        // The parts say all there is to say: written back, they parse the
+        // same (the text aside, whose host case is kept).
+        let again = RoutePattern::parse(&render(p)).unwrap();
+        prop_assert_eq!(
+            (again.host(), again.path(), again.is_prefix()),
+            (p.host(), p.path(), p.is_prefix())
+        );
+        prop_assert!(p.path().starts_with('/'));
+        prop_assert!(!p.path().contains('*'));
+        prop_assert_eq!(p.is_prefix(), text.ends_with('*') && text != "*");
+        prop_assert!(!text.contains("://") && !text.contains('?') && !text.contains('#'));
+        prop_assert!(!text.chars().any(|c| c.is_whitespace() || c.is_control()));
+        if let HostPattern::Suffix(h) | HostPattern::Exact(h) = p.host() {
+            prop_assert!(!h.is_empty());
+            prop_assert!(!h.contains(['*', ':', '/']));
+            prop_assert!(!h.bytes().any(|b| b.is_ascii_uppercase()));
+        }
+        Ok(())
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9][a-zA-Z0-9-]{0,6}"
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._~%!$&'()+,;=@-]{0,6}"
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_text_parses_or_is_refused(text in any::<String>()) {
+            if let Ok(p) = RoutePattern::parse(&text) {
+                check_accepted(&text, &p)?;
+            }
+        }
+
+        #[test]
+        fn adversarial_text_parses_or_is_refused(text in adversarial()) {
+            if let Ok(p) = RoutePattern::parse(&text) {
+                check_accepted(&text, &p)?;
+            }
+        }
+
+        #[test]
+        fn well_formed_patterns_parse_to_their_parts(
+            host in prop_oneof![
+                Just(None),
+                Just(Some("*".to_owned())),
+                proptest::collection::vec(label(), 1..4).prop_map(|l| Some(l.join("."))),
+                proptest::collection::vec(label(), 1..3).prop_map(|l| Some(format!("*.{}", l.join(".")))),
+                proptest::collection::vec(label(), 1..3).prop_map(|l| Some(format!("*{}", l.join(".")))),
+            ],
+            segments in proptest::collection::vec(segment(), 1..4),
+            prefix in any::<bool>(),
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            let text = format!(
+                "{}{path}{}",
+                host.as_deref().unwrap_or(""),
+                if prefix { "*" } else { "" }
+            );
+            let p = RoutePattern::parse(&text).unwrap();
+            check_accepted(&text, &p)?;
+            prop_assert_eq!(p.path(), path.as_str());
+            prop_assert_eq!(p.is_prefix(), prefix);
+            let want = match host.as_deref() {
+                None | Some("*") => HostPattern::Any,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(rest) => HostPattern::Suffix(rest.to_ascii_lowercase()),
+                    None => HostPattern::Exact(h.to_ascii_lowercase()),
+                },
+            };
+            prop_assert_eq!(p.host(), &want);
+        }
+
+        #[test]
+        fn a_star_anywhere_else_is_refused(
+            before in "[a-z]{1,4}",
+            after in "[a-z]{1,4}",
+            prefix in any::<bool>(),
+        ) {
+            let star = if prefix { "*" } else { "" };
+            for bad in [
+                format!("{before}*{after}.com/x{star}"),
+                format!("*{before}*.com/x{star}"),
+                format!("/{before}*{after}{star}"),
+                format!("/{before}*/{after}{star}"),
+            ] {
+                prop_assert!(RoutePattern::parse(&bad).is_err(), "{:?}", bad);
+            }
+        }
+    }
+}

@@ -227,3 +227,137 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Header names as `wasi:http` hands them over (and junk: packing
+    /// only needs them free of newlines).
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-z0-9!#$%&'*+.^_`|~-]{1,12}", "[^\n]{0,8}",]
+    }
+
+    /// Any bytes but a newline, which no header value holds.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            any::<u8>().prop_filter("no newline", |&b| b != b'\n'),
+            0..16,
+        )
+    }
+
+    fn packed_text() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            any::<Vec<u8>>(),
+            proptest::collection::vec(
+                proptest::sample::select(&[b'a', b'\n', b':', 0xc3, 0xa9, 0xff, b' '][..]),
+                0..16,
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn packed_headers_round_trip(
+            entries in proptest::collection::vec((name(), value()), 0..8),
+        ) {
+            let packed = pack_headers(&entries);
+            prop_assert_eq!(packed.chars().filter(|&c| c == '\n').count(), 2 * entries.len());
+            let unpacked = unpack_headers(packed.as_bytes()).unwrap();
+            let back: Vec<(String, Vec<u8>)> = unpacked
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), latin1_bytes(v).unwrap()))
+                .collect();
+            prop_assert_eq!(back, entries);
+        }
+
+        #[test]
+        fn unpacking_accepts_exactly_the_well_formed(packed in packed_text()) {
+            let well_formed = std::str::from_utf8(&packed).is_ok_and(|text| {
+                text.is_empty()
+                    || (text.ends_with('\n') && text.matches('\n').count() % 2 == 0)
+            });
+            match unpack_headers(&packed) {
+                Ok(headers) => {
+                    prop_assert!(well_formed);
+                    let again: String = headers
+                        .iter()
+                        .map(|(n, v)| format!("{n}\n{v}\n"))
+                        .collect();
+                    prop_assert_eq!(again.as_bytes(), &packed[..]);
+                }
+                Err(message) => {
+                    prop_assert!(!well_formed);
+                    prop_assert!(!message.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn latin1_is_one_char_per_byte(bytes in any::<Vec<u8>>(), text in any::<String>()) {
+            let chars: String = bytes.iter().map(|&b| char::from(b)).collect();
+            prop_assert_eq!(latin1_bytes(&chars), Some(bytes));
+            prop_assert_eq!(
+                latin1_bytes(&text).is_some(),
+                text.chars().all(|c| u32::from(c) <= 0xff)
+            );
+        }
+
+        #[test]
+        fn a_response_is_built_or_refused(
+            status in prop_oneof![any::<u16>(), 100u16..600],
+            entries in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        name(),
+                        Just("content-length".to_owned()),
+                        Just("Content-Type".to_owned()),
+                        Just("connection".to_owned()),
+                    ],
+                    prop_oneof![
+                        value(),
+                        "[0-9]{1,3}".prop_map(String::into_bytes),
+                        "[ -~]{0,12}".prop_map(String::into_bytes),
+                    ],
+                ),
+                0..6,
+            ),
+            body in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let packed = pack_headers(&entries);
+            let headers = unpack_headers(packed.as_bytes()).unwrap();
+            let hooks = wasmtime_wasi_http::default_hooks();
+            match whole_response(hooks, status, headers, body.clone()) {
+                Ok(response) => {
+                    prop_assert_eq!(response.status().as_u16(), status);
+                    for (name, value) in &entries {
+                        let values: Vec<&[u8]> = response
+                            .headers()
+                            .get_all(name.as_str())
+                            .iter()
+                            .map(|v| v.as_bytes())
+                            .collect();
+                        prop_assert!(values.contains(&value.as_slice()), "{} missing", name);
+                    }
+                    if let Some(length) = response.headers().get(http::header::CONTENT_LENGTH) {
+                        let want = body.len().to_string();
+                        prop_assert_eq!(length.as_bytes(), want.as_bytes());
+                    }
+                }
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+    }
+}

@@ -140,3 +140,138 @@ mod tests {
         assert_eq!(Router::new([(p("/api/*"), 0)]).route(None, "/other"), None);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Valid patterns over a small alphabet, so that they often overlap.
+    fn pattern() -> impl Strategy<Value = RoutePattern> {
+        let host = prop_oneof![
+            Just(String::new()),
+            Just("*".to_owned()),
+            "[aAb]{1,2}(\\.[ab]{1,2}){0,2}",
+            "\\*\\.?[ab]{1,2}(\\.[ab]{1,2}){0,1}",
+        ];
+        (host, "(/[ab]{0,2}){1,3}", any::<bool>()).prop_map(|(host, path, prefix)| {
+            let star = if prefix { "*" } else { "" };
+            RoutePattern::parse(&format!("{host}{path}{star}")).unwrap()
+        })
+    }
+
+    /// Request hosts: names near the patterns', with ports, IPv6
+    /// literals, and malformed ones.
+    fn request_host() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            "[aAbB]{0,2}(\\.[aAbB]{1,2}){0,3}(:[0-9]{0,5})?",
+            "\\[[0-9a-f:]{0,6}\\]?(:[0-9]{0,5})?",
+            "[\\[\\]:.a]{0,6}",
+            any::<String>(),
+        ])
+    }
+
+    fn request_path() -> impl Strategy<Value = String> {
+        prop_oneof!["(/[ab]{0,2}){0,4}", any::<String>()]
+    }
+
+    fn name_host(host: &HostPattern, pick: &str) -> Option<String> {
+        match host {
+            HostPattern::Any => None,
+            HostPattern::Suffix(s) => Some(format!("{pick}{s}")),
+            HostPattern::Exact(h) => Some(h.clone()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn the_most_specific_match_wins(
+            patterns in proptest::collection::vec(pattern(), 0..8),
+            host in request_host(),
+            path in request_path(),
+        ) {
+            let router = Router::new(patterns.iter().cloned().enumerate().map(|(i, p)| (p, i)));
+            let matching: Vec<_> = patterns
+                .iter()
+                .filter(|p| matches(p, host.as_deref(), &path))
+                .collect();
+            match router.route(host.as_deref(), &path) {
+                None => prop_assert!(matching.is_empty()),
+                Some(i) => {
+                    prop_assert!(matches(&patterns[i], host.as_deref(), &path));
+                    let best = matching.iter().map(|p| specificity(p)).max().unwrap();
+                    prop_assert_eq!(specificity(&patterns[i]), best);
+                }
+            }
+        }
+
+        #[test]
+        fn a_pattern_matches_its_own_host_and_path(
+            p in pattern(),
+            pick in "[a-z]{0,3}",
+            tail in "[a-z/]{0,4}",
+            port in proptest::option::of(any::<u16>()),
+            upper in any::<bool>(),
+        ) {
+            let host = name_host(p.host(), &pick).map(|h| {
+                let h = if upper { h.to_ascii_uppercase() } else { h };
+                match port {
+                    Some(port) => format!("{h}:{port}"),
+                    None => h,
+                }
+            });
+            prop_assert!(matches(&p, host.as_deref(), p.path()));
+            let longer = format!("{}{tail}", p.path());
+            prop_assert_eq!(
+                matches(&p, host.as_deref(), &longer),
+                p.is_prefix() || tail.is_empty()
+            );
+        }
+
+        #[test]
+        fn the_port_and_ascii_case_of_the_host_do_not_matter(
+            p in pattern(),
+            host in "[aAbB]{1,2}(\\.[aAbB]{1,2}){0,3}",
+            port in any::<u16>(),
+            path in "(/[ab]{0,2}){1,3}",
+        ) {
+            let plain = matches(&p, Some(&host), &path);
+            let ported = format!("{}:{port}", host.to_ascii_uppercase());
+            prop_assert_eq!(matches(&p, Some(&ported), &path), plain);
+            prop_assert_eq!(matches(&p, Some(&host.to_ascii_lowercase()), &path), plain);
+            // A pattern with a host never matches a request without one.
+            if *p.host() != HostPattern::Any {
+                prop_assert!(!matches(&p, None, &path));
+            }
+        }
+
+        #[test]
+        fn strip_port_returns_part_of_its_input(
+            host in any::<String>(),
+            name in "[a-z0-9.-]{0,8}",
+            v6 in "[0-9a-f:]{0,8}",
+            port in any::<u16>(),
+        ) {
+            prop_assert!(host.contains(strip_port(&host)));
+            prop_assert_eq!(strip_port(&name), name.as_str());
+            for (with_port, want) in [
+                (format!("{name}:{port}"), &name),
+                (format!("[{v6}]"), &v6),
+                (format!("[{v6}]:{port}"), &v6),
+            ] {
+                prop_assert_eq!(strip_port(&with_port), want.as_str());
+            }
+        }
+    }
+}

@@ -380,3 +380,202 @@ mod tests {
         assert_eq!(backoff(&consumer, 40), 12 * 3600);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::BTreeSet;
+
+    use chrono::{DateTime, Datelike, Timelike, Utc};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A cron field within `lo..=hi`, and the values it selects.
+    fn field(lo: u32, hi: u32) -> impl Strategy<Value = (String, BTreeSet<u32>)> {
+        let n = lo..=hi;
+        let steps = move |from: u32, step: u32| (from..=hi).step_by(step as usize).collect();
+        prop_oneof![
+            Just(("*".to_owned(), (lo..=hi).collect())),
+            n.clone().prop_map(|v| (v.to_string(), BTreeSet::from([v]))),
+            (n.clone(), n.clone()).prop_map(|(a, b)| {
+                let (a, b) = (a.min(b), a.max(b));
+                (format!("{a}-{b}"), (a..=b).collect())
+            }),
+            proptest::collection::btree_set(n.clone(), 1..4).prop_map(|set| {
+                let text: Vec<_> = set.iter().map(u32::to_string).collect();
+                (text.join(","), set)
+            }),
+            (1..=hi).prop_map(move |s| (format!("*/{s}"), steps(lo, s))),
+            (n, 1..=hi).prop_map(move |(a, s)| (format!("{a}-{hi}/{s}"), steps(a, s))),
+        ]
+    }
+
+    /// A schedule as text (five fields, or six with `seconds`), and an
+    /// independent test of whether a time matches it.
+    #[derive(Debug, Clone)]
+    struct Spec {
+        seconds: Option<(String, BTreeSet<u32>)>,
+        fields: [(String, BTreeSet<u32>); 5],
+    }
+
+    impl Spec {
+        fn five(&self) -> String {
+            let fields: Vec<&str> = self.fields.iter().map(|(t, _)| t.as_str()).collect();
+            fields.join(" ")
+        }
+
+        fn text(&self) -> String {
+            match &self.seconds {
+                Some((s, _)) => format!("{s} {}", self.five()),
+                None => self.five(),
+            }
+        }
+
+        fn seconds(&self) -> BTreeSet<u32> {
+            self.seconds
+                .as_ref()
+                .map_or_else(|| BTreeSet::from([0]), |(_, s)| s.clone())
+        }
+
+        fn day_matches(&self, day: chrono::NaiveDate) -> bool {
+            let [_, _, dom, month, dow] = &self.fields;
+            let dom_ok = dom.1.contains(&day.day());
+            let dow_ok = dow.1.contains(&day.weekday().num_days_from_sunday());
+            // Vixie cron: a restricted day of month or of week decides
+            // alone; both restricted, either one will do.
+            let day_ok = match (dom.0 == "*", dow.0 == "*") {
+                (true, true) => true,
+                (true, false) => dow_ok,
+                (false, true) => dom_ok,
+                (false, false) => dom_ok || dow_ok,
+            };
+            month.1.contains(&day.month()) && day_ok
+        }
+
+        fn matches(&self, t: DateTime<Utc>) -> bool {
+            let [minute, hour, ..] = &self.fields;
+            self.day_matches(t.date_naive())
+                && self.seconds().contains(&t.second())
+                && minute.1.contains(&t.minute())
+                && hour.1.contains(&t.hour())
+        }
+
+        /// The first matching second after `start`, found day by day
+        /// within `days` days.
+        fn next_after(&self, start: DateTime<Utc>, days: u64) -> Option<DateTime<Utc>> {
+            let [minute, hour, ..] = &self.fields;
+            let seconds = self.seconds();
+            // The first (hour, minute, second) after `after` (inclusive
+            // when `None`: the whole day).
+            let first = |after: Option<(u32, u32, u32)>| {
+                let (h0, m0, s0) = after.unwrap_or((0, 0, 0));
+                for &h in hour.1.range(h0..) {
+                    let m_from = if h == h0 { m0 } else { 0 };
+                    for &m in minute.1.range(m_from..) {
+                        let s_from = match after {
+                            Some(_) if h == h0 && m == m0 => s0 + 1,
+                            _ => 0,
+                        };
+                        if let Some(&s) = seconds.range(s_from..).next() {
+                            return Some((h, m, s));
+                        }
+                    }
+                }
+                None
+            };
+            let mut day = start.date_naive();
+            let mut after = Some((start.hour(), start.minute(), start.second()));
+            for _ in 0..days {
+                if self.day_matches(day)
+                    && let Some((h, m, s)) = first(after)
+                {
+                    return Some(day.and_hms_opt(h, m, s).unwrap().and_utc());
+                }
+                day = day.succ_opt().unwrap();
+                after = None;
+            }
+            None
+        }
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            proptest::option::of(field(0, 59)),
+            field(0, 59),
+            field(0, 23),
+            field(1, 31),
+            field(1, 12),
+            field(0, 6),
+        )
+            .prop_map(|(seconds, minute, hour, dom, month, dow)| Spec {
+                seconds,
+                fields: [minute, hour, dom, month, dow],
+            })
+    }
+
+    /// A start between 2000 and 2100, to the second.
+    fn start() -> impl Strategy<Value = DateTime<Utc>> {
+        (946_684_800i64..4_102_444_800).prop_map(|s| DateTime::from_timestamp(s, 0).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn the_next_firing_is_the_first_matching_second(spec in spec(), start in start()) {
+            let cron = CronSchedule::parse(&spec.text()).unwrap();
+            let Ok(next) = cron.schedule.find_next_occurrence(&start, false) else {
+                // Only a day that never comes (the 31st of short months).
+                prop_assert!(spec.fields[2].0 != "*" && spec.fields[4].0 == "*");
+                prop_assert_eq!(spec.next_after(start, 3653), None);
+                return Ok(());
+            };
+            prop_assert!(next > start);
+            prop_assert!(spec.matches(next), "{} fires at {}", spec.text(), next);
+            // Nothing in between matches: the first match within ten
+            // years, found day by day, is the same.
+            match spec.next_after(start, 3653) {
+                Some(expected) => prop_assert_eq!(next, expected, "{}", spec.text()),
+                None => prop_assert!(next > start + chrono::Duration::days(3650)),
+            }
+            let ttl = lease_ttl(&cron, next);
+            prop_assert!(ttl >= Duration::from_secs(60) && ttl <= Duration::from_secs(24 * 3600));
+        }
+
+        #[test]
+        fn five_fields_fire_as_six_with_second_zero(spec in spec(), start in start()) {
+            let five = CronSchedule::parse(&spec.five()).unwrap();
+            let six = CronSchedule::parse(&format!("0 {}", spec.five())).unwrap();
+            prop_assert_eq!(
+                five.schedule.find_next_occurrence(&start, false).ok(),
+                six.schedule.find_next_occurrence(&start, false).ok()
+            );
+        }
+
+        #[test]
+        fn any_accepted_schedule_fires_later_or_never(
+            text in proptest::collection::vec(
+                proptest::sample::select(
+                    &["*", "?", "L", "W", "#", "/", ",", "-", "0", "1", "5", "7", "29", "31", "59", "MON", "FEB", " "][..]
+                ),
+                0..20,
+            ).prop_map(|t| t.concat()),
+            start in start(),
+        ) {
+            if let Ok(cron) = CronSchedule::parse(&text) {
+                if let Ok(next) = cron.schedule.find_next_occurrence(&start, false) {
+                    prop_assert!(next > start);
+                }
+                let _ = lease_ttl(&cron, start);
+            }
+        }
+    }
+}

@@ -567,3 +567,157 @@ crate::for_each_backend!(
     listing_with_prefix_delimiter_and_pages,
     concurrent_overwrites_leave_one_object_and_one_file,
 );
+
+/// Property tests of the key rules, the list cursor and ranges.
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Keys made of the characters the rules are about.
+    fn keyish() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(&["a", "/", ".", "..", "\\", "\0", "é", " ", "%2e"][..]),
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A key the rules accept: segments of anything but `/`, `\`, NUL, none
+    /// of them `.` or `..`, not starting with `/`.
+    fn valid_key() -> impl Strategy<Value = String> {
+        proptest::collection::vec("[^/\\\\\u{0}]{0,8}", 1..5)
+            .prop_map(|segments| {
+                segments
+                    .into_iter()
+                    .map(|s| {
+                        if s == "." || s == ".." {
+                            format!("{s}x")
+                        } else {
+                            s
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .prop_filter("non-empty, not /-led, within the limit", |k| {
+                !k.is_empty() && !k.starts_with('/') && k.len() <= MAX_KEY_BYTES
+            })
+    }
+
+    fn check_key(key: &str) -> Result<(), TestCaseError> {
+        match validate_key(key) {
+            Ok(()) => {
+                prop_assert!(!key.is_empty() && key.len() <= MAX_KEY_BYTES);
+                prop_assert!(!key.contains(['\0', '\\']));
+                prop_assert!(!key.starts_with('/'));
+                prop_assert!(key.split('/').all(|s| s != "." && s != ".."));
+            }
+            Err(e) => prop_assert!(matches!(e, BindingError::Invalid(_))),
+        }
+        Ok(())
+    }
+
+    fn resume() -> impl Strategy<Value = Resume> {
+        prop_oneof![
+            any::<String>().prop_map(Resume::After),
+            any::<String>().prop_map(Resume::PastPrefix),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn accepted_keys_keep_the_rules(key in any::<String>(), near in keyish()) {
+            check_key(&key)?;
+            check_key(&near)?;
+        }
+
+        #[test]
+        fn valid_keys_are_accepted_until_broken(
+            key in valid_key(),
+            at in any::<prop::sample::Index>(),
+            bad in proptest::sample::select(&["\0", "\\", "/./", "/../"][..]),
+        ) {
+            prop_assert!(validate_key(&key).is_ok(), "{:?}", key);
+            let cut = key
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([key.len()])
+                .collect::<Vec<_>>();
+            let at = cut[at.index(cut.len())];
+            let broken = format!("{}{bad}{}", &key[..at], &key[at..]);
+            prop_assert!(validate_key(&broken).is_err(), "{:?}", broken);
+            let slash_led = format!("/{key}");
+            prop_assert!(validate_key(&slash_led).is_err());
+            let long = format!("{key}{}", "k".repeat(MAX_KEY_BYTES + 1 - key.len()));
+            prop_assert!(validate_key(&long).is_err());
+        }
+
+        #[test]
+        fn cursors_round_trip(resume in resume()) {
+            let cursor = encode_cursor(&resume);
+            prop_assert!(cursor.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(decode_cursor(&cursor).unwrap(), resume);
+        }
+
+        #[test]
+        fn decoded_cursors_encode_back(
+            cursor in prop_oneof![any::<String>(), "[0-9a-fA-F+ -]{0,12}", "(6b|70)[0-9a-f]{0,8}"],
+        ) {
+            if let Ok(resume) = decode_cursor(&cursor) {
+                prop_assert_eq!(encode_cursor(&resume), cursor.to_ascii_lowercase());
+            }
+        }
+
+        #[test]
+        fn ranges_stay_within_the_object(
+            offset in proptest::option::of(prop_oneof![0u64..64, any::<u64>()]),
+            length in proptest::option::of(prop_oneof![0u64..64, any::<u64>()]),
+            suffix in proptest::option::of(prop_oneof![0u64..64, any::<u64>()]),
+            size in prop_oneof![0u64..64, any::<u64>()],
+            whole in any::<bool>(),
+        ) {
+            let range = (!whole).then_some(Range { offset, length, suffix });
+            if let Ok(r) = resolve_range(range, size) {
+                prop_assert!(r.start <= r.end && r.end <= size);
+                if let Some(Range { offset: Some(o), suffix: None, .. }) = range {
+                    prop_assert_eq!(r.start, o);
+                }
+                if let Some(Range { length: Some(l), suffix: None, .. }) = range {
+                    prop_assert!(r.end - r.start <= l);
+                }
+                if let Some(Range { suffix: Some(s), .. }) = range {
+                    prop_assert_eq!(r.end - r.start, s.min(size));
+                }
+            }
+        }
+
+        #[test]
+        fn listings_never_start_before_their_prefix(
+            prefix in prop_oneof![any::<String>(), "[ab/]{0,3}"],
+            resume in proptest::option::of(prop_oneof![
+                resume(),
+                "[ab/]{0,4}".prop_map(Resume::After),
+                "[ab/]{0,4}".prop_map(Resume::PastPrefix),
+            ]),
+        ) {
+            match lower_bound(&prefix, resume.as_ref()) {
+                Some(bound) => prop_assert!(bound.key.as_str() >= prefix.as_str()),
+                None => {
+                    let past = matches!(&resume, Some(Resume::PastPrefix(_)));
+                    prop_assert!(past);
+                }
+            }
+        }
+    }
+}

@@ -366,3 +366,72 @@ async fn concurrent_puts_all_land(f: &Fixture) {
         );
     }
 }
+
+/// Property tests of the list cursor and the key rules.
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn cursors_round_trip(key in any::<String>()) {
+            let cursor = encode_cursor(&key);
+            prop_assert_eq!(cursor.len(), 2 * key.len());
+            prop_assert!(cursor.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(decode_cursor(&cursor).unwrap(), key);
+        }
+
+        #[test]
+        fn decoded_cursors_encode_back(
+            cursor in prop_oneof![any::<String>(), "[0-9a-fA-F+ -]{0,12}", "([2-7][0-9a-f]){0,6}"],
+        ) {
+            match decode_cursor(&cursor) {
+                Ok(key) => prop_assert_eq!(encode_cursor(&key), cursor.to_ascii_lowercase()),
+                Err(e) => prop_assert!(matches!(e, BindingError::Invalid(_))),
+            }
+        }
+
+        #[test]
+        fn accepted_keys_keep_the_rules(
+            key in prop_oneof![
+                any::<String>(),
+                "[.]{0,3}",
+                (0usize..4).prop_map(|n| "k".repeat(MAX_KEY_BYTES - 2 + n)),
+            ],
+        ) {
+            let ok = validate_key(&key).is_ok();
+            prop_assert_eq!(
+                ok,
+                !key.is_empty() && key.len() <= MAX_KEY_BYTES && key != "." && key != ".."
+            );
+        }
+
+        #[test]
+        fn expirations_are_in_the_future_or_refused(
+            ttl in proptest::option::of(prop_oneof![0u64..5, any::<u64>()]),
+            at in proptest::option::of(any::<u64>()),
+            now in prop_oneof![Just(1_700_000_000u64), any::<u64>()],
+        ) {
+            let options = PutOptions {
+                expiration_ttl: ttl,
+                expiration: at,
+                metadata: None,
+            };
+            if let Ok(Some(expiry)) = absolute_expiration(&options, now) {
+                prop_assert!(expiry > now);
+                prop_assert!(expiry <= i64::MAX as u64);
+            }
+        }
+    }
+}
