@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::js::shared_cache;
-use crate::support::{Project, Server, client, run_isola, stderr_of};
+use crate::support::{Project, Server, client, rss_kib, run_isola, stderr_of};
 
 /// What the origin saw of one request.
 #[derive(Clone, Debug)]
@@ -479,15 +479,6 @@ async fn a_200_mib_upload_streams_through_fetch_request_on_a_fresh_instance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_200_mib_upload_streams_through_fetch_request_on_a_reused_instance() {
     large_upload_streams("ar").await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// One failing call per binding kind (see `failing` in proxy.js) and the

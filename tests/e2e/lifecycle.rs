@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use isola_test_programs as guests;
 
-use crate::support::{Project, Upstream, client, get, worker};
+use crate::support::{Project, Upstream, client, get, rss_kib, worker};
 
 /// A `lifecycle` worker on `/*` that may reach `upstream`, with extra keys.
 fn lifecycle_project(upstream: &Upstream, extra: &str) -> Project {
@@ -281,15 +281,6 @@ async fn a_slow_client_holds_back_a_large_streamed_response() {
     drop(response);
     // The server goes on serving.
     assert_eq!(get(&client(), &server.url("/info")).await.0, 200);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

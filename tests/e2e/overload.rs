@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 
 use isola_test_programs as guests;
 
-use crate::support::{Project, client, get, worker};
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+use crate::support::{Project, client, get, rss_kib, worker};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_pool_requests_are_refused_quickly_and_another_worker_keeps_answering() {
