@@ -31,6 +31,16 @@ pub(crate) struct Subrequests {
 }
 
 impl Subrequests {
+    /// A budget of `budget` for a run that counts on its own (a plugin
+    /// call, the handlers question); requests count in their report.
+    pub fn new(budget: u32) -> Self {
+        Subrequests {
+            used: Arc::default(),
+            budget,
+            backend_failed: Arc::default(),
+        }
+    }
+
     /// Take one subrequest from the budget, or say why not.
     pub fn take(&self) -> Result<(), String> {
         let n = self.used.fetch_add(1, Ordering::Relaxed);
@@ -193,11 +203,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_shared_and_hard() {
-        let budget = Subrequests {
-            used: Arc::default(),
-            budget: 2,
-            backend_failed: Arc::default(),
-        };
+        let budget = Subrequests::new(2);
         let clone = budget.clone();
         assert!(budget.take().is_ok());
         assert!(clone.take().is_ok());

@@ -248,11 +248,7 @@ impl<T: Send + 'static> Plugin<T> {
         let inner = &self.inner;
         let limits = &inner.budget.limits;
         let id = RequestId::generate();
-        let meter = Subrequests {
-            used: Arc::default(),
-            budget: limits.subrequests,
-            backend_failed: Arc::default(),
-        };
+        let meter = Subrequests::new(limits.subrequests);
         let services = ServiceCalls::none(id);
         let (mut store, kept, served, slot) = match self.take_idle() {
             Some(mut idle) => {

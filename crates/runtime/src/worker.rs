@@ -181,11 +181,7 @@ impl Worker {
     ) -> Result<(), LoadError> {
         let fresh_store = || {
             // No subrequests: answering needs none.
-            let nothing = Subrequests {
-                used: Arc::default(),
-                budget: 0,
-                backend_failed: Arc::default(),
-            };
+            let nothing = Subrequests::new(0);
             let services = ServiceCalls::none(RequestId::generate());
             self.new_store(services, nothing, self.inner.budget.fuel)
                 .map_err(|e| e.cause)
