@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, client, get, isola};
+use crate::support::{Server, Tail, client, get, isola};
 
 /// The target directory the test guests were built in.
 fn guests_target() -> PathBuf {
@@ -77,17 +77,51 @@ fn free_admin_port(project: &Path) {
     .unwrap();
 }
 
-/// Poll `url` until it answers 200 with `expected`.
-async fn wait_for_body(server: &Server, path: &str, expected: &str, within: Duration) {
+/// What `isola dev` may answer while the build that leads to the expected
+/// answer is under way.
+#[derive(Clone, Copy, Debug)]
+enum Meanwhile<'a> {
+    /// Before the first build: 503 `not-ready`.
+    NotReady,
+    /// The last good version: 200 with this body.
+    Serving(&'a str),
+}
+
+/// Poll `path` until it answers 200 with `expected`; every answer before
+/// that must be what `meanwhile` allows, never an error or a refusal.
+async fn wait_for_body(
+    server: &Server,
+    path: &str,
+    expected: &str,
+    meanwhile: Meanwhile<'_>,
+    within: Duration,
+) {
     let client = client();
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(response) = client.get(server.url(path)).send().await
-            && response.status() == 200
-            && response.text().await.unwrap_or_default() == expected
-        {
+        let response = client
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; logs:\n{}", server.logs()));
+        let status = response.status().as_u16();
+        let reason = response
+            .headers()
+            .get("x-isola-error")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.text().await.unwrap();
+        if status == 200 && body == expected {
             return;
         }
+        let allowed = match meanwhile {
+            Meanwhile::NotReady => status == 503 && reason.as_deref() == Some("not-ready"),
+            Meanwhile::Serving(last) => status == 200 && body == last,
+        };
+        assert!(
+            allowed,
+            "waiting for {expected:?} ({meanwhile:?} meanwhile), got {status} {reason:?} {body:?}; logs:\n{}",
+            server.logs()
+        );
         assert!(
             Instant::now() < deadline,
             "never answered {expected:?}; logs:\n{}",
@@ -118,6 +152,100 @@ async fn rust_template_init_then_build_then_serve() {
     assert_eq!((status, body.as_str()), (200, "Hello from Isola"));
 }
 
+/// A template worker that panics in `explode`, at line [`PANIC_LINE`].
+const PANICKING_SOURCE: &str = "use isola_sdk::{Ctx, Env, Request, Response, Result};
+
+#[isola_sdk::fetch]
+async fn fetch(req: Request, _env: Env, _ctx: Ctx) -> Result<Response> {
+    if req.path() == \"/boom\" {
+        explode(req.path());
+    }
+    Ok(Response::text(\"fine\"))
+}
+
+#[inline(never)]
+fn explode(path: &str) {
+    panic!(\"exploded at {path}\");
+}
+";
+const PANIC_LINE: usize = 13;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_workers_panic_names_its_file_and_line_in_the_log_and_in_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("boom-app");
+    init(&project, &["--template", "rust"]);
+    free_admin_port(&project);
+    share_builds(&project);
+    assert_eq!(
+        PANICKING_SOURCE.lines().nth(PANIC_LINE - 1).map(str::trim),
+        Some("panic!(\"exploded at {path}\");")
+    );
+    std::fs::write(project.join("src/lib.rs"), PANICKING_SOURCE).unwrap();
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&project)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start_in(&project, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    let tail = Tail::start(server.admin_addr(), &["--format", "json"]);
+    let client = client();
+    let (status, _, body) = get(&client, &server.url("/fine")).await;
+    assert_eq!((status, body.as_str()), (200, "fine"));
+
+    let (status, id, _) = get(&client, &server.url("/boom")).await;
+    assert_eq!(status, 500);
+    let id = id.expect("a request id");
+    let logs = server.wait_for_log("request failed");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request failed") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no failure line for {id}:\n{logs}"));
+    let place = format!("src/lib.rs:{PANIC_LINE}");
+    // The panic's message and place ride on the trap's line…
+    assert!(
+        line.contains(&format!("(panicked at {place}:5: exploded at /boom)")),
+        "{line}"
+    );
+    // …and the frame of `explode` names its source line.
+    let frame = line
+        .split("\\n")
+        .find(|frame| frame.contains("boom_app::explode ("))
+        .unwrap_or_else(|| panic!("no frame for explode: {line}"));
+    assert!(
+        frame.contains(&format!("/boom-app/{place}:")),
+        "no source line for explode: {frame}"
+    );
+
+    // `isola tail` shows the failure: reason, cause and the guest's frames.
+    let event = tail.event_for("/boom");
+    let error = &event["error"];
+    assert_eq!(error["reason"], "exception", "{event}");
+    assert!(
+        error["cause"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exploded at /boom"),
+        "{event}"
+    );
+    let frames = error["frames"].as_array().expect("frames");
+    assert!(
+        frames.iter().any(|f| {
+            f["function"]
+                .as_str()
+                .is_some_and(|name| name.ends_with("boom_app::explode"))
+                && f["location"]
+                    .as_str()
+                    .is_some_and(|l| l.contains(&format!("{place}:")))
+        }),
+        "{event}"
+    );
+}
+
 #[tokio::test]
 async fn rust_queue_template_runs_under_dev() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,6 +258,7 @@ async fn rust_queue_template_runs_under_dev() {
         &server,
         "/job-1",
         "Hello from Isola; queued",
+        Meanwhile::NotReady,
         Duration::from_secs(180),
     )
     .await;
@@ -184,12 +313,30 @@ async fn dev_rebuilds_an_edited_guest_and_survives_a_broken_edit() {
     .unwrap();
     share_builds(&project);
     let server = Server::start_in(&project, &["dev", "--listen", "127.0.0.1:0"], &[]);
-    wait_for_body(&server, "/", "v1 1", Duration::from_secs(180)).await;
+    wait_for_body(
+        &server,
+        "/",
+        "v1 1",
+        Meanwhile::NotReady,
+        Duration::from_secs(180),
+    )
+    .await;
     // Dev keeps serve's isolation: module state never survives a request.
-    wait_for_body(&server, "/", "v1 1", Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let (status, _, body) = get(&client(), &server.url("/")).await;
+        assert_eq!((status, body.as_str()), (200, "v1 1"));
+    }
 
+    // Until v2 is built and swapped in, v1 answers every request.
     std::fs::write(&source, DEV_GUEST.replace("VERSION", "v2")).unwrap();
-    wait_for_body(&server, "/", "v2 1", Duration::from_secs(120)).await;
+    wait_for_body(
+        &server,
+        "/",
+        "v2 1",
+        Meanwhile::Serving("v1 1"),
+        Duration::from_secs(120),
+    )
+    .await;
 
     // A broken edit: the compiler's error is printed, v2 keeps serving.
     std::fs::write(
@@ -213,7 +360,14 @@ async fn dev_rebuilds_an_edited_guest_and_survives_a_broken_edit() {
 
     // Fixed again: the next build goes live.
     std::fs::write(&source, DEV_GUEST.replace("VERSION", "v4")).unwrap();
-    wait_for_body(&server, "/", "v4 1", Duration::from_secs(120)).await;
+    wait_for_body(
+        &server,
+        "/",
+        "v4 1",
+        Meanwhile::Serving("v2 1"),
+        Duration::from_secs(120),
+    )
+    .await;
 }
 
 /// Passes once the JS build (issue 8: `main = "*.js"` workers built into
@@ -260,11 +414,15 @@ async fn a_build_command_never_sees_the_secrets() {
             ("CARGO_HOME_FOR_THE_TEST", "kept"),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&client(), &server.url("/")).await.0 != 200 {
-        assert!(Instant::now() < deadline, "{}", server.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Served once built: the hello example's own answer, nothing else.
+    wait_for_body(
+        &server,
+        "/",
+        "Hello from Isola!\n",
+        Meanwhile::NotReady,
+        Duration::from_secs(60),
+    )
+    .await;
     let seen = std::fs::read_to_string(dir.path().join("build-env.txt")).unwrap();
     assert!(seen.contains("CARGO_HOME_FOR_THE_TEST=kept"), "{seen}");
     assert!(seen.contains("PATH="), "{seen}");

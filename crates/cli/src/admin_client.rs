@@ -212,12 +212,79 @@ fn pretty(event: &Value) -> String {
             s("message")
         )
     };
+    if let Value::Object(error) = &event["error"] {
+        out.push_str(&failure_lines(error));
+    }
+    if let Some(backtrace) = event["backtrace"].as_str().filter(|b| *b != "none") {
+        for line in backtrace.lines() {
+            out.push_str(&format!("  {}\n", line.trim_start()));
+        }
+    }
     for log in event["logs"].as_array().into_iter().flatten() {
         let stream = log["stream"].as_str().unwrap_or("-");
         let message = log["message"].as_str().unwrap_or("");
         out.push_str(&format!("  {stream}: {message}\n"));
     }
     out
+}
+
+/// Frames shown for a failure: its innermost ones after the panic and
+/// runtime machinery, which is where the guest's author looks first.
+const SHOWN_FRAMES: usize = 6;
+
+/// `  error: <reason>: <cause>` and the failure's top frames, one a line.
+fn failure_lines(error: &serde_json::Map<String, Value>) -> String {
+    let reason = error["reason"].as_str().unwrap_or("-");
+    let mut out = match error.get("cause").and_then(Value::as_str) {
+        Some(cause) => format!("  error: {reason}: {cause}\n"),
+        None => format!("  error: {reason}\n"),
+    };
+    let frames: Vec<&Value> = error
+        .get("frames")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let machinery = frames.iter().take_while(|f| is_machinery(f)).count();
+    let shown = if machinery == frames.len() {
+        0
+    } else {
+        machinery
+    };
+    for frame in frames.iter().skip(shown).take(SHOWN_FRAMES) {
+        let function = frame["function"].as_str().unwrap_or("?");
+        match frame["location"].as_str() {
+            Some(location) => out.push_str(&format!("    at {function} ({location})\n")),
+            None => out.push_str(&format!("    at {function}\n")),
+        }
+    }
+    let left = frames.len() - shown.min(frames.len());
+    if left > SHOWN_FRAMES {
+        out.push_str(&format!("    … {} more\n", left - SHOWN_FRAMES));
+    }
+    out
+}
+
+/// A frame of Rust's panic and abort machinery or its standard library,
+/// above the guest's own code.
+fn is_machinery(frame: &Value) -> bool {
+    let function = frame["function"].as_str().unwrap_or("");
+    let name = function.split_once('!').map_or(function, |(_, name)| name);
+    let in_std_source = frame["location"]
+        .as_str()
+        .is_some_and(|l| l.starts_with("/rustc/") || l.contains("/library/std/"));
+    in_std_source
+        || [
+            "std::",
+            "core::",
+            "alloc::",
+            "__rust",
+            "rust_panic",
+            "panic_abort",
+            "abort",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
 }
 
 #[cfg(test)]
@@ -235,6 +302,41 @@ mod tests {
         assert_eq!(
             pretty(&event),
             "2026-01-01T00:00:00.000Z app GET /x 503 cpu=1.5ms wall=3.0ms limit=cpu id=abc\n  stdout: hi\n"
+        );
+    }
+
+    #[test]
+    fn a_failure_shows_its_cause_and_the_guests_frames_past_the_panic_machinery() {
+        let frames: Vec<Value> = [
+            ("app.wasm!__rust_start_panic", None),
+            (
+                "app.wasm!std::panicking::begin_panic_handler",
+                Some("/rustc/abc/library/std/src/panicking.rs:697:5"),
+            ),
+            (
+                "app.wasm!core::panicking::panic_fmt",
+                Some("/rustc/abc/library/core/src/panicking.rs:75:14"),
+            ),
+            ("app.wasm!app::boom", Some("src/lib.rs:12:5")),
+            ("app.wasm!app::fetch", Some("src/lib.rs:20:9")),
+        ]
+        .iter()
+        .map(|(function, location)| serde_json::json!({"function": function, "location": location}))
+        .collect();
+        let event = serde_json::json!({
+            "type": "request", "time": "t", "worker": "app", "method": "GET", "path": "/",
+            "status": 500, "cpu_ms": 1.0, "wall_ms": 2.0, "request_id": "abc",
+            "error": {"reason": "exception", "limit": null,
+                      "cause": "wasm trap: unreachable (panicked at src/lib.rs:12:5: boom)",
+                      "frames": frames},
+            "logs": [],
+        });
+        assert_eq!(
+            pretty(&event),
+            "t app GET / 500 cpu=1.0ms wall=2.0ms id=abc\n\
+             \x20 error: exception: wasm trap: unreachable (panicked at src/lib.rs:12:5: boom)\n\
+             \x20   at app.wasm!app::boom (src/lib.rs:12:5)\n\
+             \x20   at app.wasm!app::fetch (src/lib.rs:20:9)\n"
         );
     }
 }

@@ -115,7 +115,10 @@ fn files(
                     "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
                      [lib]\ncrate-type = [\"cdylib\"]\n\n\
                      [dependencies]\nisola-sdk = {{ path = {sdk:?} }}\n\n\
-                     [profile.release]\nopt-level = \"s\"\ndebug = false\n\n\
+                     [profile.release]\nopt-level = \"s\"\n\
+                     # Line tables stay in the component: a trap's log line names the\n\
+                     # file and line of each frame. They cost size, not speed.\n\
+                     debug = \"line-tables-only\"\n\n\
                      # A workspace of its own, wherever it is created.\n[workspace]\n",
                     sdk = sdk.display().to_string()
                 ),

@@ -197,7 +197,11 @@ fn engine_config(options: &EngineOptions) -> Config {
     config.consume_fuel(options.consume_fuel);
     config.epoch_interruption(true);
     config.memory_init_cow(true);
-    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+    // Keep a component's DWARF (when it has any) in the compiled artifact,
+    // and so in the compile cache, so that a trap's frames name their source
+    // lines. Components without DWARF pay nothing; one with line tables
+    // pays only in artifact size, and the lookup happens only on a trap.
+    config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
     // `ISOLA_PERF_MAP=1` has wasmtime write /tmp/perf-<pid>.map, so that
     // `perf report` names the guests' wasm functions (wasmtime's
     // `--profile=perfmap`). For profiling only; it costs nothing otherwise.

@@ -2,6 +2,7 @@
 
 use wasmtime::Trap;
 
+use crate::backtrace::Backtrace;
 use crate::body::{Body, full_body};
 use crate::request::RequestId;
 
@@ -138,8 +139,8 @@ pub(crate) struct GuestError {
     pub failure: Failure,
     /// One line: what went wrong.
     pub cause: String,
-    /// The guest's stack when it trapped, one frame a line.
-    pub backtrace: Option<String>,
+    /// The guest's stack when it trapped.
+    pub backtrace: Option<Backtrace>,
     /// The guest called `pass-through-on-exception` before failing.
     pub pass_through: bool,
 }
@@ -159,14 +160,31 @@ impl GuestError {
         Self::message(failure, format!("{error:#}"))
     }
 
-    pub fn from_trap(error: wasmtime::Error, memory_limit_hit: bool, pass_through: bool) -> Self {
+    /// A trap, with the panic the guest reported just before it (a Rust
+    /// panic prints its place and message, then traps) when there was one.
+    pub fn from_trap(
+        error: wasmtime::Error,
+        memory_limit_hit: bool,
+        pass_through: bool,
+        panic: Option<String>,
+    ) -> Self {
+        let failure = Failure::classify(&error, memory_limit_hit);
+        let mut cause = error.root_cause().to_string();
+        if let Some(panic) = panic.filter(|_| failure == Failure::Exception) {
+            cause = format!("{cause} ({panic})");
+        }
         GuestError {
             pass_through,
-            failure: Failure::classify(&error, memory_limit_hit),
-            cause: error.root_cause().to_string(),
-            backtrace: error
-                .downcast_ref::<wasmtime::WasmBacktrace>()
-                .map(|bt| bt.to_string()),
+            failure,
+            cause,
+            backtrace: Backtrace::of(&error),
         }
+    }
+
+    /// The backtrace as the log prints it: one frame a line, or `none`.
+    pub fn backtrace_text(&self) -> String {
+        self.backtrace
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string)
     }
 }

@@ -36,6 +36,71 @@ pub(crate) struct GuestLog {
     /// in a line are logged as the original `file:line:column`.
     pub source_map: Option<Arc<SourceMap>>,
     pub stream: Stream,
+    /// The panic the guest last reported on stderr, for the trap's log line.
+    pub panic: PanicNote,
+}
+
+/// The last Rust panic a run's guest printed on stderr (`thread '…' (id)
+/// panicked at file:line:col:` then the message): a panic ends in a trap,
+/// and the trap's log line carries it so that cause and place sit together.
+#[derive(Clone, Default)]
+pub(crate) struct PanicNote(Arc<std::sync::Mutex<PanicState>>);
+
+#[derive(Default)]
+struct PanicState {
+    text: Option<String>,
+    /// The message lines after `panicked at` are still coming.
+    open: bool,
+    /// Message lines taken so far.
+    lines: usize,
+}
+
+/// A panic note is kept to this length: a guest may panic with a long
+/// message, and the note rides on one log line.
+const MAX_PANIC_NOTE: usize = 1024;
+
+impl PanicNote {
+    fn observe(&self, line: &str) {
+        let mut state = self.0.lock().expect("panic note lock");
+        if let Some(rest) = line.strip_prefix("thread '")
+            && let Some(at) = rest.find(" panicked at ")
+        {
+            // Rust 1.90+ puts the thread's id after its name.
+            let place = rest[at + 1..].trim_end_matches(':');
+            *state = PanicState {
+                text: Some(place.to_owned()),
+                open: true,
+                lines: 0,
+            };
+            return;
+        }
+        if !state.open {
+            return;
+        }
+        let separator = if state.lines == 0 { ": " } else { "; " };
+        state.lines += 1;
+        let text = state.text.get_or_insert_with(String::new);
+        if line.starts_with("note: ") || text.len() >= MAX_PANIC_NOTE {
+            state.open = false;
+            return;
+        }
+        text.push_str(separator);
+        let room = MAX_PANIC_NOTE.saturating_sub(text.len());
+        let mut end = line.len().min(room);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.push_str(&line[..end]);
+    }
+
+    /// The last panic, e.g. `panicked at src/lib.rs:16:20: boom`.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("panic note lock").text.clone()
+    }
+
+    pub fn clear(&self) {
+        *self.0.lock().expect("panic note lock") = PanicState::default();
+    }
 }
 
 impl IsTerminal for GuestLog {
@@ -106,6 +171,7 @@ impl LineWriter {
                 tracing::info!(target: "isola::guest", worker = %worker, request_id = %request_id, stream = "stdout", "{line}")
             }
             Stream::Stderr => {
+                self.log.panic.observe(&line);
                 tracing::warn!(target: "isola::guest", worker = %worker, request_id = %request_id, stream = "stderr", "{line}")
             }
         }
@@ -193,6 +259,41 @@ pub(crate) fn mask_secrets(text: &str, secrets: &[String]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::PanicNote;
+
+    #[test]
+    fn a_panic_and_its_message_make_one_note() {
+        let note = PanicNote::default();
+        note.observe("unrelated");
+        assert_eq!(note.get(), None);
+        note.observe("thread '<unnamed>' (1) panicked at src/lib.rs:16:20:");
+        note.observe("guest panicked on purpose");
+        note.observe("second line");
+        note.observe(
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        );
+        note.observe("later stderr");
+        assert_eq!(
+            note.get().as_deref(),
+            Some("panicked at src/lib.rs:16:20: guest panicked on purpose; second line")
+        );
+        note.clear();
+        assert_eq!(note.get(), None);
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_char_boundary() {
+        let note = PanicNote::default();
+        note.observe("thread 'main' panicked at a.rs:1:1:");
+        note.observe(&"é".repeat(2000));
+        let text = note.get().unwrap();
+        assert!(text.len() <= super::MAX_PANIC_NOTE + 2, "{}", text.len());
+        assert!(text.starts_with("panicked at a.rs:1:1: é"));
+    }
 }
 
 #[cfg(test)]

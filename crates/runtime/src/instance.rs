@@ -174,6 +174,7 @@ impl Worker {
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().run.memory_limit_hit;
+            let panic = store.data().run.panic.get();
             let pass_through = store.data().request.pass_through_on_exception();
             // An instance that served its request cleanly may serve the next
             // (`instance_reuse`); one that failed in any way never does.
@@ -208,7 +209,12 @@ impl Worker {
                     )
                 }),
                 Ok(()) => Ok(()),
-                Err(e) => Err(GuestError::from_trap(e, memory_limit_hit, pass_through)),
+                Err(e) => Err(GuestError::from_trap(
+                    e,
+                    memory_limit_hit,
+                    pass_through,
+                    panic,
+                )),
             }
         };
         // The guest runs in its own task so that it can go on after setting
@@ -224,11 +230,12 @@ impl Worker {
             match outcome {
                 Err(error) if response_sent.load(Ordering::Acquire) => {
                     report.set_failure(error.failure);
+                    report.set_error(&error);
                     tracing::error!(
                         worker = %worker,
                         request_id = %id,
                         reason = error.failure.reason(),
-                        backtrace = error.backtrace.as_deref().unwrap_or("none"),
+                        backtrace = error.backtrace_text().as_str(),
                         "guest cut off after its response was sent: {}",
                         error.cause
                     );

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backtrace;
 mod body;
 mod client;
 mod coalesce;
@@ -58,6 +59,7 @@ mod state;
 mod triggers;
 mod worker;
 
+pub use backtrace::{Backtrace, Frame};
 pub use body::{Body, BodyError, full_body};
 pub use client::{ClientSettings, configure_client, parse_pem_certificates};
 pub use failure::{ERROR_HEADER, Failure, Limit, error_response};
@@ -66,7 +68,7 @@ pub use limits::DEFAULT_FUEL_PER_MS;
 pub use load_error::LoadError;
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use registry::Services;
-pub use report::{Observer, Outcome, PendingOutcome};
+pub use report::{Observer, Outcome, PendingOutcome, RunError};
 pub use request::{RequestContext, RequestId, RequestInfo, protocol_name};
 pub use services::{MAX_CALL_DEPTH, SERVICE_HOST_SUFFIX};
 pub use triggers::{MessageOutcome, QueueMessage, TriggerError, TriggerRun};

@@ -51,6 +51,7 @@ use isola_engine::{CacheOutcome, IsolaEngine};
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre, Linker};
 
+use crate::backtrace::Backtrace;
 use crate::failure::{Failure, GuestError, Limit};
 use crate::limits::Budget;
 use crate::load_error::LoadError;
@@ -119,8 +120,8 @@ pub enum CallError {
     #[error("the plugin failed: {cause}")]
     Failed {
         cause: String,
-        /// The plugin's stack when it trapped, one frame a line.
-        backtrace: Option<String>,
+        /// The plugin's stack when it trapped.
+        backtrace: Option<Backtrace>,
     },
 }
 
@@ -284,10 +285,11 @@ impl<T: Send + 'static> Plugin<T> {
         )
         .await;
         let memory_limit_hit = store.data().run.memory_limit_hit;
+        let panic = store.data().run.panic.get();
         let (result, kept) = match outcome {
             Ok(Ok((value, instance))) => (Ok(value), Some(instance)),
             Ok(Err(trap)) => {
-                let error = GuestError::from_trap(trap, memory_limit_hit, false);
+                let error = GuestError::from_trap(trap, memory_limit_hit, false, panic);
                 (Err(CallError::new(error, &inner.budget)), None)
             }
             Err(cut_off) => (Err(CallError::new(cut_off, &inner.budget)), None),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::backtrace::Backtrace;
 use crate::failure::{Failure, GuestError, Limit};
 use crate::request::RequestId;
 
@@ -43,6 +44,16 @@ pub struct Outcome {
     pub fuel: u64,
     /// Outbound fetches, service calls and binding calls made.
     pub subrequests: u32,
+    /// What the guest did wrong, when the run failed in the guest.
+    pub error: Option<RunError>,
+}
+
+/// Why a run failed in the guest: the cause (a trap's message, with the
+/// Rust panic that led to it), and the guest's stack for a trap.
+#[derive(Clone, Debug)]
+pub struct RunError {
+    pub cause: String,
+    pub backtrace: Option<Backtrace>,
 }
 
 /// Hears of every finished run of a worker (see [`Outcome`]), on the thread
@@ -97,6 +108,7 @@ pub(crate) struct Settled {
     pub status: Option<u16>,
     pub fuel_used: u64,
     pub failure: Option<Failure>,
+    pub error: Option<RunError>,
 }
 
 impl Report {
@@ -151,6 +163,14 @@ impl Report {
     pub fn set_failure(&self, failure: Failure) {
         self.outcome.lock().expect("report lock").failure = Some(failure);
     }
+
+    /// What the guest did wrong, for the outcome (`isola tail` shows it).
+    pub fn set_error(&self, error: &GuestError) {
+        self.outcome.lock().expect("report lock").error = Some(RunError {
+            cause: error.cause.clone(),
+            backtrace: error.backtrace.clone(),
+        });
+    }
 }
 
 /// Milliseconds to the microsecond, as a number: the log shows `0.057`.
@@ -189,6 +209,7 @@ impl Drop for Report {
             drop: nanos(&self.drop_ns),
             fuel: settled.fuel_used,
             subrequests: self.subrequests.load(Ordering::Relaxed),
+            error: settled.error,
         };
         tracing::info!(
             target: "isola::access",

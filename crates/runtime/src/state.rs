@@ -18,7 +18,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
 
-use crate::guest_log::{GuestLog, Stream};
+use crate::guest_log::{GuestLog, PanicNote, Stream};
 use crate::host::ctx::{AbortReports, RequestCtx};
 use crate::host::{Capabilities, HostView, View};
 use crate::outbound::{OutboundPolicy, Subrequests};
@@ -90,6 +90,8 @@ pub(crate) struct RunState {
     pub shared: Arc<WorkerShared>,
     /// What the guest's stdout and stderr lines are tagged with.
     log_request_id: Arc<std::sync::RwLock<Arc<str>>>,
+    /// The last panic the guest printed on stderr in this run.
+    pub panic: PanicNote,
     /// Set when the guest asked for more memory than its limit.
     pub memory_limit_hit: bool,
 }
@@ -101,12 +103,14 @@ impl RunState {
         services: ServiceCalls,
     ) -> Self {
         let log_request_id = Arc::new(std::sync::RwLock::new(services.request_id.0.clone()));
+        let panic = PanicNote::default();
         let log = |stream| GuestLog {
             worker: shared.name.clone(),
             request_id: log_request_id.clone(),
             secrets: shared.reports.secrets.clone(),
             source_map: shared.reports.source_map.clone(),
             stream,
+            panic: panic.clone(),
         };
         // No preopened directories, no inherited environment, no network:
         // the guest sees its vars and nothing of the host.
@@ -126,6 +130,7 @@ impl RunState {
             },
             shared,
             log_request_id,
+            panic,
             memory_limit_hit: false,
         }
     }
@@ -138,6 +143,7 @@ impl RunState {
         self.hooks.subrequests = subrequests;
         self.hooks.services = services;
         self.memory_limit_hit = false;
+        self.panic.clear();
     }
 
     /// The memory limiter's answer to a guest growing to `desired` bytes.

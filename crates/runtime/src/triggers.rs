@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
+use crate::backtrace::Backtrace;
 use crate::failure::{Failure, GuestError};
 use crate::instance::ActiveTask;
 use crate::report::{Report, within_limits};
@@ -47,7 +48,17 @@ pub enum MessageOutcome {
 pub struct TriggerError {
     pub failure: Failure,
     pub cause: String,
-    pub backtrace: Option<String>,
+    /// The guest's stack when it trapped.
+    pub backtrace: Option<Backtrace>,
+}
+
+impl TriggerError {
+    /// The backtrace as the log prints it: one frame a line, or `none`.
+    pub fn backtrace_text(&self) -> String {
+        self.backtrace
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string)
+    }
 }
 
 impl From<GuestError> for TriggerError {
@@ -237,9 +248,10 @@ impl Worker {
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().run.memory_limit_hit;
+            let panic = store.data().run.panic.get();
             drop(store);
             drop(slot);
-            result.map_err(|trap| GuestError::from_trap(trap, memory_limit_hit, false))
+            result.map_err(|trap| GuestError::from_trap(trap, memory_limit_hit, false, panic))
         };
         let wall = inner.budget.wall;
         let cpu_limit = Duration::from_millis(inner.trigger_cpu_ms);
@@ -263,6 +275,7 @@ impl Worker {
             }
             Err(error) => {
                 report.set_failure(error.failure);
+                report.set_error(&error);
                 report.set_status(error.failure.status().as_u16());
                 Err(TriggerError::from(error))
             }

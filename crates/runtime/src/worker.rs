@@ -326,21 +326,23 @@ impl Worker {
         };
         let mut response = match self.run(request, services, report.clone()).await {
             Ok(response) => coalesce::coalesce(response).await,
-            Err(GuestError {
-                failure,
-                cause,
-                backtrace,
-                pass_through,
-            }) => {
+            Err(error) => {
                 tracing::error!(
                     worker = %self.name(),
                     request_id = %request_id,
-                    reason = failure.reason(),
+                    reason = error.failure.reason(),
                     cpu_ms = format_args!("{:.3}", report.cpu_ms()),
                     wall_ms = format_args!("{:.3}", report.wall_ms()),
-                    backtrace = backtrace.as_deref().unwrap_or("none"),
-                    "request failed: {cause}"
+                    backtrace = error.backtrace_text().as_str(),
+                    "request failed: {}",
+                    error.cause
                 );
+                report.set_error(&error);
+                let GuestError {
+                    failure,
+                    pass_through,
+                    ..
+                } = error;
                 // A guest that fails after a store failed it answers 503:
                 // the fault is the store's, and it is worth retrying.
                 let failure = if failure == Failure::Exception

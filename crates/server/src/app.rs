@@ -221,6 +221,7 @@ impl App {
                 drop: Duration::ZERO,
                 fuel: 0,
                 subrequests: 0,
+                error: None,
             });
         }
         // In flight until the body has been sent (or the client went away).

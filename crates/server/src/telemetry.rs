@@ -354,6 +354,7 @@ impl Telemetry {
             "fuel": outcome.fuel,
             "subrequests": outcome.subrequests,
             "limit": limit,
+            "error": outcome.failure.map(|failure| failure_json(failure, outcome)),
             "logs": logs,
         });
         let _ = self.tail.send(TailEvent {
@@ -379,7 +380,8 @@ impl Telemetry {
     }
 
     /// A runtime warning or error about a request: its message, with the
-    /// limit and the backtrace when it names them.
+    /// limit when it names one. A failure's cause and frames come with the
+    /// request's event (`error`), not here.
     fn on_host_line(&self, fields: &Fields) {
         let Some(request_id) = fields.text("request_id") else {
             return;
@@ -387,9 +389,6 @@ impl Telemetry {
         let mut message = fields.text("message").unwrap_or_default().to_owned();
         if let Some(reason) = fields.text("reason") {
             message = format!("{message} [{reason}]");
-        }
-        if let Some(backtrace) = fields.text("backtrace").filter(|b| *b != "none") {
-            message = format!("{message}\n{backtrace}");
         }
         let line = json!({ "time": now(), "stream": "host", "message": message });
         self.hold_line(request_id, line);
@@ -445,6 +444,29 @@ impl Telemetry {
             .remove(request_id)
             .unwrap_or_default()
     }
+}
+
+/// A failed run for `isola tail`: why the host answered, what the guest did
+/// (a trap's message, with the Rust panic that led to it) and where (the
+/// guest's frames, innermost first, with source lines when it has DWARF).
+fn failure_json(failure: Failure, outcome: &Outcome) -> Value {
+    let error = outcome.error.as_ref();
+    let frames: Vec<Value> = error
+        .and_then(|e| e.backtrace.as_ref())
+        .map(|trace| {
+            trace
+                .frames
+                .iter()
+                .map(|f| json!({"function": f.function, "location": f.location}))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "reason": failure.reason(),
+        "limit": failure.limit().map(Limit::as_str),
+        "cause": error.map(|e| e.cause.as_str()),
+        "frames": frames,
+    })
 }
 
 fn unix_ms() -> u64 {
@@ -594,6 +616,7 @@ mod tests {
             drop: Duration::ZERO,
             fuel: 10,
             subrequests: 0,
+            error: None,
         }
     }
 

@@ -225,7 +225,7 @@ pub async fn fire(worker: &Worker, cron: &str, due_ms: u64) -> Result<(), String
         Err(e) => {
             tracing::error!(target: "isola::trigger", kind = "scheduled", id = %run.id,
                 worker = worker.name(), cron, due_ms, outcome = e.failure.reason(),
-                backtrace = e.backtrace.as_deref().unwrap_or("none"),
+                backtrace = e.backtrace_text().as_str(),
                 "scheduled run failed: {}", e.cause);
             Err(format!("{} ({})", e.cause, run.id))
         }
@@ -344,7 +344,7 @@ async fn deliver(
         Err(e) => tracing::error!(target: "isola::trigger", kind = "queue", id = %run.id,
             worker = worker.name(), queue = %consumer.queue, messages = batch.len(), acked = acked.len(),
             retried, dead_lettered = dead, attempts, outcome = e.failure.reason(),
-            backtrace = e.backtrace.as_deref().unwrap_or("none"),
+            backtrace = e.backtrace_text().as_str(),
             "queue batch failed, its messages are retried: {}", e.cause),
     }
 }
