@@ -295,13 +295,29 @@ pub fn cache_entries(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A real HTTP server standing in for an upstream or an origin. It
-/// remembers the `Host` header and path of each request (`host path`) and
-/// when each path arrived.
+/// remembers the `Host` header and path of each request (`host path`),
+/// when each path arrived, and which paths it has answered.
+///
+/// A request to `/gate/<label><n>/...` (`/gate/10/...`, `/gate/a5/...`)
+/// is held until `n` requests under that same `/gate/<label><n>/` have
+/// arrived: answered at all, they were all in flight at
+/// once. (After 20 s it is answered anyway, so that nothing hangs, and
+/// counted in [`Upstream::gate_timeouts`].)
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hosts: Arc<Mutex<Vec<String>>>,
     pub arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+    seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What an [`Upstream`] records.
+#[derive(Default)]
+struct Seen {
+    hosts: Arc<Mutex<Vec<String>>>,
+    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+    answered: Mutex<Vec<String>>,
+    gate_timeouts: Mutex<Vec<String>>,
 }
 
 impl Upstream {
@@ -320,19 +336,18 @@ impl Upstream {
         use hyper_util::rt::TokioIo;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-        let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-        let (seen, arrived) = (hosts.clone(), arrivals.clone());
+        let seen = Arc::new(Seen::default());
+        let recorder = seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, arrived) = (seen.clone(), arrived.clone());
+                let recorder = recorder.clone();
                 let service = hyper::service::service_fn(move |request| {
-                    let (seen, arrived) = (seen.clone(), arrived.clone());
+                    let recorder = recorder.clone();
                     async move {
-                        let reply = answer(request, &seen, &arrived, delay, echo).await;
+                        let reply = answer(request, &recorder, delay, echo).await;
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
                             http_body_util::Full::new(bytes::Bytes::from(reply)),
                         ))
@@ -347,8 +362,9 @@ impl Upstream {
         });
         Upstream {
             addr,
-            hosts,
-            arrivals,
+            hosts: seen.hosts.clone(),
+            arrivals: seen.arrivals.clone(),
+            seen,
             task,
         }
     }
@@ -365,6 +381,17 @@ impl Upstream {
             .iter()
             .map(|(p, _)| p.clone())
             .collect()
+    }
+
+    /// Paths answered so far (after their delay or gate).
+    pub fn answered(&self) -> Vec<String> {
+        self.seen.answered.lock().unwrap().clone()
+    }
+
+    /// Gated paths answered because their gate timed out: their `n`
+    /// requests were never all in flight at once.
+    pub fn gate_timeouts(&self) -> Vec<String> {
+        self.seen.gate_timeouts.lock().unwrap().clone()
     }
 
     /// Wait (ten seconds at most) until `path` arrives; return when it did.
@@ -391,10 +418,16 @@ impl Upstream {
     }
 }
 
+/// For `/gate/<label><n>/...`: its prefix `/gate/<label><n>/` and `n`.
+fn gate(path: &str) -> Option<(String, usize)> {
+    let name = path.strip_prefix("/gate/")?.split('/').next()?;
+    let label = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    Some((format!("/gate/{name}/"), name[label.len()..].parse().ok()?))
+}
+
 async fn answer(
     request: hyper::Request<hyper::body::Incoming>,
-    seen: &Mutex<Vec<String>>,
-    arrived: &Mutex<Vec<(String, Instant)>>,
+    seen: &Seen,
     delay: Duration,
     echo: bool,
 ) -> String {
@@ -408,14 +441,39 @@ async fn answer(
             .unwrap_or_default()
     };
     let (host, test) = (header("host"), header("x-test"));
-    seen.lock().unwrap().push(format!("{host} {path}"));
-    arrived.lock().unwrap().push((path.clone(), Instant::now()));
+    seen.hosts.lock().unwrap().push(format!("{host} {path}"));
+    seen.arrivals
+        .lock()
+        .unwrap()
+        .push((path.clone(), Instant::now()));
+    if let Some((prefix, n)) = gate(&path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let arrived = seen
+                .arrivals
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(p, _)| p.starts_with(&prefix))
+                .count();
+            if arrived >= n {
+                break;
+            }
+            if Instant::now() >= deadline {
+                seen.gate_timeouts.lock().unwrap().push(path.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     tokio::time::sleep(delay).await;
     if !echo {
+        seen.answered.lock().unwrap().push(path.clone());
         return "upstream says hi".to_owned();
     }
     let method = request.method().clone();
     let body = request.into_body().collect().await.unwrap().to_bytes();
+    seen.answered.lock().unwrap().push(path.clone());
     format!(
         "origin got {method} {path}\nx-test={test}\nbody={}",
         String::from_utf8_lossy(&body)
@@ -510,4 +568,37 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Milliseconds since the Unix epoch of a log line's leading timestamp
+/// (`2026-01-02T03:04:05.678901Z`, as the server writes them).
+pub fn log_time_ms(line: &str) -> Option<u64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, d) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>());
+    let (h, min, sec) = (
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    );
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from((((days * 24 + h) * 60 + min) * 60 + sec) * 1000 + millis).ok()
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
