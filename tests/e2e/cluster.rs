@@ -14,7 +14,7 @@ use isola_test_services::{self as test_services, Redis};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Project, Server, client, run_isola, stderr_of, worker};
+use crate::support::{Project, Server, client, now_ms, run_isola, stderr_of, worker};
 
 /// A `[backends]` section on `redis` (kv, cache, queue), the shared
 /// PostgreSQL (sql) and a fresh bucket on the shared moto (blob).
@@ -35,9 +35,12 @@ fn backends(redis: &Redis) -> String {
     )
 }
 
-const S3_ENV: [(&str, &str); 2] = [
+/// The S3 credentials, and `isola::trigger` at debug: a node logs each
+/// cron firing it competed for and another node took.
+const NODE_ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", test_services::S3_KEY_ID),
     ("AWS_SECRET_ACCESS_KEY", test_services::S3_SECRET),
+    ("ISOLA_LOG", "info,isola::trigger=debug"),
 ];
 
 /// One node: its own directory (and so its own state dir and compile
@@ -48,7 +51,7 @@ fn node(config: &str) -> (Project, Server) {
     let server = Server::start_in(
         project.dir.path(),
         &["serve", "isola.toml", "--listen", "127.0.0.1:0"],
-        &S3_ENV,
+        &NODE_ENV,
     );
     (project, server)
 }
@@ -316,17 +319,28 @@ async fn no_message_is_lost_when_a_node_is_killed_holding_messages() {
     }
 }
 
+/// The `due_ms` field of a log line.
+fn due_ms(line: &str) -> Option<u64> {
+    let tail = &line[line.find(" due_ms=")? + 8..];
+    tail[..tail.find(' ').unwrap_or(tail.len())].parse().ok()
+}
+
+/// The `due_ms` of every log line of `logs` containing `message`.
+fn due_times(logs: &str, message: &str) -> Vec<u64> {
+    logs.lines()
+        .filter(|l| l.contains(message))
+        .map(|l| due_ms(l).expect("due_ms in the line"))
+        .collect()
+}
+
 /// `due_ms` of every scheduled run a node's log reports.
 fn firings(logs: &str) -> Vec<u64> {
-    logs.lines()
-        .filter(|l| l.contains("scheduled run finished"))
-        .map(|l| {
-            let tail = &l[l.find(" due_ms=").expect("due_ms in the line") + 8..];
-            tail[..tail.find(' ').unwrap_or(tail.len())]
-                .parse()
-                .unwrap()
-        })
-        .collect()
+    due_times(logs, "scheduled run finished")
+}
+
+/// `due_ms` of every firing a node competed for and lost to another node.
+fn lost(logs: &str) -> Vec<u64> {
+    due_times(logs, "another node runs this firing")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,10 +349,7 @@ async fn a_cron_firing_runs_on_exactly_one_node() {
     let config = triggers_config(&backends(&redis), "triggers.crons = [\"* * * * * *\"]");
     let (_a_dir, a) = node(&config);
     let (_b_dir, b) = node(&config);
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let started = now_ms();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (on_a, on_b) = (firings(&a.flushed_logs()), firings(&b.flushed_logs()));
     let both: BTreeSet<u64> = on_a.iter().chain(&on_b).copied().collect();
@@ -356,6 +367,26 @@ async fn a_cron_firing_runs_on_exactly_one_node() {
     assert!(window.len() >= 3, "A {on_a:?}, B {on_b:?}");
     for pair in window.windows(2) {
         assert_eq!(pair[1] - pair[0], 1000, "a firing is missing: {window:?}");
+    }
+    // Both nodes competed for each of those firings: the one that did not
+    // run it tried to take its lease and was told another node had it.
+    for &due in &window {
+        let (winner, loser) = if on_a.contains(&due) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        let logs = loser.wait_for_line(|l| {
+            l.contains("another node runs this firing") && due_ms(l) == Some(due)
+        });
+        assert!(
+            !firings(&logs).contains(&due),
+            "the losing node ran {due} too"
+        );
+        assert!(
+            !lost(&winner.logs()).contains(&due),
+            "the node that ran {due} was also told another node had it"
+        );
     }
 }
 
