@@ -13,6 +13,10 @@ async function handle(event) {
     event.waitUntil(KV.put("count", String(count)));
     return new Response(String(count));
   }
+  if (url.pathname === "/peek") {
+    // The stored count, read without writing.
+    return new Response(String(await KV.get("count")));
+  }
   if (url.pathname === "/throw") {
     event.passThroughOnException();
     throw new Error("thrown after passThroughOnException");
