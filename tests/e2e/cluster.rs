@@ -390,6 +390,60 @@ async fn a_cron_firing_runs_on_exactly_one_node() {
     }
 }
 
+/// With Redis down a node cannot take a firing's lease: the firing is
+/// skipped and logged, never run without the lease, the node keeps
+/// serving, and firings resume once Redis is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cron_firing_is_skipped_while_redis_is_down() {
+    let mut redis = Redis::start();
+    let config = format!(
+        "{}{}",
+        triggers_config(&backends(&redis), "triggers.crons = [\"* * * * * *\"]"),
+        worker("hello", guests::EXAMPLE_HELLO, &["hello.test/*"])
+    );
+    let (_dir, server) = node(&config);
+    server.wait_for_log_within("scheduled run finished", Duration::from_secs(20));
+
+    redis.stop();
+    let logs = server.wait_for_log_within(
+        "firing skipped: cannot take its lease",
+        Duration::from_secs(30),
+    );
+    let skipped = due_times(&logs, "firing skipped: cannot take its lease");
+    // The node keeps serving (a worker that needs no Redis).
+    let response = client()
+        .get(server.url("/"))
+        .header("host", "hello.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "Hello from Isola!\n");
+
+    redis.restart();
+    let last_skipped = *skipped.iter().max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = server.logs();
+        if firings(&logs).iter().any(|&t| t > last_skipped) {
+            break logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "firings never resumed after Redis came back:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // No skipped firing ran (or failed) anyway, without its lease.
+    let skipped = due_times(&logs, "firing skipped: cannot take its lease");
+    for line in logs.lines().filter(|l| l.contains("scheduled run")) {
+        assert!(
+            !due_ms(line).is_some_and(|t| skipped.contains(&t)),
+            "a skipped firing ran: {line}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_is_a_guest_error_and_service_recovers() {
     let mut redis = Redis::start();

@@ -454,6 +454,65 @@ async fn clients_that_send_headers_too_slowly_are_dropped() {
     assert_eq!(get(&client(), &server.url("/")).await.0, 200);
 }
 
+/// `wall_ms` bounds a guest waiting for a request body that a client sends
+/// slowly: the client gets `504 wall-limit` while it still holds back most
+/// of the body it announced.
+#[tokio::test(flavor = "multi_thread")]
+async fn wall_ms_bounds_a_slow_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let project = Project::new(&format!(
+        "{}wall_ms = 1000\n",
+        worker("hello", guests::EXAMPLE_HELLO, &["/*"])
+    ));
+    let server = project.serve();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The guest reads (and echoes) the whole body; 10 of 1000 bytes come.
+    slow.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // The timeout only stops a hung test: the client never sends the rest.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = slow.read(&mut byte).await.unwrap();
+            assert_eq!(
+                n,
+                1,
+                "closed without an answer: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+    })
+    .await
+    .expect("no answer while the body was held back");
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (key, value) = l.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    };
+    assert_eq!(header("x-isola-error"), "wall-limit");
+    let id = header("x-request-id");
+    let logs = server.wait_for_line(|l| l.contains("request failed") && l.contains(&id));
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request failed") && l.contains(&id))
+        .unwrap();
+    assert!(
+        line.contains("wall-clock limit of 1000 ms reached"),
+        "{line}"
+    );
+    assert_eq!(get(&client(), &server.url("/")).await.0, 200);
+    drop(slow);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configured_header_limit_is_the_one_enforced() {
     let project = Project::new(&format!(

@@ -9,7 +9,7 @@ use isola_backends::queue::QueueStore;
 use isola_test_programs as guests;
 use reqwest::StatusCode;
 
-use crate::support::{Project, Server, client, run_isola, stderr_of, worker};
+use crate::support::{Project, Server, client, now_ms, run_isola, stderr_of, worker};
 
 /// The `triggers` guest: KV, a producer for `jobs`, and `extra` keys
 /// (consumers, crons) after them.
@@ -254,6 +254,91 @@ async fn no_message_is_lost_when_the_host_is_killed() {
     assert!(
         (1..=held).contains(&again),
         "the {held} messages held at the kill come back with attempts >= 2 ({again} did): {attempts:?}"
+    );
+}
+
+/// The number in a log line's `name=N` field.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let tail = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
+    tail[..tail.find(' ').unwrap_or(tail.len())].parse().ok()
+}
+
+/// Firings of an every-second cron missed while the host was down are
+/// reported by the next start, counted from `cron-state.json`, and not
+/// replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn firings_missed_while_down_are_reported_at_the_next_start() {
+    let project = project("triggers.crons = [\"* * * * * *\"]");
+    let server = project.serve();
+    server.wait_for_log("scheduled run finished");
+    let logs = server.stop();
+    // A first start has nothing to report.
+    assert!(!logs.contains("firings missed"), "{logs}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.path(".isola/cron-state.json")).unwrap())
+            .unwrap();
+    let last = state["triggers * * * * * *"].as_u64().unwrap();
+    assert_eq!(last % 1000, 0, "{state}");
+
+    // Down for at least three firings.
+    let down = now_ms();
+    tokio::time::sleep(Duration::from_millis(3000 + 1000 - down % 1000)).await;
+    let restarted = now_ms();
+    let server = project.serve();
+    let logs = server.wait_for_log("firings missed while the host was down are not replayed");
+    let reported = now_ms();
+    let line = logs.lines().find(|l| l.contains("firings missed")).unwrap();
+    // The firings due after the last recorded one and before the restart
+    // were missed; those due while it starts may be counted too.
+    let between = |from: u64, to: u64| (from + 1..to).filter(|t| t % 1000 == 0).count() as u64;
+    let missed = field(line, "missed").unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        (between(last, restarted)..=between(last, reported)).contains(&missed),
+        "last firing at {last}, restarted at {restarted}, reported at {reported}: {line}"
+    );
+    assert!(missed >= 3, "{line}");
+    // Not replayed: every firing of the new process is due after its start.
+    let logs = server.wait_for_log("scheduled run finished");
+    for line in logs.lines().filter(|l| l.contains("scheduled run")) {
+        let due = field(line, "due_ms").unwrap();
+        assert!(due > restarted, "a missed firing ran: {line}");
+    }
+}
+
+/// Without a `dead_letter_queue`, a message still retried after its last
+/// delivery is dropped: gone from the queue, with a log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_out_of_retries_without_a_dead_letter_queue_is_dropped_and_logged() {
+    let project = project(
+        "queues.consumers = [{ queue = \"jobs\", max_batch_size = 1, max_batch_timeout = 1, max_retries = 1 }]",
+    );
+    let server = project.serve();
+    post(&server, "/send-raw", "poison").await;
+    let logs = server.wait_for_log("message dropped after its last retry (no dead_letter_queue)");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("message dropped after its last retry"))
+        .unwrap();
+    // Delivered 1 + max_retries times.
+    assert_eq!(field(line, "attempts"), Some(2), "{line}");
+    assert!(line.contains("queue=jobs"), "{line}");
+    let queues = queues_of(&project);
+    assert_eq!(queues.depth("jobs").await.unwrap(), 0, "{logs}");
+    assert_eq!(queues.in_flight("jobs").await.unwrap(), 0, "{logs}");
+    // Two deliveries, both retried by the guest; the second one's batch
+    // counts the drop.
+    let logs = server.flushed_logs();
+    let batches: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("queue batch finished"))
+        .collect();
+    assert_eq!(batches.len(), 2, "{logs}");
+    assert_eq!(field(batches[0], "retried"), Some(1), "{}", batches[0]);
+    assert_eq!(
+        field(batches[1], "dead_lettered"),
+        Some(1),
+        "{}",
+        batches[1]
     );
 }
 
