@@ -18,5 +18,6 @@ mod lifecycle;
 mod limits;
 mod operability;
 mod overload;
+mod profiling;
 mod serving;
 mod triggers;

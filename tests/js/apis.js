@@ -10,15 +10,15 @@ const routes = {
     return new Response(String(served));
   },
 
-  async "/echo"(request) {
-    const body = await request.text();
-    const url = new URL(request.url);
-    return new Response(body, {
-      status: 201,
-      headers: {
-        "x-echo": `${request.method} ${url.pathname}${url.search} ${request.headers.get("x-note")}`,
-      },
-    });
+  // Busy for `n` rounds of arithmetic (not for a time: the clock stands
+  // still while a request runs): something to profile.
+  async "/work"(request) {
+    const n = Number(new URL(request.url).searchParams.get("n") ?? 1000);
+    let x = 0;
+    for (let round = 0; round < n; round++) {
+      for (let i = 0; i < 1000; i++) x = (x * 31 + i) % 1000003;
+    }
+    return new Response(String(x));
   },
 
   // Response shapes: with `instance_reuse` the shim sends one whose body is

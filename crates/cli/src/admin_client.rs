@@ -1,5 +1,5 @@
-//! `isola tail` and `isola reload`: clients of a running server's admin
-//! listener.
+//! `isola tail`, `isola profile` and `isola reload`: clients of a running
+//! server's admin listener.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use isola_config::Config;
+use isola_server::profiles::ProfileEntry;
 use serde_json::Value;
 
 /// Where the admin listener is and the token it wants: flags first, then
@@ -101,6 +102,110 @@ pub fn reload(target: &Target) -> Result<()> {
             bail!("{} ({status})", body.trim());
         }
         println!("{}", body.trim());
+        Ok(())
+    })
+}
+
+/// What `isola profile` asks for.
+pub struct ProfileArgs {
+    pub worker: String,
+    pub path: Option<String>,
+    pub count: u32,
+    pub interval_ms: u64,
+    pub out: std::path::PathBuf,
+    pub timeout: std::time::Duration,
+}
+
+/// `POST /profile`, then wait for the worker's next `count` profiles
+/// (`GET /profiles`) and write each one into `out`.
+pub fn profile(target: &Target, args: &ProfileArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let body = |response: http::Response<hyper::body::Incoming>| async move {
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        let worker_query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("worker", &args.worker)
+            .finish();
+        // Profiles already kept are not this run's.
+        let (_, listed) = body(
+            target
+                .request(http::Method::GET, &format!("/profiles?{worker_query}"))
+                .await?,
+        )
+        .await?;
+        let before: Vec<ProfileEntry> =
+            serde_json::from_slice(&listed).context("a malformed profile list")?;
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("worker", &args.worker)
+            .append_pair("count", &args.count.to_string())
+            .append_pair("interval_ms", &args.interval_ms.to_string());
+        if let Some(path) = &args.path {
+            query.append_pair("path", path);
+        }
+        let (status, armed) = body(
+            target
+                .request(http::Method::POST, &format!("/profile?{}", query.finish()))
+                .await?,
+        )
+        .await?;
+        let armed = String::from_utf8_lossy(&armed);
+        if !status.is_success() {
+            bail!("{} ({status})", armed.trim());
+        }
+        eprintln!("{} (^C to stop)", armed.trim());
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        let mut saved = 0;
+        let mut seen: std::collections::HashSet<String> =
+            before.into_iter().map(|p| p.file).collect();
+        while saved < args.count {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{saved} of {} profile(s) after {} s: the worker had fewer matching requests",
+                    args.count,
+                    args.timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let (_, listed) = body(
+                target
+                    .request(http::Method::GET, &format!("/profiles?{worker_query}"))
+                    .await?,
+            )
+            .await?;
+            let listed: Vec<ProfileEntry> =
+                serde_json::from_slice(&listed).context("a malformed profile list")?;
+            // Oldest first, so that files are written in request order.
+            for entry in listed.into_iter().rev() {
+                if saved == args.count || !seen.insert(entry.file.clone()) {
+                    continue;
+                }
+                let (status, json) = body(
+                    target
+                        .request(http::Method::GET, &format!("/profiles/{}", entry.file))
+                        .await?,
+                )
+                .await?;
+                if !status.is_success() {
+                    bail!("GET /profiles/{}: {status}", entry.file);
+                }
+                let path = args.out.join(&entry.file);
+                std::fs::write(&path, &json)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!(
+                    "{} {} {} ({} samples)",
+                    path.display(),
+                    entry.method,
+                    entry.path,
+                    entry.samples
+                );
+                saved += 1;
+            }
+        }
         Ok(())
     })
 }

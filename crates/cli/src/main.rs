@@ -139,6 +139,34 @@ enum Command {
         #[arg(long, value_enum, default_value = "pretty")]
         format: admin_client::Format,
     },
+    /// Profile a worker's next requests on a running server and save each
+    /// profile (open them at https://profiler.firefox.com).
+    Profile {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+        /// The worker to profile.
+        #[arg(long)]
+        worker: String,
+        /// Only requests whose path starts with this.
+        #[arg(long)]
+        path: Option<String>,
+        /// How many requests.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: u32,
+        /// Milliseconds between samples.
+        #[arg(long, default_value_t = 1)]
+        interval_ms: u64,
+        /// Where to write the profiles.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Give up after this many seconds without all the profiles.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Make a running server re-read its config (as SIGHUP does) and wait
     /// for the outcome.
     Reload {
@@ -331,6 +359,27 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             worker.as_deref(),
             status.as_deref(),
             format,
+        ),
+        Command::Profile {
+            config,
+            admin,
+            token,
+            worker,
+            path,
+            count,
+            interval_ms,
+            out,
+            timeout,
+        } => admin_client::profile(
+            &admin_client::Target::resolve(&config, admin.as_deref(), token)?,
+            &admin_client::ProfileArgs {
+                worker,
+                path,
+                count,
+                interval_ms,
+                out,
+                timeout: std::time::Duration::from_secs(timeout),
+            },
         ),
         Command::Reload {
             config,

@@ -20,8 +20,10 @@ pub use cache::{CacheOutcome, CacheStats, CompileCache, LoadedComponent};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch ticker advances the engine's epoch. Wall-clock
-/// deadlines are counted in these ticks, so this is their granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// deadlines are counted in these ticks, so this is their granularity, and
+/// so is a profiled request's sampling interval. A tick is an atomic add on
+/// a thread that wakes a thousand times a second; wasm pays nothing for it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Errors from building the engine or loading a component.
 #[derive(Debug, thiserror::Error)]
@@ -241,10 +243,21 @@ fn spawn_epoch_ticker(engine: &Engine) {
     std::thread::Builder::new()
         .name("isola-epoch".into())
         .spawn(move || {
+            // Ticks keep to the wall clock: each sleep ends at the next
+            // multiple of the tick, so oversleeping does not add up. After
+            // a long stall (a suspended process) the count resumes from now
+            // rather than firing the missed ticks at once.
+            let mut next = std::time::Instant::now();
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+                next += EPOCH_TICK;
+                let now = std::time::Instant::now();
+                match next.checked_duration_since(now) {
+                    Some(wait) => std::thread::sleep(wait),
+                    None if now - next > EPOCH_TICK * 100 => next = now,
+                    None => {}
+                }
             }
         })
         .expect("spawning the epoch ticker thread");

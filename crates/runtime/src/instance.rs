@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use crate::body::Body;
 use crate::failure::{Failure, GuestError};
 use crate::outbound::Subrequests;
+use crate::profile;
 use crate::report::{Report, within_limits};
 use crate::services::ServiceCalls;
 use crate::state::HostState;
@@ -100,6 +101,7 @@ impl Worker {
         request: http::Request<wasmtime_wasi_http::WasiBody>,
         services: ServiceCalls,
         report: Arc<Report>,
+        profile: Option<profile::Claim>,
     ) -> Result<http::Response<Body>, GuestError> {
         let inner = &self.inner;
         let request_id = services.request_id.clone();
@@ -119,6 +121,17 @@ impl Worker {
             }
         };
 
+        if let Some(claim) = profile {
+            let component = inner.pre.instance_pre().component();
+            let subject = profile::Subject {
+                worker: &report.worker,
+                request_id: &report.request_id,
+                method: &report.method,
+                path: &report.path,
+            };
+            profile::start(&mut store, component, subject, claim, inner.budget.wall)
+                .map_err(|e| GuestError::host(Failure::Exception, e))?;
+        }
         let incoming = store
             .data_mut()
             .http()
@@ -173,6 +186,7 @@ impl Worker {
             .await;
             let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
+            profile::finish(&mut store);
             let memory_limit_hit = store.data().run.memory_limit_hit;
             let panic = store.data().run.panic.get();
             let pass_through = store.data().request.pass_through_on_exception();

@@ -22,6 +22,7 @@ use crate::guest_log::{GuestLog, PanicNote, Stream};
 use crate::host::ctx::{AbortReports, RequestCtx};
 use crate::host::{Capabilities, HostView, View};
 use crate::outbound::{OutboundPolicy, Subrequests};
+use crate::profile::ActiveProfile;
 
 /// What a worker's (or plugin's) runs share, built once at load time.
 pub(crate) struct WorkerShared {
@@ -92,6 +93,8 @@ pub(crate) struct RunState {
     log_request_id: Arc<std::sync::RwLock<Arc<str>>>,
     /// The last panic the guest printed on stderr in this run.
     pub panic: PanicNote,
+    /// The profiler sampling this run, when it is profiled.
+    pub profile: Option<Box<ActiveProfile>>,
     /// Set when the guest asked for more memory than its limit.
     pub memory_limit_hit: bool,
 }
@@ -131,6 +134,7 @@ impl RunState {
             shared,
             log_request_id,
             panic,
+            profile: None,
             memory_limit_hit: false,
         }
     }

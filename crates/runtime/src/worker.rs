@@ -22,6 +22,7 @@ use crate::limits::Budget;
 use crate::load_error::LoadError;
 use crate::outbound::Subrequests;
 use crate::pass_through;
+use crate::profile::{ProfileRequest, Profiling};
 use crate::report::{Observer, PendingOutcome, Report};
 use crate::request::{RequestContext, RequestId, RequestInfo, protocol_name};
 use crate::services::{Callees, ServiceCalls};
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     /// Handlers the component exports but its code does not define (its
     /// answer to `isola:worker/handlers`).
     pub(crate) declined: Vec<Handler>,
+    /// Requests armed for profiling ([`Worker::profile_next`]).
+    pub(crate) profiling: Profiling,
 }
 
 /// An instance kept for another request, with the requests it has served.
@@ -164,6 +167,7 @@ impl Worker {
                 idle: Arc::default(),
                 component: path.to_owned(),
                 declined: Vec::new(),
+                profiling: Profiling::default(),
             }),
         };
         worker.settle_handlers(&instance_pre, path)?;
@@ -267,6 +271,18 @@ impl Worker {
         self.inner.budget.limits
     }
 
+    /// Profile the next `request.count` requests (those under
+    /// `request.path_prefix` only, when given) and hand each profile to
+    /// `request.sink`. Replaces what was armed before; `count = 0` disarms.
+    pub fn profile_next(&self, request: ProfileRequest) {
+        self.inner.profiling.arm(request);
+    }
+
+    /// Requests still to be profiled.
+    pub fn profiles_pending(&self) -> u32 {
+        self.inner.profiling.remaining()
+    }
+
     /// Where the component came from when this worker was loaded.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.inner.cache_outcome
@@ -324,7 +340,8 @@ impl Worker {
         } else {
             (request, None)
         };
-        let mut response = match self.run(request, services, report.clone()).await {
+        let profile = self.inner.profiling.claim(request.uri().path());
+        let mut response = match self.run(request, services, report.clone(), profile).await {
             Ok(response) => coalesce::coalesce(response).await,
             Err(error) => {
                 tracing::error!(

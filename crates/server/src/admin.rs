@@ -10,6 +10,11 @@
 //! - `POST /reload`: re-read the config and swap it in (what SIGHUP does).
 //! - `POST /__scheduled?cron=…[&worker=…]`: fire a worker's scheduled
 //!   handler now (Wrangler's `/__scheduled`).
+//! - `POST /profile?worker=NAME[&path=/x][&count=N][&interval_ms=M]`:
+//!   profile the worker's next N requests (under `/x`), sampling every M
+//!   ms (see [`crate::profiles`]). `GET /profiles[?worker=NAME]` lists the
+//!   profiles kept (JSON), `GET /profiles/<file>` is one, in the Firefox
+//!   profiler's format.
 //!
 //! With `admin_token` set, every call needs `authorization: Bearer <token>`;
 //! off loopback the token is required.
@@ -34,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 use crate::app::App;
+use crate::profiles::{MAX_COUNT, MAX_INTERVAL_MS, ProfileStore};
 use crate::telemetry::TailEvent;
 
 /// Re-reads the config and installs it; `Ok` says what was loaded, `Err`
@@ -50,6 +56,8 @@ pub struct AdminOptions {
     pub reloader: Option<Reloader>,
     /// For the queue depth gauge of consumed queues.
     pub queues: Option<Arc<dyn QueueStore>>,
+    /// Where per-request profiles are kept.
+    pub profiles: ProfileStore,
 }
 
 pub struct Admin {
@@ -189,9 +197,89 @@ impl State {
             (&http::Method::POST, "/__scheduled") => {
                 self.scheduled(param("worker"), param("cron")).await
             }
-            (_, "/__scheduled" | "/reload") => text(405, "use POST\n"),
-            (_, "/healthz" | "/readyz" | "/metrics" | "/tail") => text(405, "use GET\n"),
+            (&http::Method::POST, "/profile") => self.arm_profile(&param),
+            (&http::Method::GET, "/profiles") => self.list_profiles(param("worker")),
+            (&http::Method::GET, path) if path.starts_with("/profiles/") => {
+                match self.options.profiles.read(&path["/profiles/".len()..]) {
+                    Some(json) => http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(json)).boxed())
+                        .expect("a valid response"),
+                    None => text(404, "no such profile\n"),
+                }
+            }
+            (_, "/__scheduled" | "/reload" | "/profile") => text(405, "use POST\n"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/tail" | "/profiles") => {
+                text(405, "use GET\n")
+            }
             _ => text(404, "not found\n"),
+        }
+    }
+
+    /// `POST /profile`: arm a worker of the current generation. A reload
+    /// makes new workers, which start unarmed.
+    fn arm_profile(&self, param: &dyn Fn(&str) -> Option<String>) -> Response {
+        let Some(name) = param("worker") else {
+            return text(400, "add ?worker=NAME\n");
+        };
+        let number = |key: &str, default: u64, max: u64| match param(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| format!("{key}={v}: give a whole number from 1 to {max}\n")),
+        };
+        let (count, interval_ms) = match (
+            number("count", 1, u64::from(MAX_COUNT)),
+            number("interval_ms", 1, MAX_INTERVAL_MS),
+        ) {
+            (Ok(count), Ok(interval)) => (count as u32, interval),
+            (Err(e), _) | (_, Err(e)) => return text(400, e),
+        };
+        let path = param("path").filter(|p| !p.is_empty());
+        if path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            return text(400, "path: give a path prefix starting with `/`\n");
+        }
+        let Some(generation) = self.options.app.current() else {
+            return text(503, "not ready: the workers are not loaded yet\n");
+        };
+        let Some(worker) = generation.workers().iter().find(|w| w.name() == name) else {
+            return text(404, format!("no worker `{name}`\n"));
+        };
+        worker.profile_next(self.options.profiles.request(
+            count,
+            path.clone(),
+            Duration::from_millis(interval_ms),
+        ));
+        text(
+            200,
+            format!(
+                "armed: the next {count} request(s) of `{name}`{}, sampled every {interval_ms} ms\n",
+                path.map(|p| format!(" under {p}")).unwrap_or_default()
+            ),
+        )
+    }
+
+    /// `GET /profiles`: the profiles kept, newest first, as JSON.
+    fn list_profiles(&self, worker: Option<String>) -> Response {
+        match self.options.profiles.list() {
+            Ok(entries) => {
+                let entries: Vec<_> = entries
+                    .into_iter()
+                    .filter(|e| worker.as_deref().is_none_or(|w| w == e.worker))
+                    .collect();
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(
+                        Full::new(Bytes::from(
+                            serde_json::to_vec(&entries).expect("profile entries serialize"),
+                        ))
+                        .boxed(),
+                    )
+                    .expect("a valid response")
+            }
+            Err(e) => text(500, format!("cannot list the profiles: {e}\n")),
         }
     }
 

@@ -12,6 +12,7 @@ mod app;
 pub mod lifecycle;
 mod listener;
 pub mod load;
+pub mod profiles;
 pub mod router;
 pub mod telemetry;
 pub mod triggers;

@@ -19,6 +19,7 @@ use crate::listener::{Server, shutdown_signal};
 use crate::load::{
     Progress, backends_for, engine_for, largest_memory_mb, load_workers, outbound_client_for,
 };
+use crate::profiles::ProfileStore;
 use crate::telemetry::Telemetry;
 use crate::triggers::Triggers;
 
@@ -265,6 +266,7 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
                         .map(|t| t.expose().to_owned()),
                     reloader: live.source.is_some().then_some(reloader),
                     queues: Some(backends.queues.clone()),
+                    profiles: ProfileStore::new(&config.server.state_dir),
                 },
             )
             .await
