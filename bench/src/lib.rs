@@ -1,6 +1,6 @@
 //! Isola's benchmark: in-process micro-benchmarks through the embedding
 //! API ([`micro`], and a plugin of a custom WIT world: [`plugin`]), fuel's
-//! cost ([`fuel`]), and servers side by side under
+//! cost ([`fuel`]), per-request profiling's cost ([`profiling`]), and servers side by side under
 //! `wrk` ([`load`]): the programs and guests of a run ([`setup`]), what
 //! loads them ([`workload`]), interleaved hello rounds ([`rounds`]) and
 //! the tables ([`table`]). `src/main.rs` runs them all, one section of
@@ -11,6 +11,7 @@ pub mod fuel;
 pub mod load;
 pub mod micro;
 pub mod plugin;
+pub mod profiling;
 pub mod rounds;
 pub mod setup;
 pub mod table;

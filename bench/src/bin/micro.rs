@@ -7,7 +7,8 @@
 //!
 //! `MICRO_ONLY="JS hello"` (a table's name) runs that one alone, for
 //! profiling; `MICRO_ONLY=fuel` runs only the fuel calibration and overhead;
-//! `MICRO_ONLY=plugin` only the custom-world plugin call.
+//! `MICRO_ONLY=plugin` only the custom-world plugin call;
+//! `MICRO_ONLY=profiling` what per-request profiling costs.
 
 use std::path::Path;
 
@@ -36,6 +37,18 @@ async fn main() {
             isola_bench::percentile(&calls, 0.5),
             isola_bench::percentile(&calls, 0.99)
         );
+        return;
+    }
+    if only.as_deref() == Some("profiling") {
+        let (rows, samples) =
+            isola_bench::profiling::compare(&work.join("profiling"), requests).await;
+        println!(
+            "| Rust hello, {requests} requests per case | guest CPU p50 µs | p99 µs | wall p50 µs |\n|---|---|---|---|"
+        );
+        for (case, p50, p99, wall) in rows {
+            println!("| {case} | {p50:.1} | {p99:.1} | {wall:.1} |");
+        }
+        println!("samples per profiled request: {samples:.1}");
         return;
     }
     if only.as_deref() == Some("fuel") {
