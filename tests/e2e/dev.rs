@@ -430,3 +430,85 @@ async fn a_build_command_never_sees_the_secrets() {
         assert!(!seen.contains(secret), "the build command saw {secret}");
     }
 }
+
+/// One save is a burst of file-system events (a truncate, writes, a close),
+/// and the build itself reads the config and the sources: `isola dev`
+/// builds once for it, and a syntax error is reported once, not once per
+/// event.
+#[tokio::test]
+async fn dev_reports_one_failed_build_per_save_and_serves_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("save-once");
+    init(&project, &["--template", "js"]);
+    free_admin_port(&project);
+    let index = project.join("src/index.js");
+    let source = std::fs::read_to_string(&index).unwrap();
+    assert!(source.contains("\"Hello from Isola\""), "{source}");
+    let server = Server::start_in(&project, &["dev", "--listen", "127.0.0.1:0"], &[]);
+    wait_for_body(
+        &server,
+        "/",
+        "Hello from Isola",
+        Meanwhile::NotReady,
+        Duration::from_secs(300),
+    )
+    .await;
+    server.wait_for_log("watching for changes");
+
+    // One save of a syntax error.
+    std::fs::write(
+        &index,
+        source.replace(
+            "new Response(\"Hello from Isola\")",
+            "new Response((\"broken\"",
+        ),
+    )
+    .unwrap();
+    server.wait_for_log_within("build failed", Duration::from_secs(60));
+    // Time for any further build the same save might set off.
+    std::thread::sleep(Duration::from_secs(5));
+    let logs = server.flushed_logs();
+    let failures: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("build failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "one error for one save:\n{logs}");
+    assert!(
+        failures[0].contains("src/index.js")
+            && failures[0].contains("still serving the last good version"),
+        "{}",
+        failures[0]
+    );
+    assert_eq!(
+        logs.lines()
+            .filter(|line| line.contains("changed: "))
+            .count(),
+        1,
+        "one rebuild for one save:\n{logs}"
+    );
+    let (status, _, body) = get(&client(), &server.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "Hello from Isola"));
+
+    // The fix goes live.
+    std::fs::write(
+        &index,
+        source.replace("\"Hello from Isola\"", "\"Hello again\""),
+    )
+    .unwrap();
+    wait_for_body(
+        &server,
+        "/",
+        "Hello again",
+        Meanwhile::Serving("Hello from Isola"),
+        Duration::from_secs(300),
+    )
+    .await;
+    let logs = server.flushed_logs();
+    assert_eq!(
+        logs.lines()
+            .filter(|line| line.contains("build failed"))
+            .count(),
+        1,
+        "{logs}"
+    );
+}

@@ -13,12 +13,14 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use isola_config::Config;
 use isola_server::LiveHandle;
 use isola_server::lifecycle::Watch;
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_mini::notify::{self, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::config::load_config;
+use crate::js;
 
-/// Wait for a quiet moment: the build tools write in bursts.
+/// Wait for a quiet moment: editors and build tools write in bursts (one
+/// save is a truncate, writes and a close, or a new file and a rename).
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What to watch for one config, and what a change means.
@@ -78,7 +80,7 @@ impl WatchPlan {
 
     /// What `changed` asks for: `None` when nothing watched changed, else
     /// whether the config changed and which workers to rebuild.
-    fn classify(&self, changed: &[PathBuf]) -> Option<(bool, BTreeSet<String>)> {
+    fn classify(&self, changed: &BTreeSet<PathBuf>) -> Option<(bool, BTreeSet<String>)> {
         let mut config = false;
         let mut rebuild = BTreeSet::new();
         let mut component = false;
@@ -103,12 +105,12 @@ impl WatchPlan {
 
 /// Keep the watcher's roots equal to the plan's.
 fn rewatch(
-    debouncer: &mut Debouncer<RecommendedWatcher>,
+    watcher: &mut RecommendedWatcher,
     watched: &mut BTreeSet<(PathBuf, bool)>,
     plan: &WatchPlan,
 ) {
     for (path, _) in watched.difference(&plan.roots) {
-        let _ = debouncer.watcher().unwatch(path);
+        let _ = watcher.unwatch(path);
     }
     for (path, recursive) in plan.roots.difference(watched) {
         let mode = if *recursive {
@@ -116,7 +118,7 @@ fn rewatch(
         } else {
             RecursiveMode::NonRecursive
         };
-        if let Err(e) = debouncer.watcher().watch(path, mode) {
+        if let Err(e) = watcher.watch(path, mode) {
             tracing::warn!("cannot watch {}: {e}", display_path(path));
         }
     }
@@ -187,17 +189,76 @@ pub fn watch(source: PathBuf) -> Watch {
     Box::new(move |live| Box::pin(run(live, source)))
 }
 
-/// Build, install, then rebuild and reinstall on every relevant change.
-async fn run(live: LiveHandle, source: PathBuf) {
-    let (sender, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-        Ok(events) => {
-            let _ = sender.send(events.into_iter().map(|e| e.path).collect());
+/// Whether a file-system event can mean new contents. Opening, reading
+/// and closing a file unwritten are not changes: the builds themselves
+/// read the config and the sources, and counting those reads ran every
+/// build again after itself.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Read the config and build its JavaScript workers (what
+/// [`load_config`] does), telling a config error from a failed JS build.
+fn load(source: &Path) -> anyhow::Result<(Config, anyhow::Result<()>)> {
+    let config = Config::load(source)?;
+    let built = js::build_workers(&config);
+    Ok((config, built))
+}
+
+/// Wait for the next change that matters to `plan`, then for the burst it
+/// belongs to to end (no change that matters for [`DEBOUNCE`]): everything
+/// that arrived meanwhile, during the last build too, is one change.
+/// `None` when the watcher is gone.
+async fn next_change(
+    changes: &mut tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    plan: &WatchPlan,
+) -> Option<(BTreeSet<PathBuf>, bool, BTreeSet<String>)> {
+    let matters = |path: &PathBuf| plan.classify(&BTreeSet::from([path.clone()])).is_some();
+    let first = loop {
+        let path = changes.recv().await?;
+        if matters(&path) {
+            break path;
         }
-        Err(e) => tracing::warn!("file watching: {e}"),
-    });
-    let mut debouncer = match debouncer {
-        Ok(d) => d,
+    };
+    let mut changed = BTreeSet::from([first]);
+    let mut quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+    loop {
+        match tokio::time::timeout_at(quiet_at, changes.recv()).await {
+            Ok(Some(path)) => {
+                if matters(&path) {
+                    changed.insert(path);
+                    quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+                }
+            }
+            Ok(None) => return None,
+            Err(_quiet) => break,
+        }
+    }
+    let (config, workers) = plan.classify(&changed)?;
+    Some((changed, config, workers))
+}
+
+/// Build, install, then rebuild and reinstall on every relevant change:
+/// one build per burst of events, and one more when files changed while
+/// it ran.
+async fn run(live: LiveHandle, source: PathBuf) {
+    let (sender, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let watcher =
+        notify::recommended_watcher(move |result: notify::Result<notify::Event>| match result {
+            Ok(event) if is_change(&event.kind) => {
+                for path in event.paths {
+                    let _ = sender.send(path);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("file watching: {e}"),
+        });
+    let mut watcher = match watcher {
+        Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot watch files: {e}; building once, without reloading");
             if let Ok(config) = load_config(&source)
@@ -212,22 +273,29 @@ async fn run(live: LiveHandle, source: PathBuf) {
     // `None`: build everything.
     let mut rebuild: Option<BTreeSet<String>> = None;
     loop {
-        let config = {
+        let loaded = {
             let source = source.clone();
-            tokio::task::spawn_blocking(move || load_config(&source))
+            tokio::task::spawn_blocking(move || load(&source))
                 .await
                 .expect("reading the config panicked")
         };
-        let plan = match config {
-            Ok(config) => {
+        let plan = match loaded {
+            Ok((config, js_built)) => {
                 let plan = WatchPlan::new(&source, Some(&config));
+                let js_ok = match js_built {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!("build failed: {e:#}; still serving the last good version");
+                        false
+                    }
+                };
                 let which = rebuild.take();
                 let config_for_build = config.clone();
                 let built =
                     tokio::task::spawn_blocking(move || build(&config_for_build, which.as_ref()))
                         .await
                         .expect("building panicked");
-                if built {
+                if js_ok && built {
                     live.install(config, "dev").await;
                 }
                 match plan {
@@ -243,22 +311,18 @@ async fn run(live: LiveHandle, source: PathBuf) {
                 WatchPlan::new(&source, None).expect("a plan without workers")
             }
         };
-        rewatch(&mut debouncer, &mut watched, &plan);
+        rewatch(&mut watcher, &mut watched, &plan);
         tracing::info!("watching for changes");
         // Until something that matters changes.
-        loop {
-            let Some(changed) = changes.recv().await else {
-                return;
-            };
-            if let Some((config_changed, workers)) = plan.classify(&changed) {
-                // A broken config watched nothing but itself: rebuild all
-                // once it is readable again.
-                rebuild = (!config_changed && !plan.builds.is_empty()).then_some(workers);
-                let names: Vec<String> = changed.iter().map(|p| display_path(p)).collect();
-                tracing::info!("changed: {}", names.join(", "));
-                break;
-            }
-        }
+        let Some((changed, config_changed, workers)) = next_change(&mut changes, &plan).await
+        else {
+            return;
+        };
+        // A broken config watched nothing but itself: rebuild all once it
+        // is readable again.
+        rebuild = (!config_changed && !plan.builds.is_empty()).then_some(workers);
+        let names: Vec<String> = changed.iter().map(|p| display_path(p)).collect();
+        tracing::info!("changed: {}", names.join(", "));
     }
 }
 
