@@ -512,3 +512,121 @@ async fn dev_reports_one_failed_build_per_save_and_serves_the_fix() {
         "{logs}"
     );
 }
+
+/// The pinned JavaScript toolchain's `tsc`: `isola build --setup` installs
+/// the toolchain and says where.
+fn toolchain_tsc() -> PathBuf {
+    let output = isola().args(["build", "--setup"]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let sdk = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("JavaScript toolchain ready in "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let tsc = Path::new(sdk.trim())
+        .parent()
+        .unwrap()
+        .join("node_modules/.bin/tsc");
+    assert!(tsc.is_file(), "typescript is pinned: {}", tsc.display());
+    tsc
+}
+
+/// `tsc --noEmit` on `project`: (passed, its output).
+fn type_check(tsc: &Path, project: &Path) -> (bool, String) {
+    let output = Command::new(tsc)
+        .args(["--noEmit", "-p"])
+        .arg(project)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `isola init --template ts` writes a TypeScript worker whose `env` is
+/// typed by what `isola types` writes from isola.toml: the pinned `tsc`
+/// accepts it, refuses a binding or a var value the config does not have,
+/// and the worker builds and serves.
+#[tokio::test]
+async fn ts_template_type_checks_against_isola_types_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("hello-ts");
+    init(&project, &["--template", "ts", "--handler", "scheduled"]);
+    free_admin_port(&project);
+    let config = std::fs::read_to_string(project.join("isola.toml")).unwrap();
+    assert!(config.contains("main = \"src/index.ts\""), "{config}");
+    let declared = std::fs::read_to_string(project.join("worker-configuration.d.ts")).unwrap();
+    assert!(
+        declared.contains("interface Env {\n  KV: KVNamespace;\n}"),
+        "{declared}"
+    );
+
+    // A var, and `isola types` again: it becomes a string literal.
+    std::fs::write(
+        project.join("isola.toml"),
+        format!("{config}vars = {{ GREETING = \"hello\" }}\n"),
+    )
+    .unwrap();
+    let output = isola_in(&project).arg("types").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let declared = std::fs::read_to_string(project.join("worker-configuration.d.ts")).unwrap();
+    assert!(
+        declared.contains("interface Env {\n  GREETING: \"hello\";\n  KV: KVNamespace;\n}"),
+        "{declared}"
+    );
+    let index = project.join("src/index.ts");
+    let source = std::fs::read_to_string(&index).unwrap();
+    assert!(
+        source.contains("satisfies ExportedHandler<Env>"),
+        "{source}"
+    );
+    let typed = source.replace(
+        "return new Response(\"Hello from Isola\");",
+        "const greeting: \"hello\" = env.GREETING;\n    return new Response(`Hello from Isola, ${greeting}`);",
+    );
+    assert_ne!(typed, source);
+    std::fs::write(&index, &typed).unwrap();
+
+    let tsc = toolchain_tsc();
+    let (passed, output) = type_check(&tsc, &project);
+    assert!(passed, "tsc: {output}");
+
+    // The types constrain: a binding the config lacks, a var's other value.
+    for (broken, error) in [
+        (
+            typed.replace("env.KV.put(", "env.CACHE.put("),
+            "Property 'CACHE' does not exist on type 'Env'",
+        ),
+        (
+            typed.replace("const greeting: \"hello\"", "const greeting: \"bye\""),
+            "Type '\"hello\"' is not assignable to type '\"bye\"'",
+        ),
+    ] {
+        assert_ne!(broken, typed);
+        std::fs::write(&index, &broken).unwrap();
+        let (passed, output) = type_check(&tsc, &project);
+        assert!(!passed, "tsc accepted:\n{broken}");
+        assert!(output.contains(error), "{output}");
+    }
+    std::fs::write(&index, &typed).unwrap();
+
+    let server = Server::start_in(&project, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    let (status, _, body) = get(&client(), &server.url("/")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello from Isola, hello"),
+        "{}",
+        server.logs()
+    );
+}

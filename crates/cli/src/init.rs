@@ -1,5 +1,5 @@
-//! `isola init DIR --template rust|js [--handler fetch|scheduled|queue]`: a
-//! new worker project that `isola dev` builds and serves at once.
+//! `isola init DIR --template rust|js|ts [--handler fetch|scheduled|queue]`:
+//! a new worker project that `isola dev` builds and serves at once.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ pub enum Template {
     Rust,
     /// A JavaScript module (`export default { fetch }`), built on load.
     Js,
+    /// A TypeScript module, built on load, its `env` typed by
+    /// `worker-configuration.d.ts` (`isola types`).
+    Ts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +89,9 @@ fn files(
         Template::Js => toml.push_str(
             "main = \"src/index.js\"\nbuild = { watch = [\"src/**/*.js\"] }\n",
         ),
+        Template::Ts => toml.push_str(
+            "main = \"src/index.ts\"\nbuild = { watch = [\"src/**/*.ts\"] }\n",
+        ),
     }
     toml.push_str("routes = [\"/*\"]\ncpu_ms = 50\n");
     match handler {
@@ -126,6 +132,18 @@ fn files(
             files.push(("src/lib.rs", rust_source(handler)));
         }
         Template::Js => files.push(("src/index.js", js_source(handler))),
+        Template::Ts => {
+            files.push(("tsconfig.json", TSCONFIG.to_owned()));
+            files.push((
+                "package.json",
+                format!(
+                    "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"scripts\": {{\n    \"types\": \"isola types\",\n    \"check\": \"tsc\"\n  }},\n  \"devDependencies\": {{\n    \"typescript\": \"7.0.2\"\n  }}\n}}\n"
+                ),
+            ));
+            files.push(("src/index.ts", ts_source(handler)));
+            // Written last, from the config written before it.
+            files.push((TYPES_FILE, String::new()));
+        }
     }
     Ok(files)
 }
@@ -196,6 +214,46 @@ fn js_source(handler: Handler) -> String {
     )
 }
 
+/// What `isola types` writes, and the TypeScript template includes.
+const TYPES_FILE: &str = "worker-configuration.d.ts";
+
+/// TypeScript's settings for a worker: the web platform of a worker
+/// (`webworker`) and nothing from Node.js or the DOM; `Env` and the
+/// Workers API from `worker-configuration.d.ts`. esbuild strips the types
+/// when it bundles; `tsc` only checks (`noEmit`).
+const TSCONFIG: &str = r#"{
+  "compilerOptions": {
+    "target": "es2022",
+    "module": "esnext",
+    "moduleResolution": "bundler",
+    "lib": ["es2022", "webworker"],
+    "types": [],
+    "strict": true,
+    "noEmit": true,
+    "isolatedModules": true
+  },
+  "include": ["worker-configuration.d.ts", "src/**/*.ts"]
+}
+"#;
+
+fn ts_source(handler: Handler) -> String {
+    let fetch = "  async fetch(request, env, ctx): Promise<Response> {\n    return new Response(\"Hello from Isola\");\n  },\n";
+    let body = match handler {
+        Handler::Fetch => fetch.to_owned(),
+        Handler::Scheduled => format!(
+            "{fetch}  async scheduled(controller, env, ctx) {{\n    console.log(`cron ${{controller.cron}} fired`);\n    await env.KV.put(\"last-run\", String(controller.scheduledTime));\n  }},\n"
+        ),
+        Handler::Queue => "  async fetch(request, env, ctx): Promise<Response> {\n    await env.JOBS.send(new URL(request.url).pathname);\n    return new Response(\"Hello from Isola; queued\");\n  },\n  async queue(batch, env, ctx) {\n    for (const message of batch.messages) {\n      console.log(`job ${message.id}: ${message.body}`);\n      await env.KV.put(`job:${message.id}`, String(message.body));\n      message.ack();\n    }\n  },\n".to_owned(),
+    };
+    format!(
+        "// An Isola worker in TypeScript (Cloudflare Workers module syntax). Every\n\
+         // request runs in a fresh instance: module state starts over each time.\n\
+         // `Env` is declared in worker-configuration.d.ts: run `isola types` after\n\
+         // changing the bindings in isola.toml, and `tsc` to check.\n\
+         export default {{\n{body}}} satisfies ExportedHandler<Env>;\n"
+    )
+}
+
 /// Write the project; refuses to overwrite anything.
 pub fn init(dir: &Path, template: Template, handler: Handler, sdk: Option<PathBuf>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -222,8 +280,17 @@ pub fn init(dir: &Path, template: Template, handler: Handler, sdk: Option<PathBu
     } else {
         indicatif::ProgressBar::hidden()
     };
-    for (path, contents) in &files {
-        let path = dir.join(path);
+    for (name, contents) in &files {
+        let path = dir.join(name);
+        let generated;
+        let contents = if *name == TYPES_FILE {
+            // `Env` from the config just written, as `isola types` has it.
+            let config = isola_config::Config::load_without_secrets(&dir.join("isola.toml"))?;
+            generated = crate::types::declarations(&config, "isola.toml", None)?;
+            &generated
+        } else {
+            contents
+        };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -267,6 +334,41 @@ mod tests {
             assert_eq!(worker.queue_consumers.is_empty(), handler != Handler::Queue);
             // A second init into the same directory changes nothing.
             assert!(init(&project, Template::Rust, handler, default_sdk()).is_err());
+        }
+    }
+
+    #[test]
+    fn every_ts_template_declares_the_env_of_its_config() {
+        for (handler, env) in [
+            (Handler::Fetch, "interface Env {\n}"),
+            (Handler::Scheduled, "interface Env {\n  KV: KVNamespace;\n}"),
+            (
+                Handler::Queue,
+                "interface Env {\n  KV: KVNamespace;\n  JOBS: Queue;\n}",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let project = dir.path().join("my-app");
+            init(&project, Template::Ts, handler, None).unwrap();
+            let config = isola_config::Config::load(&project.join("isola.toml")).unwrap();
+            assert!(
+                config.workers[0]
+                    .main
+                    .as_ref()
+                    .unwrap()
+                    .ends_with("src/index.ts")
+            );
+            let declared = std::fs::read_to_string(project.join(TYPES_FILE)).unwrap();
+            assert!(declared.contains(env), "{handler:?}: {declared}");
+            let source = std::fs::read_to_string(project.join("src/index.ts")).unwrap();
+            assert!(
+                source.contains("satisfies ExportedHandler<Env>"),
+                "{source}"
+            );
+            for file in ["tsconfig.json", "package.json"] {
+                let text = std::fs::read_to_string(project.join(file)).unwrap();
+                serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
         }
     }
 

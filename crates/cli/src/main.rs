@@ -9,6 +9,7 @@ mod js;
 mod log_writer;
 mod progress;
 mod state;
+mod types;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -116,6 +117,19 @@ enum Command {
         /// isola was built from).
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+    /// Write a TypeScript declaration of each worker's `env` (`Env`) from
+    /// the config, as `wrangler types` does.
+    Types {
+        #[arg(long, default_value = "isola.toml")]
+        config: PathBuf,
+        /// Where to write it (`-`: stdout).
+        #[arg(short, long, default_value = "worker-configuration.d.ts")]
+        out: PathBuf,
+        /// The worker whose env is `Env` (default: the only one; with
+        /// several, each worker's is `<Name>Env`).
+        #[arg(long)]
+        worker: Option<String>,
     },
     /// Stream live request and guest log events from a running server's
     /// admin listener.
@@ -347,6 +361,11 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             handler,
             sdk,
         } => init::init(&dir, template, handler, sdk),
+        Command::Types {
+            config,
+            out,
+            worker,
+        } => types::write(&config, &out, worker.as_deref()),
         Command::Tail {
             config,
             admin,

@@ -28,12 +28,13 @@ pub(super) struct Bindings {
 }
 
 /// The bindings of `w`; secrets come from the environment or `.dev.vars`
-/// beside the config (`dev_vars`, read once).
+/// beside the config (`dev_vars`, read once); without `dev_vars` they are
+/// not looked up, and each is empty.
 pub(super) fn parse_bindings(
     keys: WorkerKeys,
     w: &RawWorker,
     base: &Path,
-    dev_vars: &mut Option<BTreeMap<String, String>>,
+    mut dev_vars: Option<&mut Option<BTreeMap<String, String>>>,
 ) -> Result<Bindings, Fault> {
     let services = w
         .services
@@ -50,8 +51,11 @@ pub(super) fn parse_bindings(
     let mut secrets = BTreeMap::new();
     for name in &w.secrets {
         env.claim(name, "secret", "secrets")?;
-        let value = secret_value(name.get_ref(), base, dev_vars)
-            .map_err(|m| keys.fault(name.span(), "secrets", m))?;
+        let value = match dev_vars.as_deref_mut() {
+            Some(dev_vars) => secret_value(name.get_ref(), base, dev_vars)
+                .map_err(|m| keys.fault(name.span(), "secrets", m))?,
+            None => String::new(),
+        };
         secrets.insert(name.get_ref().clone(), Secret::new(value));
     }
     Ok(Bindings {

@@ -22,6 +22,7 @@ pub(super) fn parse_workers(
     base: &Path,
     server: &ServerConfig,
     outbound_override: Option<String>,
+    secret_values: bool,
 ) -> Result<Vec<WorkerConfig>, Fault> {
     if raw.is_empty() {
         return Err(Fault::new(None, None, "no [[worker]] is configured"));
@@ -36,6 +37,7 @@ pub(super) fn parse_workers(
         consumer_owner: HashMap::new(),
         service_refs: Vec::new(),
         dev_vars: None,
+        secret_values,
     };
     let parsed = raw
         .into_iter()
@@ -71,6 +73,8 @@ struct Workers<'a> {
     service_refs: Vec<(Spanned<String>, WorkerKeys)>,
     /// `.dev.vars`, read when the first secret is looked up.
     dev_vars: Option<BTreeMap<String, String>>,
+    /// Look secrets' values up; else each is empty (`isola types`).
+    secret_values: bool,
 }
 
 impl Workers<'_> {
@@ -91,7 +95,12 @@ impl Workers<'_> {
         let origin = parse_origin(keys, w.origin.as_ref())?;
         self.service_refs
             .extend(w.services.iter().map(|b| (b.service.clone(), keys)));
-        let bindings = bindings::parse_bindings(keys, &w, self.base, &mut self.dev_vars)?;
+        let bindings = bindings::parse_bindings(
+            keys,
+            &w,
+            self.base,
+            self.secret_values.then_some(&mut self.dev_vars),
+        )?;
         let queue_consumers =
             triggers::parse_consumers(keys, &w.queues.consumers, &name, &mut self.consumer_owner)?;
         let (crons, trigger_cpu_ms) = triggers::parse_triggers(keys, &w.triggers)?;
