@@ -101,6 +101,9 @@ pub use limits::*;
 pub use linker::*;
 pub use memory::*;
 pub use module::{Module, ModuleExport, ModuleFunction};
+// Isola: the test-only switch of vendor/README.md's third change.
+#[doc(hidden)]
+pub use module::isola_upstream_func_refs;
 pub use resources::*;
 #[cfg(all(feature = "async", feature = "call-hook"))]
 pub use store::CallHookHandler;

@@ -435,4 +435,12 @@ impl<'a> ModuleWithCode<'a> {
         let range = self.module.compiled_module().function_range(key);
         &self.store_code.text()[range]
     }
+
+    /// Isola: the address `offset` bytes into this module's text section
+    /// (see `Module::func_ref_offsets`).
+    #[inline]
+    pub fn text_at(&self, offset: usize) -> core::ptr::NonNull<u8> {
+        core::ptr::NonNull::new(self.store_code.text()[offset..].as_ptr().cast_mut())
+            .expect("a slice's pointer is not null")
+    }
 }

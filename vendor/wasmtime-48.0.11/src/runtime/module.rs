@@ -19,7 +19,8 @@ use core::ptr::NonNull;
 use std::{fs::File, path::Path};
 use wasmparser::{Parser, ValidPayload, Validator};
 use wasmtime_environ::{
-    CompiledFunctionsTable, CompiledModuleInfo, EntityIndex, FuncKey, HostPtr, ModuleTypes,
+    CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, EntityIndex, FuncKey, HostPtr,
+    ModuleTypes,
     ObjectKind, StaticModuleIndex, TypeTrace, VMOffsets, VMSharedTypeIndex, WasmChecksum,
 };
 mod registry;
@@ -160,6 +161,11 @@ struct ModuleInner {
 
     /// The checksum of the source binary from which this module was compiled.
     checksum: WasmChecksum,
+
+    /// Isola: each defined function's text-section offsets (array-to-wasm
+    /// trampoline, wasm body), filled in on first use; `u64::MAX` until
+    /// then. See `Module::func_ref_offsets` and vendor/README.md.
+    func_ref_offsets: OnceLock<Box<[core::sync::atomic::AtomicU64]>>,
 }
 
 impl fmt::Debug for Module {
@@ -558,6 +564,7 @@ impl Module {
                 serializable,
                 offsets,
                 checksum,
+                func_ref_offsets: OnceLock::new(),
             })?,
         })
     }
@@ -647,6 +654,41 @@ impl Module {
 
     pub(crate) fn engine_code(&self) -> &Arc<EngineCode> {
         &self.inner.code
+    }
+
+    /// Isola: the text-section offsets of a defined function's
+    /// array-to-wasm trampoline and of its wasm body, as
+    /// `compiled_module().function_range(..).start` gives them, remembered
+    /// per module. Every instance initialises its funcrefs lazily, once per
+    /// function it reaches through a table, and each initialisation looked
+    /// both up again (two searches of the function index): ~5% of a fresh
+    /// StarlingMonkey instance's request. The offsets do not depend on the
+    /// instance or the store.
+    pub(crate) fn func_ref_offsets(&self, index: DefinedFuncIndex) -> (usize, usize) {
+        debug_assert!(!isola_upstream_func_refs());
+        use core::sync::atomic::{AtomicU64, Ordering};
+        let table = self.inner.func_ref_offsets.get_or_init(|| {
+            (0..self.env_module().num_defined_funcs())
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect()
+        });
+        let slot = &table[index.as_u32() as usize];
+        let known = slot.load(Ordering::Relaxed);
+        if known != u64::MAX {
+            return ((known >> 32) as usize, (known & u64::from(u32::MAX)) as usize);
+        }
+        let module = self.env_module().module_index;
+        let compiled = self.compiled_module();
+        let array = compiled
+            .function_range(FuncKey::ArrayToWasmTrampoline(module, index))
+            .start;
+        let wasm = compiled
+            .function_range(FuncKey::DefinedWasmFunction(module, index))
+            .start;
+        // Offsets within one text section fit in 32 bits (`FunctionLoc`
+        // stores them as `u32`).
+        slot.store(((array as u64) << 32) | wasm as u64, Ordering::Relaxed);
+        (array, wasm)
     }
 
     pub(crate) fn env_module(&self) -> &Arc<wasmtime_environ::Module> {
@@ -1318,5 +1360,26 @@ mod tests {
         let len = image_range.end.addr() - image_range.start.addr();
         // Length may be strictly greater if it becomes page-aligned.
         assert!(len >= bytes.len());
+    }
+}
+
+/// Isola, for tests only: whether this process takes upstream's path instead
+/// of the remembered function addresses (`Module::func_ref_offsets`,
+/// `Component::trampoline_ptrs`), so that a test can compare both on the same
+/// guests. Set by `ISOLA_WASMTIME_UPSTREAM_FUNC_REFS=1` in the environment,
+/// read once per process. See vendor/README.md.
+#[doc(hidden)]
+#[inline]
+pub fn isola_upstream_func_refs() -> bool {
+    #[cfg(feature = "std")]
+    {
+        static UPSTREAM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *UPSTREAM.get_or_init(|| {
+            std::env::var_os("ISOLA_WASMTIME_UPSTREAM_FUNC_REFS").is_some_and(|value| value == "1")
+        })
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        false
     }
 }

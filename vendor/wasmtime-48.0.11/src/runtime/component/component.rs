@@ -99,6 +99,11 @@ struct ComponentInner {
 
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
+
+    /// Isola: every trampoline's (wasm-call, array-call) address, found once
+    /// instead of on each instantiation. See `Component::trampoline_ptrs`
+    /// and vendor/README.md.
+    trampoline_addresses: crate::sync::OnceLock<Box<[(usize, usize)]>>,
 }
 
 impl fmt::Debug for Component {
@@ -482,6 +487,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
+                trampoline_addresses: crate::sync::OnceLock::new(),
             }),
         })
     }
@@ -517,18 +523,45 @@ impl Component {
         self.inner.code.signatures()
     }
 
+    /// Isola: every instantiation asks for every trampoline's pointers, and
+    /// each answer took two searches of the function index. They are
+    /// store-invariant, so they are found once per component; the
+    /// addresses are kept as integers, which are `Send` and `Sync`.
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        let wasm_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
-            .unwrap()
-            .cast();
-        let array_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
-            .unwrap()
-            .cast();
+        // Isola: upstream's lookups when the test-only switch asks for them
+        // (`crate::module::isola_upstream_func_refs`).
+        if crate::module::isola_upstream_func_refs() {
+            let wasm_call = self
+                .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
+                .unwrap()
+                .cast();
+            let array_call = self
+                .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
+                .unwrap()
+                .cast();
+            return AllCallFuncPointers {
+                wasm_call,
+                array_call,
+            };
+        }
+        let addresses = self.inner.trampoline_addresses.get_or_init(|| {
+            self.env_component()
+                .trampolines
+                .keys()
+                .map(|index| {
+                    let address = |abi| {
+                        self.store_invariant_func(FuncKey::ComponentTrampoline(abi, index))
+                            .unwrap()
+                            .as_ptr() as usize
+                    };
+                    (address(Abi::Wasm), address(Abi::Array))
+                })
+                .collect()
+        });
+        let (wasm_call, array_call) = addresses[index.as_u32() as usize];
         AllCallFuncPointers {
-            wasm_call,
-            array_call,
+            wasm_call: NonNull::new(wasm_call as *mut VMWasmCallFunction).unwrap(),
+            array_call: NonNull::new(array_call as *mut VMArrayCallFunction).unwrap(),
         }
     }
 

@@ -899,19 +899,19 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
-        // function at `def_index`.
-        unsafe {
-            self.initialize_and_return_funcref(
-                registry,
-                type_index,
-                vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+        // Isola: upstream's two keys when the test-only switch asks for them
+        // (`crate::module::isola_upstream_func_refs`).
+        let code = if crate::module::isola_upstream_func_refs() {
+            FuncRefCode::Keys(
+                FuncKey::ArrayToWasmTrampoline(module.module_index, def_index),
+                FuncKey::DefinedWasmFunction(module.module_index, def_index),
             )
-        }
+        } else {
+            FuncRefCode::Defined(def_index)
+        };
+        // SAFETY: the type/offset/function here are all valid for the
+        // defined function at `def_index`.
+        unsafe { self.initialize_and_return_funcref(registry, type_index, vmctx_offset, code) }
     }
 
     fn get_start_func_ref(
@@ -935,8 +935,7 @@ impl Instance {
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Keys(array_to_wasm_key, wasm_key),
             )
         }
     }
@@ -955,8 +954,7 @@ impl Instance {
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        array_to_wasm_key: FuncKey,
-        wasm_key: FuncKey,
+        code: FuncRefCode,
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -986,19 +984,18 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
-
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        let (array_code, wasm_code): (NonNull<u8>, NonNull<u8>) = match code {
+            FuncRefCode::Keys(array_to_wasm_key, wasm_key) => (
+                NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                NonNull::from(module_with_code.function(wasm_key)).cast(),
+            ),
+            FuncRefCode::Defined(index) => {
+                let (array, wasm) = module_with_code.module().func_ref_offsets(index);
+                (module_with_code.text_at(array), module_with_code.text_at(wasm))
+            }
+        };
+        let array_call = VmPtr::from(array_code.cast());
+        let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
@@ -1921,4 +1918,12 @@ impl PassiveElementSegment {
     pub(crate) fn elements_mut(&mut self) -> &mut [ValRaw] {
         &mut self.elements
     }
+}
+
+/// Isola: where `initialize_and_return_funcref` finds a funcref's code: by
+/// its two function keys, or for a defined function through the module's
+/// remembered offsets (`Module::func_ref_offsets`, vendor/README.md).
+enum FuncRefCode {
+    Keys(FuncKey, FuncKey),
+    Defined(DefinedFuncIndex),
 }
