@@ -148,6 +148,15 @@ impl IsolaEngine {
             ))
             .map_err(|e| EngineError::Engine(format!("{e:#}")))?;
         let engine = Engine::new(&config).map_err(|e| EngineError::Engine(format!("{e:#}")))?;
+        // The vendored wasmtime's switch for tests (vendor/README.md): said
+        // once per engine, so a test can see that it took effect, and so can
+        // whoever set it by mistake in production.
+        if wasmtime::isola_upstream_func_refs() {
+            tracing::warn!(
+                "ISOLA_WASMTIME_UPSTREAM_FUNC_REFS=1: wasmtime looks function \
+                 addresses up on every use, as upstream does (for tests)"
+            );
+        }
         let cache = CompileCache::open(&engine, &options.cache_dir)?;
         spawn_epoch_ticker(&engine);
         Ok(IsolaEngine {
