@@ -74,6 +74,8 @@ pub(crate) fn warm_up() {
         workers.push_str(&js_worker("node", &node(), &[]));
         workers.push_str(&js_worker("entrypoint", &entrypoint(), &[]));
         workers.push_str(&js_worker("service-worker", &service_worker(), &[]));
+        // For wasmtime_patch.rs.
+        workers.push_str(&js_worker("tables", &repo("tests/js/tables.js"), &[]));
         for name in [
             "hello",
             "proxy-cache",

@@ -21,3 +21,4 @@ mod overload;
 mod profiling;
 mod serving;
 mod triggers;
+mod wasmtime_patch;
