@@ -236,10 +236,10 @@ fn engine_config(options: &EngineOptions) -> Config {
     // on the next request. Measured with `isola-bench --bin micro`: a Rust
     // hello's instantiate + handle + drop went from ~70 to ~30 µs, a JS
     // hello's from ~1.7 to ~1.0 ms. The cost is RSS: each warm slot keeps up
-    // to this much of what its last instance dirtied. Upstream wasmtime's
-    // scan gives up after 32 dirty regions, too few for a JS instance; the
-    // vendored wasmtime (vendor/README.md) takes 1024, which took a JS
-    // hello from ~0.8 to ~0.5 ms.
+    // to this much of what its last instance dirtied. wasmtime's scan gave
+    // up after 32 dirty regions until 48.0.11, too few for a JS instance
+    // (Isola's vendored copy took 1024: a JS hello from ~0.8 to ~0.5 ms);
+    // 48.0.11 resumes it until the budget is spent (vendor/README.md).
     pool.pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(options.keep_resident_bytes)
         .table_keep_resident(64 << 10);
