@@ -25,6 +25,19 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// Isola: the DWARF lookup context, made by the first trap that needs
+    /// it and kept for the next ones (see vendor/README.md, the
+    /// symbolization change).
+    #[cfg(feature = "addr2line")]
+    symbolizer: std::sync::OnceLock<Option<std::sync::Mutex<CachedSymbolizer>>>,
+}
+
+/// Isola: an addr2line context that owns a copy of the module's DWARF, so
+/// that it can outlive a borrow of the module and be kept in it.
+#[cfg(feature = "addr2line")]
+pub(crate) struct CachedSymbolizer {
+    context: addr2line::Context<gimli::EndianArcSlice<gimli::LittleEndian>>,
+    code_section_offset: u64,
 }
 
 impl CompiledModule {
@@ -58,6 +71,8 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            #[cfg(feature = "addr2line")]
+            symbolizer: std::sync::OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -215,6 +230,54 @@ impl CompiledModule {
             .context("failed to create addr2line dwarf mapping context")?;
         Ok(Some(SymbolizeContext {
             inner: cx,
+            code_section_offset: self.meta.code_section_offset,
+        }))
+    }
+
+    /// Isola: run `f` with this module's DWARF lookup context and the code
+    /// section's offset, or return `None` when the module has no DWARF.
+    ///
+    /// Upstream makes a new context (`symbolize_context`) for every frame
+    /// of every trap, which parses the unit headers of all the DWARF each
+    /// time: ~35 ms of CPU for a 20-frame trap in a Rust component with line
+    /// tables. The context is made once here, on the first trap, and kept.
+    #[cfg(feature = "addr2line")]
+    pub(crate) fn with_symbolizer<T>(
+        &self,
+        f: impl FnOnce(&addr2line::Context<gimli::EndianArcSlice<gimli::LittleEndian>>, u64) -> T,
+    ) -> Option<T> {
+        let cached = self
+            .symbolizer
+            .get_or_init(|| self.make_symbolizer().ok().flatten().map(std::sync::Mutex::new));
+        let symbolizer = cached.as_ref()?.lock().ok()?;
+        Some(f(&symbolizer.context, symbolizer.code_section_offset))
+    }
+
+    #[cfg(feature = "addr2line")]
+    fn make_symbolizer(&self) -> Result<Option<CachedSymbolizer>> {
+        if !self.meta.has_wasm_debuginfo {
+            return Ok(None);
+        }
+        let dwarf = gimli::Dwarf::load(|id| -> Result<_> {
+            // As in `symbolize_context`, with the section's bytes copied.
+            let data = self
+                .meta
+                .dwarf
+                .binary_search_by_key(&(id as u8), |(id, _)| *id)
+                .ok()
+                .and_then(|i| {
+                    let (_, range) = &self.meta.dwarf[i];
+                    let start = range.start.try_into().ok()?;
+                    let end = range.end.try_into().ok()?;
+                    self.engine_code.wasm_dwarf().get(start..end)
+                })
+                .unwrap_or(&[]);
+            Ok(gimli::EndianArcSlice::new(Arc::from(data), gimli::LittleEndian))
+        })?;
+        let context = addr2line::Context::from_dwarf(dwarf)
+            .context("failed to create addr2line dwarf mapping context")?;
+        Ok(Some(CachedSymbolizer {
+            context,
             code_section_offset: self.meta.code_section_offset,
         }))
     }

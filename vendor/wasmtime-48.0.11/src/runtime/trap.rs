@@ -532,11 +532,13 @@ impl FrameInfo {
         let mut symbols = Vec::new();
 
         let _ = &mut symbols;
+        // Isola: the module's kept lookup context, not a new one per frame
+        // (see `CompiledModule::with_symbolizer`).
         #[cfg(feature = "addr2line")]
-        if let Some(s) = &compiled_module.symbolize_context().ok().and_then(|c| c) {
-            if let Some(offset) = instr.and_then(|i| i.file_offset()) {
-                let to_lookup = u64::from(offset) - s.code_section_offset();
-                if let Ok(mut frames) = s.addr2line().find_frames(to_lookup).skip_all_loads() {
+        if let Some(offset) = instr.and_then(|i| i.file_offset()) {
+            compiled_module.with_symbolizer(|context, code_section_offset| {
+                let to_lookup = u64::from(offset) - code_section_offset;
+                if let Ok(mut frames) = context.find_frames(to_lookup).skip_all_loads() {
                     while let Ok(Some(frame)) = frames.next() {
                         symbols.push(FrameSymbol {
                             name: frame
@@ -554,7 +556,7 @@ impl FrameInfo {
                         });
                     }
                 }
-            }
+            });
         }
 
         Some(FrameInfo {
