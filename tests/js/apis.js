@@ -10,6 +10,17 @@ const routes = {
     return new Response(String(served));
   },
 
+  async "/echo"(request) {
+    const body = await request.text();
+    const url = new URL(request.url);
+    return new Response(body, {
+      status: 201,
+      headers: {
+        "x-echo": `${request.method} ${url.pathname}${url.search} ${request.headers.get("x-note")}`,
+      },
+    });
+  },
+
   // Busy for `n` rounds of arithmetic (not for a time: the clock stands
   // still while a request runs): something to profile.
   async "/work"(request) {
