@@ -25,10 +25,6 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// a thread that wakes a thousand times a second; wasm pays nothing for it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Free instance slots that keep what their last instance dirtied (see
-/// `engine_config`).
-pub const WARM_SLOTS: u32 = 16;
-
 /// Errors from building the engine or loading a component.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -245,17 +241,15 @@ fn engine_config(options: &EngineOptions) -> Config {
     // (Isola's vendored copy took 1024: a JS hello from ~0.8 to ~0.5 ms);
     // 48.0.11 resumes it until the budget is spent (vendor/README.md).
     //
-    // Slots that are free but keep their pages are "warm"; wasmtime keeps
-    // up to 100 of them by default, which lets memory that a burst of
-    // memory-hungry guests dirtied stay resident until the process exits
-    // (the soak, bench/soak, saw RSS climb in 16 MiB steps). With at most
-    // WARM_SLOTS warm, what stays is bounded by (instances in flight +
-    // WARM_SLOTS) x keep_resident_bytes, and the steady state of ordinary
-    // traffic, which reuses a few warm slots, is unchanged.
+    // What stays resident is bounded by the slots traffic has used, each
+    // keeping at most keep_resident_bytes. Capping wasmtime's warm free
+    // slots (100 by default) at 16 was tried to lower that and made it
+    // worse: the soak (bench/soak) grew to 376 MiB instead of 165, as new
+    // instances went to cold slots instead of reusing warm ones, and
+    // those keep their pages just the same.
     pool.pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(options.keep_resident_bytes)
-        .table_keep_resident(64 << 10)
-        .max_unused_warm_slots(WARM_SLOTS.min(n));
+        .table_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
