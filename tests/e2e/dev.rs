@@ -131,6 +131,20 @@ async fn wait_for_body(
     }
 }
 
+/// `cargo build --release` of a Rust project for wasm32-wasip2, with no
+/// host flags leaking into the wasm build.
+fn cargo_build_release(project: &Path) {
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(project)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[tokio::test]
 async fn rust_template_init_then_build_then_serve() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,15 +152,7 @@ async fn rust_template_init_then_build_then_serve() {
     init(&project, &["--template", "rust"]);
     free_admin_port(&project);
     share_builds(&project);
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&project)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cargo_build_release(&project);
     let server = Server::start_in(&project, &["serve", "--listen", "127.0.0.1:0"], &[]);
     let (status, _, body) = get(&client(), &server.url("/")).await;
     assert_eq!((status, body.as_str()), (200, "Hello from Isola"));
@@ -182,15 +188,7 @@ async fn a_template_workers_panic_names_its_file_and_line_in_the_log_and_in_tail
         Some("panic!(\"exploded at {path}\");")
     );
     std::fs::write(project.join("src/lib.rs"), PANICKING_SOURCE).unwrap();
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&project)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    cargo_build_release(&project);
     let server = Server::start_in(&project, &["serve", "--listen", "127.0.0.1:0"], &[]);
     let tail = Tail::start(server.admin_addr(), &["--format", "json"]);
     let client = client();

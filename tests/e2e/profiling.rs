@@ -119,27 +119,18 @@ async fn a_profiled_request_names_the_guests_hot_function_and_others_pay_nothing
     // The count is spent: later requests are not profiled.
     let (status, _, _) = get(&client, &server.url("/checksum?iters=1000")).await;
     assert_eq!(status, 200);
-    let listed: serde_json::Value = client
-        .get(server.admin_url("/profiles?worker=limits"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, _, listed) = get(&client, &server.admin_url("/profiles?worker=limits")).await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["request_id"], id.as_str());
     assert_eq!(listed[0]["path"], "/checksum");
     // Downloaded from the admin listener, it is the same file.
     let file = listed[0]["file"].as_str().unwrap();
-    let downloaded = client
-        .get(server.admin_url(&format!("/profiles/{file}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(downloaded.status(), 200);
-    assert_eq!(downloaded.text().await.unwrap(), text);
+    let (status, _, downloaded) =
+        get(&client, &server.admin_url(&format!("/profiles/{file}"))).await;
+    assert_eq!((status, downloaded), (200, text));
     assert!(
         server
             .wait_for_log("request profiled")
@@ -232,15 +223,8 @@ async fn bad_profile_requests_are_refused_clearly() {
     // Nothing was armed by the refusals.
     let (status, _, _) = get(&client, &server.url("/checksum?iters=1000")).await;
     assert_eq!(status, 200);
-    let listed = client
-        .get(server.admin_url("/profiles"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(listed, "[]");
+    let (status, _, listed) = get(&client, &server.admin_url("/profiles")).await;
+    assert_eq!((status, listed.as_str()), (200, "[]"));
     // The command line says what is wrong and fails.
     let output = isola()
         .args(["profile", "--admin", &server.admin_addr().to_string()])
