@@ -128,15 +128,17 @@ pub fn profile(target: &Target, args: &ProfileArgs) -> Result<()> {
         let worker_query = form_urlencoded::Serializer::new(String::new())
             .append_pair("worker", &args.worker)
             .finish();
+        let list = || async {
+            let (_, listed) = body(
+                target
+                    .request(http::Method::GET, &format!("/profiles?{worker_query}"))
+                    .await?,
+            )
+            .await?;
+            serde_json::from_slice::<Vec<ProfileEntry>>(&listed).context("a malformed profile list")
+        };
         // Profiles already kept are not this run's.
-        let (_, listed) = body(
-            target
-                .request(http::Method::GET, &format!("/profiles?{worker_query}"))
-                .await?,
-        )
-        .await?;
-        let before: Vec<ProfileEntry> =
-            serde_json::from_slice(&listed).context("a malformed profile list")?;
+        let before = list().await?;
         let mut query = form_urlencoded::Serializer::new(String::new());
         query
             .append_pair("worker", &args.worker)
@@ -171,14 +173,7 @@ pub fn profile(target: &Target, args: &ProfileArgs) -> Result<()> {
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            let (_, listed) = body(
-                target
-                    .request(http::Method::GET, &format!("/profiles?{worker_query}"))
-                    .await?,
-            )
-            .await?;
-            let listed: Vec<ProfileEntry> =
-                serde_json::from_slice(&listed).context("a malformed profile list")?;
+            let listed = list().await?;
             // Oldest first, so that files are written in request order.
             for entry in listed.into_iter().rev() {
                 if saved == args.count || !seen.insert(entry.file.clone()) {

@@ -83,6 +83,11 @@ impl Backtrace {
         Some(Backtrace { frames })
     }
 
+    /// `trace` as the log prints it: one frame a line, or `none`.
+    pub fn text(trace: Option<&Backtrace>) -> String {
+        trace.map_or_else(|| "none".to_owned(), ToString::to_string)
+    }
+
     /// Whether any frame names a source line.
     pub fn has_locations(&self) -> bool {
         self.frames.iter().any(|f| f.location.is_some())

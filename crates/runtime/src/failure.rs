@@ -183,8 +183,6 @@ impl GuestError {
 
     /// The backtrace as the log prints it: one frame a line, or `none`.
     pub fn backtrace_text(&self) -> String {
-        self.backtrace
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), ToString::to_string)
+        Backtrace::text(self.backtrace.as_ref())
     }
 }

@@ -388,11 +388,7 @@ impl State {
         let Some(cron) = cron.or_else(|| target.crons.first().map(|c| c.expression.clone())) else {
             return text(400, "add ?cron=EXPR (the worker has no triggers.crons)\n");
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        match crate::triggers::fire(target.worker, &cron, now_ms).await {
+        match crate::triggers::fire(target.worker, &cron, crate::telemetry::unix_ms()).await {
             Ok(()) => text(200, format!("ok: {} ran `{cron}`\n", target.worker.name())),
             Err(e) => text(500, format!("the scheduled handler failed: {e}\n")),
         }

@@ -79,9 +79,7 @@ impl ProfileStore {
 
     fn write(&self, profile: &RequestProfile) -> std::io::Result<()> {
         std::fs::create_dir_all(&*self.dir)?;
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let time_ms = crate::telemetry::unix_ms();
         let name = format!("{time_ms}-{}-{}", profile.worker, profile.request_id);
         let entry = ProfileEntry {
             file: format!("{name}.json"),

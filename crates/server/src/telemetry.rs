@@ -469,7 +469,8 @@ fn failure_json(failure: Failure, outcome: &Outcome) -> Value {
     })
 }
 
-fn unix_ms() -> u64 {
+/// Now, in Unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
