@@ -465,8 +465,8 @@ async fn large_upload_streams(route: &str) {
     let (origin, _project, server) = serve().await;
     let small = upload(&server, &origin, route, 16 << 20).await;
     let large = upload(&server, &origin, route, 200 << 20).await;
-    // README, JavaScript: "a 200 MiB upload grows the host's memory by
-    // under 100 MiB".
+    // docs/guides/javascript-workers.md: "a 200 MiB upload grows the
+    // host's memory by under 100 MiB".
     assert!(
         large < 100,
         "host RSS grew {large} MiB for a 200 MiB upload through {route} ({small} MiB for 16 MiB)"

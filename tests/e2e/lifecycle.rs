@@ -247,8 +247,8 @@ async fn large_uploads_stream_into_the_guest_without_piling_up_in_the_host() {
         "{response}"
     );
     let growth_mib = (peak.saturating_sub(rss_before)) / 1024;
-    // README, Streaming: "a 200 MiB body costs the host a few MiB (under
-    // 16 MiB)".
+    // docs/guides/request-lifecycle.md, Streaming: "a 200 MiB body costs
+    // the host a few MiB (under 16 MiB)".
     assert!(
         growth_mib < 16,
         "host RSS grew {growth_mib} MiB for a 200 MiB upload"
@@ -274,8 +274,8 @@ async fn a_slow_client_holds_back_a_large_streamed_response() {
     // host's memory; with it, the guest waits for this client.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let growth_mib = rss_kib(server.pid()).saturating_sub(rss_before) / 1024;
-    // README, Streaming: "a 200 MiB body costs the host a few MiB (under
-    // 16 MiB)".
+    // docs/guides/request-lifecycle.md, Streaming: "a 200 MiB body costs
+    // the host a few MiB (under 16 MiB)".
     assert!(
         growth_mib < 16,
         "host RSS grew {growth_mib} MiB while the client paused"

@@ -100,8 +100,9 @@ async fn past_the_pool_requests_are_refused_quickly_and_another_worker_keeps_ans
         )),
         "{metrics}"
     );
-    // README, Overload: refusals cost no instance memory, "200 requests at
-    // once on a pool of 8 grow the process by under 32 MiB".
+    // docs/reference/limits.md, Overload: refusals cost no instance
+    // memory, "200 requests at once on a pool of 8 grow the process by
+    // under 32 MiB".
     let grown_mib = rss_kib(server.pid()).saturating_sub(rss_before) / 1024;
     assert!(grown_mib < 32, "RSS grew by {grown_mib} MiB");
     // Once the storm is over the server is ready again.

@@ -404,7 +404,7 @@ async fn a_chain_of_service_calls_may_nest_sixteen_deep_and_no_deeper() {
     assert_eq!(
         isola_runtime::MAX_CALL_DEPTH,
         16,
-        "the README and this test say 16"
+        "docs/reference/errors.md and this test say 16"
     );
     // The request itself and the 16 nested calls ran; the 17th did not.
     assert_eq!(runs.0.load(std::sync::atomic::Ordering::SeqCst), 17);

@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(q.release_all_leases().await.unwrap(), 0);
     }
 
-    /// "fsync on every commit" (README): the store's own connection runs
+    /// "fsync on every commit" (docs/guides/triggers.md): the store's own connection runs
     /// with `synchronous=FULL` in WAL mode, in which SQLite syncs the WAL
     /// at each commit (`NORMAL`, the other embedded stores' setting, syncs
     /// only at checkpoints). Checked on the connection the sends went
