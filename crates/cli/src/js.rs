@@ -75,6 +75,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         "src/build.mjs",
         include_str!("../../../sdk/js/src/build.mjs"),
     ),
+    (
+        "src/snapshot.mjs",
+        include_str!("../../../sdk/js/src/snapshot.mjs"),
+    ),
     ("wit/worker.wit", include_str!("../../../wit/worker.wit")),
     (
         "wit/deps/cli.wit",

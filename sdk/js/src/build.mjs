@@ -12,13 +12,13 @@
 // 1. esbuild bundles the worker (relative ES imports, npm packages) into one
 //    module: StarlingMonkey takes a single file, and esbuild's errors name
 //    file, line and column.
-// 2. componentize-js turns shim + bundle into a component, always of the
-//    `worker-js` world: every handler export, plus `handlers`, through
-//    which the host asks the component which handlers the module defines.
-//    Knowing that means running the module, and a worker's code never runs
-//    here, only inside wasm (the Wizer snapshot, then the host).
-//    By default
-//    StarlingMonkey's fetch event serves the request (one per instance);
+// 2. componentize-js's steps (snapshot.mjs, which caches the parts that do
+//    not depend on the worker's code) turn shim + bundle into a component,
+//    always of the `worker-js` world: every handler export, plus
+//    `handlers`, through which the host asks the component which handlers
+//    the module defines. Knowing that means running the module, and a
+//    worker's code never runs here, only inside wasm (the Wizer snapshot,
+//    then the host). By default StarlingMonkey's fetch event serves the request (one per instance);
 //    with `--instance-reuse` the shim serves `wasi:http` itself, so one
 //    instance can serve many (`instance_reuse`).
 // Outputs are cached by the SHA-256 of the bundle, its source map, this
@@ -32,6 +32,8 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+
+import { componentizeWorker } from "./snapshot.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 // `sdk-<hash>/` (shim, this script, WIT) sits inside the directory that
@@ -278,7 +280,6 @@ async function main() {
       .update("\0")
       .update(userMap)
       .digest("hex");
-    // Resolved now: the snapshot step changes the working directory.
     const cacheDir = resolve(args.cache);
     await mkdir(cacheDir, { recursive: true });
     const cached = join(cacheDir, `${key}.wasm`);
@@ -310,10 +311,9 @@ async function main() {
       ].join("\n"),
     );
     // The snapshot step (Wizer) runs the module's top level, inside wasm,
-    // with the directory of the source file pre-opened (componentize-js
-    // widens that to the working directory when the source lies under it):
-    // a directory holding nothing but the final bundle, as the working
-    // directory, keeps the rest of the file system out of its reach.
+    // with the bundle's directory pre-opened as `/`: a directory holding
+    // nothing but the final bundle keeps the rest of the file system out
+    // of its reach.
     const snapshotDir = join(work, "snapshot");
     await mkdir(snapshotDir);
     const finalBundle = join(snapshotDir, "worker.js");
@@ -322,16 +322,20 @@ async function main() {
     const finalMap = join(work, "final.map");
     await writeFile(finalMap, await portableMap(`${finalBundle}.map`, mainPath, work));
     await rm(`${finalBundle}.map`);
-    process.chdir(snapshotDir);
+    const bindingsDir = join(work, "bindings");
+    await mkdir(bindingsDir);
 
-    const { componentize } = await import(
-      pathToFileURL(join(modules, "@bytecodealliance/componentize-js/src/componentize.js")).href
-    );
     const started = Date.now();
-    const { component } = await componentize({
-      sourcePath: finalBundle,
+    const { component, rebased } = await componentizeWorker({
+      modules,
+      toolchainVersion: version,
+      cacheDir,
+      sourceDir: snapshotDir,
+      source: "worker.js",
+      bindingsDir,
       witPath: join(toolchain, "wit"),
       worldName: world,
+      reuse: args.reuse,
     });
     // The map first: a cached component always has its map beside it.
     await copyAtomically(finalMap, `${cached}.map`);
@@ -346,6 +350,7 @@ async function main() {
         world,
         instanceReuse: args.reuse,
         bytes: component.byteLength,
+        rebased,
         ms: Date.now() - started,
       }),
     );
