@@ -2,7 +2,7 @@
 //! them in their file.
 
 use std::fmt;
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 
 /// A configuration error, located in its file.
@@ -18,17 +18,77 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+impl ConfigError {
+    /// The error as a compiler prints it, labelled after its position:
+    /// `isola.toml:12:9: error: worker[0].routes: …`.
+    pub fn diagnostic(&self) -> String {
+        let mut line = String::new();
+        self.write(&mut line, Some("error"))
+            .expect("writing a String");
+        line
+    }
+
+    fn write(&self, out: &mut impl fmt::Write, label: Option<&str>) -> fmt::Result {
+        write!(out, "{}", self.file.display())?;
         if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
+            write!(out, ":{}:{}", self.line, self.column)?;
+        }
+        if let Some(label) = label {
+            write!(out, ": {label}")?;
         }
         if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
+            write!(out, ": {key}")?;
         }
-        write!(f, ": {}", self.message)
+        write!(out, ": {}", self.message)
     }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
+    }
+}
+
+/// Every error found in a config file, in file order (errors without a
+/// position first); never empty. Displayed one error per line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    fn one(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl Deref for ConfigErrors {
+    type Target = [ConfigError];
+
+    fn deref(&self) -> &[ConfigError] {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The error for a config file that cannot be read at all.
+pub(crate) fn unreadable(path: &Path, error: &std::io::Error) -> ConfigErrors {
+    ConfigErrors::one(ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+        key: None,
+        message: format!("cannot read: {error}"),
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -99,5 +159,51 @@ impl WorkerKeys {
         message: impl Into<String>,
     ) -> Fault {
         Fault::at(span, self.key(field), message)
+    }
+}
+
+/// The faults found so far. Checking goes on past each one, so that one
+/// run reports every independent error.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    found: Vec<Fault>,
+    /// Where a stand-in value fills a hole already reported (a missing or
+    /// mistyped required key): a later fault there only restates it.
+    stand_ins: Vec<Range<usize>>,
+}
+
+impl Faults {
+    pub(crate) fn push(&mut self, fault: Fault) {
+        let restated = fault
+            .span
+            .as_ref()
+            .is_some_and(|span| self.stand_ins.contains(span));
+        if !restated {
+            self.found.push(fault);
+        }
+    }
+
+    /// `result`'s value, or `None` once its fault is recorded.
+    pub(crate) fn ok<T>(&mut self, result: Result<T, Fault>) -> Option<T> {
+        result.map_err(|fault| self.push(fault)).ok()
+    }
+
+    /// A stand-in value fills `span`: see [`Faults::stand_ins`].
+    pub(crate) fn stand_in(&mut self, span: Range<usize>) {
+        self.stand_ins.push(span);
+    }
+
+    /// The faults as errors of `file`, whose text is `text`, in file order.
+    /// `None` if there are none.
+    pub(crate) fn locate(mut self, file: &Path, text: &str) -> Option<ConfigErrors> {
+        // Stable: faults at one place keep the order they were found in.
+        self.found
+            .sort_by_key(|fault| fault.span.as_ref().map(|span| span.start));
+        let errors: Vec<_> = self
+            .found
+            .into_iter()
+            .map(|fault| fault.locate(file, text))
+            .collect();
+        (!errors.is_empty()).then_some(ConfigErrors(errors))
     }
 }

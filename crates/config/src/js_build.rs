@@ -87,7 +87,9 @@ pub fn default_rules() -> Vec<ModuleRule> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     r#type: Spanned<String>,
-    globs: Spanned<Vec<Spanned<String>>>,
+    /// Required, as every other required key of `isola.toml` is a string
+    /// (see `parse::document`); missing is as empty.
+    globs: Option<Spanned<Vec<Spanned<String>>>>,
     fallthrough: Option<bool>,
 }
 
@@ -102,50 +104,62 @@ pub(crate) struct RawJsBuild {
 pub(crate) type KeyError = (Range<usize>, String, String);
 
 impl RawJsBuild {
-    fn any(&self) -> Option<(Range<usize>, &'static str)> {
+    /// The keys written, and where.
+    fn written(&self) -> impl Iterator<Item = (Range<usize>, &'static str)> {
         [
             ("alias", self.alias.as_ref().map(Spanned::span)),
             ("define", self.define.as_ref().map(Spanned::span)),
             ("rules", self.rules.as_ref().map(Spanned::span)),
         ]
         .into_iter()
-        .find_map(|(key, span)| span.map(|s| (s, key)))
+        .filter_map(|(key, span)| span.map(|s| (s, key)))
     }
 
     /// Validate against the config's directory `base`; `javascript`: the
     /// worker has a `main` module (the keys mean nothing for a component).
-    pub(crate) fn parse(self, base: &Path, javascript: bool) -> Result<JsBuild, KeyError> {
-        if !javascript && let Some((span, key)) = self.any() {
-            return Err((
-                span,
-                key.into(),
-                format!(
-                    "`{key}` changes how a JavaScript worker is bundled; this worker has a `component`, not a `main` module"
-                ),
-            ));
-        }
+    /// Every alias and define is checked apart; the rules stop at their
+    /// first error, since each rule's meaning depends on those before it.
+    pub(crate) fn parse(self, base: &Path, javascript: bool) -> (JsBuild, Vec<KeyError>) {
         let mut build = JsBuild {
             root: base.to_owned(),
             ..JsBuild::default()
         };
+        if !javascript {
+            let errors = self.written().map(|(span, key)| {
+                (
+                    span,
+                    key.into(),
+                    format!(
+                        "`{key}` changes how a JavaScript worker is bundled; this worker has a `component`, not a `main` module"
+                    ),
+                )
+            });
+            return (build, errors.collect());
+        }
+        let mut errors = Vec::new();
         for (name, value) in self.alias.map(Spanned::into_inner).unwrap_or_default() {
             let key = format!("alias.{}", toml_key(&name));
             let span = value.span();
             let Some(target) = value.get_ref().as_str() else {
-                return Err((
+                errors.push((
                     span,
                     key,
                     "must be a string: a file (\"./src/shim.js\") or a package name".into(),
                 ));
+                continue;
             };
-            let target = alias_target(&name, target, base).map_err(|m| (span, key, m))?;
-            build.alias.insert(name, target);
+            match alias_target(&name, target, base) {
+                Ok(target) => {
+                    build.alias.insert(name, target);
+                }
+                Err(m) => errors.push((span, key, m)),
+            }
         }
         for (name, value) in self.define.map(Spanned::into_inner).unwrap_or_default() {
             let key = format!("define.{}", toml_key(&name));
             let span = value.span();
             let Some(expression) = value.get_ref().as_str() else {
-                return Err((
+                errors.push((
                     span,
                     key,
                     format!(
@@ -153,13 +167,21 @@ impl RawJsBuild {
                         value.get_ref()
                     ),
                 ));
+                continue;
             };
-            check_define(&name, expression).map_err(|m| (span, key, m))?;
-            build.define.insert(name, expression.to_owned());
+            match check_define(&name, expression) {
+                Ok(()) => {
+                    build.define.insert(name, expression.to_owned());
+                }
+                Err(m) => errors.push((span, key, m)),
+            }
         }
         let rules = self.rules.map(Spanned::into_inner).unwrap_or_default();
-        build.rules = effective_rules(&rules)?;
-        Ok(build)
+        match effective_rules(&rules) {
+            Ok(rules) => build.rules = rules,
+            Err(error) => errors.push(error),
+        }
+        (build, errors)
     }
 }
 
@@ -253,6 +275,7 @@ fn effective_rules(raw: &[Spanned<RawRule>]) -> Result<Vec<ModuleRule>, KeyError
     // `fallthrough = false`.
     let mut ended: BTreeMap<ModuleType, (usize, bool)> = BTreeMap::new();
     for (i, rule) in raw.iter().enumerate() {
+        let rule_span = rule.span();
         let rule = rule.get_ref();
         let key = format!("rules[{i}]");
         let module_type = match rule.r#type.get_ref().as_str() {
@@ -275,15 +298,18 @@ fn effective_rules(raw: &[Spanned<RawRule>]) -> Result<Vec<ModuleRule>, KeyError
                 ));
             }
         };
-        if rule.globs.get_ref().is_empty() {
-            return Err((
-                rule.globs.span(),
-                format!("{key}.globs"),
-                "no globs: list the files this rule applies to, such as \"**/*.md\"".into(),
-            ));
-        }
+        let rule_globs = match &rule.globs {
+            Some(globs) if !globs.get_ref().is_empty() => globs.get_ref(),
+            globs => {
+                return Err((
+                    globs.as_ref().map_or(rule_span, Spanned::span),
+                    format!("{key}.globs"),
+                    "no globs: list the files this rule applies to, such as \"**/*.md\"".into(),
+                ));
+            }
+        };
         let mut globs = Vec::new();
-        for glob in rule.globs.get_ref() {
+        for glob in rule_globs {
             check_glob(glob.get_ref()).map_err(|m| (glob.span(), format!("{key}.globs"), m))?;
             globs.push(glob.get_ref().clone());
         }
@@ -545,7 +571,8 @@ mod tests {
             ),
             (
                 "rules = [{ type = \"Text\", glob = [\"**/*.md\"] }]\n",
-                "DIR/isola.toml:4:27: unknown field `glob`, expected one of `type`, `globs`, `fallthrough`",
+                "DIR/isola.toml:4:10: worker[0].rules[0].globs: no globs: list the files this rule applies to, such as \"**/*.md\"\n\
+                 DIR/isola.toml:4:27: unknown field `glob`, expected one of `type`, `globs`, `fallthrough`",
             ),
             (
                 "rules = { type = \"Text\", globs = [\"**/*.md\"] }\n",
@@ -598,11 +625,14 @@ mod tests {
         }
         // The bundling keys mean nothing for a component.
         let file = project.0.path().join("isola.toml");
-        let error = Config::parse(
+        let errors = Config::parse(
             &file,
             "[[worker]]\nname = \"rs\"\ncomponent = \"app.wasm\"\ndefine = { DEBUG = \"1\" }\n",
         )
         .unwrap_err();
+        let [error] = &*errors else {
+            panic!("one error expected: {errors}")
+        };
         assert_eq!(
             (error.line, error.key.as_deref()),
             (4, Some("worker[0].define"))

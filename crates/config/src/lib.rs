@@ -2,7 +2,9 @@
 //!
 //! Every error names the file, the line and column, and the key at fault:
 //! an unknown key, a bad route, a missing component. Nothing is silently
-//! ignored: a key Isola does not implement is an unknown key.
+//! ignored: a key Isola does not implement is an unknown key. Loading
+//! finds every independent error in one pass ([`ConfigErrors`], in file
+//! order); only text that is not TOML stops it at the first.
 //!
 //! The text is read into the raw serde types (`raw`, with spans), checked
 //! section by section (`parse`) and handed on as the plain model (`model`);
@@ -19,7 +21,7 @@ mod raw;
 pub mod route;
 mod secrets;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, ConfigErrors};
 pub use js_build::{JsBuild, ModuleRule, ModuleType};
 pub use model::{
     AnalyticsBinding, Backend, BackendTls, BackendsConfig, BuildConfig, Config, CronSchedule,

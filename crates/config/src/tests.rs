@@ -11,7 +11,7 @@ impl Fixture {
         std::fs::write(dir.path().join("app.wasm"), b"").unwrap();
         Fixture { dir }
     }
-    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+    fn parse(&self, text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(&self.dir.path().join("isola.toml"), text)
     }
     fn error(&self, text: &str) -> String {
@@ -63,7 +63,8 @@ fn errors_name_file_line_and_key() {
     let f = Fixture::new();
     assert_eq!(
         f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
-        "isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`, `outbound_idle_timeout_ms`, `outbound_max_connections_per_origin`, `outbound_ca_file`, `queue_timeout_ms`, `max_connections`"
+        "isola.toml: no [[worker]] is configured\n\
+         isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`, `outbound_idle_timeout_ms`, `outbound_max_connections_per_origin`, `outbound_ca_file`, `queue_timeout_ms`, `max_connections`"
     );
     assert_eq!(
         f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
@@ -386,7 +387,7 @@ fn secrets_never_come_from_plain_environment_variables() {
     // declare `PATH` (or any host variable) and read it.
     let f = Fixture::new();
     assert!(std::env::var_os("PATH").is_some());
-    let mut cache = None;
+    let mut cache = crate::secrets::DevVars::default();
     assert!(secret_value("PATH", f.dir.path(), &mut cache).is_err());
 }
 
@@ -535,3 +536,105 @@ fn outbound_client_settings() {
 }
 
 mod proptests;
+
+#[test]
+fn every_independent_error_is_reported_in_file_order() {
+    let f = Fixture::new();
+    let text = "\
+[server]
+listen = \"nowhere\"
+colour = \"blue\"
+max_instances = -1
+[[worker]]
+name = \"a\"
+component = \"missing.wasm\"
+routes = [\"/api/*\", \"/a*b\", 7]
+cpu_ms = \"lots\"
+secrets = [\"ISOLA_TEST_NEVER_SET\"]
+kv_namespaces = [{ binding = \"ISOLA_TEST_NEVER_SET\", id = \"\" }]
+services = [{ binding = \"AUTH\", service = \"nobody\" }]
+triggers = { crons = [\"61 * * * *\", \"0 * * * *\"] }
+[[worker]]
+name = \"b\"
+component = \"app.wasm\"
+routes = [\"/api/*\"]
+[backends]
+kv = { type = \"etcd\" }
+";
+    let dev_vars = f.dir.path().join(".dev.vars");
+    let expected = [
+        "isola.toml:2:10: server.listen: `nowhere` is not an address such as 127.0.0.1:8787"
+            .to_owned(),
+        "isola.toml:3:1: unknown field `colour`, expected one of".to_owned(),
+        "isola.toml:4:17: invalid value: integer `-1`, expected u64".to_owned(),
+        format!(
+            "isola.toml:7:13: worker[0].component: component file not found: {}",
+            f.dir.path().join("missing.wasm").display()
+        ),
+        "isola.toml:8:21: worker[0].routes: bad route pattern `/a*b`".to_owned(),
+        "isola.toml:8:29: invalid type: integer `7`, expected a string".to_owned(),
+        "isola.toml:9:10: invalid type: string \"lots\", expected u64".to_owned(),
+        format!(
+            "isola.toml:10:12: worker[0].secrets: secret `ISOLA_TEST_NEVER_SET` has no value: set $ISOLA_SECRET_ISOLA_TEST_NEVER_SET or add `ISOLA_TEST_NEVER_SET=...` to {}",
+            dev_vars.display()
+        ),
+        "isola.toml:11:30: worker[0].kv_namespaces: `ISOLA_TEST_NEVER_SET` is already bound as a secret"
+            .to_owned(),
+        "isola.toml:11:59: worker[0].kv_namespaces: an empty name in `kv_namespaces`".to_owned(),
+        "isola.toml:12:43: worker[0].services: no worker is named `nobody`".to_owned(),
+        "isola.toml:13:23: worker[0].triggers.crons: `61 * * * *` is not a valid cron expression"
+            .to_owned(),
+        "isola.toml:17:11: worker[1].routes: route `/api/*` is already used by worker `a`"
+            .to_owned(),
+        "isola.toml:19:15: backends.kv.type: `etcd` is not an available kv backend".to_owned(),
+    ];
+    let errors = f.error(text);
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{errors}");
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert!(
+            line.starts_with(expected.as_str()),
+            "{line}\nexpected {expected}"
+        );
+    }
+}
+
+#[test]
+fn a_fault_is_reported_once_not_again_as_what_follows_from_it() {
+    let f = Fixture::new();
+    let component = "component = \"app.wasm\"\n";
+    // A mistyped or missing required key: one error, not also a missing
+    // or invalid name (an empty one stands in for it).
+    assert_eq!(
+        f.error(&format!("[[worker]]\nname = 5\n{component}")),
+        "isola.toml:2:8: invalid type: integer `5`, expected a string"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[[worker]]\nname = \"a\"\n{component}services = [{{ binding = \"S\" }}]\n"
+        )),
+        "isola.toml:4:13: missing field `service`"
+    );
+    // A backend type Isola lacks: its other fields are not judged.
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\nkv = {{ type = \"etcd\", url = \"x\" }}\n[[worker]]\nname = \"a\"\n{component}"
+        )),
+        "isola.toml:2:15: backends.kv.type: `etcd` is not an available kv backend (available: sqlite, redis)"
+    );
+    // Text that is not TOML stops at its first error.
+    let errors = f.error("[[worker]]\nname = \"a\"\n[server\nlisten = 5\nnope = 1\n");
+    assert_eq!(errors, "isola.toml:3:8: unclosed table, expected `]`");
+}
+
+#[test]
+fn a_broken_dev_vars_file_is_reported_once() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join(".dev.vars"), "A=1\nB 'x\n").unwrap();
+    let errors = f.error(
+        "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nsecrets = [\"ISOLA_TEST_X\", \"ISOLA_TEST_Y\"]\n",
+    );
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.contains("4:12: worker[0].secrets:"), "{errors}");
+    assert!(errors.contains("entry 2 is not NAME=value"), "{errors}");
+}

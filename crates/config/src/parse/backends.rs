@@ -6,7 +6,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use crate::error::Fault;
+use crate::error::{Fault, Faults};
 use crate::model::{Backend, BackendTls, BackendsConfig};
 use crate::raw::{RawBackend, RawBackends};
 
@@ -15,7 +15,11 @@ type FieldRule<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
 
 /// `base` is the config file's directory, which certificate files are
 /// relative to.
-pub(super) fn parse_backends(raw: &RawBackends, base: &Path) -> Result<BackendsConfig, Fault> {
+pub(super) fn parse_backends(
+    raw: &RawBackends,
+    base: &Path,
+    faults: &mut Faults,
+) -> BackendsConfig {
     let mut config = BackendsConfig::default();
     let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
         ("kv", &raw.kv, &["sqlite", "redis"]),
@@ -27,11 +31,14 @@ pub(super) fn parse_backends(raw: &RawBackends, base: &Path) -> Result<BackendsC
     for (kind, backend, available) in kinds {
         let Some(backend) = backend else { continue };
         let key = format!("backends.{kind}");
-        check_fields(&key, kind, backend, available)?;
-        let parsed = parse_backend(&key, backend, base)?;
+        // The other fields mean something only for an available type.
+        if !check_fields(&key, kind, backend, available, faults) {
+            continue;
+        }
+        let parsed = parse_backend(&key, backend, base, faults);
         if let Some(mb) = &backend.max_mb {
             if *mb.get_ref() == 0 {
-                return Err(Fault::at(
+                faults.push(Fault::at(
                     mb.span(),
                     format!("{key}.max_mb"),
                     "must be at least 1",
@@ -47,20 +54,21 @@ pub(super) fn parse_backends(raw: &RawBackends, base: &Path) -> Result<BackendsC
             _ => &mut config.queue,
         } = parsed;
     }
-    Ok(config)
+    config
 }
 
-/// The `type` is one of the `available` ones for `kind`, and every other
-/// field belongs to that type.
+/// The `type` is one of the `available` ones for `kind` (else false), and
+/// every other field belongs to that type.
 fn check_fields(
     key: &str,
     kind: &str,
     backend: &RawBackend,
     available: &[&str],
-) -> Result<(), Fault> {
+    faults: &mut Faults,
+) -> bool {
     let kind_name = backend.r#type.get_ref();
     if !available.contains(&kind_name.as_str()) {
-        return Err(Fault::at(
+        faults.push(Fault::at(
             backend.r#type.span(),
             format!("{key}.type"),
             format!(
@@ -68,6 +76,7 @@ fn check_fields(
                 available.join(", ")
             ),
         ));
+        return false;
     }
     // Every field but `type` belongs to some backend types only.
     let fields: [FieldRule; 8] = [
@@ -121,61 +130,64 @@ fn check_fields(
             } else {
                 format!("a `{kind_name}` backend has no `{field}`")
             };
-            return Err(Fault::at(span, format!("{key}.{field}"), message));
+            faults.push(Fault::at(span, format!("{key}.{field}"), message));
         }
     }
-    Ok(())
+    true
 }
 
-/// The backend a checked entry describes.
-fn parse_backend(key: &str, backend: &RawBackend, base: &Path) -> Result<Backend, Fault> {
+/// The backend a checked entry describes; a value at fault stays empty.
+fn parse_backend(key: &str, backend: &RawBackend, base: &Path, faults: &mut Faults) -> Backend {
     let kind_name = backend.r#type.get_ref();
-    let required = |value: &Option<Spanned<String>>, field: &str| {
-        value
+    let mut required = |value: &Option<Spanned<String>>, field: &str| {
+        let value = value
             .as_ref()
             .map(|v| v.get_ref().clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                Fault::at(
-                    backend.r#type.span(),
-                    format!("{key}.{field}"),
-                    format!("a `{kind_name}` backend needs `{field}`"),
-                )
-            })
+            .filter(|v| !v.is_empty());
+        if value.is_none() {
+            faults.push(Fault::at(
+                backend.r#type.span(),
+                format!("{key}.{field}"),
+                format!("a `{kind_name}` backend needs `{field}`"),
+            ));
+        }
+        value.unwrap_or_default()
     };
-    Ok(match kind_name.as_str() {
+    match kind_name.as_str() {
         "redis" | "postgres" => {
-            let url = required(&backend.url, "url")?;
+            let url = required(&backend.url, "url");
+            let url_fault = |message: &str| {
+                Fault::new(
+                    backend.url.as_ref().map(Spanned::span),
+                    Some(format!("{key}.url")),
+                    message,
+                )
+            };
             let scheme = if kind_name == "redis" {
                 ["redis://", "rediss://"].as_slice()
             } else {
                 ["postgres://", "postgresql://"].as_slice()
             };
-            if !scheme.iter().any(|s| url.starts_with(s)) {
-                return Err(Fault::new(
-                    backend.url.as_ref().map(Spanned::span),
-                    Some(format!("{key}.url")),
-                    format!("must start with {}", scheme.join(" or ")),
-                ));
+            // A missing URL is reported above.
+            if !url.is_empty() && !scheme.iter().any(|s| url.starts_with(s)) {
+                faults.push(url_fault(&format!(
+                    "must start with {}",
+                    scheme.join(" or ")
+                )));
             }
-            let tls = parse_tls(key, backend, base)?;
+            let tls = parse_tls(key, backend, base, true, faults);
             if kind_name == "redis" {
-                if !url.starts_with("rediss://") && tls != BackendTls::default() {
-                    return Err(Fault::new(
-                        backend.url.as_ref().map(Spanned::span),
-                        Some(format!("{key}.url")),
-                        "certificate files need a `rediss://` (TLS) URL",
-                    ));
+                if !url.is_empty() && !url.starts_with("rediss://") && tls != BackendTls::default()
+                {
+                    faults.push(url_fault("certificate files need a `rediss://` (TLS) URL"));
                 }
                 Backend::Redis { url, tls }
             } else {
                 let tls_mode = ["require", "verify-full"]
                     .iter()
                     .any(|mode| url.contains(&format!("sslmode={mode}")));
-                if !tls_mode && tls != BackendTls::default() {
-                    return Err(Fault::new(
-                        backend.url.as_ref().map(Spanned::span),
-                        Some(format!("{key}.url")),
+                if !url.is_empty() && !tls_mode && tls != BackendTls::default() {
+                    faults.push(url_fault(
                         "certificate files need `sslmode=verify-full` (or `require`) in the URL",
                     ));
                 }
@@ -183,11 +195,12 @@ fn parse_backend(key: &str, backend: &RawBackend, base: &Path) -> Result<Backend
             }
         }
         "s3" => {
+            let bucket = required(&backend.bucket, "bucket");
             let endpoint = backend.endpoint.as_ref().map(|e| e.get_ref().clone());
             if let Some(e) = &backend.endpoint
                 && !(e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://"))
             {
-                return Err(Fault::at(
+                faults.push(Fault::at(
                     e.span(),
                     format!("{key}.endpoint"),
                     "must start with http:// or https://",
@@ -199,35 +212,49 @@ fn parse_backend(key: &str, backend: &RawBackend, base: &Path) -> Result<Backend
                     .region
                     .as_ref()
                     .map_or_else(|| "us-east-1".to_owned(), |r| r.get_ref().clone()),
-                bucket: required(&backend.bucket, "bucket")?,
-                tls: parse_tls(key, backend, base)?,
+                bucket,
+                tls: parse_tls(key, backend, base, false, faults),
             }
         }
         _ => Backend::Embedded,
-    })
+    }
 }
 
-/// `ca_file`, `client_cert` and `client_key`, relative to `base`: each must
-/// be a file, and a client certificate comes with its key.
-fn parse_tls(key: &str, backend: &RawBackend, base: &Path) -> Result<BackendTls, Fault> {
-    let file = |value: &Option<Spanned<String>>, field: &str| {
-        let Some(value) = value else {
-            return Ok(None);
-        };
+/// `ca_file`, and with `client_certs` `client_cert` and `client_key`
+/// (without, `check_fields` refuses them), relative to `base`: each must be
+/// a file, and a client certificate comes with its key.
+fn parse_tls(
+    key: &str,
+    backend: &RawBackend,
+    base: &Path,
+    client_certs: bool,
+    faults: &mut Faults,
+) -> BackendTls {
+    let mut file = |value: &Option<Spanned<String>>, field: &str| {
+        let value = value.as_ref()?;
         let path = base.join(value.get_ref());
         if !path.is_file() {
-            return Err(Fault::at(
+            faults.push(Fault::at(
                 value.span(),
                 format!("{key}.{field}"),
                 format!("{} is not a file", path.display()),
             ));
         }
-        Ok(Some(path))
+        // Kept when missing: whether the pair is complete is another
+        // question.
+        Some(path)
     };
+    let ca_file = file(&backend.ca_file, "ca_file");
+    if !client_certs {
+        return BackendTls {
+            ca_file,
+            ..BackendTls::default()
+        };
+    }
     let tls = BackendTls {
-        ca_file: file(&backend.ca_file, "ca_file")?,
-        client_cert: file(&backend.client_cert, "client_cert")?,
-        client_key: file(&backend.client_key, "client_key")?,
+        ca_file,
+        client_cert: file(&backend.client_cert, "client_cert"),
+        client_key: file(&backend.client_key, "client_key"),
     };
     for (present, absent, span) in [
         ("client_cert", "client_key", backend.client_cert.as_ref()),
@@ -236,12 +263,12 @@ fn parse_tls(key: &str, backend: &RawBackend, base: &Path) -> Result<BackendTls,
         if let Some(span) = span
             && tls.client_cert.is_some() != tls.client_key.is_some()
         {
-            return Err(Fault::at(
+            faults.push(Fault::at(
                 span.span(),
                 format!("{key}.{present}"),
                 format!("`{present}` needs `{absent}`"),
             ));
         }
     }
-    Ok(tls)
+    tls
 }

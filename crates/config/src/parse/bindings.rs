@@ -4,17 +4,18 @@
 //! exposes is unique within the worker.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 
 use toml::Spanned;
 
 use super::checks::{check_queue_name, is_binding_name};
-use crate::error::{Fault, WorkerKeys};
+use crate::error::{Faults, WorkerKeys};
 use crate::model::{
     AnalyticsBinding, D1Binding, KvBinding, QueueProducer, R2Binding, Secret, ServiceBinding,
 };
 use crate::raw::{RawAnalytics, RawD1, RawKv, RawProducer, RawR2, RawWorker};
-use crate::secrets::secret_value;
+use crate::secrets::{DevVars, secret_value};
 
 /// A worker's bindings, each kind in the order written.
 pub(super) struct Bindings {
@@ -29,13 +30,14 @@ pub(super) struct Bindings {
 
 /// The bindings of `w`; secrets come from the environment or `.dev.vars`
 /// beside the config (`dev_vars`, read once); without `dev_vars` they are
-/// not looked up, and each is empty.
+/// not looked up, and each is empty. A binding at fault is left out.
 pub(super) fn parse_bindings(
     keys: WorkerKeys,
     w: &RawWorker,
     base: &Path,
-    mut dev_vars: Option<&mut Option<BTreeMap<String, String>>>,
-) -> Result<Bindings, Fault> {
+    mut dev_vars: Option<&mut DevVars>,
+    faults: &mut Faults,
+) -> Bindings {
     let services = w
         .services
         .iter()
@@ -44,121 +46,144 @@ pub(super) fn parse_bindings(
             service: binding.service.get_ref().clone(),
         })
         .collect();
-    let mut env = EnvNames::new(keys, w.vars.keys());
+    let mut env = EnvNames::new(keys, w.vars.keys(), faults);
     for binding in &w.services {
-        env.claim(&binding.binding, "service", "services")?;
+        env.claim(&binding.binding, "service", "services");
     }
     let mut secrets = BTreeMap::new();
     for name in &w.secrets {
-        env.claim(name, "secret", "secrets")?;
+        if !env.claim(name, "secret", "secrets") {
+            continue;
+        }
         let value = match dev_vars.as_deref_mut() {
-            Some(dev_vars) => secret_value(name.get_ref(), base, dev_vars)
-                .map_err(|m| keys.fault(name.span(), "secrets", m))?,
-            None => String::new(),
+            Some(dev_vars) => match secret_value(name.get_ref(), base, dev_vars) {
+                Ok(value) => value,
+                Err(m) => env.fault(name.span(), "secrets", m),
+            },
+            None => None,
         };
-        secrets.insert(name.get_ref().clone(), Secret::new(value));
+        secrets.insert(
+            name.get_ref().clone(),
+            Secret::new(value.unwrap_or_default()),
+        );
     }
-    Ok(Bindings {
+    Bindings {
         services,
         secrets,
-        kv_namespaces: collect(&w.kv_namespaces, |e| kv_namespace(&mut env, e))?,
-        d1_databases: collect(&w.d1_databases, |e| d1_database(&mut env, e))?,
-        r2_buckets: collect(&w.r2_buckets, |e| r2_bucket(&mut env, e))?,
-        analytics_engine_datasets: collect(&w.analytics_engine_datasets, |e| {
-            analytics_dataset(&mut env, e)
-        })?,
-        queue_producers: collect(&w.queues.producers, |e| queue_producer(&mut env, e))?,
-    })
+        kv_namespaces: env.each(&w.kv_namespaces, kv_namespace),
+        d1_databases: env.each(&w.d1_databases, d1_database),
+        r2_buckets: env.each(&w.r2_buckets, r2_bucket),
+        analytics_engine_datasets: env.each(&w.analytics_engine_datasets, analytics_dataset),
+        queue_producers: env.each(&w.queues.producers, queue_producer),
+    }
 }
 
-fn collect<R, T>(
-    entries: &[R],
-    parse: impl FnMut(&R) -> Result<T, Fault>,
-) -> Result<Vec<T>, Fault> {
-    entries.iter().map(parse).collect()
-}
-
-/// Every name `env` exposes, and what it is bound as.
-struct EnvNames {
+/// Every name `env` exposes, and what it is bound as; the faults found.
+struct EnvNames<'a> {
     keys: WorkerKeys,
     names: HashMap<String, &'static str>,
+    faults: &'a mut Faults,
 }
 
-impl EnvNames {
+impl<'a> EnvNames<'a> {
     /// Var names are free-form (they are WASI environment variables too);
     /// they only have to leave room for the bindings.
-    fn new<'a>(keys: WorkerKeys, vars: impl Iterator<Item = &'a String>) -> Self {
+    fn new<'v>(
+        keys: WorkerKeys,
+        vars: impl Iterator<Item = &'v String>,
+        faults: &'a mut Faults,
+    ) -> Self {
         EnvNames {
             keys,
             names: vars.map(|name| (name.clone(), "var")).collect(),
+            faults,
         }
     }
 
-    /// Bind `name` as a `kind`: a valid name, not bound yet.
-    fn claim(
-        &mut self,
-        name: &Spanned<String>,
-        kind: &'static str,
-        field: &str,
-    ) -> Result<(), Fault> {
+    /// Bind `name` as a `kind`: a valid name, not bound yet. False (with
+    /// the fault recorded) if not.
+    fn claim(&mut self, name: &Spanned<String>, kind: &'static str, field: &str) -> bool {
         if !is_binding_name(name.get_ref()) {
-            return Err(self.keys.fault(
+            self.fault::<()>(
                 name.span(),
                 field,
                 format!(
                     "`{}` is not a valid binding name (a letter or `_`, then letters, digits, `_`)",
                     name.get_ref()
                 ),
-            ));
+            );
+            return false;
         }
         if let Some(other) = self.names.insert(name.get_ref().clone(), kind) {
-            return Err(self.keys.fault(
+            self.fault::<()>(
                 name.span(),
                 field,
                 format!("`{}` is already bound as a {other}", name.get_ref()),
-            ));
+            );
+            return false;
         }
-        Ok(())
+        true
+    }
+
+    /// Record a fault in `field`; nothing comes of it.
+    fn fault<T>(
+        &mut self,
+        span: Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Option<T> {
+        self.faults.push(self.keys.fault(span, field, message));
+        None
+    }
+
+    /// Each entry that `parse` accepts.
+    fn each<R, T>(&mut self, entries: &[R], parse: fn(&mut Self, &R) -> Option<T>) -> Vec<T> {
+        entries
+            .iter()
+            .filter_map(|entry| parse(self, entry))
+            .collect()
     }
 }
 
-fn kv_namespace(env: &mut EnvNames, entry: &RawKv) -> Result<KvBinding, Fault> {
-    env.claim(&entry.binding, "KV namespace", "kv_namespaces")?;
+// Each binding's name and value are checked apart: both may be at fault.
+
+fn kv_namespace(env: &mut EnvNames, entry: &RawKv) -> Option<KvBinding> {
+    let bound = env.claim(&entry.binding, "KV namespace", "kv_namespaces");
     if entry.id.get_ref().is_empty() {
-        return Err(env.keys.fault(
+        return env.fault(
             entry.id.span(),
             "kv_namespaces",
             "an empty name in `kv_namespaces`",
-        ));
+        );
     }
-    Ok(KvBinding {
+    bound.then(|| KvBinding {
         binding: entry.binding.get_ref().clone(),
         id: entry.id.get_ref().clone(),
     })
 }
 
-fn d1_database(env: &mut EnvNames, entry: &RawD1) -> Result<D1Binding, Fault> {
-    env.claim(&entry.binding, "D1 database", "d1_databases")?;
+fn d1_database(env: &mut EnvNames, entry: &RawD1) -> Option<D1Binding> {
+    let bound = env.claim(&entry.binding, "D1 database", "d1_databases");
     let name = entry.database_name.get_ref();
     let valid = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {
-        return Err(env.keys.fault(
+        return env.fault(
             entry.database_name.span(),
             "d1_databases",
             format!("`{name}` is not a valid database name (letters, digits, `-`, `_`)"),
-        ));
+        );
     }
-    Ok(D1Binding {
+    bound.then(|| D1Binding {
         binding: entry.binding.get_ref().clone(),
         database_name: name.clone(),
     })
 }
 
-fn r2_bucket(env: &mut EnvNames, entry: &RawR2) -> Result<R2Binding, Fault> {
-    env.claim(&entry.binding, "R2 bucket", "r2_buckets")?;
+fn r2_bucket(env: &mut EnvNames, entry: &RawR2) -> Option<R2Binding> {
+    let bound = env.claim(&entry.binding, "R2 bucket", "r2_buckets");
     let name = entry.bucket_name.get_ref();
     // R2's own rule for bucket names.
     let valid = (3..=63).contains(&name.len())
@@ -168,47 +193,48 @@ fn r2_bucket(env: &mut EnvNames, entry: &RawR2) -> Result<R2Binding, Fault> {
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !valid {
-        return Err(env.keys.fault(
+        return env.fault(
             entry.bucket_name.span(),
             "r2_buckets",
             format!(
                 "`{name}` is not a valid bucket name (3 to 63 lowercase letters, digits and inner `-`)"
             ),
-        ));
+        );
     }
-    Ok(R2Binding {
+    bound.then(|| R2Binding {
         binding: entry.binding.get_ref().clone(),
         bucket_name: name.clone(),
     })
 }
 
-fn analytics_dataset(env: &mut EnvNames, entry: &RawAnalytics) -> Result<AnalyticsBinding, Fault> {
-    env.claim(
+fn analytics_dataset(env: &mut EnvNames, entry: &RawAnalytics) -> Option<AnalyticsBinding> {
+    let bound = env.claim(
         &entry.binding,
         "analytics dataset",
         "analytics_engine_datasets",
-    )?;
+    );
     let name = entry.dataset.get_ref();
     if !is_binding_name(name) {
-        return Err(env.keys.fault(
+        return env.fault(
             entry.dataset.span(),
             "analytics_engine_datasets",
             format!(
                 "`{name}` is not a valid dataset name (a letter or `_`, then letters, digits, `_`): it is queried as an SQL table"
             ),
-        ));
+        );
     }
-    Ok(AnalyticsBinding {
+    bound.then(|| AnalyticsBinding {
         binding: entry.binding.get_ref().clone(),
         dataset: name.clone(),
     })
 }
 
-fn queue_producer(env: &mut EnvNames, entry: &RawProducer) -> Result<QueueProducer, Fault> {
-    env.claim(&entry.binding, "queue", "queues.producers")?;
-    check_queue_name(&entry.queue)
-        .map_err(|m| env.keys.fault(entry.queue.span(), "queues.producers", m))?;
-    Ok(QueueProducer {
+fn queue_producer(env: &mut EnvNames, entry: &RawProducer) -> Option<QueueProducer> {
+    let bound = env.claim(&entry.binding, "queue", "queues.producers");
+    if let Err(m) = check_queue_name(&entry.queue) {
+        return env.fault(entry.queue.span(), "queues.producers", m);
+    }
+    bound.then(|| QueueProducer {
         binding: entry.binding.get_ref().clone(),
         queue: entry.queue.get_ref().clone(),
     })

@@ -13,6 +13,14 @@ pub(super) fn positive(value: &Spanned<u64>, key: String) -> Result<u64, Fault> 
     }
 }
 
+/// [`positive`], and at most `max`.
+pub(super) fn between_1_and(value: &Spanned<u64>, key: &str, max: u32) -> Result<u32, Fault> {
+    u32::try_from(positive(value, key.into())?)
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| Fault::at(value.span(), key, format!("must be at most {max}")))
+}
+
 /// Names `env` exposes: usable as JS properties and Rust strings alike.
 pub(super) fn is_binding_name(name: &str) -> bool {
     let mut chars = name.chars();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use crate::error::{Fault, WorkerKeys};
+use crate::error::{Faults, WorkerKeys};
 use crate::js_build;
 use crate::model::BuildConfig;
 use crate::raw::{RawBuild, RawWorker};
@@ -16,12 +16,13 @@ pub(super) fn parse_build(
     keys: WorkerKeys,
     build: Option<&RawBuild>,
     base: &Path,
-) -> Result<Option<BuildConfig>, Fault> {
-    let Some(b) = build else { return Ok(None) };
+    faults: &mut Faults,
+) -> Option<BuildConfig> {
+    let b = build?;
     if let Some(command) = &b.command
         && command.get_ref().trim().is_empty()
     {
-        return Err(keys.fault(
+        faults.push(keys.fault(
             command.span(),
             "build.command",
             "the build command is empty",
@@ -29,14 +30,14 @@ pub(super) fn parse_build(
     }
     for pattern in &b.watch {
         if pattern.get_ref().trim().is_empty() {
-            return Err(keys.fault(pattern.span(), "build.watch", "an empty watch pattern"));
+            faults.push(keys.fault(pattern.span(), "build.watch", "an empty watch pattern"));
         }
     }
-    Ok(Some(BuildConfig {
+    Some(BuildConfig {
         command: b.command.as_ref().map(|c| c.get_ref().clone()),
         watch: b.watch.iter().map(|p| p.get_ref().clone()).collect(),
         workdir: base.join(b.workdir.as_deref().unwrap_or(".")),
-    }))
+    })
 }
 
 /// The component's path and, for a JavaScript worker, its entry module; a
@@ -48,7 +49,8 @@ pub(super) fn parse_source(
     has_build: bool,
     base: &Path,
     built: PathBuf,
-) -> Result<(PathBuf, Option<PathBuf>), Fault> {
+    faults: &mut Faults,
+) -> (PathBuf, Option<PathBuf>) {
     match (&w.component, &w.main) {
         (Some(component), None) => {
             let path = base.join(component.get_ref());
@@ -56,59 +58,65 @@ pub(super) fn parse_source(
             // (`isola dev` builds it first; `serve` reports it
             // missing on load).
             if !has_build && !path.is_file() {
-                return Err(keys.fault(
+                faults.push(keys.fault(
                     component.span(),
                     "component",
                     format!("component file not found: {}", path.display()),
                 ));
             }
-            Ok((path, None))
+            (path, None)
         }
         (None, Some(main)) => {
             let path = base.join(main.get_ref());
             if !path.is_file() {
-                return Err(keys.fault(
+                faults.push(keys.fault(
                     main.span(),
                     "main",
                     format!("worker module not found: {}", path.display()),
                 ));
             }
-            Ok((built, Some(path)))
+            (built, Some(path))
         }
-        (Some(_), Some(main)) => Err(keys.fault(
-            main.span(),
-            "main",
-            "give either `component` (a .wasm) or `main` (a JavaScript module), not both",
-        )),
-        (None, None) => Err(keys.fault(
-            w.name.span(),
-            "component",
-            "missing `component` (a .wasm) or `main` (a JavaScript module)",
-        )),
+        (Some(_), Some(main)) => {
+            faults.push(keys.fault(
+                main.span(),
+                "main",
+                "give either `component` (a .wasm) or `main` (a JavaScript module), not both",
+            ));
+            (built, Some(base.join(main.get_ref())))
+        }
+        (None, None) => {
+            faults.push(keys.fault(
+                w.name.span(),
+                "component",
+                "missing `component` (a .wasm) or `main` (a JavaScript module)",
+            ));
+            (built, None)
+        }
     }
 }
 
 pub(super) fn compatibility_date(
     keys: WorkerKeys,
     date: Option<&Spanned<toml::Value>>,
-) -> Result<Option<String>, Fault> {
-    date.map(|date| {
-        js_build::parse_date(date.get_ref())
-            .map_err(|m| keys.fault(date.span(), "compatibility_date", m))
-    })
-    .transpose()
+    faults: &mut Faults,
+) -> Option<String> {
+    let date = date?;
+    faults.ok(js_build::parse_date(date.get_ref())
+        .map_err(|m| keys.fault(date.span(), "compatibility_date", m)))
 }
 
 pub(super) fn compatibility_flags(
     keys: WorkerKeys,
     flags: Vec<Spanned<String>>,
-) -> Result<Vec<String>, Fault> {
+    faults: &mut Faults,
+) -> Vec<String> {
     flags
         .into_iter()
-        .map(|flag| {
-            js_build::check_flag(flag.get_ref())
-                .map_err(|m| keys.fault(flag.span(), "compatibility_flags", m))?;
-            Ok(flag.into_inner())
+        .filter_map(|flag| {
+            faults.ok(js_build::check_flag(flag.get_ref())
+                .map_err(|m| keys.fault(flag.span(), "compatibility_flags", m)))?;
+            Some(flag.into_inner())
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use std::ops::RangeInclusive;
 use toml::Spanned;
 
 use super::checks::{check_queue_name, positive};
-use crate::error::{Fault, WorkerKeys};
+use crate::error::{Faults, WorkerKeys};
 use crate::model::{CronSchedule, QueueConsumer};
 use crate::raw::{RawConsumer, RawTriggers};
 
@@ -18,86 +18,96 @@ pub(super) fn parse_consumers(
     consumers: &[RawConsumer],
     worker: &str,
     owners: &mut HashMap<String, String>,
-) -> Result<Vec<QueueConsumer>, Fault> {
+    faults: &mut Faults,
+) -> Vec<QueueConsumer> {
     consumers
         .iter()
         .map(|entry| {
-            check_queue_name(&entry.queue)
-                .map_err(|m| keys.fault(entry.queue.span(), "queues.consumers", m))?;
-            if let Some(other) = owners.insert(entry.queue.get_ref().clone(), worker.to_owned()) {
-                return Err(keys.fault(
-                    entry.queue.span(),
-                    "queues.consumers",
-                    format!(
-                        "queue `{}` already has a consumer: worker `{other}`",
-                        entry.queue.get_ref()
-                    ),
-                ));
+            match check_queue_name(&entry.queue) {
+                Err(m) => faults.push(keys.fault(entry.queue.span(), "queues.consumers", m)),
+                Ok(()) => {
+                    if let Some(other) =
+                        owners.insert(entry.queue.get_ref().clone(), worker.to_owned())
+                    {
+                        faults.push(keys.fault(
+                            entry.queue.span(),
+                            "queues.consumers",
+                            format!(
+                                "queue `{}` already has a consumer: worker `{other}`",
+                                entry.queue.get_ref()
+                            ),
+                        ));
+                    }
+                }
             }
-            parse_consumer(keys, entry)
+            parse_consumer(keys, entry, faults)
         })
         .collect()
 }
 
 /// One consumer's settings, with Wrangler's defaults and ranges.
-fn parse_consumer(keys: WorkerKeys, entry: &RawConsumer) -> Result<QueueConsumer, Fault> {
-    let ranged = |value: &Option<Spanned<u64>>,
-                  default: u64,
-                  range: RangeInclusive<u64>,
-                  what: &str| match value {
-        None => Ok(default),
-        Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
-        Some(v) => Err(keys.fault(
-            v.span(),
-            "queues.consumers",
-            format!(
-                "{what} must be between {} and {}",
-                range.start(),
-                range.end()
-            ),
-        )),
-    };
-    let dead_letter_queue = match &entry.dead_letter_queue {
-        Some(dlq) => {
-            check_queue_name(dlq).map_err(|m| keys.fault(dlq.span(), "queues.consumers", m))?;
-            if dlq.get_ref() == entry.queue.get_ref() {
-                return Err(keys.fault(
-                    dlq.span(),
-                    "queues.consumers",
-                    "a queue cannot be its own dead letter queue",
-                ));
-            }
-            Some(dlq.get_ref().clone())
+fn parse_consumer(keys: WorkerKeys, entry: &RawConsumer, faults: &mut Faults) -> QueueConsumer {
+    if let Some(dlq) = &entry.dead_letter_queue {
+        if let Err(m) = check_queue_name(dlq) {
+            faults.push(keys.fault(dlq.span(), "queues.consumers", m));
+        } else if dlq.get_ref() == entry.queue.get_ref() {
+            faults.push(keys.fault(
+                dlq.span(),
+                "queues.consumers",
+                "a queue cannot be its own dead letter queue",
+            ));
         }
-        None => None,
+    }
+    let mut ranged = |value: &Option<Spanned<u64>>,
+                      default: u64,
+                      range: RangeInclusive<u64>,
+                      what: &str| match value {
+        None => default,
+        Some(v) if range.contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            faults.push(keys.fault(
+                v.span(),
+                "queues.consumers",
+                format!(
+                    "{what} must be between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+            default
+        }
     };
-    Ok(QueueConsumer {
+    QueueConsumer {
         queue: entry.queue.get_ref().clone(),
-        max_batch_size: ranged(&entry.max_batch_size, 10, 1..=100, "max_batch_size")? as u32,
-        max_batch_timeout: ranged(&entry.max_batch_timeout, 5, 0..=60, "max_batch_timeout")?,
-        max_retries: ranged(&entry.max_retries, 3, 0..=100, "max_retries")? as u32,
-        dead_letter_queue,
-        max_concurrency: ranged(&entry.max_concurrency, 1, 1..=250, "max_concurrency")? as u32,
-        retry_delay: ranged(&entry.retry_delay, 0, 0..=43_200, "retry_delay")?,
-    })
+        max_batch_size: ranged(&entry.max_batch_size, 10, 1..=100, "max_batch_size") as u32,
+        max_batch_timeout: ranged(&entry.max_batch_timeout, 5, 0..=60, "max_batch_timeout"),
+        max_retries: ranged(&entry.max_retries, 3, 0..=100, "max_retries") as u32,
+        dead_letter_queue: entry
+            .dead_letter_queue
+            .as_ref()
+            .map(|d| d.get_ref().clone()),
+        max_concurrency: ranged(&entry.max_concurrency, 1, 1..=250, "max_concurrency") as u32,
+        retry_delay: ranged(&entry.retry_delay, 0, 0..=43_200, "retry_delay"),
+    }
 }
 
 /// `triggers.crons` and `triggers.cpu_ms`.
 pub(super) fn parse_triggers(
     keys: WorkerKeys,
     triggers: &RawTriggers,
-) -> Result<(Vec<CronSchedule>, Option<u64>), Fault> {
+    faults: &mut Faults,
+) -> (Vec<CronSchedule>, Option<u64>) {
     let crons = triggers
         .crons
         .iter()
-        .map(|expression| {
-            CronSchedule::parse(expression.get_ref())
-                .map_err(|m| keys.fault(expression.span(), "triggers.crons", m))
+        .filter_map(|expression| {
+            faults.ok(CronSchedule::parse(expression.get_ref())
+                .map_err(|m| keys.fault(expression.span(), "triggers.crons", m)))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let cpu_ms = match &triggers.cpu_ms {
-        Some(ms) => Some(positive(ms, keys.key("triggers.cpu_ms"))?),
-        None => None,
-    };
-    Ok((crons, cpu_ms))
+        .collect();
+    let cpu_ms = triggers
+        .cpu_ms
+        .as_ref()
+        .and_then(|ms| faults.ok(positive(ms, keys.key("triggers.cpu_ms"))));
+    (crons, cpu_ms)
 }

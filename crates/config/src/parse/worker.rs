@@ -3,29 +3,34 @@
 //! routes and queue consumers are unique across workers; a service binding
 //! names a worker of the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use toml::Spanned;
 
 use super::checks::positive;
 use super::{bindings, source, triggers};
-use crate::error::{Fault, WorkerKeys};
+use crate::error::{Fault, Faults, WorkerKeys};
 use crate::js_build;
 use crate::model::{Limits, ServerConfig, WorkerConfig, WorkerRun};
 use crate::outbound::{OutboundRule, parse_override};
 use crate::raw::RawWorker;
 use crate::route::RoutePattern;
+use crate::secrets::DevVars;
 
+/// Every `[[worker]]`. A worker at fault is still checked to the end
+/// (with its values at fault left at their defaults), so that every error
+/// is found; what this returns is only served when there is none.
 pub(super) fn parse_workers(
     raw: Vec<RawWorker>,
     base: &Path,
     server: &ServerConfig,
     outbound_override: Option<String>,
     secret_values: bool,
-) -> Result<Vec<WorkerConfig>, Fault> {
+    faults: &mut Faults,
+) -> Vec<WorkerConfig> {
     if raw.is_empty() {
-        return Err(Fault::new(None, None, "no [[worker]] is configured"));
+        faults.push(Fault::new(None, None, "no [[worker]] is configured"));
     }
     let mut workers = Workers {
         base,
@@ -36,24 +41,25 @@ pub(super) fn parse_workers(
         route_owner: HashMap::new(),
         consumer_owner: HashMap::new(),
         service_refs: Vec::new(),
-        dev_vars: None,
+        dev_vars: DevVars::default(),
         secret_values,
+        faults,
     };
     let parsed = raw
         .into_iter()
         .enumerate()
         .map(|(i, w)| workers.parse(WorkerKeys(i), w))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     for (service, keys) in &workers.service_refs {
         if !workers.names.contains_key(service.get_ref()) {
-            return Err(keys.fault(
+            workers.faults.push(keys.fault(
                 service.span(),
                 "services",
                 format!("no worker is named `{}`", service.get_ref()),
             ));
         }
     }
-    Ok(parsed)
+    parsed
 }
 
 /// What each worker is checked against: the server's defaults and the
@@ -72,27 +78,33 @@ struct Workers<'a> {
     /// Checked once every worker is named.
     service_refs: Vec<(Spanned<String>, WorkerKeys)>,
     /// `.dev.vars`, read when the first secret is looked up.
-    dev_vars: Option<BTreeMap<String, String>>,
+    dev_vars: DevVars,
     /// Look secrets' values up; else each is empty (`isola types`).
     secret_values: bool,
+    faults: &'a mut Faults,
 }
 
 impl Workers<'_> {
-    fn parse(&mut self, keys: WorkerKeys, w: RawWorker) -> Result<WorkerConfig, Fault> {
-        let name = self.claim_name(keys, &w.name)?;
+    fn parse(&mut self, keys: WorkerKeys, w: RawWorker) -> WorkerConfig {
+        let name = self.claim_name(keys, &w.name);
         let instance_reuse = w.instance_reuse.as_ref().map_or(0, |r| *r.get_ref());
-        let pass_through_buffer_kb = match &w.pass_through_buffer_kb {
-            Some(kb) => positive(kb, keys.key("pass_through_buffer_kb"))?,
-            None => 1024,
-        };
-        let build = source::parse_build(keys, w.build.as_ref(), self.base)?;
+        let pass_through_buffer_kb = w
+            .pass_through_buffer_kb
+            .as_ref()
+            .and_then(|kb| {
+                self.faults
+                    .ok(positive(kb, keys.key("pass_through_buffer_kb")))
+            })
+            .unwrap_or(1024);
+        let build = source::parse_build(keys, w.build.as_ref(), self.base, self.faults);
         let built = self.server.js_build_path(&name);
-        let (component, main) = source::parse_source(keys, &w, build.is_some(), self.base, built)?;
-        let routes = self.routes(keys, w.routes.as_deref(), &name)?;
-        let limits = parse_limits(keys, &w)?;
+        let (component, main) =
+            source::parse_source(keys, &w, build.is_some(), self.base, built, self.faults);
+        let routes = self.routes(keys, w.routes.as_deref(), &name);
+        let limits = parse_limits(keys, &w, self.faults);
         let (allowed_outbound_hosts, outbound_override) =
-            parse_outbound(keys, &w, self.outbound_override.as_ref())?;
-        let origin = parse_origin(keys, w.origin.as_ref())?;
+            parse_outbound(keys, &w, self.outbound_override.as_ref(), self.faults);
+        let origin = parse_origin(keys, w.origin.as_ref(), self.faults);
         self.service_refs
             .extend(w.services.iter().map(|b| (b.service.clone(), keys)));
         let bindings = bindings::parse_bindings(
@@ -100,20 +112,32 @@ impl Workers<'_> {
             &w,
             self.base,
             self.secret_values.then_some(&mut self.dev_vars),
-        )?;
-        let queue_consumers =
-            triggers::parse_consumers(keys, &w.queues.consumers, &name, &mut self.consumer_owner)?;
-        let (crons, trigger_cpu_ms) = triggers::parse_triggers(keys, &w.triggers)?;
-        let js_build = js_build::RawJsBuild {
+            self.faults,
+        );
+        let queue_consumers = triggers::parse_consumers(
+            keys,
+            &w.queues.consumers,
+            &name,
+            &mut self.consumer_owner,
+            self.faults,
+        );
+        let (crons, trigger_cpu_ms) = triggers::parse_triggers(keys, &w.triggers, self.faults);
+        // Whether the keys apply follows from `main` being written, found
+        // or not.
+        let (js_build, build_faults) = js_build::RawJsBuild {
             alias: w.alias,
             define: w.define,
             rules: w.rules,
         }
-        .parse(self.base, main.is_some())
-        .map_err(|(span, field, m)| keys.fault(span, &field, m))?;
-        let compatibility_date = source::compatibility_date(keys, w.compatibility_date.as_ref())?;
-        let compatibility_flags = source::compatibility_flags(keys, w.compatibility_flags)?;
-        Ok(WorkerConfig {
+        .parse(self.base, w.main.is_some());
+        for (span, field, m) in build_faults {
+            self.faults.push(keys.fault(span, &field, m));
+        }
+        let compatibility_date =
+            source::compatibility_date(keys, w.compatibility_date.as_ref(), self.faults);
+        let compatibility_flags =
+            source::compatibility_flags(keys, w.compatibility_flags, self.faults);
+        WorkerConfig {
             name,
             component,
             main,
@@ -144,31 +168,31 @@ impl Workers<'_> {
                 pass_through_buffer_kb,
                 instance_cap: 0,
             },
-        })
+        }
     }
 
-    /// A valid name, not taken by a worker before this one.
-    fn claim_name(&mut self, keys: WorkerKeys, name: &Spanned<String>) -> Result<String, Fault> {
+    /// The worker's name; a fault unless it is valid and not taken by a
+    /// worker before this one.
+    fn claim_name(&mut self, keys: WorkerKeys, name: &Spanned<String>) -> String {
         let text = name.get_ref();
         let valid = !text.is_empty()
             && text
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
-            return Err(keys.fault(
+            self.faults.push(keys.fault(
                 name.span(),
                 "name",
                 format!("`{text}` is not a valid worker name (letters, digits, `-`, `_`)"),
             ));
-        }
-        if self.names.insert(text.clone(), keys.0).is_some() {
-            return Err(keys.fault(
+        } else if self.names.insert(text.clone(), keys.0).is_some() {
+            self.faults.push(keys.fault(
                 name.span(),
                 "name",
                 format!("worker `{text}` is defined twice"),
             ));
         }
-        Ok(text.clone())
+        text.clone()
     }
 
     /// `routes`: valid patterns that no other worker uses.
@@ -177,48 +201,58 @@ impl Workers<'_> {
         keys: WorkerKeys,
         routes: Option<&[Spanned<String>]>,
         name: &str,
-    ) -> Result<Vec<RoutePattern>, Fault> {
-        match routes {
-            Some(routes) => routes
-                .iter()
-                .map(|r| {
-                    let pattern = RoutePattern::parse(r.get_ref())
-                        .map_err(|e| keys.fault(r.span(), "routes", e.to_string()))?;
-                    if let Some(other) = self.route_owner.insert(r.get_ref().clone(), name.into()) {
-                        return Err(keys.fault(
-                            r.span(),
-                            "routes",
-                            format!(
-                                "route `{}` is already used by worker `{other}`",
-                                r.get_ref()
-                            ),
-                        ));
-                    }
-                    Ok(pattern)
-                })
-                .collect(),
-            None if self.single => Ok(vec![RoutePattern::parse("/*").expect("valid pattern")]),
-            None => Ok(Vec::new()),
+    ) -> Vec<RoutePattern> {
+        let Some(routes) = routes else {
+            return if self.single {
+                vec![RoutePattern::parse("/*").expect("valid pattern")]
+            } else {
+                Vec::new()
+            };
+        };
+        let mut patterns = Vec::new();
+        for r in routes {
+            let pattern = match RoutePattern::parse(r.get_ref()) {
+                Ok(pattern) => pattern,
+                Err(e) => {
+                    self.faults
+                        .push(keys.fault(r.span(), "routes", e.to_string()));
+                    continue;
+                }
+            };
+            if let Some(other) = self.route_owner.insert(r.get_ref().clone(), name.into()) {
+                self.faults.push(keys.fault(
+                    r.span(),
+                    "routes",
+                    format!(
+                        "route `{}` is already used by worker `{other}`",
+                        r.get_ref()
+                    ),
+                ));
+            }
+            patterns.push(pattern);
         }
+        patterns
     }
 }
 
 /// `cpu_ms`, `wall_ms`, `memory_mb`, `subrequests`.
-fn parse_limits(keys: WorkerKeys, w: &RawWorker) -> Result<Limits, Fault> {
+fn parse_limits(keys: WorkerKeys, w: &RawWorker, faults: &mut Faults) -> Limits {
     let mut limits = Limits::default();
     for (field, value, slot) in [
         ("cpu_ms", &w.cpu_ms, &mut limits.cpu_ms),
         ("wall_ms", &w.wall_ms, &mut limits.wall_ms),
         ("memory_mb", &w.memory_mb, &mut limits.memory_mb),
     ] {
-        if let Some(value) = value {
-            *slot = positive(value, keys.key(field))?;
+        if let Some(value) = value
+            && let Some(value) = faults.ok(positive(value, keys.key(field)))
+        {
+            *slot = value;
         }
     }
     if let Some(n) = w.subrequests {
         limits.subrequests = n;
     }
-    Ok(limits)
+    limits
 }
 
 /// `allowed_outbound_hosts`, and `outbound_override` (the server's when
@@ -227,42 +261,44 @@ fn parse_outbound(
     keys: WorkerKeys,
     w: &RawWorker,
     server_override: Option<&String>,
-) -> Result<(Vec<OutboundRule>, Option<String>), Fault> {
+    faults: &mut Faults,
+) -> (Vec<OutboundRule>, Option<String>) {
     let allowed = w
         .allowed_outbound_hosts
         .iter()
-        .map(|rule| {
-            OutboundRule::parse(rule.get_ref())
-                .map_err(|m| keys.fault(rule.span(), "allowed_outbound_hosts", m))
+        .filter_map(|rule| {
+            faults.ok(OutboundRule::parse(rule.get_ref())
+                .map_err(|m| keys.fault(rule.span(), "allowed_outbound_hosts", m)))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     let outbound_override = match &w.outbound_override {
-        Some(o) => Some(
-            parse_override(o.get_ref())
-                .map_err(|m| keys.fault(o.span(), "outbound_override", m))?,
-        ),
+        Some(o) => faults
+            .ok(parse_override(o.get_ref())
+                .map_err(|m| keys.fault(o.span(), "outbound_override", m))),
         None => server_override.cloned(),
     };
-    Ok((allowed, outbound_override))
+    (allowed, outbound_override)
 }
 
 /// `origin = "http(s)://host[:port]"`, without a trailing `/`.
 fn parse_origin(
     keys: WorkerKeys,
     origin: Option<&Spanned<String>>,
-) -> Result<Option<String>, Fault> {
-    let Some(o) = origin else { return Ok(None) };
+    faults: &mut Faults,
+) -> Option<String> {
+    let o = origin?;
     let text = o.get_ref().trim_end_matches('/');
     let valid = ["http://", "https://"].iter().any(|scheme| {
         text.strip_prefix(scheme)
             .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
     });
     if !valid {
-        return Err(keys.fault(
+        faults.push(keys.fault(
             o.span(),
             "origin",
             format!("`{text}` is not of the form http(s)://host[:port]"),
         ));
+        return None;
     }
-    Ok(Some(text.to_owned()))
+    Some(text.to_owned())
 }

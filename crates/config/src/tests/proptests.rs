@@ -474,18 +474,24 @@ fn check_config(f: &Fixture, text: &str) -> Result<(), TestCaseError> {
             }
             prop_assert!(config.server.max_instances >= 1);
         }
-        Err(e) => {
+        Err(errors) => {
+            prop_assert!(!errors.is_empty());
             let lines = text.split('\n').count();
-            prop_assert!(e.line <= lines, "line {} of {}: {}", e.line, lines, e);
-            if e.line > 0 {
-                let line = text.split('\n').nth(e.line - 1).unwrap();
-                prop_assert!(
-                    e.column >= 1 && e.column <= line.chars().count() + 1,
-                    "{}",
-                    e
-                );
+            for e in errors.iter() {
+                prop_assert!(e.line <= lines, "line {} of {}: {}", e.line, lines, e);
+                if e.line > 0 {
+                    let line = text.split('\n').nth(e.line - 1).unwrap();
+                    prop_assert!(
+                        e.column >= 1 && e.column <= line.chars().count() + 1,
+                        "{}",
+                        e
+                    );
+                }
+                prop_assert!(!e.message.is_empty());
             }
-            prop_assert!(!e.message.is_empty());
+            // In file order, errors without a position first.
+            let places: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
+            prop_assert!(places.is_sorted(), "{}", errors);
         }
     }
     Ok(())
