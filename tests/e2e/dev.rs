@@ -26,7 +26,7 @@ fn guests_target() -> PathBuf {
 
 /// Make `project` build into the shared target directory with the guests'
 /// dependency versions.
-fn share_builds(project: &Path) {
+pub(crate) fn share_builds(project: &Path) {
     let target = guests_target();
     std::fs::create_dir_all(&target).unwrap();
     std::os::unix::fs::symlink(&target, project.join("target")).unwrap();
@@ -133,7 +133,7 @@ async fn wait_for_body(
 
 /// `cargo build --release` of a Rust project for wasm32-wasip2, with no
 /// host flags leaking into the wasm build.
-fn cargo_build_release(project: &Path) {
+pub(crate) fn cargo_build_release(project: &Path) {
     let status = Command::new("cargo")
         .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
         .current_dir(project)
@@ -513,7 +513,7 @@ async fn dev_reports_one_failed_build_per_save_and_serves_the_fix() {
 
 /// The pinned JavaScript toolchain's `tsc`: `isola build --setup` installs
 /// the toolchain and says where.
-fn toolchain_tsc() -> PathBuf {
+pub(crate) fn toolchain_tsc() -> PathBuf {
     let output = isola().args(["build", "--setup"]).output().unwrap();
     assert!(
         output.status.success(),
@@ -534,7 +534,7 @@ fn toolchain_tsc() -> PathBuf {
 }
 
 /// `tsc --noEmit` on `project`: (passed, its output).
-fn type_check(tsc: &Path, project: &Path) -> (bool, String) {
+pub(crate) fn type_check(tsc: &Path, project: &Path) -> (bool, String) {
     let output = Command::new(tsc)
         .args(["--noEmit", "-p"])
         .arg(project)

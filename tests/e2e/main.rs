@@ -8,6 +8,8 @@ mod cli;
 mod cluster;
 mod concurrency;
 mod dev;
+mod docs;
+mod docs_reference;
 mod examples;
 mod js;
 mod js_build;
