@@ -20,7 +20,15 @@ pub fn load_config(path: &Path) -> Result<Config> {
 
 /// [`load_config`], with `--listen` (when given) in place of `[server] listen`.
 pub fn load_config_listening(path: &Path, listen: Option<SocketAddr>) -> Result<Config> {
-    let mut config = load_config(path)?;
+    let config = read_config_listening(path, listen)?;
+    js::build_workers(&config)?;
+    Ok(config)
+}
+
+/// [`load_config_listening`] without building the JavaScript workers: for
+/// `dev`, whose watcher builds them (and installs them) in its first round.
+pub fn read_config_listening(path: &Path, listen: Option<SocketAddr>) -> Result<Config> {
+    let mut config = Config::load(path)?;
     if let Some(listen) = listen {
         config.server.listen = listen;
     }

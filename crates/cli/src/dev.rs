@@ -20,8 +20,10 @@ use crate::config::load_config;
 use crate::js;
 
 /// Wait for a quiet moment: editors and build tools write in bursts (one
-/// save is a truncate, writes and a close, or a new file and a rename).
-const DEBOUNCE: Duration = Duration::from_millis(300);
+/// save is a truncate, writes and a close, or a new file and a rename, all
+/// within a few milliseconds). Short, as it adds to every reload (a JS
+/// edit is served in about a second, bench/dev-reload).
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// What to watch for one config, and what a change means.
 #[derive(Default)]

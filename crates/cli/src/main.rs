@@ -28,7 +28,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::{configs_for, load_config, load_config_listening};
+use crate::config::{configs_for, load_config, load_config_listening, read_config_listening};
 
 #[derive(Parser)]
 #[command(name = "isola", version, about = "A WebAssembly worker host")]
@@ -348,7 +348,9 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             config: path,
             listen,
         } => {
-            let config = load_config_listening(&path, listen)?;
+            // The watcher's first round builds the workers and installs
+            // them; building them here too built every JS worker twice.
+            let config = read_config_listening(&path, listen)?;
             let mode = Mode::Dev {
                 watch: dev::watch(path.clone()),
                 source: path,
