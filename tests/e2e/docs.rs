@@ -212,10 +212,10 @@ fn projects() -> Result<Vec<DocProject>, Vec<String>> {
                 }
             };
             let project = &mut projects[index];
-            if let Some(template) = block.attrs.get("init") {
-                if project.init.replace(template.clone()).is_some() {
-                    problems.push(format!("{}: a second `init=` for {name}", block.place()));
-                }
+            if let Some(template) = block.attrs.get("init")
+                && project.init.replace(template.clone()).is_some()
+            {
+                problems.push(format!("{}: a second `init=` for {name}", block.place()));
             }
             match (block.lang.as_str(), block.attrs.get("file")) {
                 ("console", None) => project.sessions.push((block.place(), block.text.clone())),
