@@ -409,3 +409,54 @@ async fn a_chain_of_service_calls_may_nest_sixteen_deep_and_no_deeper() {
     // The request itself and the 16 nested calls ran; the 17th did not.
     assert_eq!(runs.0.load(std::sync::atomic::Ordering::SeqCst), 17);
 }
+
+/// Whether this kernel has `PAGEMAP_SCAN` (Linux 6.7), without which
+/// wasmtime keeps the first `keep_resident_bytes` of every memory whatever
+/// was dirtied.
+fn kernel_has_pagemap_scan() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 7)
+}
+
+#[tokio::test]
+async fn an_instance_that_dirtied_more_than_keep_resident_leaves_its_slot_holding_nothing() {
+    if !kernel_has_pagemap_scan() {
+        eprintln!("skipped: no PAGEMAP_SCAN (Linux before 6.7)");
+        return;
+    }
+    let host = Host::new();
+    let keep = EngineOptions::new("unused").keep_resident_bytes;
+    let worker = host.load(
+        "limits",
+        isola_test_programs::LIMITS,
+        &limited(200, 5000, 32),
+    );
+    let resident = || {
+        host.engine
+            .engine()
+            .pooling_allocator_metrics()
+            .expect("a pooling allocator")
+            .unused_memory_bytes_resident()
+    };
+    let small = |label: &'static str| {
+        let worker = &worker;
+        async move {
+            let (status, ..) = read(get(worker, "/checksum?iters=1000").await).await;
+            assert_eq!(status, 200, "{label}");
+            let kept = resident();
+            // A small instance's dirty pages stay resident in its slot, so
+            // that the next instance there starts without page faults.
+            assert!(kept > 0 && kept < keep, "{label}: {kept} bytes kept");
+        }
+    };
+    small("before the bomb").await;
+    // The bomb grows its memory to the 32 MiB limit, dirtying all of it,
+    // in the same (module-affine) slot; its pages are all let go.
+    let (status, reason, ..) = read(get(&worker, "/memory-bomb").await).await;
+    assert_eq!((status, reason.as_deref()), (503, Some("memory-limit")));
+    assert_eq!(resident(), 0, "bytes kept after the memory bomb");
+    small("after the bomb").await;
+}

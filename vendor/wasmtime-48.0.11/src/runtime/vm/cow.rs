@@ -587,7 +587,7 @@ impl MemoryImageSlot {
         &mut self,
         pagemap: Option<&PageMap>,
         keep_resident: HostAlignedByteCount,
-        decommit: impl FnMut(*mut u8, usize),
+        mut decommit: impl FnMut(*mut u8, usize),
     ) -> usize {
         assert_eq!(
             vm::decommit_behavior(),
@@ -595,7 +595,7 @@ impl MemoryImageSlot {
         );
 
         unsafe {
-            return match &self.image {
+            let bytes_resident = match &self.image {
                 // If there's a backing image then manually resetting a region
                 // is a bit trickier than without an image, so delegate to the
                 // helper function below.
@@ -605,7 +605,7 @@ impl MemoryImageSlot {
                     self.accessible,
                     keep_resident,
                     |region| manually_reset_region(self.base.as_mut_ptr().addr(), image, region),
-                    decommit,
+                    &mut decommit,
                 ),
 
                 // If there's no memory image for this slot then pages are always
@@ -616,9 +616,26 @@ impl MemoryImageSlot {
                     self.accessible,
                     keep_resident,
                     |region| region.fill(0),
-                    decommit,
+                    &mut decommit,
                 ),
             };
+            // Isola: keep pages resident only for an instance whose dirty
+            // pages fit within `keep_resident`. The scan stops once it has
+            // reset that many, so reaching it means the instance dirtied at
+            // least that much (a memory-hungry request, a guest at its
+            // memory limit): decommit all of it rather than keep the first
+            // `keep_resident` bytes, so that such instances do not leave
+            // every slot they used holding that much for the life of the
+            // process. Without PAGEMAP_SCAN the fallback keeps the first
+            // `keep_resident` bytes whatever was dirtied, as upstream does.
+            if pagemap.is_some()
+                && !keep_resident.is_zero()
+                && bytes_resident >= keep_resident.byte_count()
+            {
+                decommit(self.base.as_mut_ptr(), self.accessible.byte_count());
+                return 0;
+            }
+            return bytes_resident;
         }
 
         /// Manually resets `region` back to its original contents as specified
