@@ -242,7 +242,10 @@ fn engine_config(options: &EngineOptions) -> Config {
     // 48.0.11 resumes it until the budget is spent (vendor/README.md).
     //
     // What stays resident is bounded by the slots traffic has used, each
-    // keeping at most keep_resident_bytes. Capping wasmtime's warm free
+    // keeping less than keep_resident_bytes: the vendored wasmtime keeps
+    // nothing of an instance that dirtied that much or more (a memory bomb
+    // would otherwise pin 16 MiB in every slot it reached; a hello keeps
+    // 0.1-0.5 MiB; vendor/README.md, change 4). Capping wasmtime's warm free
     // slots (100 by default) at 16 was tried to lower that and made it
     // worse: the soak (bench/soak) grew to 376 MiB instead of 165, as new
     // instances went to cold slots instead of reusing warm ones, and
