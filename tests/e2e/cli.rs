@@ -95,28 +95,34 @@ fn bad_config_errors_name_file_line_and_key() {
                 "[server]\nlisten = \"127.0.0.1:0\"\ncolour = \"blue\"\n{}",
                 worker("w", hello, &["/*"])
             ),
-            ":3:1: unknown field `colour`",
+            ":3:1",
+            "unknown field `colour`",
         ),
         (
             worker("w", hello, &["/api/*", "/a*b"]),
-            ":4:21: worker[0].routes: bad route pattern `/a*b`",
+            ":4:21",
+            "worker[0].routes: bad route pattern `/a*b`",
         ),
         (
             worker("w", "does-not-exist.wasm", &["/*"]),
-            ":3:13: worker[0].component: component file not found",
+            ":3:13",
+            "worker[0].component: component file not found",
         ),
         (
             format!("{}cpu_ms = \"lots\"\n", worker("w", hello, &["/*"])),
-            ":5:10: invalid type: string \"lots\", expected u64",
+            ":5:10",
+            "invalid type: string \"lots\", expected u64",
         ),
     ];
-    for (text, expected) in cases {
+    for (text, place, message) in cases {
         let project = Project::new(&text);
         for command in ["check", "serve"] {
             let output = run_isola(&[command, project.config().to_str().unwrap()]);
             let stderr = stderr_of(&output);
             assert_eq!(output.status.code(), Some(1), "{stderr}");
-            let located = format!("{}{expected}", project.config().display());
+            // `check` labels each error as a compiler does.
+            let label = if command == "check" { " error:" } else { "" };
+            let located = format!("{}{place}:{label} {message}", project.config().display());
             assert!(
                 stderr.contains(&located),
                 "expected {located:?} in:\n{stderr}"
@@ -124,6 +130,119 @@ fn bad_config_errors_name_file_line_and_key() {
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
+}
+
+/// Eight independent errors of eight kinds: `check` reports each at its
+/// file:line:column, in file order, then how many, and exits 1; `serve`
+/// refuses the same config with the same errors. Once fixed, `check`
+/// passes without a word on stderr.
+#[test]
+fn check_reports_every_config_error_at_once() {
+    let hello = guests::EXAMPLE_HELLO;
+    let secret = "ISOLA_E2E_CHECK_NEVER_SET";
+    let broken = format!(
+        "[server]
+listen = \"127.0.0.1:0\"
+colour = \"blue\"
+[[worker]]
+name = \"hello\"
+component = {hello:?}
+routes = [\"/api/*\", \"/a*b\"]
+cpu_ms = \"lots\"
+secrets = [\"{secret}\"]
+[worker.triggers]
+crons = [\"61 * * * *\"]
+[[worker]]
+name = \"other\"
+component = \"missing.wasm\"
+routes = [\"/api/*\"]
+services = [{{ binding = \"AUTH\", service = \"nobody\" }}]
+"
+    );
+    let project = Project::new(&broken);
+    let config = project.config();
+    let file = config.display();
+    let expected = [
+        // serde lists every `[server]` key after this.
+        format!("{file}:3:1: error: unknown field `colour`, expected one of `listen`, "),
+        format!(
+            "{file}:7:21: error: worker[0].routes: bad route pattern `/a*b`: `*` may only end the path"
+        ),
+        format!("{file}:8:10: error: invalid type: string \"lots\", expected u64"),
+        format!(
+            "{file}:9:12: error: worker[0].secrets: secret `{secret}` has no value: set $ISOLA_SECRET_{secret} or add `{secret}=...` to {}",
+            project.path(".dev.vars").display()
+        ),
+        format!(
+            "{file}:11:10: error: worker[0].triggers.crons: `61 * * * *` is not a valid cron expression: Component error: Number out of bounds."
+        ),
+        format!(
+            "{file}:14:13: error: worker[1].component: component file not found: {}",
+            project.path("missing.wasm").display()
+        ),
+        format!(
+            "{file}:15:11: error: worker[1].routes: route `/api/*` is already used by worker `hello`"
+        ),
+        format!("{file}:16:43: error: worker[1].services: no worker is named `nobody`"),
+    ];
+
+    let output = run_isola(&["check", config.to_str().unwrap()]);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "{stderr}");
+    let reported: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&file.to_string()))
+        .collect();
+    assert_eq!(reported.len(), expected.len(), "{stderr}");
+    for (line, expected) in reported.iter().zip(&expected) {
+        let exact = !expected.ends_with(", ");
+        assert!(
+            if exact {
+                line == expected
+            } else {
+                line.starts_with(expected.as_str())
+            },
+            "got      {line}\nexpected {expected}\nin:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().last(), Some("error: 8 errors"), "{stderr}");
+
+    // `serve` reads the config with the same loader: the same errors.
+    let output = run_isola(&["serve", config.to_str().unwrap()]);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in &expected {
+        let plain = expected.replacen(": error: ", ": ", 1);
+        assert!(stderr.contains(&plain), "expected {plain:?} in:\n{stderr}");
+    }
+
+    let fixed = format!(
+        "[server]
+listen = \"127.0.0.1:0\"
+[[worker]]
+name = \"hello\"
+component = {hello:?}
+routes = [\"/api/*\"]
+cpu_ms = 50
+secrets = [\"{secret}\"]
+[[worker]]
+name = \"other\"
+component = {hello:?}
+routes = [\"/other/*\"]
+services = [{{ binding = \"AUTH\", service = \"hello\" }}]
+"
+    );
+    std::fs::write(&config, fixed).unwrap();
+    std::fs::write(project.path(".dev.vars"), format!("{secret}=s3cret\n")).unwrap();
+    let output = run_isola(&["check", config.to_str().unwrap()]);
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("{file}: ok (2 workers)\n")
+    );
 }
 
 #[test]

@@ -548,7 +548,21 @@ fn compile(inputs: &[PathBuf], state_dir: &Path) -> Result<()> {
 }
 
 fn check(input: &Path, state_dir: &Path) -> Result<()> {
-    for config in configs_for(std::slice::from_ref(&input.to_owned()), state_dir)? {
+    let configs = match configs_for(std::slice::from_ref(&input.to_owned()), state_dir) {
+        Ok(configs) => configs,
+        Err(e) => match e.downcast_ref::<isola_config::ConfigErrors>() {
+            // As a compiler reports them: one per line, then how many.
+            Some(errors) => {
+                for error in errors.iter() {
+                    eprintln!("{}", error.diagnostic());
+                }
+                let plural = if errors.len() == 1 { "" } else { "s" };
+                bail!("{} error{plural}", errors.len());
+            }
+            None => return Err(e),
+        },
+    };
+    for config in configs {
         let engine = engine_for(&config)?;
         load_workers(&engine, &config.workers, &backends_for(&config)?, &())?;
         println!(
