@@ -350,57 +350,71 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
-        let mut child = as_postgres(&postgres)
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .args(&ssl)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting postgres");
-        wait_for_port(port, "postgres", &mut child);
-        // Listening comes before accepting queries: wait for a real one.
+        // free_port's port can be taken by another test's server before
+        // postgres binds it; postgres then exits, and what answers on the
+        // port is that other server. So: another port, a few times.
         let psql = require("psql", "apt-get install postgresql-client");
-        let start = Instant::now();
-        loop {
-            let ok = Command::new(&psql)
-                // Over the socket when TCP wants a client certificate.
-                .arg("-h")
-                .arg(if client_certs {
-                    dir.path()
-                } else {
-                    Path::new("127.0.0.1")
-                })
-                .args(["-p", &port.to_string(), "-U", "isola"])
-                .args(["-d", "postgres", "-c", "SELECT 1", "-q"])
+        let mut attempts = 0;
+        let (child, port) = loop {
+            attempts += 1;
+            let port = free_port();
+            let mut child = as_postgres(&postgres)
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(dir.path())
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ])
+                .args(&ssl)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
+                .spawn()
+                .expect("starting postgres");
+            wait_for_port(port, "postgres", &mut child);
+            // Listening comes before accepting queries: wait for a real one.
+            let start = Instant::now();
+            let answered = loop {
+                let ok = Command::new(&psql)
+                    // Over the socket when TCP wants a client certificate.
+                    .arg("-h")
+                    .arg(if client_certs {
+                        dir.path()
+                    } else {
+                        Path::new("127.0.0.1")
+                    })
+                    .args(["-p", &port.to_string(), "-U", "isola"])
+                    .args(["-d", "postgres", "-c", "SELECT 1", "-q"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break true;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "postgres did not answer within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if answered {
+                break (child, port);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "postgres did not answer within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            assert!(attempts < 5, "postgres exited at start-up {attempts} times");
+        };
         Postgres {
             child: Some(child),
             port,
