@@ -96,11 +96,13 @@ impl Kind {
     }
 }
 
-/// A hostile request: its name, the status and `x-isola-error` it must get.
+/// A hostile request: its name, the status and `x-isola-error` it must get
+/// (or one of `or_else`, as "503 cpu-limit").
 struct Hostile {
     name: &'static str,
     status: u16,
     error: &'static str,
+    or_else: &'static [&'static str],
 }
 
 /// The sleep asks for 5 s under `wall_ms = 1000`: its answer must come by
@@ -113,36 +115,47 @@ const HOSTILE: [Hostile; 7] = [
         name: "CPU spin",
         status: 503,
         error: "cpu-limit",
+        or_else: &[],
     },
     Hostile {
         name: "memory bomb",
         status: 503,
         error: "memory-limit",
+        // Its page faults are its CPU time: a bomb whose slot kept no pages
+        // (vendor/README.md, change 4) faults in all 32 MiB, and on a
+        // loaded machine that can cross `cpu_ms` before `memory_mb`. Either
+        // limit refuses it.
+        or_else: &["503 cpu-limit"],
     },
     Hostile {
         name: "unreachable",
         status: 500,
         error: "exception",
+        or_else: &[],
     },
     Hostile {
         name: "stack overflow",
         status: 500,
         error: "exception",
+        or_else: &[],
     },
     Hostile {
         name: "sleep past wall_ms",
         status: 504,
         error: "wall-limit",
+        or_else: &[],
     },
     Hostile {
         name: "20 KB header",
         status: 431,
         error: "header-size",
+        or_else: &[],
     },
     Hostile {
         name: "2 MiB body",
         status: 413,
         error: "body-size",
+        or_else: &[],
     },
 ];
 
@@ -927,7 +940,11 @@ memory_mb = 32
             .collect();
         hostile_unexpected += answers
             .iter()
-            .filter(|(outcome, _)| **outcome != expected && *outcome != "transport error")
+            .filter(|(outcome, _)| {
+                **outcome != expected
+                    && *outcome != "transport error"
+                    && !hostile.or_else.contains(&outcome.as_str())
+            })
             .map(|(_, count)| count)
             .sum::<u64>();
         let slowest = stats
@@ -936,9 +953,13 @@ memory_mb = 32
             .copied()
             .unwrap_or_default();
         hostile_late |= case == SLEEP_CASE && slowest > WALL_LIMITED_WITHIN;
+        let shown = std::iter::once(expected.as_str())
+            .chain(hostile.or_else.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" or ");
         let _ = writeln!(
             out,
-            "| {} | {expected} | {} | {:.0} |",
+            "| {} | {shown} | {} | {:.0} |",
             hostile.name,
             text.join(", "),
             slowest.as_secs_f64() * 1e3
