@@ -8,6 +8,15 @@
 //! to a temporary file and renamed, so readers never see half an entry.
 //! `digests/` remembers which digest a component file had, by the file's
 //! identity (see `FileIdentity`), so a warm start need not hash it again.
+//!
+//! With `reuse_code` (`isola dev`), the cache also remembers the last wasm
+//! it compiled or loaded for each path and that wasm's entry. When the path's
+//! next component differs from it only in the contents of core modules'
+//! data sections (`differs_only_in_data`: a JS worker's edit, whose build
+//! changes nothing but the Wizer snapshot's data), its artifact is made from
+//! the last one's machine code (the vendored wasmtime's
+//! `Engine::precompile_component_reusing_code`) instead of compiled: the
+//! same artifact, without translating and hashing every function again.
 
 use std::collections::HashMap;
 use std::fs;
@@ -52,6 +61,9 @@ pub struct CacheStats {
     pub discarded: u64,
     /// Loads that found the file's digest by its identity, without reading it.
     pub remembered_digests: u64,
+    /// Of `compiled`, the artifacts made from a path's last one's code
+    /// (`EngineOptions::reuse_code`).
+    pub reused_code: u64,
 }
 
 type Slot = Arc<Mutex<Option<Component>>>;
@@ -70,9 +82,20 @@ pub struct CompileCache {
     compiled: AtomicU64,
     discarded: AtomicU64,
     remembered_digests: AtomicU64,
+    reused_code: AtomicU64,
     /// How long a component file must have been left alone before its
     /// digest is remembered (see [`FileIdentity`]).
     settle: Duration,
+    /// With `reuse_code`: each path's last component (see the module's
+    /// documentation).
+    previous: Option<Mutex<HashMap<PathBuf, Previous>>>,
+}
+
+/// A path's last component: its wasm (as compiled, after `adapt`) and the
+/// cache entry holding its artifact.
+struct Previous {
+    wasm: Arc<Vec<u8>>,
+    entry: PathBuf,
 }
 
 impl CompileCache {
@@ -91,8 +114,16 @@ impl CompileCache {
             compiled: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             remembered_digests: AtomicU64::new(0),
+            reused_code: AtomicU64::new(0),
             settle: Duration::from_secs(2),
+            previous: None,
         })
+    }
+
+    /// Turn on or off making artifacts from a path's last one when only data
+    /// changed (`EngineOptions::reuse_code`).
+    pub(crate) fn reuse_code(&mut self, on: bool) {
+        self.previous = on.then(Mutex::default);
     }
 
     pub fn dir(&self) -> &Path {
@@ -106,6 +137,7 @@ impl CompileCache {
             compiled: self.compiled.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
             remembered_digests: self.remembered_digests.load(Ordering::Relaxed),
+            reused_code: self.reused_code.load(Ordering::Relaxed),
         }
     }
 
@@ -130,7 +162,9 @@ impl CompileCache {
             source,
         };
         let identity = FileIdentity::of(&path).map_err(read_error)?;
-        if let Some(digest) = self.remembered_digest(&path, identity.as_ref())
+        // Reusing code needs the wasm of every load, so the file is read.
+        if self.previous.is_none()
+            && let Some(digest) = self.remembered_digest(&path, identity.as_ref())
             && let Some(loaded) = self.lookup(engine, &path, digest, None)?
         {
             self.remembered_digests.fetch_add(1, Ordering::Relaxed);
@@ -175,6 +209,12 @@ impl CompileCache {
         let mut slot = slot.lock().expect("compile cache slot poisoned");
         if let Some(component) = slot.as_ref() {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(wasm) = wasm
+                && self.previous.is_some()
+                && let Ok(wasm) = crate::adapt::as_component(path, wasm)
+            {
+                self.remember_previous(path, &wasm, &self.entry_path_for(&digest));
+            }
             return Ok(Some(LoadedComponent {
                 component: component.clone(),
                 outcome: CacheOutcome::Memory,
@@ -186,6 +226,12 @@ impl CompileCache {
             Some(component) => {
                 self.disk_hits.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(component = %path.display(), entry = %entry.display(), "compile cache hit");
+                if let Some(wasm) = wasm
+                    && self.previous.is_some()
+                    && let Ok(wasm) = crate::adapt::as_component(path, wasm)
+                {
+                    self.remember_previous(path, &wasm, &entry);
+                }
                 (component, CacheOutcome::Disk)
             }
             None => {
@@ -202,19 +248,25 @@ impl CompileCache {
                 // The entry stays under the digest of the file as given, so
                 // a core module is adapted only when it is compiled.
                 let wasm = crate::adapt::as_component(path, wasm)?;
-                let artifact =
-                    engine
-                        .precompile_component(&wasm)
-                        .map_err(|e| EngineError::Compile {
-                            path: path.to_owned(),
-                            reason: format!("{e:#}"),
-                        })?;
+                let compile_error = |e: wasmtime::Error| EngineError::Compile {
+                    path: path.to_owned(),
+                    reason: format!("{e:#}"),
+                };
+                let reused = self.reuse_previous_code(engine, path, &wasm);
+                let artifact = match &reused {
+                    Some(artifact) => artifact.clone(),
+                    None => engine.precompile_component(&wasm).map_err(compile_error)?,
+                };
                 self.compiled.fetch_add(1, Ordering::Relaxed);
+                if reused.is_some() {
+                    self.reused_code.fetch_add(1, Ordering::Relaxed);
+                }
                 release_freed_heap();
                 tracing::info!(
                     component = %path.display(),
                     entry = %entry.display(),
                     compile_ms = started.elapsed().as_millis() as u64,
+                    reused_code = reused.is_some(),
                     "compile cache miss: compiled"
                 );
                 if let Err(e) = write_entry(&entry, &artifact) {
@@ -222,12 +274,22 @@ impl CompileCache {
                     // next time; it must not stop the worker from serving.
                     tracing::warn!(entry = %entry.display(), "cannot write compile cache entry: {e}");
                 }
-                let component = deserialize_artifact(engine, &entry, &artifact).map_err(|e| {
-                    EngineError::Compile {
-                        path: path.to_owned(),
-                        reason: format!("{e:#}"),
+                let component = match deserialize_artifact(engine, &entry, &artifact) {
+                    Ok(component) => component,
+                    // An artifact made from another's code that does not
+                    // load: compile after all (never expected).
+                    Err(e) if reused.is_some() => {
+                        tracing::warn!(component = %path.display(), "the artifact made from the last one's code does not load ({e:#}); compiling");
+                        let _ = fs::remove_file(&entry);
+                        let artifact = engine.precompile_component(&wasm).map_err(compile_error)?;
+                        if let Err(e) = write_entry(&entry, &artifact) {
+                            tracing::warn!(entry = %entry.display(), "cannot write compile cache entry: {e}");
+                        }
+                        deserialize_artifact(engine, &entry, &artifact).map_err(compile_error)?
                     }
-                })?;
+                    Err(e) => return Err(compile_error(e)),
+                };
+                self.remember_previous(path, &wasm, &entry);
                 (component, CacheOutcome::Compiled)
             }
         };
@@ -237,6 +299,49 @@ impl CompileCache {
             outcome,
             digest,
         }))
+    }
+
+    /// With `reuse_code`: the artifact of `wasm` made from the last one
+    /// compiled or loaded for `path`, if the two differ only in their core
+    /// modules' data and that works; `None` (compile it) otherwise.
+    fn reuse_previous_code(&self, engine: &Engine, path: &Path, wasm: &[u8]) -> Option<Vec<u8>> {
+        let (previous_wasm, previous_entry) = {
+            let previous = self.previous.as_ref()?.lock().expect("previous lock");
+            let previous = previous.get(path)?;
+            (previous.wasm.clone(), previous.entry.clone())
+        };
+        if !differs_only_in_data(&previous_wasm, wasm) {
+            return None;
+        }
+        let reused = read_entry(&previous_entry).and_then(|base| {
+            engine
+                .precompile_component_reusing_code(wasm, &base)
+                .map_err(|e| format!("{e:#}"))
+        });
+        match reused {
+            Ok(artifact) => Some(artifact),
+            Err(reason) => {
+                tracing::info!(component = %path.display(), %reason, "cannot reuse the last compile's code; compiling");
+                None
+            }
+        }
+    }
+
+    fn remember_previous(&self, path: &Path, wasm: &[u8], entry: &Path) {
+        let Some(previous) = &self.previous else {
+            return;
+        };
+        let mut previous = previous.lock().expect("previous lock");
+        if previous.get(path).is_some_and(|p| *p.wasm == wasm) {
+            return;
+        }
+        previous.insert(
+            path.to_owned(),
+            Previous {
+                wasm: Arc::new(wasm.to_vec()),
+                entry: entry.to_owned(),
+            },
+        );
     }
 
     /// The digest recorded for the file at `path`, if the file still is
@@ -353,6 +458,74 @@ fn verify_checksum(entry: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err("checksum mismatch (truncated or corrupted)".into())
+    }
+}
+
+/// An entry's artifact, read whole and checked against its checksum.
+fn read_entry(entry: &Path) -> Result<Vec<u8>, String> {
+    let expected = fs::read_to_string(checksum_path(entry))
+        .map_err(|e| format!("missing checksum file: {e}"))?;
+    let artifact = fs::read(entry).map_err(|e| format!("unreadable: {e}"))?;
+    if checksum_line(crc32fast::hash(&artifact), artifact.len() as u64) == expected {
+        Ok(artifact)
+    } else {
+        Err("checksum mismatch (truncated or corrupted)".into())
+    }
+}
+
+/// Whether the binary components `old` and `new` differ only in the
+/// contents of core modules' data sections: every other section (custom
+/// ones too), in every nested module and component, byte for byte the same
+/// and in the same order. The sizes of the sections holding a changed data
+/// section (and so the offsets of what follows) may differ.
+pub(crate) fn differs_only_in_data(old: &[u8], new: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    if !Parser::is_component(old) || !Parser::is_component(new) {
+        return false;
+    }
+    let mut old_payloads = Parser::new(0).parse_all(old);
+    let mut new_payloads = Parser::new(0).parse_all(new);
+    let mut data_differs = false;
+    loop {
+        let (a, b) = match (old_payloads.next(), new_payloads.next()) {
+            (None, None) => return data_differs,
+            (Some(Ok(a)), Some(Ok(b))) => (a, b),
+            _ => return false,
+        };
+        if std::mem::discriminant(&a) != std::mem::discriminant(&b) {
+            return false;
+        }
+        let same = match (&a, &b) {
+            (Payload::DataSection(a), Payload::DataSection(b)) => {
+                data_differs |= old.get(a.range()) != new.get(b.range());
+                true
+            }
+            // Their contents come as the payloads that follow.
+            (Payload::ModuleSection { .. }, Payload::ModuleSection { .. })
+            | (Payload::ComponentSection { .. }, Payload::ComponentSection { .. }) => true,
+            // Within the code section, compared whole at its start.
+            (Payload::CodeSectionEntry(_), Payload::CodeSectionEntry(_)) => true,
+            (
+                Payload::Version {
+                    num: a,
+                    encoding: x,
+                    ..
+                },
+                Payload::Version {
+                    num: b,
+                    encoding: y,
+                    ..
+                },
+            ) => a == b && x == y,
+            (Payload::End(_), Payload::End(_)) => true,
+            _ => match (a.as_section(), b.as_section()) {
+                (Some((x, a)), Some((y, b))) => x == y && old.get(a) == new.get(b),
+                _ => false,
+            },
+        };
+        if !same {
+            return false;
+        }
     }
 }
 
@@ -694,5 +867,202 @@ mod tests {
         assert!(check_is_wasm(path, EMPTY_COMPONENT).is_ok());
         // Core modules are adapted when compiled.
         assert!(check_is_wasm(path, b"\0asm\x01\0\0\0").is_ok());
+    }
+
+    /// A component of two core modules, each with a memory, a data segment
+    /// and functions (one called through a table), differing between
+    /// calls only in `data_a` (whose length moves module `b`'s code) and
+    /// `data_b`; `extra` adds a function to `b`.
+    fn two_module_component(data_a: &str, data_b: &str, extra: bool) -> Vec<u8> {
+        let extra = if extra {
+            "(func (export \"extra\"))"
+        } else {
+            ""
+        };
+        wat::parse_str(format!(
+            r#"(component
+              (core module $a
+                (memory (export "memory") 1)
+                (type $t (func (result i32)))
+                (table 2 funcref)
+                (elem (i32.const 0) $one $two)
+                (data (i32.const 16) "{data_a}")
+                (func $one (result i32) i32.const 16 i32.load)
+                (func $two (result i32) i32.const 20 i32.load)
+                (func (export "get") (result i32)
+                  (call_indirect (type $t) (i32.const 0))
+                  (call_indirect (type $t) (i32.const 1))
+                  i32.add)
+                (func (export "boom") unreachable))
+              (core module $b
+                (memory 1)
+                (data (i32.const 0) "{data_b}")
+                (func (export "get") (result i32) i32.const 0 i32.load)
+                (func (export "boom") (call $deeper))
+                (func $deeper unreachable)
+                {extra})
+              (core instance $ia (instantiate $a))
+              (core instance $ib (instantiate $b))
+              (func (export "a") (result u32) (canon lift (core func $ia "get")))
+              (func (export "b") (result u32) (canon lift (core func $ib "get")))
+              (func (export "boom-b") (canon lift (core func $ib "boom"))))"#
+        ))
+        .unwrap()
+    }
+
+    fn le(bytes: &[u8]) -> u32 {
+        u32::from_le_bytes(bytes[..4].try_into().unwrap())
+    }
+
+    /// The ELF sections of an artifact, by name, in order.
+    fn sections(artifact: &[u8]) -> Vec<(String, Vec<u8>)> {
+        use object::{Object as _, ObjectSection as _};
+        let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(artifact).unwrap();
+        elf.sections()
+            .map(|s| (s.name().unwrap().to_owned(), s.data().unwrap().to_vec()))
+            .collect()
+    }
+
+    fn call(engine: &Engine, artifact: &[u8], export: &str) -> Result<u32, String> {
+        // SAFETY: made by this engine's precompile functions in this test.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(engine, artifact) }.unwrap();
+        let linker = wasmtime::component::Linker::<()>::new(engine);
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_fuel(u64::MAX).unwrap();
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        if export == "boom-b" {
+            let f = instance
+                .get_typed_func::<(), ()>(&mut store, export)
+                .unwrap();
+            let trap = f.call(&mut store, ()).unwrap_err();
+            let frames = trap.downcast_ref::<wasmtime::WasmBacktrace>().unwrap();
+            return Err(format!("{frames}"));
+        }
+        let f = instance
+            .get_typed_func::<(), (u32,)>(&mut store, export)
+            .unwrap();
+        Ok(f.call(&mut store, ()).unwrap().0)
+    }
+
+    #[test]
+    fn an_artifact_made_from_anothers_code_is_the_one_compiled() {
+        let engine = engine();
+        let old = two_module_component("abcdefgh", "wxyz", false);
+        // Longer data in `a`: `b`'s code moves; other data in `b`.
+        let new = two_module_component("ABCDEFGHijklmnopqrstuvwxyz0123456789", "WXYZ", false);
+        assert!(differs_only_in_data(&old, &new));
+        let base = engine.precompile_component(&old).unwrap();
+        let fresh = engine.precompile_component(&new).unwrap();
+        let reused = engine
+            .precompile_component_reusing_code(&new, &base)
+            .unwrap();
+        let (fresh_sections, reused_sections) = (sections(&fresh), sections(&reused));
+        let names = |s: &[(String, Vec<u8>)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&fresh_sections), names(&reused_sections));
+        for ((name, fresh), (_, reused)) in fresh_sections.iter().zip(&reused_sections) {
+            assert!(fresh == reused, "section {name} differs");
+        }
+        assert!(
+            fresh == reused,
+            "the artifacts differ outside their sections"
+        );
+
+        assert_eq!(call(&engine, &reused, "a"), Ok(le(b"ABCD") + le(b"EFGH")));
+        assert_eq!(call(&engine, &reused, "b"), Ok(le(b"WXYZ")));
+        assert_eq!(call(&engine, &base, "a"), Ok(le(b"abcd") + le(b"efgh")));
+        // The trap's frames as a fresh compile gives them.
+        let trap = call(&engine, &reused, "boom-b").unwrap_err();
+        assert!(trap.contains("b!deeper"), "{trap}");
+        assert_eq!(trap, call(&engine, &fresh, "boom-b").unwrap_err());
+
+        // Nothing moved: the same, too.
+        let same_length = two_module_component("ABCDEFGH", "WXYZ", false);
+        let reused = engine
+            .precompile_component_reusing_code(&same_length, &base)
+            .unwrap();
+        assert!(reused == engine.precompile_component(&same_length).unwrap());
+    }
+
+    #[test]
+    fn code_is_reused_only_when_data_alone_differs() {
+        let engine = engine();
+        let old = two_module_component("abcdefgh", "wxyz", false);
+        let base = engine.precompile_component(&old).unwrap();
+        // Another function: refused by the check and by wasmtime.
+        let extra = two_module_component("abcdefgh", "wxyz", true);
+        assert!(!differs_only_in_data(&old, &extra));
+        assert!(
+            engine
+                .precompile_component_reusing_code(&extra, &base)
+                .is_err()
+        );
+        // Other code, same shape: refused by the check.
+        let mut changed = old.clone();
+        let at = changed
+            .windows(3)
+            .position(|w| w == [0x41, 0x10, 0x28]) // i32.const 16; i32.load
+            .unwrap();
+        changed[at + 1] = 0x11;
+        assert!(!differs_only_in_data(&old, &changed));
+        // Identical binaries, text, core modules and garbage are not it.
+        assert!(!differs_only_in_data(&old, &old));
+        assert!(!differs_only_in_data(EMPTY_COMPONENT, EMPTY_COMPONENT));
+        assert!(!differs_only_in_data(&old, b"\0asm\x01\0\0\0"));
+        assert!(!differs_only_in_data(&old, &old[..old.len() / 2]));
+        // Not an artifact.
+        assert!(
+            engine
+                .precompile_component_reusing_code(&old, b"nope")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_cache_reuses_a_paths_last_code_when_data_alone_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let mut cache = CompileCache::open(&engine, dir.path()).unwrap();
+        cache.reuse_code(true);
+        let path = Path::new("worker.wasm");
+        let old = two_module_component("abcdefgh", "wxyz", false);
+        let new = two_module_component("ABCDEFGHIJ", "WXYZ", false);
+        let extra = two_module_component("abcdefgh", "wxyz", true);
+        assert_eq!(
+            cache.load(&engine, path, &old).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(cache.stats().reused_code, 0);
+        assert_eq!(
+            cache.load(&engine, path, &new).unwrap().outcome,
+            CacheOutcome::Compiled
+        );
+        assert_eq!(cache.stats().reused_code, 1);
+        assert!(
+            fs::read(cache.entry_path(&new)).unwrap() == engine.precompile_component(&new).unwrap()
+        );
+        // Code changed: compiled.
+        cache.load(&engine, path, &extra).unwrap();
+        assert_eq!((cache.stats().compiled, cache.stats().reused_code), (3, 1));
+        // Another path's last component is not this one's.
+        let other = two_module_component("0123", "wxyz", false);
+        cache
+            .load(&engine, Path::new("other.wasm"), &other)
+            .unwrap();
+        assert_eq!(cache.stats().reused_code, 1);
+        // A damaged last entry: compiled.
+        flip_middle_byte(&cache.entry_path(&other));
+        let again = two_module_component("01234", "wxyz", false);
+        cache
+            .load(&engine, Path::new("other.wasm"), &again)
+            .unwrap();
+        assert_eq!(cache.stats().reused_code, 1);
+
+        // Without the option nothing is reused.
+        let plain = CompileCache::open(&engine, &dir.path().join("plain")).unwrap();
+        plain.load(&engine, path, &old).unwrap();
+        plain.load(&engine, path, &new).unwrap();
+        assert_eq!(plain.stats().reused_code, 0);
     }
 }

@@ -70,6 +70,13 @@ pub struct EngineOptions {
     /// How long a run waits for one of the `max_instances` slots before it
     /// is refused as overloaded.
     pub queue_timeout: Duration,
+    /// Remember each component file's last compiled wasm and artifact, and
+    /// when the file's next component differs from it only in its core
+    /// modules' data (a JS worker's edit: a new Wizer snapshot of the same
+    /// engine), make its artifact from the last one's machine code instead
+    /// of compiling (see `cache`). `isola dev` sets it; it keeps a copy of
+    /// each component's wasm in memory.
+    pub reuse_code: bool,
 }
 
 impl EngineOptions {
@@ -81,6 +88,7 @@ impl EngineOptions {
             consume_fuel: true,
             keep_resident_bytes: 16 << 20,
             queue_timeout: Duration::from_millis(500),
+            reuse_code: false,
         }
     }
 }
@@ -157,7 +165,8 @@ impl IsolaEngine {
                  addresses up on every use, as upstream does (for tests)"
             );
         }
-        let cache = CompileCache::open(&engine, &options.cache_dir)?;
+        let mut cache = CompileCache::open(&engine, &options.cache_dir)?;
+        cache.reuse_code(options.reuse_code);
         spawn_epoch_ticker(&engine);
         Ok(IsolaEngine {
             engine,

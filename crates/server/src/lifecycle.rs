@@ -17,7 +17,7 @@ use crate::admin::{Admin, AdminOptions, Reloader};
 use crate::app::App;
 use crate::listener::{Server, shutdown_signal};
 use crate::load::{
-    Progress, backends_for, engine_for, largest_memory_mb, load_workers, outbound_client_for,
+    Progress, backends_for, engine_options, largest_memory_mb, load_workers, outbound_client_for,
 };
 use crate::profiles::ProfileStore;
 use crate::telemetry::Telemetry;
@@ -212,7 +212,11 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
         read_config,
         progress,
     } = options;
-    let engine = engine_for(&config)?;
+    let mut engine_options = engine_options(&config)?;
+    // A JS worker's edit changes only its component's data: `isola dev`
+    // makes the new artifact from the last one's machine code.
+    engine_options.reuse_code = matches!(mode, Mode::Dev { .. });
+    let engine = IsolaEngine::new(&engine_options)?;
     let backends = backends_for(&config)?;
     outbound_client_for(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

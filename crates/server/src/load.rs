@@ -112,12 +112,17 @@ fn each_worker<T: Send>(
 /// The engine for `config`: its compile cache, and an instance pool sized
 /// for its largest worker.
 pub fn engine_for(config: &Config) -> Result<IsolaEngine> {
+    Ok(IsolaEngine::new(&engine_options(config)?)?)
+}
+
+/// The options of [`engine_for`]'s engine.
+pub(crate) fn engine_options(config: &Config) -> Result<EngineOptions> {
     let mut options = EngineOptions::new(config.server.cache_dir());
     options.max_instances = config.server.max_instances;
     options.queue_timeout = std::time::Duration::from_millis(config.server.queue_timeout_ms);
     options.max_memory_bytes =
         usize::try_from(largest_memory_mb(config) << 20).context("memory_mb too large")?;
-    Ok(IsolaEngine::new(&options)?)
+    Ok(options)
 }
 
 /// The largest `memory_mb` of `config`'s workers (128 without workers):

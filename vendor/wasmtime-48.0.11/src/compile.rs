@@ -39,6 +39,13 @@ use wasmtime_environ::{WasmChecksum, component::Translator};
 
 mod stratify;
 
+// Isola: an artifact that reuses another's compiled code
+// (`Engine::precompile_component_reusing_code`; Isola's vendor/README.md).
+#[cfg(feature = "component-model")]
+mod reuse_code;
+#[cfg(feature = "component-model")]
+pub(crate) use self::reuse_code::build_component_artifact_reusing_code;
+
 mod code_builder;
 pub use self::code_builder::{CodeBuilder, CodeHint, HashedEngineCompileEnv};
 

@@ -721,6 +721,33 @@ impl Engine {
             .compile_component_serialized()
     }
 
+    /// Isola: the artifact of the component `wasm`, made from
+    /// `base_artifact` (the artifact of another component, produced by
+    /// [`Engine::precompile_component`] of an engine with this one's
+    /// configuration) without compiling any function.
+    ///
+    /// `wasm` must differ from the component the base was compiled from
+    /// only in the contents of its core modules' data sections (the
+    /// caller's guarantee: check the bytes); its machine code is then the
+    /// base's. `wasm` is translated and validated as it would be for
+    /// [`Engine::precompile_component`], its modules' data and metadata
+    /// come from it, and the base's code and code tables are copied (source
+    /// positions shifted where a module's code moved). The result is the
+    /// artifact [`Engine::precompile_component`] would make of `wasm`.
+    ///
+    /// Fails when the two disagree in anything it checks (core modules,
+    /// functions, trampolines, types, the component's structure, the engine
+    /// that made the base), when the engine debugs or inlines, and when
+    /// `wasm` is not a valid binary component (text is not accepted).
+    #[cfg(feature = "component-model")]
+    pub fn precompile_component_reusing_code(
+        &self,
+        wasm: &[u8],
+        base_artifact: &[u8],
+    ) -> Result<Vec<u8>> {
+        crate::compile::build_component_artifact_reusing_code(self, wasm, base_artifact)
+    }
+
     /// Produces a blob of bytes by serializing the `engine`'s configuration data to
     /// be checked, perhaps in a different process, with the `check_compatible`
     /// method below.
