@@ -35,7 +35,7 @@ pub(crate) fn share_builds(project: &Path) {
 }
 
 /// `isola` for a guest build: no host flags leak into the wasm build.
-fn isola_in(dir: &Path) -> Command {
+pub(crate) fn isola_in(dir: &Path) -> Command {
     let mut command = isola();
     command
         .current_dir(dir)

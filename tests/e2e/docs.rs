@@ -36,10 +36,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, client, isola, stderr_of};
+use crate::dev::isola_in;
+use crate::support::{Server, client, stderr_of};
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -493,17 +493,6 @@ async fn answer_matches(server: &Server, curl: &Curl, expected: &str) -> Result<
         return Err(format!("body {body:?}, the docs say {expected_body:?}"));
     }
     Ok(())
-}
-
-/// `isola` in `dir`, with no host flags leaking into a guest build.
-fn isola_in(dir: &Path) -> Command {
-    let mut command = isola();
-    command
-        .current_dir(dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET");
-    command
 }
 
 const ISOLA_IN_SESSIONS: [&str; 7] = [
