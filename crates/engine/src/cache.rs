@@ -434,8 +434,6 @@ fn checksum_line(crc: u32, len: u64) -> String {
 
 fn verify_checksum(entry: &Path) -> Result<(), String> {
     use std::io::Read;
-    let expected = fs::read_to_string(checksum_path(entry))
-        .map_err(|e| format!("missing checksum file: {e}"))?;
     // Streamed through a small buffer: a JS artifact is ~45 MB, and reading
     // it whole took a fresh 45 MB of heap (page faults, then `munmap`) on
     // every start.
@@ -454,20 +452,23 @@ fn verify_checksum(entry: &Path) -> Result<(), String> {
             Err(e) => return Err(format!("unreadable: {e}")),
         }
     }
-    if checksum_line(crc.finalize(), len) == expected {
-        Ok(())
-    } else {
-        Err("checksum mismatch (truncated or corrupted)".into())
-    }
+    matches_recorded_checksum(entry, crc.finalize(), len)
 }
 
 /// An entry's artifact, read whole and checked against its checksum.
 fn read_entry(entry: &Path) -> Result<Vec<u8>, String> {
+    let artifact = fs::read(entry).map_err(|e| format!("unreadable: {e}"))?;
+    matches_recorded_checksum(entry, crc32fast::hash(&artifact), artifact.len() as u64)?;
+    Ok(artifact)
+}
+
+/// Whether `crc` and `len` are what was recorded beside `entry` when it was
+/// written.
+fn matches_recorded_checksum(entry: &Path, crc: u32, len: u64) -> Result<(), String> {
     let expected = fs::read_to_string(checksum_path(entry))
         .map_err(|e| format!("missing checksum file: {e}"))?;
-    let artifact = fs::read(entry).map_err(|e| format!("unreadable: {e}"))?;
-    if checksum_line(crc32fast::hash(&artifact), artifact.len() as u64) == expected {
-        Ok(artifact)
+    if checksum_line(crc, len) == expected {
+        Ok(())
     } else {
         Err("checksum mismatch (truncated or corrupted)".into())
     }
