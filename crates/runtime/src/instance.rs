@@ -15,7 +15,7 @@ use crate::body::Body;
 use crate::failure::{Failure, GuestError};
 use crate::outbound::Subrequests;
 use crate::profile;
-use crate::report::{Report, within_limits};
+use crate::report::{Metered, Report, within_limits};
 use crate::services::ServiceCalls;
 use crate::state::HostState;
 use crate::worker::{Reusable, Worker};
@@ -157,6 +157,7 @@ impl Worker {
         let task_report = report.clone();
         let responded = response_sent.clone();
         let (reuse, idle) = (inner.reuse, inner.idle.clone());
+        let mut store = Metered::new(store, fuel, task_report.clone());
         let guest = async move {
             let (reused_proxy, served) = match reused {
                 Some((proxy, served)) => (Some(proxy), served),
@@ -184,8 +185,6 @@ impl Worker {
                 result
             }
             .await;
-            let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-            task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             profile::finish(&mut store);
             let memory_limit_hit = store.data().run.memory_limit_hit;
             let panic = store.data().run.panic.get();
@@ -196,7 +195,7 @@ impl Worker {
             match kept_proxy {
                 Some(proxy) if clean && served + 1 < reuse => {
                     idle.lock().expect("idle lock").push(Reusable {
-                        store,
+                        store: store.into_inner(),
                         proxy,
                         served: served + 1,
                         slot,

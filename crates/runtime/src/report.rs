@@ -329,6 +329,82 @@ pub(crate) fn within_limits<T>(
     }
 }
 
+/// A run's store that writes the fuel it consumed to the run's report
+/// however the run ends. The CPU backstop and the wall limit end a run by
+/// dropping its guest future, store and all, mid-call: without this, such a
+/// run would report 0 fuel.
+pub(crate) struct Metered {
+    store: Option<wasmtime::Store<crate::state::HostState>>,
+    granted: u64,
+    report: Arc<Report>,
+}
+
+impl Metered {
+    /// `store`, armed with `granted` fuel, running for `report`.
+    pub fn new(
+        store: wasmtime::Store<crate::state::HostState>,
+        granted: u64,
+        report: Arc<Report>,
+    ) -> Self {
+        Metered {
+            store: Some(store),
+            granted,
+            report,
+        }
+    }
+
+    /// Record the fuel used and give the store back (to keep the instance).
+    pub fn into_inner(mut self) -> wasmtime::Store<crate::state::HostState> {
+        self.record();
+        self.store
+            .take()
+            .expect("a metered store holds its store until dropped")
+    }
+
+    fn record(&self) {
+        if let Some(store) = &self.store {
+            let used = self.granted.saturating_sub(store.get_fuel().unwrap_or(0));
+            self.report.outcome.lock().expect("report lock").fuel_used = used;
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+impl std::ops::Deref for Metered {
+    type Target = wasmtime::Store<crate::state::HostState>;
+    fn deref(&self) -> &Self::Target {
+        self.store
+            .as_ref()
+            .expect("a metered store holds its store until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Metered {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.store
+            .as_mut()
+            .expect("a metered store holds its store until dropped")
+    }
+}
+
+impl wasmtime::AsContext for Metered {
+    type Data = crate::state::HostState;
+    fn as_context(&self) -> wasmtime::StoreContext<'_, Self::Data> {
+        (**self).as_context()
+    }
+}
+
+impl wasmtime::AsContextMut for Metered {
+    fn as_context_mut(&mut self) -> wasmtime::StoreContextMut<'_, Self::Data> {
+        (**self).as_context_mut()
+    }
+}
+
 /// Polls shorter than this are charged their wall time; see [`CpuTimed`].
 const SHORT_POLL: std::time::Duration = std::time::Duration::from_micros(100);
 

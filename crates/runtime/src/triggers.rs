@@ -6,15 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::Store;
-
 use crate::backtrace::Backtrace;
 use crate::failure::{Failure, GuestError};
 use crate::instance::ActiveTask;
-use crate::report::{Report, within_limits};
+use crate::report::{Metered, Report, within_limits};
 use crate::request::{RequestId, RequestInfo};
 use crate::services::ServiceCalls;
-use crate::state::HostState;
 use crate::worker::Worker;
 
 use crate::generated::{queue_world, scheduled_world};
@@ -193,10 +190,8 @@ impl Worker {
     ) -> TriggerRun<Result<T, String>>
     where
         T: Send + 'static,
-        F: FnOnce(Store<HostState>) -> Fut + Send + 'static,
-        Fut: Future<Output = (wasmtime::Result<Result<T, String>>, Store<HostState>)>
-            + Send
-            + 'static,
+        F: FnOnce(Metered) -> Fut + Send + 'static,
+        Fut: Future<Output = (wasmtime::Result<Result<T, String>>, Metered)> + Send + 'static,
     {
         let inner = &self.inner;
         let id = RequestId::generate();
@@ -240,11 +235,9 @@ impl Worker {
             }
         };
 
-        let task_report = report.clone();
+        let store = Metered::new(store, fuel, report.clone());
         let guest = async move {
             let (result, store) = body(store).await;
-            let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-            task_report.outcome.lock().expect("report lock").fuel_used = fuel_used;
             let memory_limit_hit = store.data().run.memory_limit_hit;
             let panic = store.data().run.panic.get();
             drop(store);

@@ -362,16 +362,34 @@ async fn chunked_bodies_within_the_buffer_are_replayed_and_larger_ones_still_rea
 #[tokio::test]
 async fn a_compute_loop_is_stopped_by_its_fuel_budget_to_the_unit() {
     let host = Host::new();
-    // Fuel runs out after ~6 ms of wasm, long before the 50 ms thread-CPU
-    // backstop could: the limit that fires is the fuel budget itself.
-    let mut run = limited(50, 10_000, 32);
-    run.fuel_per_ms = Some(1_000_000);
+    // 50 M fuel runs out after ~6 ms of wasm, long before the 500 ms
+    // thread-CPU backstop could, even on a slow and busy machine: the limit
+    // that fires is the fuel budget itself.
+    let mut run = limited(500, 10_000, 32);
+    run.fuel_per_ms = Some(100_000);
     let worker = host.load("spinner", isola_test_programs::LIMITS, &run);
     let (status, reason, _, outcome) = read(get(&worker, "/spin").await).await;
     assert_eq!((status, reason.as_deref()), (503, Some("cpu-limit")));
     assert_eq!(outcome.limit, Some(Limit::Cpu));
-    assert_eq!(outcome.fuel, 50 * 1_000_000, "all of cpu_ms × fuel_per_ms");
-    assert!(outcome.cpu < Duration::from_millis(50), "{outcome:?}");
+    assert_eq!(outcome.fuel, 500 * 100_000, "all of cpu_ms × fuel_per_ms");
+    assert!(outcome.cpu < Duration::from_millis(500), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_run_cut_off_by_the_cpu_backstop_still_reports_the_fuel_it_burned() {
+    let host = Host::new();
+    // Far more fuel than 20 ms of wasm can burn: the thread-CPU backstop
+    // ends the run, dropping its store mid-call.
+    let mut run = limited(20, 10_000, 32);
+    run.fuel_per_ms = Some(1_000_000_000);
+    let worker = host.load("spinner", isola_test_programs::LIMITS, &run);
+    let (status, reason, _, outcome) = read(get(&worker, "/spin").await).await;
+    assert_eq!((status, reason.as_deref()), (503, Some("cpu-limit")));
+    assert!(outcome.cpu >= Duration::from_millis(20), "{outcome:?}");
+    assert!(
+        outcome.fuel > 0 && outcome.fuel < 20 * 1_000_000_000,
+        "the fuel burned before the cut: {outcome:?}"
+    );
 }
 
 /// Counts the runs it hears of.
