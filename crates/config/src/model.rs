@@ -125,6 +125,35 @@ pub struct ServiceBinding {
     pub service: String,
 }
 
+/// `durable_objects.bindings` entry (`{ name = "COUNTER", class_name =
+/// "Counter", script_name = "other" }`): a Durable Object namespace bound
+/// as `env.NAME`, resolved against the migrations of the worker that
+/// defines the class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableObjectBinding {
+    /// `env.NAME` (Wrangler's `name`).
+    pub binding: String,
+    /// The class as its worker names it now (after `renamed_classes`).
+    pub class_name: String,
+    /// The worker that defines the class: `script_name`, or this worker.
+    pub worker: String,
+    /// The class's storage namespace, stable across renames.
+    pub namespace: String,
+    /// Created by `new_sqlite_classes` (the SQL API is on), not `new_classes`.
+    pub sqlite: bool,
+}
+
+/// A Durable Object class a worker defines: what its `migrations` leave,
+/// in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableObjectClass {
+    pub class_name: String,
+    /// Where the class's objects are stored: `<worker>/<the class's name
+    /// when a migration created it>`, so a rename keeps the data.
+    pub namespace: String,
+    pub sqlite: bool,
+}
+
 /// A secret's value. It prints as `[redacted]` so it cannot reach a log
 /// line through `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -397,6 +426,13 @@ pub struct WorkerRun {
     pub origin: Option<String>,
     /// Other workers this one may call in-process.
     pub services: Vec<ServiceBinding>,
+    /// Durable Object namespaces this worker reaches (`env.NAME`).
+    pub durable_objects: Vec<DurableObjectBinding>,
+    /// Durable Object classes this worker defines (its migrations' result).
+    pub durable_object_classes: Vec<DurableObjectClass>,
+    /// How long an object's instance stays alive without events before it
+    /// is evicted (its storage stays); `[server] durable_object_idle_s`.
+    pub durable_object_idle: std::time::Duration,
     /// Requests one instance may serve, one after another and never at
     /// once (opt-in throughput, mostly for JS workers, whose instances cost
     /// the most to make); 0 or 1: a fresh instance per request, the default.
@@ -430,6 +466,9 @@ impl Default for WorkerRun {
             fuel_per_ms: None,
             origin: None,
             services: Vec::new(),
+            durable_objects: Vec::new(),
+            durable_object_classes: Vec::new(),
+            durable_object_idle: std::time::Duration::from_secs(30),
             instance_reuse: 0,
             pass_through_buffer_kb: 1024,
             instance_cap: 0,

@@ -164,6 +164,11 @@ impl Workers<'_> {
                 fuel_per_ms: self.server.fuel_per_ms,
                 origin,
                 services: bindings.services,
+                // Filled in by the durable-objects pass, which needs every
+                // worker's migrations.
+                durable_objects: Vec::new(),
+                durable_object_classes: Vec::new(),
+                durable_object_idle: WorkerRun::default().durable_object_idle,
                 instance_reuse,
                 pass_through_buffer_kb,
                 instance_cap: 0,
