@@ -102,7 +102,7 @@ fn the_cli_reference_names_every_command_and_option() {
 }
 
 /// Configs with an unknown key in each table the parser reads.
-const KEY_PROBES: [&str; 16] = [
+const KEY_PROBES: [&str; 20] = [
     "zz_docs_probe = 1\n",
     "[server]\nzz_docs_probe = 1\n",
     "[backends]\nzz_docs_probe = 1\n",
@@ -119,6 +119,10 @@ const KEY_PROBES: [&str; 16] = [
     "[[worker]]\nname = \"w\"\nr2_buckets = [{ binding = \"R\", bucket_name = \"r\", zz_docs_probe = 1 }]\n",
     "[[worker]]\nname = \"w\"\nanalytics_engine_datasets = [{ binding = \"A\", dataset = \"a\", zz_docs_probe = 1 }]\n",
     "[[worker]]\nname = \"w\"\nmain = \"w.js\"\nrules = [{ type = \"Text\", globs = [\"*.txt\"], zz_docs_probe = 1 }]\n",
+    "[[worker]]\nname = \"w\"\ndurable_objects = { zz_docs_probe = 1 }\n",
+    "[[worker]]\nname = \"w\"\ndurable_objects.bindings = [{ name = \"D\", class_name = \"C\", zz_docs_probe = 1 }]\n",
+    "[[worker]]\nname = \"w\"\nmigrations = [{ tag = \"v1\", zz_docs_probe = 1 }]\n",
+    "[[worker]]\nname = \"w\"\nmigrations = [{ tag = \"v1\", renamed_classes = [{ from = \"A\", to = \"B\", zz_docs_probe = 1 }] }]\n",
 ];
 
 /// The keys the parser accepts, as `isola check` lists them when it meets

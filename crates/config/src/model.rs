@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Most client connections open at once; past it, new ones wait in the
     /// kernel's accept queue.
     pub max_connections: u32,
+    /// How long a Durable Object's instance stays alive without events
+    /// (`durable_object_idle_s`, 1 to 3600 s); every worker's
+    /// [`WorkerRun::durable_object_idle`].
+    pub durable_object_idle: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -114,6 +118,7 @@ impl Default for ServerConfig {
             outbound_ca_file: None,
             queue_timeout_ms: 500,
             max_connections: 10_000,
+            durable_object_idle: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -521,6 +526,7 @@ impl Config {
         worker.routes = vec![RoutePattern::parse("/*").expect("valid pattern")];
         worker.run.server_timing = server.server_timing;
         worker.run.fuel_per_ms = server.fuel_per_ms;
+        worker.run.durable_object_idle = server.durable_object_idle;
         Config {
             source: PathBuf::from("<command line>"),
             server,

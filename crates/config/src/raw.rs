@@ -67,6 +67,7 @@ pub(crate) struct RawServer {
     pub(crate) outbound_ca_file: Option<Spanned<String>>,
     pub(crate) queue_timeout_ms: Option<u64>,
     pub(crate) max_connections: Option<Spanned<u64>>,
+    pub(crate) durable_object_idle_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +105,10 @@ pub(crate) struct RawWorker {
     pub(crate) queues: RawQueues,
     #[serde(default)]
     pub(crate) triggers: RawTriggers,
+    #[serde(default)]
+    pub(crate) durable_objects: RawDurableObjects,
+    #[serde(default)]
+    pub(crate) migrations: Vec<RawMigration>,
     pub(crate) build: Option<RawBuild>,
     // Wrangler's build keys: see `js_build`.
     pub(crate) alias: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
@@ -192,4 +197,42 @@ pub(crate) struct RawR2 {
 pub(crate) struct RawAnalytics {
     pub(crate) binding: Spanned<String>,
     pub(crate) dataset: Spanned<String>,
+}
+
+/// `durable_objects = { bindings = [...] }`, Wrangler's shape.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDurableObjects {
+    #[serde(default)]
+    pub(crate) bindings: Vec<RawDurableBinding>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDurableBinding {
+    pub(crate) name: Spanned<String>,
+    pub(crate) class_name: Spanned<String>,
+    pub(crate) script_name: Option<Spanned<String>>,
+}
+
+/// One `migrations` entry; its steps apply in the order of the fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMigration {
+    pub(crate) tag: Spanned<String>,
+    #[serde(default)]
+    pub(crate) new_classes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) new_sqlite_classes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) renamed_classes: Vec<RawRename>,
+    #[serde(default)]
+    pub(crate) deleted_classes: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRename {
+    pub(crate) from: Spanned<String>,
+    pub(crate) to: Spanned<String>,
 }

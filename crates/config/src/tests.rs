@@ -64,7 +64,7 @@ fn errors_name_file_line_and_key() {
     assert_eq!(
         f.error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n"),
         "isola.toml: no [[worker]] is configured\n\
-         isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`, `outbound_idle_timeout_ms`, `outbound_max_connections_per_origin`, `outbound_ca_file`, `queue_timeout_ms`, `max_connections`"
+         isola.toml:3:1: unknown field `lisen`, expected one of `listen`, `state_dir`, `cache_dir`, `max_instances`, `fuel_per_ms`, `max_header_bytes`, `max_body_mb`, `header_timeout_ms`, `server_timing`, `outbound_override`, `shutdown_grace_ms`, `colo`, `country`, `trusted_client_ip_header`, `admin`, `admin_token`, `outbound_idle_timeout_ms`, `outbound_max_connections_per_origin`, `outbound_ca_file`, `queue_timeout_ms`, `max_connections`, `durable_object_idle_s`"
     );
     assert_eq!(
         f.error("[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\nroutes = [\"/ok/*\", \"/a/*/b\"]\n"),
@@ -535,6 +535,7 @@ fn outbound_client_settings() {
     );
 }
 
+mod durable;
 mod proptests;
 
 #[test]
@@ -614,6 +615,11 @@ fn a_fault_is_reported_once_not_again_as_what_follows_from_it() {
             "[[worker]]\nname = \"a\"\n{component}services = [{{ binding = \"S\" }}]\n"
         )),
         "isola.toml:4:13: missing field `service`"
+    );
+    // A missing key in a `[[...]]` table: what follows is still checked.
+    assert_eq!(
+        f.error("[[worker]]\ncomponent = \"app.wasm\"\ncpu_ms = 0\n"),
+        "isola.toml:1:1: missing field `name`\nisola.toml:3:10: worker[0].cpu_ms: must be at least 1"
     );
     // A backend type Isola lacks: its other fields are not judged.
     assert_eq!(

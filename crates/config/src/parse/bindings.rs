@@ -1,7 +1,8 @@
 //! What a worker's `env` holds besides its vars: `services`, `secrets`,
 //! `kv_namespaces`, `d1_databases`, `r2_buckets`,
-//! `analytics_engine_datasets` and `queues.producers`. Every name `env`
-//! exposes is unique within the worker.
+//! `analytics_engine_datasets`, `queues.producers` and
+//! `durable_objects.bindings` (whose classes are looked up later, in
+//! `durable`). Every name `env` exposes is unique within the worker.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -10,11 +11,12 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::checks::{check_queue_name, is_binding_name};
+use super::durable::DurableRef;
 use crate::error::{Faults, WorkerKeys};
 use crate::model::{
     AnalyticsBinding, D1Binding, KvBinding, QueueProducer, R2Binding, Secret, ServiceBinding,
 };
-use crate::raw::{RawAnalytics, RawD1, RawKv, RawProducer, RawR2, RawWorker};
+use crate::raw::{RawAnalytics, RawD1, RawDurableBinding, RawKv, RawProducer, RawR2, RawWorker};
 use crate::secrets::{DevVars, secret_value};
 
 /// A worker's bindings, each kind in the order written.
@@ -26,6 +28,8 @@ pub(super) struct Bindings {
     pub(super) r2_buckets: Vec<R2Binding>,
     pub(super) analytics_engine_datasets: Vec<AnalyticsBinding>,
     pub(super) queue_producers: Vec<QueueProducer>,
+    /// Every entry, its name at fault or not: its class is checked apart.
+    pub(super) durable_objects: Vec<DurableRef>,
 }
 
 /// The bindings of `w`; secrets come from the environment or `.dev.vars`
@@ -75,6 +79,7 @@ pub(super) fn parse_bindings(
         r2_buckets: env.each(&w.r2_buckets, r2_bucket),
         analytics_engine_datasets: env.each(&w.analytics_engine_datasets, analytics_dataset),
         queue_producers: env.each(&w.queues.producers, queue_producer),
+        durable_objects: env.each(&w.durable_objects.bindings, durable_object),
     }
 }
 
@@ -237,5 +242,18 @@ fn queue_producer(env: &mut EnvNames, entry: &RawProducer) -> Option<QueueProduc
     bound.then(|| QueueProducer {
         binding: entry.binding.get_ref().clone(),
         queue: entry.queue.get_ref().clone(),
+    })
+}
+
+fn durable_object(env: &mut EnvNames, entry: &RawDurableBinding) -> Option<DurableRef> {
+    let bound = env.claim(
+        &entry.name,
+        "Durable Object namespace",
+        "durable_objects.bindings",
+    );
+    Some(DurableRef {
+        binding: bound.then(|| entry.name.get_ref().clone()),
+        class_name: entry.class_name.clone(),
+        script_name: entry.script_name.clone(),
     })
 }

@@ -30,6 +30,16 @@ pub(super) fn is_binding_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Durable Object class names: JavaScript identifiers, as the classes a
+/// worker exports are named.
+pub(super) fn is_class_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
 /// Queue names as Cloudflare allows them: letters, digits, `-`, `_`.
 pub(super) fn check_queue_name(name: &Spanned<String>) -> Result<(), String> {
     let text = name.get_ref();

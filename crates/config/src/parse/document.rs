@@ -153,20 +153,22 @@ fn stand_in_for(
     true
 }
 
+/// The table at `span` in `value`. An array of tables (`[[worker]]`) has
+/// the span of its first table: the search goes on into it.
 fn table_at<'t, 'i>(
     value: &'t mut Spanned<DeValue<'i>>,
     span: &Range<usize>,
 ) -> Option<&'t mut DeTable<'i>> {
-    if value.span() == *span {
-        return match value.get_mut() {
-            DeValue::Table(table) => Some(table),
-            _ => None,
-        };
-    }
+    let here = value.span() == *span;
     match value.get_mut() {
-        DeValue::Table(table) => table
-            .iter_mut()
-            .find_map(|(_, value)| table_at(value, span)),
+        DeValue::Table(table) => {
+            if here {
+                return Some(table);
+            }
+            table
+                .iter_mut()
+                .find_map(|(_, value)| table_at(value, span))
+        }
         DeValue::Array(array) => array.iter_mut().find_map(|item| table_at(item, span)),
         _ => None,
     }

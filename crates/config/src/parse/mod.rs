@@ -1,6 +1,8 @@
 //! From `isola.toml`'s text to the model: the raw types (`document`, past
 //! every unknown key and mistyped value), then one section at a time:
-//! `[server]`, each `[[worker]]` (see `worker`), then `[backends]`. Every
+//! `[server]`, each `[[worker]]` (see `worker`; Durable Object bindings
+//! once every worker's migrations are read, see `durable`), then
+//! `[backends]`. Every
 //! check records a [`Fault`] that names its span and key, and checking goes
 //! on, so that one run finds every independent error; only here are they
 //! placed at a line and column of the file.
@@ -9,6 +11,7 @@ mod backends;
 mod bindings;
 mod checks;
 mod document;
+mod durable;
 mod server;
 mod source;
 mod triggers;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -96,6 +97,11 @@ pub(super) fn parse_server(
         && let Some(n) = faults.ok(between_1_and(n, "server.max_connections", 1_000_000))
     {
         server.max_connections = n;
+    }
+    if let Some(s) = &raw.durable_object_idle_s
+        && let Some(s) = faults.ok(between_1_and(s, "server.durable_object_idle_s", 3600))
+    {
+        server.durable_object_idle = Duration::from_secs(s.into());
     }
     if let Some(file) = &raw.outbound_ca_file {
         let path = base.join(file.get_ref());

@@ -1,7 +1,8 @@
 //! `[[worker]]`: each worker's name, routes, limits and outbound rules
 //! here; its bindings, triggers and sources in their own modules. Names,
 //! routes and queue consumers are unique across workers; a service binding
-//! names a worker of the file.
+//! names a worker of the file, and so does a Durable Object binding's
+//! `script_name` (see `durable`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +10,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::checks::positive;
+use super::durable::{self, Durable};
 use super::{bindings, source, triggers};
 use crate::error::{Fault, Faults, WorkerKeys};
 use crate::js_build;
@@ -41,11 +43,12 @@ pub(super) fn parse_workers(
         route_owner: HashMap::new(),
         consumer_owner: HashMap::new(),
         service_refs: Vec::new(),
+        durable: Vec::new(),
         dev_vars: DevVars::default(),
         secret_values,
         faults,
     };
-    let parsed = raw
+    let mut parsed: Vec<WorkerConfig> = raw
         .into_iter()
         .enumerate()
         .map(|(i, w)| workers.parse(WorkerKeys(i), w))
@@ -58,6 +61,11 @@ pub(super) fn parse_workers(
                 format!("no worker is named `{}`", service.get_ref()),
             ));
         }
+    }
+    let resolved = durable::resolve(&workers.durable, &workers.names, workers.faults);
+    for (worker, (bindings, classes)) in parsed.iter_mut().zip(resolved) {
+        worker.run.durable_objects = bindings;
+        worker.run.durable_object_classes = classes;
     }
     parsed
 }
@@ -77,6 +85,9 @@ struct Workers<'a> {
     consumer_owner: HashMap<String, String>,
     /// Checked once every worker is named.
     service_refs: Vec<(Spanned<String>, WorkerKeys)>,
+    /// Each worker's migrations and Durable Object bindings, resolved once
+    /// every worker's classes are known.
+    durable: Vec<Durable>,
     /// `.dev.vars`, read when the first secret is looked up.
     dev_vars: DevVars,
     /// Look secrets' values up; else each is empty (`isola types`).
@@ -114,6 +125,12 @@ impl Workers<'_> {
             self.secret_values.then_some(&mut self.dev_vars),
             self.faults,
         );
+        self.durable.push(Durable {
+            keys,
+            worker: name.clone(),
+            classes: durable::parse_migrations(keys, &w.migrations, self.faults),
+            refs: bindings.durable_objects,
+        });
         let queue_consumers = triggers::parse_consumers(
             keys,
             &w.queues.consumers,
@@ -164,11 +181,11 @@ impl Workers<'_> {
                 fuel_per_ms: self.server.fuel_per_ms,
                 origin,
                 services: bindings.services,
-                // Filled in by the durable-objects pass, which needs every
+                // Filled in by `durable::resolve`, which needs every
                 // worker's migrations.
                 durable_objects: Vec::new(),
                 durable_object_classes: Vec::new(),
-                durable_object_idle: WorkerRun::default().durable_object_idle,
+                durable_object_idle: self.server.durable_object_idle,
                 instance_reuse,
                 pass_through_buffer_kb,
                 instance_cap: 0,

@@ -88,6 +88,7 @@ enum Kind {
 use Kind::*;
 
 const BINDINGS: &[&str] = &["KV", "DB", "_x", "1bad", "a-b", ""];
+const CLASSES: &[&str] = &["Counter", "Room", "$x", "1bad", ""];
 const QUEUES: &[&str] = &["q", "jobs", "bad name", ""];
 const HOSTS: &[&str] = &[
     "*",
@@ -132,6 +133,7 @@ const SERVER: &[(&str, Kind)] = &[
     ("outbound_ca_file", Str(&["app.wasm", "missing.pem"])),
     ("queue_timeout_ms", Num),
     ("max_connections", Num),
+    ("durable_object_idle_s", Num),
 ];
 const CONSUMER: &[(&str, Kind)] = &[
     ("queue", Str(QUEUES)),
@@ -260,6 +262,33 @@ const WORKER: &[(&str, Kind)] = &[
         Str(&["2024-02-29", "2023-02-29", "2024-13-01", "x"]),
     ),
     ("compatibility_flags", Strs(&["nodejs_compat", "Bad", ""])),
+    (
+        "durable_objects",
+        Table(&[(
+            "bindings",
+            Tables(&[
+                ("name", Str(BINDINGS)),
+                ("class_name", Str(CLASSES)),
+                ("script_name", Str(NAMES)),
+            ]),
+        )]),
+    ),
+    (
+        "migrations",
+        Tables(&[
+            ("tag", Str(&["v1", "v2", ""])),
+            ("new_classes", Strs(CLASSES)),
+            ("new_sqlite_classes", Strs(CLASSES)),
+            (
+                "renamed_classes",
+                Tables(&[
+                    ("from", Str(CLASSES)),
+                    ("to", Str(&["Room", "Counter", "b-c"])),
+                ]),
+            ),
+            ("deleted_classes", Strs(CLASSES)),
+        ]),
+    ),
 ];
 const BACKEND: &[(&str, Kind)] = &[
     (
@@ -382,6 +411,11 @@ const REQUIRED: &[&str] = &[
     "dataset",
     "service",
     "globs",
+    "name",
+    "class_name",
+    "tag",
+    "from",
+    "to",
 ];
 
 fn table(fields: &'static [(&'static str, Kind)]) -> BoxedStrategy<String> {
@@ -435,6 +469,63 @@ fn config_text() -> impl Strategy<Value = String> {
         })
 }
 
+/// Two workers whose migrations create, rename and delete classes of a
+/// small pool, and that bind names of the pool, in their own worker or
+/// the other: valid often enough, at fault often too.
+fn durable_text() -> impl Strategy<Value = String> {
+    let class = || proptest::sample::select(&["A", "B", "C"][..]);
+    let step = prop_oneof![
+        1 => class().prop_map(|c| format!("new_classes = [\"{c}\"]")),
+        1 => class().prop_map(|c| format!("new_sqlite_classes = [\"{c}\"]")),
+        2 => (class(), class()).prop_map(|(from, to)| format!(
+            "renamed_classes = [{{ from = \"{from}\", to = \"{to}\" }}]"
+        )),
+        1 => class().prop_map(|c| format!("deleted_classes = [\"{c}\"]")),
+    ];
+    // Mostly a first migration that makes two classes, for the later
+    // steps and the bindings to find.
+    let first = proptest::option::weighted(
+        0.8,
+        Just("new_classes = [\"A\"], new_sqlite_classes = [\"B\"]".to_owned()),
+    );
+    let migrations = (first, proptest::collection::vec(step, 0..4)).prop_map(|(first, steps)| {
+        let steps: Vec<_> = first
+            .iter()
+            .chain(&steps)
+            .enumerate()
+            .map(|(i, step)| format!("{{ tag = \"v{i}\", {step} }}"))
+            .collect();
+        format!("migrations = [{}]\n", steps.join(", "))
+    });
+    let binding = (
+        class(),
+        proptest::option::of(proptest::sample::select(&["a", "b"][..])),
+    );
+    let bindings = proptest::collection::vec(binding, 0..3).prop_map(|bindings| {
+        let bindings: Vec<_> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, (class, script))| {
+                let script = script
+                    .map(|s| format!(", script_name = \"{s}\""))
+                    .unwrap_or_default();
+                format!("{{ name = \"D{i}\", class_name = \"{class}\"{script} }}")
+            })
+            .collect();
+        format!(
+            "durable_objects = {{ bindings = [{}] }}\n",
+            bindings.join(", ")
+        )
+    });
+    let worker = (migrations, bindings);
+    (worker.clone(), worker).prop_map(|((m1, b1), (m2, b2))| {
+        format!(
+            "[[worker]]\nname = \"a\"\ncomponent = \"app.wasm\"\nroutes = [\"/a\"]\n{m1}{b1}\
+             [[worker]]\nname = \"b\"\ncomponent = \"app.wasm\"\nroutes = [\"/b\"]\n{m2}{b2}"
+        )
+    })
+}
+
 /// `text` with `edit` spliced in at a char boundary near `at`, and
 /// `cut` chars removed there: broken TOML of every kind.
 fn mangle(text: &str, at: usize, cut: usize, edit: &str) -> String {
@@ -473,6 +564,30 @@ fn check_config(f: &Fixture, text: &str) -> Result<(), TestCaseError> {
                 prop_assert!(limits.cpu_ms > 0 && limits.wall_ms > 0 && limits.memory_mb > 0);
             }
             prop_assert!(config.server.max_instances >= 1);
+            // Each Durable Object binding is a class its worker defines,
+            // and no two classes share their storage.
+            let mut namespaces = std::collections::HashSet::new();
+            for w in &config.workers {
+                for class in &w.run.durable_object_classes {
+                    prop_assert!(namespaces.insert(class.namespace.clone()), "{:?}", class);
+                    let prefix = format!("{}/", w.name);
+                    prop_assert!(class.namespace.starts_with(&prefix), "{:?}", class);
+                }
+                for b in &w.run.durable_objects {
+                    let definer = config.workers.iter().find(|d| d.name == b.worker);
+                    prop_assert!(
+                        definer.is_some_and(|d| d.run.durable_object_classes.contains(
+                            &DurableObjectClass {
+                                class_name: b.class_name.clone(),
+                                namespace: b.namespace.clone(),
+                                sqlite: b.sqlite,
+                            }
+                        )),
+                        "{:?}",
+                        b
+                    );
+                }
+            }
         }
         Err(errors) => {
             prop_assert!(!errors.is_empty());
@@ -546,6 +661,11 @@ proptest! {
 
     #[test]
     fn config_shaped_text_is_a_config_or_a_located_error(text in config_text()) {
+        FIXTURE.with(|f| check_config(f, &text))?;
+    }
+
+    #[test]
+    fn durable_object_configs_resolve_or_are_located_errors(text in durable_text()) {
         FIXTURE.with(|f| check_config(f, &text))?;
     }
 
