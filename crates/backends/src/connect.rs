@@ -9,7 +9,7 @@ use isola_config::{Backend, BackendsConfig};
 
 use crate::error::{BindingError, Result};
 use crate::remote::redis_connection_with;
-use crate::{analytics, blob, cache, kv, lease, queue, sql};
+use crate::{analytics, blob, cache, durable, kv, lease, queue, sql};
 
 impl crate::Backends {
     /// The embedded backends, all under `state_dir`: `kv.sqlite`,
@@ -31,6 +31,9 @@ impl crate::Backends {
                 &state_dir.join("queues.sqlite"),
             )?),
             leases: Arc::new(lease::LocalLeases),
+            durable: Arc::new(durable::sqlite::SqliteDurableStore::new(
+                &state_dir.join("durable-objects"),
+            )),
         })
     }
 
@@ -127,6 +130,9 @@ impl crate::Backends {
             )?),
             queues,
             leases,
+            durable: Arc::new(durable::sqlite::SqliteDurableStore::new(
+                &state_dir.join("durable-objects"),
+            )),
         })
     }
 }

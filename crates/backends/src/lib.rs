@@ -13,6 +13,7 @@ pub mod analytics;
 pub mod blob;
 pub mod cache;
 pub mod connect;
+pub mod durable;
 pub mod embedded;
 pub mod error;
 pub mod kv;
@@ -40,6 +41,10 @@ pub struct Backends {
     /// Who runs a cron firing: every node in embedded mode, one node of the
     /// cluster with a Redis queue backend.
     pub leases: Arc<dyn lease::LeaseStore>,
+    /// Durable Object storage: one SQLite database per object, on this
+    /// node (with the distributed backends too: objects are not shared
+    /// between nodes yet).
+    pub durable: Arc<dyn durable::DurableStore>,
 }
 
 /// Runs each named test body (`async fn body(f: &Fixture)`) against the

@@ -16,6 +16,7 @@ wasmtime::component::bindgen!({
         "isola:worker/cache": async | trappable,
         "isola:worker/analytics": async | trappable,
         "isola:worker/queue": async | trappable,
+        "isola:worker/durable-object-storage": async | trappable,
     },
     with: {
         "isola:worker/kv.namespace": crate::host::handles::KvHandle,

@@ -13,6 +13,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::body::Body;
 use crate::failure::{Failure, GuestError};
+use crate::objects::Turn;
 use crate::outbound::Subrequests;
 use crate::profile;
 use crate::report::{Metered, Report, within_limits};
@@ -34,6 +35,16 @@ impl Drop for ActiveTask {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Where a run's instance comes from and goes back to.
+pub(crate) enum Home {
+    /// A fresh instance, or one kept by `instance_reuse`.
+    Pool,
+    /// A Durable Object's live instance (made when it has none), kept for
+    /// its next event if the run ends cleanly; the turn is held until the
+    /// guest is done.
+    Object(Turn),
 }
 
 impl Worker {
@@ -102,12 +113,17 @@ impl Worker {
         services: ServiceCalls,
         report: Arc<Report>,
         profile: Option<profile::Claim>,
+        mut home: Home,
     ) -> Result<http::Response<Body>, GuestError> {
         let inner = &self.inner;
         let request_id = services.request_id.clone();
         // A kept instance holds its slot of the pool; a new one waits for
         // one, a short while, and the request is refused when none frees.
-        let (mut store, reused, slot) = match self.take_idle() {
+        let kept = match &mut home {
+            Home::Pool => self.take_idle(),
+            Home::Object(turn) => turn.take_live(),
+        };
+        let (mut store, reused, slot) = match kept {
             Some(idle) => (
                 self.rearm(idle.store, services, &report)?,
                 Some((idle.proxy, idle.served)),
@@ -192,14 +208,23 @@ impl Worker {
             // An instance that served its request cleanly may serve the next
             // (`instance_reuse`); one that failed in any way never does.
             let clean = result.is_ok() && responded.load(Ordering::Acquire) && !memory_limit_hit;
+            // An object keeps its instance for as long as it runs cleanly.
+            let keep = match &home {
+                Home::Pool => served + 1 < reuse,
+                Home::Object(_) => true,
+            };
             match kept_proxy {
-                Some(proxy) if clean && served + 1 < reuse => {
-                    idle.lock().expect("idle lock").push(Reusable {
+                Some(proxy) if clean && keep => {
+                    let kept = Reusable {
                         store: store.into_inner(),
                         proxy,
                         served: served + 1,
                         slot,
-                    })
+                    };
+                    match &mut home {
+                        Home::Pool => idle.lock().expect("idle lock").push(kept),
+                        Home::Object(turn) => turn.keep(kept),
+                    }
                 }
                 // Drop the instance here, inside the timed task and off
                 // the response's critical path.

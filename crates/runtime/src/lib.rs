@@ -47,6 +47,7 @@ mod instance;
 mod limits;
 mod linker;
 mod load_error;
+mod objects;
 mod outbound;
 mod pass_through;
 pub mod plugin;
@@ -67,6 +68,9 @@ pub use failure::{ERROR_HEADER, Failure, Limit, error_response};
 pub use handlers::Handler;
 pub use limits::DEFAULT_FUEL_PER_MS;
 pub use load_error::LoadError;
+pub use objects::{
+    OBJECT_HOST_SUFFIX, OBJECT_ID_HEADER, OBJECT_NAME_HEADER, ObjectAddress, ObjectEvent,
+};
 pub use pass_through::REPLAY_BUFFER_LIMIT;
 pub use profile::{ProfileRequest, ProfileSink, RequestProfile};
 pub use registry::Services;

@@ -21,5 +21,6 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     host::cache::add_to_linker(&mut linker)?;
     host::analytics::add_to_linker(&mut linker)?;
     host::queue::add_to_linker(&mut linker)?;
+    host::durable::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -86,6 +86,14 @@ pub(crate) async fn send(
         let response = services.call(&binding, request).await?;
         return Ok((response, Box::new(async { Ok(()) })));
     }
+    // So are Durable Object namespaces.
+    if let Some(binding) = ServiceCalls::object_binding_of(&host) {
+        subrequests
+            .take()
+            .map_err(|why| Error::InternalError(Some(why)))?;
+        let response = services.call_object(&binding, request).await?;
+        return Ok((response, Box::new(async { Ok(()) })));
+    }
     let port = authority
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });

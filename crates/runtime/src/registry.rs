@@ -1,4 +1,5 @@
-//! The workers of a server by name, which service bindings reach.
+//! The workers of a server by name, which service bindings and Durable
+//! Object stubs reach, and the alarm scheduler of their objects.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,7 +9,11 @@ use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::WasiBody;
 
+use isola_backends::durable::DurableStore;
+use isola_config::DurableObjectClass;
+
 use crate::body::Body;
+use crate::objects::{ObjectAddress, ObjectEvent};
 use crate::request::RequestContext;
 use crate::services::Callees;
 use crate::worker::Worker;
@@ -35,7 +40,39 @@ impl Services {
         for worker in workers {
             worker.attach_callees(Arc::downgrade(&callees));
         }
+        services.start_alarms(workers);
         services
+    }
+
+    /// Deliver the alarms of the objects of `workers`' classes: one
+    /// scheduler per store (normally the process's one), when there is a
+    /// runtime to run it.
+    fn start_alarms(self: &Arc<Self>, workers: &[Worker]) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut stores: Vec<Arc<dyn DurableStore>> = Vec::new();
+        for objects in workers.iter().filter_map(|w| w.inner.objects.as_ref()) {
+            if !stores.iter().any(|s| Arc::ptr_eq(s, &objects.store)) {
+                stores.push(objects.store.clone());
+            }
+        }
+        for store in stores {
+            runtime.spawn(crate::objects::alarms::run(Arc::downgrade(self), store));
+        }
+    }
+
+    /// The worker defining the Durable Object class stored in `namespace`,
+    /// and the class.
+    pub(crate) fn class_of_namespace(
+        &self,
+        namespace: &str,
+    ) -> Option<(Worker, DurableObjectClass)> {
+        let workers = self.workers.read().expect("services lock");
+        workers.values().find_map(|worker| {
+            let class = worker.inner.objects.as_ref()?.class_in(namespace)?;
+            Some((worker.clone(), class.clone()))
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Worker> {
@@ -59,6 +96,26 @@ impl Callees for Services {
             async move {
                 let request = request.map(|body| body.boxed_unsync());
                 callee.handle(request, context).await.response
+            }
+            .boxed(),
+        )
+    }
+
+    fn call_object(
+        &self,
+        worker: &str,
+        address: ObjectAddress,
+        request: http::Request<WasiBody>,
+        context: RequestContext,
+    ) -> Option<BoxFuture<'static, http::Response<Body>>> {
+        let callee = self.get(worker)?;
+        Some(
+            async move {
+                let request = request.map(|body| body.boxed_unsync());
+                callee
+                    .handle_object(request, context, address, ObjectEvent::Fetch, None)
+                    .await
+                    .response
             }
             .boxed(),
         )

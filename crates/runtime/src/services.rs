@@ -13,6 +13,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime_wasi_http::{Error, WasiBody};
 
+use isola_config::DurableObjectBinding;
+
+use crate::objects::{
+    CurrentObject, OBJECT_HOST_SUFFIX, OBJECT_ID_HEADER, OBJECT_NAME_HEADER, ObjectAddress,
+};
 use crate::request::{CallContext, RequestContext, RequestId, RequestInfo};
 
 /// The host of a service-binding URL ends with this.
@@ -32,6 +37,16 @@ pub(crate) trait Callees: Send + Sync {
         request: http::Request<WasiBody>,
         context: RequestContext,
     ) -> Option<futures_util::future::BoxFuture<'static, http::Response<crate::body::Body>>>;
+
+    /// Deliver `request` to the object `address` of a class defined by the
+    /// worker named `worker`; `None` when there is no such worker.
+    fn call_object(
+        &self,
+        worker: &str,
+        address: ObjectAddress,
+        request: http::Request<WasiBody>,
+        context: RequestContext,
+    ) -> Option<futures_util::future::BoxFuture<'static, http::Response<crate::body::Body>>>;
 }
 
 /// One request's view of its worker's service bindings.
@@ -44,6 +59,10 @@ pub(crate) struct ServiceCalls {
     pub locals: Arc<Mutex<HashMap<String, String>>>,
     pub request_id: RequestId,
     pub info: RequestInfo,
+    /// Durable Object namespace bindings, by lower-cased name (hosts are).
+    pub object_bindings: Arc<HashMap<String, DurableObjectBinding>>,
+    /// The object this run serves, if it serves one.
+    pub object: Option<CurrentObject>,
 }
 
 impl ServiceCalls {
@@ -57,6 +76,49 @@ impl ServiceCalls {
             locals: Arc::default(),
             request_id,
             info: RequestInfo::default(),
+            object_bindings: Arc::default(),
+            object: None,
+        }
+    }
+
+    /// The binding named by a Durable Object stub's host, if it is one.
+    pub fn object_binding_of(host: &str) -> Option<String> {
+        let host = host.to_ascii_lowercase();
+        host.strip_suffix(OBJECT_HOST_SUFFIX).map(str::to_owned)
+    }
+
+    /// Deliver `request` to the object it names (its id header) in the
+    /// namespace bound as `binding`. A bad id is the caller's mistake: a
+    /// 400 that says why.
+    pub async fn call_object(
+        &self,
+        binding: &str,
+        mut request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, Error> {
+        let Some(namespace) = self.object_bindings.get(binding) else {
+            return Err(Error::InternalError(Some(format!(
+                "no Durable Object namespace is bound as `{binding}`"
+            ))));
+        };
+        let address = match object_address(namespace, request.headers_mut()) {
+            Ok(address) => address,
+            Err(why) => {
+                return Ok(crate::failure::error_response(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad-object-id",
+                    &why,
+                ));
+            }
+        };
+        let Some(callees) = self.services.as_ref().and_then(Weak::upgrade) else {
+            return Err(not_loaded(&namespace.worker));
+        };
+        if let Some(refused) = self.too_deep(&namespace.worker) {
+            return Ok(refused);
+        }
+        match callees.call_object(&namespace.worker, address, request, self.callee_context()) {
+            Some(response) => Ok(response.await),
+            None => Err(not_loaded(&namespace.worker)),
         }
     }
 
@@ -80,19 +142,36 @@ impl ServiceCalls {
         let Some(callees) = self.services.as_ref().and_then(Weak::upgrade) else {
             return Err(not_loaded(service));
         };
-        if self.depth + 1 > MAX_CALL_DEPTH {
-            tracing::warn!(
-                request_id = %self.request_id,
-                service = %service,
-                "service binding call refused: chain deeper than {MAX_CALL_DEPTH}"
-            );
-            return Ok(crate::failure::error_response(
-                http::StatusCode::LOOP_DETECTED,
-                "loop-detected",
-                &format!("service binding calls nest deeper than {MAX_CALL_DEPTH}"),
-            ));
+        if let Some(refused) = self.too_deep(service) {
+            return Ok(refused);
         }
-        let context = RequestContext {
+        match callees.call(service, request, self.callee_context()) {
+            Some(response) => Ok(response.await),
+            None => Err(not_loaded(service)),
+        }
+    }
+
+    /// The 508 of a call that would nest deeper than [`MAX_CALL_DEPTH`].
+    fn too_deep(&self, callee: &str) -> Option<http::Response<WasiBody>> {
+        if self.depth < MAX_CALL_DEPTH {
+            return None;
+        }
+        tracing::warn!(
+            request_id = %self.request_id,
+            service = %callee,
+            "service binding call refused: chain deeper than {MAX_CALL_DEPTH}"
+        );
+        Some(crate::failure::error_response(
+            http::StatusCode::LOOP_DETECTED,
+            "loop-detected",
+            &format!("service binding calls nest deeper than {MAX_CALL_DEPTH}"),
+        ))
+    }
+
+    /// What a call carries to its callee: this request's id and info, one
+    /// level deeper, with a copy of the locals.
+    fn callee_context(&self) -> RequestContext {
+        RequestContext {
             id: Some(self.request_id.clone()),
             client: None,
             info: Some(RequestInfo {
@@ -103,12 +182,44 @@ impl ServiceCalls {
                 depth: self.depth + 1,
                 locals: self.locals.lock().expect("locals lock").clone(),
             },
-        };
-        match callees.call(service, request, context) {
-            Some(response) => Ok(response.await),
-            None => Err(not_loaded(service)),
         }
     }
+}
+
+/// The object a stub's request names, its id checked against `namespace`
+/// (and against its name, when it carries one); the headers that said so
+/// are removed.
+fn object_address(
+    namespace: &DurableObjectBinding,
+    headers: &mut http::HeaderMap,
+) -> Result<ObjectAddress, String> {
+    let id = headers.remove(OBJECT_ID_HEADER).ok_or_else(|| {
+        format!("a request to a Durable Object needs its id in `{OBJECT_ID_HEADER}`")
+    })?;
+    let id = id
+        .to_str()
+        .map_err(|_| format!("`{OBJECT_ID_HEADER}` is not text"))?;
+    let id = crate::objects::id::parse(&namespace.namespace, id)?;
+    let name = match headers.remove(OBJECT_NAME_HEADER) {
+        None => None,
+        Some(value) => {
+            let name = percent_encoding::percent_decode(value.as_bytes())
+                .decode_utf8()
+                .map_err(|_| format!("`{OBJECT_NAME_HEADER}` is not percent-encoded UTF-8"))?
+                .into_owned();
+            if crate::objects::id::from_name(&namespace.namespace, &name) != id {
+                return Err(format!(
+                    "`{OBJECT_NAME_HEADER}` names an object other than `{OBJECT_ID_HEADER}`"
+                ));
+            }
+            Some(name)
+        }
+    };
+    Ok(ObjectAddress {
+        class_name: namespace.class_name.clone(),
+        id,
+        name,
+    })
 }
 
 fn not_loaded(service: &str) -> Error {

@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpHooks};
 
 use crate::guest_log::{GuestLog, PanicNote, Stream};
 use crate::host::ctx::{AbortReports, RequestCtx};
+use crate::host::durable::ObjectRunCtx;
 use crate::host::{Capabilities, HostView, View};
 use crate::outbound::{OutboundPolicy, Subrequests};
 use crate::profile::ActiveProfile;
@@ -170,6 +171,9 @@ impl RunState {
 pub(crate) struct HostState {
     pub run: RunState,
     pub request: RequestCtx,
+    /// The worker's Durable Object namespaces, and the object this run
+    /// serves, if any.
+    pub object: ObjectRunCtx,
 }
 
 impl HostState {
@@ -179,9 +183,11 @@ impl HostState {
         services: ServiceCalls,
     ) -> Self {
         let request = request_ctx(&shared, &services);
+        let object = ObjectRunCtx::new(&shared.capabilities.durable, services.object.clone());
         HostState {
             run: RunState::new(shared, subrequests, services),
             request,
+            object,
         }
     }
 
@@ -190,6 +196,10 @@ impl HostState {
     /// (subrequests) are that request's.
     pub fn begin_request(&mut self, subrequests: Subrequests, services: ServiceCalls) {
         self.request = request_ctx(&self.run.shared, &services);
+        self.object = ObjectRunCtx::new(
+            &self.run.shared.capabilities.durable,
+            services.object.clone(),
+        );
         self.run.begin(subrequests, services);
     }
 }
@@ -277,6 +287,16 @@ macro_rules! run_state_views {
 pub(crate) use run_state_views;
 
 run_state_views!([] HostState);
+
+impl HostView<ObjectRunCtx> for HostState {
+    fn view(&mut self) -> View<'_, ObjectRunCtx> {
+        View {
+            ctx: &self.object,
+            table: &mut self.run.table,
+            meter: &self.run.hooks.subrequests,
+        }
+    }
+}
 
 impl HostView<RequestCtx> for HostState {
     fn view(&mut self) -> View<'_, RequestCtx> {

@@ -213,6 +213,8 @@ impl Worker {
                 protocol: method.to_ascii_lowercase(),
                 ..RequestInfo::default()
             },
+            object_bindings: inner.object_bindings.clone(),
+            object: None,
         };
         let fuel = inner
             .trigger_cpu_ms

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use isola_backends::Backends;
-use isola_config::{Limits, WorkerRun};
+use isola_config::{DurableObjectBinding, Limits, WorkerRun};
 use isola_engine::{CacheOutcome, IsolaEngine};
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
@@ -18,8 +18,10 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use crate::body::{Body, BodyError};
 use crate::failure::{Failure, GuestError};
 use crate::handlers::{self, Handler};
+use crate::instance::Home;
 use crate::limits::Budget;
 use crate::load_error::LoadError;
+use crate::objects::{CurrentObject, ObjectAddress, ObjectEvent, Objects};
 use crate::outbound::Subrequests;
 use crate::pass_through;
 use crate::profile::{ProfileRequest, Profiling};
@@ -74,6 +76,18 @@ pub(crate) struct Inner {
     pub(crate) declined: Vec<Handler>,
     /// Requests armed for profiling ([`Worker::profile_next`]).
     pub(crate) profiling: Profiling,
+    /// Durable Object namespace binding name (lower-cased) → namespace.
+    pub(crate) object_bindings: Arc<std::collections::HashMap<String, DurableObjectBinding>>,
+    /// The live objects of the classes this worker defines; `None` when it
+    /// defines none.
+    pub(crate) objects: Option<Arc<Objects>>,
+}
+
+/// An event for a Durable Object, as [`Worker::handle_object`] takes it.
+struct ObjectCall {
+    address: ObjectAddress,
+    event: ObjectEvent,
+    alarm_firing: Option<u64>,
 }
 
 /// An instance kept for another request, with the requests it has served.
@@ -168,6 +182,20 @@ impl Worker {
                 component: path.to_owned(),
                 declined: Vec::new(),
                 profiling: Profiling::default(),
+                object_bindings: Arc::new(
+                    config
+                        .durable_objects
+                        .iter()
+                        .map(|b| (b.binding.to_ascii_lowercase(), b.clone()))
+                        .collect(),
+                ),
+                objects: (!config.durable_object_classes.is_empty()).then(|| {
+                    Arc::new(Objects::new(
+                        &config.durable_object_classes,
+                        backends.durable.clone(),
+                        config.durable_object_idle,
+                    ))
+                }),
             }),
         };
         worker.settle_handlers(&instance_pre, path)?;
@@ -301,6 +329,50 @@ impl Worker {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BodyError>,
     {
+        self.serve(request, context, None).await
+    }
+
+    /// Deliver `event` to the Durable Object `address` of a class this
+    /// worker defines, in the object's live instance (made when it has
+    /// none), after the object's earlier events are done. `request` is the
+    /// stub's request (a `fetch` event) or a stand-in (an alarm);
+    /// `alarm_firing` is the time of the alarm being delivered.
+    pub async fn handle_object<B>(
+        &self,
+        request: http::Request<B>,
+        context: RequestContext,
+        address: ObjectAddress,
+        event: ObjectEvent,
+        alarm_firing: Option<u64>,
+    ) -> Handled
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
+        let object = ObjectCall {
+            address,
+            event,
+            alarm_firing,
+        };
+        self.serve(request, context, Some(object)).await
+    }
+
+    /// Live Durable Objects of this worker's classes (with an instance, or
+    /// waiting for one).
+    pub fn live_objects(&self) -> usize {
+        self.inner.objects.as_ref().map_or(0, |o| o.live_objects())
+    }
+
+    async fn serve<B>(
+        &self,
+        request: http::Request<B>,
+        context: RequestContext,
+        object: Option<ObjectCall>,
+    ) -> Handled
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BodyError>,
+    {
         let request_id = context.id.unwrap_or_else(RequestId::generate);
         let report = Report::new(
             self.inner.shared.name.clone(),
@@ -324,6 +396,8 @@ impl Worker {
             locals: Arc::new(std::sync::Mutex::new(call.locals)),
             request_id: request_id.clone(),
             info,
+            object_bindings: self.inner.object_bindings.clone(),
+            object: None,
         };
         let request = request.map(|body| body.map_err(Into::into).boxed_unsync());
         let (request, replay) = if self.inner.origin.is_some() {
@@ -341,7 +415,17 @@ impl Worker {
             (request, None)
         };
         let profile = self.inner.profiling.claim(request.uri().path());
-        let mut response = match self.run(request, services, report.clone(), profile).await {
+        let run = match object {
+            None => {
+                self.run(request, services, report.clone(), profile, Home::Pool)
+                    .await
+            }
+            Some(object) => {
+                self.run_object(request, services, report.clone(), profile, object)
+                    .await
+            }
+        };
+        let mut response = match run {
             Ok(response) => coalesce::coalesce(response).await,
             Err(error) => {
                 tracing::error!(
@@ -398,6 +482,35 @@ impl Worker {
             }
         }
         Handled { response, outcome }
+    }
+
+    /// Run `request` as `object`'s event, in its turn.
+    async fn run_object(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        mut services: ServiceCalls,
+        report: Arc<Report>,
+        profile: Option<crate::profile::Claim>,
+        object: ObjectCall,
+    ) -> Result<http::Response<Body>, GuestError> {
+        let Some(objects) = self.inner.objects.clone() else {
+            return Err(GuestError::message(
+                Failure::Exception,
+                format!(
+                    "worker `{}` defines no Durable Object classes (its `migrations` create none)",
+                    self.name()
+                ),
+            ));
+        };
+        let (turn, storage) = objects.turn(&object.address).await?;
+        services.object = Some(CurrentObject {
+            address: object.address,
+            event: object.event,
+            storage,
+            alarm_firing: object.alarm_firing,
+        });
+        self.run(request, services, report, profile, Home::Object(turn))
+            .await
     }
 
     /// The guest failed after asking for a pass-through: answer from the

@@ -71,6 +71,11 @@ fn names(run: &WorkerRun) -> Vec<env::Binding> {
             .map(|b| (&b.binding, Kind::Queue)),
     );
     names.extend(run.services.iter().map(|b| (&b.binding, Kind::Service)));
+    names.extend(
+        run.durable_objects
+            .iter()
+            .map(|b| (&b.binding, Kind::DurableObject)),
+    );
     names
         .into_iter()
         .map(|(name, kind)| env::Binding {

@@ -13,6 +13,7 @@ pub mod analytics;
 pub mod blob;
 pub mod cache;
 pub mod ctx;
+pub mod durable;
 pub mod env;
 pub(crate) mod handles;
 pub mod kv;
@@ -62,6 +63,7 @@ pub struct Capabilities {
     pub cache: cache::CacheCtx,
     pub analytics: analytics::AnalyticsCtx,
     pub queue: queue::QueueCtx,
+    pub durable: durable::DurableCtx,
 }
 
 impl Capabilities {
@@ -79,6 +81,7 @@ impl Capabilities {
             cache: cache::CacheCtx::new(name, backends),
             analytics: analytics::AnalyticsCtx::new(run, backends),
             queue: queue::QueueCtx::new(run, backends),
+            durable: durable::DurableCtx::new(run),
         })
     }
 }

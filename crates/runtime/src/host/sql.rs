@@ -34,7 +34,7 @@ pub fn add_to_linker<T: HostView<SqlCtx> + 'static>(
     sql::add_to_linker::<T, HasView<SqlCtx>>(linker, T::view)
 }
 
-fn value_in(value: sql::Value) -> backend::sql::Value {
+pub(super) fn value_in(value: sql::Value) -> backend::sql::Value {
     use backend::sql::Value as V;
     match value {
         sql::Value::Null => V::Null,
@@ -45,7 +45,7 @@ fn value_in(value: sql::Value) -> backend::sql::Value {
     }
 }
 
-fn value_out(value: backend::sql::Value) -> sql::Value {
+pub(super) fn value_out(value: backend::sql::Value) -> sql::Value {
     use backend::sql::Value as V;
     match value {
         V::Null => sql::Value::Null,
