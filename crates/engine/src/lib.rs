@@ -134,6 +134,11 @@ impl InstanceSlots {
         }
     }
 
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
     /// Slots in all (`max_instances`).
     pub fn size(&self) -> u32 {
         self.size

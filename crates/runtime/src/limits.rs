@@ -61,6 +61,16 @@ impl Budget {
         }
     }
 
+    /// Whether a new instance would have to wait for a slot: the pool, or
+    /// this worker's share of it, is all taken.
+    pub fn full(&self) -> bool {
+        self.slots.available() == 0
+            || self
+                .own
+                .as_ref()
+                .is_some_and(|own| own.available_permits() == 0)
+    }
+
     /// A slot of the instance pool for a new instance, or the `overloaded`
     /// failure when none frees within the queue timeout.
     pub async fn admit(&self) -> Result<Slot, GuestError> {

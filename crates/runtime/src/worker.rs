@@ -502,7 +502,15 @@ impl Worker {
                 ),
             ));
         };
-        let (turn, storage) = objects.turn(&object.address).await?;
+        let (mut turn, storage) = objects.turn(&object.address).await?;
+        // An object that needs an instance when the pool is full makes room
+        // by evicting the object idle the longest, rather than waiting for
+        // a slot that idle objects would hold until their idle timeout.
+        if let Some(live) = turn.take_live() {
+            turn.keep(live);
+        } else if self.inner.budget.full() {
+            objects.evict_least_recently_used();
+        }
         services.object = Some(CurrentObject {
             address: object.address,
             event: object.event,

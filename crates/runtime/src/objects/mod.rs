@@ -212,6 +212,29 @@ impl Objects {
         });
     }
 
+    /// Evict the object unused the longest, of those with no event waiting
+    /// or running; whether there was one.
+    pub fn evict_least_recently_used(&self) -> bool {
+        let evicted = {
+            let mut cells = self.cells.lock().expect("objects lock");
+            // Not one whose last turn is still ending (its gate is held).
+            let oldest = cells
+                .iter()
+                .filter(|(_, cell)| Arc::strong_count(cell) == 1 && cell.live.try_lock().is_ok())
+                .min_by_key(|(_, cell)| *cell.last_used.lock().expect("object lock"))
+                .map(|(key, _)| key.clone());
+            let Some(key) = oldest else {
+                return false;
+            };
+            let cell = cells.remove(&key).expect("the key was just found");
+            let live: Option<Reusable> = cell.live.try_lock().ok().and_then(|mut live| live.take());
+            drop(cell);
+            live
+        };
+        drop(evicted);
+        true
+    }
+
     /// Evict every object idle for longer than `idle` and not in use.
     fn evict_idle(&self) {
         let mut evicted = Vec::new();
