@@ -54,7 +54,7 @@ fn members(worker: &WorkerConfig) -> Vec<(String, String)> {
     for name in run.secrets.keys() {
         members.push((name.clone(), "string".to_owned()));
     }
-    let kinds: [(&str, Vec<&str>); 6] = [
+    let kinds: [(&str, Vec<&str>); 7] = [
         (
             "KVNamespace",
             run.kv_namespaces
@@ -87,6 +87,13 @@ fn members(worker: &WorkerConfig) -> Vec<(String, String)> {
         (
             "AnalyticsEngineDataset",
             run.analytics_engine_datasets
+                .iter()
+                .map(|b| b.binding.as_str())
+                .collect(),
+        ),
+        (
+            "DurableObjectNamespace",
+            run.durable_objects
                 .iter()
                 .map(|b| b.binding.as_str())
                 .collect(),
@@ -194,6 +201,8 @@ r2_buckets = [{ binding = "BUCKET", bucket_name = "files" }]
 queues.producers = [{ binding = "JOBS", queue = "jobs" }]
 services = [{ binding = "AUTH", service = "auth" }]
 analytics_engine_datasets = [{ binding = "EVENTS", dataset = "events" }]
+durable_objects = { bindings = [{ name = "COUNTER", class_name = "Counter" }] }
+migrations = [{ tag = "v1", new_sqlite_classes = ["Counter"] }]
 
 [[worker]]
 name = "auth"
@@ -217,6 +226,7 @@ routes = ["/auth/*"]
             "  JOBS: Queue;",
             "  AUTH: Fetcher;",
             "  EVENTS: AnalyticsEngineDataset;",
+            "  COUNTER: DurableObjectNamespace;",
             "interface ApiEnv {",
             "interface AuthEnv {",
             "interface KVNamespace<",

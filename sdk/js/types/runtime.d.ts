@@ -314,3 +314,113 @@ interface AnalyticsEngineDataset {
 interface CacheStorage {
   readonly default: Cache;
 }
+
+// Durable Objects
+
+/** An object's address in its namespace: 64 hex digits. */
+interface DurableObjectId {
+  toString(): string;
+  equals(other: DurableObjectId): boolean;
+  /** The name given to `idFromName`, for ids made from a name. */
+  readonly name?: string;
+}
+
+/** The methods of the object's class, as calls that return promises. */
+type DurableObjectRpc<T> = {
+  [K in keyof T as K extends "fetch" | "alarm" | "ctx" | "env" ? never : K]: T[K] extends (
+    ...args: infer A
+  ) => infer R
+    ? (...args: A) => Promise<Awaited<R>>
+    : never;
+};
+
+/** A stub: `fetch` and RPC reach the object. */
+type DurableObjectStub<T = undefined> = {
+  fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response>;
+  readonly id: DurableObjectId;
+  readonly name?: string;
+} & (T extends object ? DurableObjectRpc<T> : {});
+
+/** `durable_objects.bindings`: a class's objects. */
+interface DurableObjectNamespace<T = undefined> {
+  idFromName(name: string): DurableObjectId;
+  newUniqueId(): DurableObjectId;
+  idFromString(id: string): DurableObjectId;
+  get(id: DurableObjectId): DurableObjectStub<T>;
+  getByName(name: string): DurableObjectStub<T>;
+}
+
+interface DurableObjectListOptions {
+  start?: string;
+  startAfter?: string;
+  end?: string;
+  prefix?: string;
+  reverse?: boolean;
+  limit?: number;
+}
+
+interface DurableObjectTransaction {
+  get<T = unknown>(key: string): Promise<T | undefined>;
+  get<T = unknown>(keys: string[]): Promise<Map<string, T>>;
+  put<T>(key: string, value: T): Promise<void>;
+  put<T>(entries: Record<string, T>): Promise<void>;
+  delete(key: string): Promise<boolean>;
+  delete(keys: string[]): Promise<number>;
+  list<T = unknown>(options?: DurableObjectListOptions): Promise<Map<string, T>>;
+  rollback(): void;
+}
+
+type SqlStorageValue = ArrayBuffer | string | number | null;
+
+interface SqlStorageCursor<T extends Record<string, SqlStorageValue>> extends Iterable<T> {
+  next(): { done?: false; value: T } | { done: true; value?: never };
+  toArray(): T[];
+  one(): T;
+  raw<U extends SqlStorageValue[]>(): IterableIterator<U>;
+  readonly columnNames: string[];
+  readonly rowsRead: number;
+  readonly rowsWritten: number;
+}
+
+/** `ctx.storage.sql`: classes created by `new_sqlite_classes`. */
+interface SqlStorage {
+  exec<T extends Record<string, SqlStorageValue> = Record<string, SqlStorageValue>>(
+    query: string,
+    ...bindings: any[]
+  ): SqlStorageCursor<T>;
+  readonly databaseSize: number;
+}
+
+interface DurableObjectStorage extends Omit<DurableObjectTransaction, "rollback"> {
+  deleteAll(): Promise<void>;
+  transaction<T>(closure: (txn: DurableObjectTransaction) => Promise<T>): Promise<T>;
+  transactionSync<T>(closure: () => T): T;
+  getAlarm(): Promise<number | null>;
+  setAlarm(scheduledTime: number | Date): Promise<void>;
+  deleteAlarm(): Promise<void>;
+  sync(): Promise<void>;
+  readonly sql: SqlStorage;
+}
+
+interface DurableObjectState {
+  readonly id: DurableObjectId;
+  readonly storage: DurableObjectStorage;
+  waitUntil(promise: Promise<unknown>): void;
+  blockConcurrencyWhile<T>(callback: () => Promise<T>): Promise<T>;
+}
+
+interface AlarmInvocationInfo {
+  readonly retryCount: number;
+  readonly isRetry: boolean;
+}
+
+declare module "cloudflare:workers" {
+  /** The base of a Durable Object class: `this.ctx` and `this.env`. */
+  export abstract class DurableObject<Env = unknown> {
+    protected ctx: DurableObjectState;
+    protected env: Env;
+    constructor(ctx: DurableObjectState, env: Env);
+    fetch?(request: Request): Response | Promise<Response>;
+    alarm?(alarmInfo?: AlarmInvocationInfo): void | Promise<void>;
+  }
+}

@@ -160,7 +160,10 @@ impl wit_storage::Host for View<'_, ObjectRunCtx> {
     }
 
     async fn commit(&mut self) -> CallResult<()> {
-        storage_call!(self, |storage| storage.commit())
+        // An alarm set inside the transaction is stored by its commit.
+        let result = storage_call!(self, |storage| storage.commit());
+        alarms::ring();
+        result
     }
 
     async fn rollback(&mut self) -> CallResult<()> {
