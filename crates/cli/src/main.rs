@@ -284,6 +284,7 @@ fn main() -> ExitCode {
         .with(log.with_filter(filter))
         .with(TelemetryLayer(telemetry.clone()).with_filter(events))
         .init();
+    raise_open_files_limit();
     let result = run(cli, telemetry);
     drop(flush_logs);
     match result {
@@ -291,6 +292,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lift the soft limit on open files to the hard one, as servers do: a
+/// server holds client sockets, outbound connections, and up to 256 open
+/// Durable Object databases (three files each), and the usual soft limit
+/// of 1024 would be reached well before the machine's.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited: then there is nothing to raise (soft) or no
+    // finite value to raise it to (hard).
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("raising the open-files limit failed: {e}");
         }
     }
 }
