@@ -213,7 +213,7 @@ impl D1Value {
         }
     }
 
-    fn from_wit(value: wit::Value) -> Self {
+    pub(crate) fn from_wit(value: wit::Value) -> Self {
         match value {
             wit::Value::Null => D1Value::Null,
             wit::Value::Integer(n) => D1Value::Integer(n),
@@ -223,7 +223,7 @@ impl D1Value {
         }
     }
 
-    fn into_wit(self) -> wit::Value {
+    pub(crate) fn into_wit(self) -> wit::Value {
         match self {
             D1Value::Null => wit::Value::Null,
             D1Value::Integer(n) => wit::Value::Integer(n),
@@ -441,6 +441,10 @@ pub struct D1Row {
 }
 
 impl D1Row {
+    pub(crate) fn new(columns: Rc<[String]>, values: Vec<D1Value>) -> Self {
+        D1Row { columns, values }
+    }
+
     /// The value of the first column named `column`.
     pub fn get(&self, column: &str) -> Option<&D1Value> {
         let index = self.columns.iter().position(|c| c == column)?;

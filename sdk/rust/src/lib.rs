@@ -42,6 +42,7 @@
 //! | `queues.producers` | `env.queue("JOBS")?` | [`queue`] |
 //! | (always there) | `caches::default()?`, `caches::open("name")?` | [`caches`] |
 //! | `services` | `env.service("AUTH")` | [`Service`] |
+//! | `durable_objects.bindings` | `env.durable_object("COUNTER")` | [`durable`] |
 //!
 //! Their calls fail with an [`anyhow::Error`] holding a [`BindingError`]
 //! (`Invalid`, `SubrequestLimit` or `Backend`) that a handler can
@@ -72,6 +73,35 @@
 //! (`isola:worker/scheduled`, `isola:worker/queue-consumer`); a worker
 //! without it does not, and the host then does not offer it that trigger.
 //! `ctx.wait_until` work finishes before the handler's call returns.
+//!
+//! # Durable Objects
+//!
+//! A worker defines a Durable Object class by implementing
+//! [`DurableObject`] and registering it with `#[isola_sdk::durable_object]`;
+//! other code reaches an object through a stub (see [`durable`]):
+//!
+//! ```ignore
+//! #[isola_sdk::durable_object]
+//! struct Counter { state: ObjectState }
+//!
+//! impl DurableObject for Counter {
+//!     fn new(state: ObjectState, _env: Env) -> Self {
+//!         Counter { state }
+//!     }
+//!     async fn fetch(&mut self, _req: Request) -> Result<Response> {
+//!         let storage = self.state.storage();
+//!         let count = storage.get_json::<u64>("count").await?.unwrap_or(0) + 1;
+//!         storage.put_json("count", &count).await?;
+//!         Ok(Response::text(count.to_string()))
+//!     }
+//! }
+//!
+//! #[isola_sdk::fetch]
+//! async fn fetch(req: Request, env: Env, _ctx: Ctx) -> Result<Response> {
+//!     let stub = env.durable_object("COUNTER").get_by_name(req.path())?;
+//!     Ok(stub.fetch("/").await?.into())
+//! }
+//! ```
 
 mod bindings {
     wit_bindgen::generate!({
@@ -83,6 +113,7 @@ mod bindings {
 pub mod analytics;
 pub mod caches;
 pub mod d1;
+pub mod durable;
 mod error;
 mod handlers;
 pub mod kv;
@@ -98,7 +129,7 @@ use std::pin::Pin;
 
 pub use anyhow::{Context as _, Error, Result, anyhow, bail};
 pub use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-pub use isola_sdk_macros::{fetch, queue, scheduled};
+pub use isola_sdk_macros::{durable_object, fetch, queue, scheduled};
 use wasi::http::types::{
     IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam, Scheme,
 };
@@ -107,6 +138,7 @@ use wasi::io::streams::StreamError;
 pub use analytics::{DataPoint, Dataset};
 pub use caches::{Cache, CacheKey};
 pub use d1::{D1, D1ExecResult, D1Meta, D1Params, D1Result, D1Row, D1Statement, D1Value};
+pub use durable::{AlarmInfo, DurableObject, DurableObjectNamespace, ObjectId, ObjectState, Stub};
 pub use error::BindingError;
 pub use handlers::ScheduledEvent;
 pub use kv::{Kv, KvKey, KvList, KvListOptions, KvPutOptions, KvValue};
@@ -166,6 +198,27 @@ impl Env {
             binding: binding.to_owned(),
         }
     }
+
+    /// The Durable Object namespace bound as `binding` in
+    /// `durable_objects.bindings`. An unknown binding is reported by the
+    /// namespace's first call.
+    pub fn durable_object(&self, binding: &str) -> DurableObjectNamespace {
+        DurableObjectNamespace::new(binding)
+    }
+}
+
+/// The path and query of `url`, a full URL (whose scheme and host are
+/// dropped) or a path (`/check`, `check?x=1`), always starting with `/`.
+fn path_of(url: &str) -> String {
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.find(['/', '?']).map_or("/", |i| &rest[i..]).to_owned(),
+        None => url.to_owned(),
+    };
+    if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    }
 }
 
 /// Another worker, reached in-process through a service binding.
@@ -180,15 +233,7 @@ impl Service {
     /// The call counts as a subrequest; `ctx` locals set so far go with it.
     pub async fn fetch(&self, request: impl Into<OutboundRequest>) -> Result<FetchResponse> {
         let mut request = request.into();
-        let path = match request.url.split_once("://") {
-            Some((_, rest)) => rest.find(['/', '?']).map_or("/", |i| &rest[i..]).to_owned(),
-            None => request.url.clone(),
-        };
-        let path = if path.starts_with('/') {
-            path
-        } else {
-            format!("/{path}")
-        };
+        let path = path_of(&request.url);
         request.url = format!("http://{}.service.isola.internal{path}", self.binding);
         fetch(request).await
     }
@@ -642,12 +687,17 @@ pub mod __private {
 
     use super::*;
 
-    /// Run a `fetch` handler for one request.
+    /// Run a `fetch` handler for one request, or, when the request is a
+    /// Durable Object's event and the worker registered classes, the
+    /// object's handler.
     pub fn serve<F, Fut>(request: IncomingRequest, out: ResponseOutparam, handler: F)
     where
         F: FnOnce(Request, Env, Ctx) -> Fut,
         Fut: Future<Output = Result<Response>>,
     {
+        let Some((request, out)) = crate::durable::route(request, out) else {
+            return;
+        };
         let outcome = Request::from_wasi(request).and_then(|request| {
             let head = request.method() == Method::HEAD;
             let response = block_on(handler(request, Env::default(), Ctx::default()))?;
@@ -668,7 +718,25 @@ pub mod __private {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_query, percent_decode};
+    use super::{decode_query, path_of, percent_decode, wire::percent_encode};
+
+    #[test]
+    fn percent_encoding_round_trips() {
+        assert_eq!(percent_encode("room-1_a.b~"), "room-1_a.b~");
+        assert_eq!(percent_encode("a b/c%é"), "a%20b%2Fc%25%C3%A9");
+        for text in ["", "plain", "a b/c%é?&=+", "日本"] {
+            assert_eq!(percent_decode(&percent_encode(text)), text);
+        }
+    }
+
+    #[test]
+    fn paths_of_urls() {
+        assert_eq!(path_of("http://x.internal/a/b?c=d"), "/a/b?c=d");
+        assert_eq!(path_of("https://host"), "/");
+        assert_eq!(path_of("http://host?x=1"), "/?x=1");
+        assert_eq!(path_of("/increment?by=2"), "/increment?by=2");
+        assert_eq!(path_of("check"), "/check");
+    }
 
     #[test]
     fn percent_decoding() {

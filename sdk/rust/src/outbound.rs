@@ -87,6 +87,33 @@ impl FetchResponse {
     }
 }
 
+/// Relay a fetched response: its status, headers and body. Hop-by-hop
+/// headers (`connection`, `transfer-encoding`...), which belong to the
+/// connection it came on, are left out.
+impl From<FetchResponse> for crate::Response {
+    fn from(fetched: FetchResponse) -> Self {
+        const HOP_BY_HOP: &[&str] = &[
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "trailer",
+            "http2-settings",
+            "host",
+        ];
+        let mut response = crate::Response::new(fetched.body).with_status(fetched.status.as_u16());
+        let headers = response.headers_mut();
+        for (name, value) in &fetched.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        response
+    }
+}
+
 /// Send an HTTP request through the host (`wasi:http/outgoing-handler`).
 ///
 /// The host decides what is reachable: hosts outside the worker's

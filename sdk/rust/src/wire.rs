@@ -11,6 +11,20 @@ pub fn percent_decode(text: &str) -> String {
     decode(text, false)
 }
 
+/// Percent-encode `text` for a header value or path segment: every byte
+/// but ASCII letters, digits and `-._~` becomes `%XX`.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Percent-decode a query component, where `+` is also a space.
 pub(crate) fn decode_query(text: &str) -> String {
     decode(text, true)
