@@ -10,6 +10,7 @@ mod concurrency;
 mod dev;
 mod docs;
 mod docs_reference;
+mod durable;
 mod durable_rust;
 mod examples;
 mod js;

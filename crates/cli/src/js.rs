@@ -52,6 +52,11 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/js/src/service.js"),
     ),
     ("src/env.js", include_str!("../../../sdk/js/src/env.js")),
+    ("src/clone.js", include_str!("../../../sdk/js/src/clone.js")),
+    (
+        "src/durable.js",
+        include_str!("../../../sdk/js/src/durable.js"),
+    ),
     ("src/cache.js", include_str!("../../../sdk/js/src/cache.js")),
     ("src/http.js", include_str!("../../../sdk/js/src/http.js")),
     (
@@ -381,7 +386,10 @@ pub fn build_workers(config: &Config) -> Result<()> {
         let Some(main) = &worker.main else { continue };
         let started = std::time::Instant::now();
         let options = BuildOptions {
-            instance_reuse: worker.run.instance_reuse > 1,
+            // A Durable Object keeps its instance across its events, which
+            // StarlingMonkey's fetch event (one per instance) cannot serve.
+            instance_reuse: worker.run.instance_reuse > 1
+                || !worker.run.durable_object_classes.is_empty(),
             bundle: worker.js_build.clone(),
         };
         let built = build(main, &worker.component, &options).with_context(|| {

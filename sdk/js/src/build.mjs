@@ -298,9 +298,11 @@ async function main() {
     await writeFile(
       entry,
       [
-        `import { installFetch, incomingHandlerExport, scheduledExport, queueExport, handlersExport } from ${JSON.stringify(shim)};`,
+        `import { installFetch, installObjects, incomingHandlerExport, scheduledExport, queueExport, handlersExport } from ${JSON.stringify(shim)};`,
         `import * as userModule from ${JSON.stringify(userBundle)};`,
         `const worker = userModule.default;`,
+        // Its named exports: the classes of its Durable Objects.
+        `installObjects(userModule);`,
         args.reuse
           ? `export const incomingHandler = incomingHandlerExport(worker);`
           : `installFetch(worker);`,

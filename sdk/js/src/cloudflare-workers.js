@@ -1,10 +1,12 @@
 // `cloudflare:workers`, as far as Isola goes: `WorkerEntrypoint` (a class
 // default export: `export default class extends WorkerEntrypoint { fetch(request)
-// { this.env ... } }`), the module-level `env` and `waitUntil`. The shim
-// lends this module its `env` and the current request's `ctx` through two
-// symbols, so that the worker's bundle does not carry a second shim.
-// Durable Objects and Workflows are not there: their classes can be
-// declared (a module may export one it binds elsewhere), not constructed.
+// { this.env ... } }`), `DurableObject` (the base of a Durable Object class:
+// `export class Counter extends DurableObject { ... this.ctx.storage ... }`),
+// the module-level `env` and `waitUntil`. The shim lends this module its
+// `env` and the current request's `ctx` through two symbols, so that the
+// worker's bundle does not carry a second shim. Workflows are not there:
+// their classes can be declared (a module may export one it binds
+// elsewhere), not constructed.
 
 const hooks = () => globalThis[Symbol.for("isola.cloudflare-workers")];
 
@@ -23,7 +25,16 @@ function unavailable(what) {
   };
 }
 
-export const DurableObject = unavailable("Durable Objects");
+/** The base of a Durable Object class: the shim constructs the exported
+ * class once per object with the object's state (`this.ctx`: `id`,
+ * `storage`, `waitUntil`, `blockConcurrencyWhile`) and the worker's `env`. */
+export class DurableObject {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+
 export const WorkflowEntrypoint = unavailable("Workflows");
 export class RpcTarget {}
 

@@ -5,6 +5,7 @@ import * as envApi from "isola:worker/env@0.1.0";
 import * as requestInfo from "isola:worker/request-info@0.1.0";
 import { AnalyticsEngineDataset } from "./analytics.js";
 import { D1Database } from "./d1.js";
+import { DurableObjectNamespace } from "./durable.js";
 import { errorText } from "./errors.js";
 import { KVNamespace } from "./kv.js";
 import { WorkerQueue } from "./queues.js";
@@ -61,6 +62,9 @@ function fillEnv(env) {
         break;
       case "service":
         env[name] = new Fetcher(name);
+        break;
+      case "durable-object":
+        env[name] = new DurableObjectNamespace(name);
         break;
     }
   }

@@ -12,6 +12,7 @@
 // scripts); the modules it imports only declare.
 
 import * as ctxApi from "isola:worker/ctx@0.1.0";
+import { currentObject, serveObject } from "./durable.js";
 import { attachCf, ExecutionContext, fail, makeEnv } from "./env.js";
 import { errorText, installConsole } from "./errors.js";
 import { installGlobals } from "./globals.js";
@@ -67,15 +68,63 @@ async function callFetch(worker, request, ctx) {
   return response;
 }
 
+/** The worker's module namespace: Durable Object classes are its named
+ * exports. */
+let workerModule = {};
+/** Whether the module exports a function other than its default, which a
+ * Durable Object class would be: only then does a run ask the host whether
+ * it serves an object (a host call, not free). */
+let exportsClasses = false;
+
+/** Give the shim the worker's module (the build's entry does, before any
+ * event): its exported classes serve the Durable Objects of the worker. */
+export function installObjects(module) {
+  workerModule = module;
+  exportsClasses = Object.keys(module).some(
+    (name) => name !== "default" && typeof module[name] === "function",
+  );
+}
+
+/** The object this run serves and its event, or undefined: the run is
+ * then the worker's own (a request to it, a trigger). */
+function objectRun() {
+  return exportsClasses ? currentObject() : undefined;
+}
+
+/** Deliver the run's event to its Durable Object; answers a Response
+ * whatever the object does (errors go back to the caller). */
+function callObject(current, request, ctx) {
+  currentCtx = ctx;
+  return serveObject(workerModule, current, request, ctx, makeEnv);
+}
+
 /** Set when the worker is a service-worker style script (no default
  * export): it registers its own fetch listener. */
 let serviceWorkerScript = false;
+
+/** Fetch events an object's run took (StarlingMonkey's fetch event). */
+const objectEvents = new WeakSet();
 
 // Registered by the shim's top level, so before any listener of the
 // worker's: gives a service-worker script what Workers gives it, its
 // bindings as globals, `request.cf` and `event.passThroughOnException()`,
 // and the error handling module workers get.
 addEventListener("fetch", (event) => {
+  const object = objectRun();
+  if (object !== undefined) {
+    objectEvents.add(event);
+    const ctx = new ExecutionContext((promise) => event.waitUntil(promise));
+    event.respondWith(
+      (async () => {
+        try {
+          return settled(await callObject(object, event.request, ctx));
+        } catch (e) {
+          return fail(e);
+        }
+      })(),
+    );
+    return;
+  }
   if (!serviceWorkerScript) return;
   const env = makeEnv();
   for (const name of Object.keys(env)) globalThis[name] = env[name];
@@ -97,6 +146,7 @@ export function installFetch(worker) {
   }
   let served = false;
   addEventListener("fetch", (event) => {
+    if (objectEvents.has(event)) return;
     // The engine would refuse the second event's respondWith with a
     // message that names no cause.
     if (served) {
@@ -131,7 +181,12 @@ export function incomingHandlerExport(worker) {
       try {
         let response;
         try {
-          response = await callFetch(worker, toRequest(incoming, cleanup), ctx);
+          const request = toRequest(incoming, cleanup);
+          const object = objectRun();
+          response =
+            object === undefined
+              ? await callFetch(worker, request, ctx)
+              : await callObject(object, request, ctx);
         } catch (e) {
           fail(e);
         }
