@@ -42,6 +42,20 @@ fn objects_worker() -> String {
     )
 }
 
+/// `caller`: the same module as a worker that defines no classes and
+/// reaches `objects`' through `script_name` (built as a fresh instance per
+/// request, unlike `objects`).
+fn caller_worker() -> String {
+    format!(
+        "[[worker]]\nname = \"caller\"\nmain = {:?}\nroutes = [\"/*\"]\n\
+         durable_objects = {{ bindings = [\
+           {{ name = \"COUNTER\", class_name = \"Counter\", script_name = \"objects\" }}, \
+           {{ name = \"PLAIN\", class_name = \"Plain\", script_name = \"objects\" }}, \
+           {{ name = \"SILENT\", class_name = \"Silent\", script_name = \"objects\" }}] }}\n",
+        repo("tests/js/durable.js")
+    )
+}
+
 /// The rate limiter of guest-examples, as guest-examples/isola.toml has it.
 fn limiter_worker() -> String {
     format!(
@@ -70,7 +84,15 @@ fn project(server: &str) -> Project {
 fn warm_up() {
     static WARM: Once = Once::new();
     WARM.call_once(|| {
-        let project = project_with("", &format!("{}\n{}", objects_worker(), limiter_worker()));
+        let project = project_with(
+            "",
+            &format!(
+                "{}\n{}\n{}",
+                objects_worker().replace("routes = [\"/*\"]", "routes = [\"/objects/*\"]"),
+                caller_worker(),
+                limiter_worker()
+            ),
+        );
         let output = run_isola(&["compile", project.config().to_str().unwrap()]);
         assert!(
             output.status.success(),
@@ -392,6 +414,40 @@ async fn rpc_carries_structured_clone_values_and_rethrows_errors() {
     assert_eq!(clone["echoed"], expected, "{clone}");
     assert_eq!(clone["stored"], expected, "{clone}");
     assert_eq!(clone["cloneError"]["name"], "DataCloneError", "{clone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binding_with_script_name_reaches_another_workers_objects() {
+    // `objects` defines the classes and serves no route of its own here.
+    let objects = objects_worker().replace("routes = [\"/*\"]", "routes = [\"/objects/*\"]");
+    let project = project_with("", &format!("{objects}\n{}", caller_worker()));
+    let server = serve(&project);
+    for expected in 1..=3 {
+        assert_eq!(
+            text(&server, "/counter/shared/increment", 200).await,
+            expected.to_string()
+        );
+    }
+    assert_eq!(
+        text(&server, "/counter/shared/rpc-increment?by=4", 200).await,
+        "7"
+    );
+    let state = json_at(&server, "/counter/shared", 200).await;
+    assert_eq!(state["count"], 7, "{state}");
+    // One object, one instance, in `objects`, whoever calls it.
+    assert_eq!(
+        (state["hits"].clone(), state["constructed"].clone()),
+        (json!(4), json!(1))
+    );
+    let report = json_at(&server, "/rpc/remote", 200).await;
+    assert_eq!(report["failIsTypeError"], true, "{report}");
+    let ids = json_at(&server, "/ids", 200).await;
+    assert_eq!(ids["sameName"], true, "{ids}");
+    let logs = server.logs();
+    assert!(
+        logs.contains("worker=objects") && logs.contains("worker=caller"),
+        "{logs}"
+    );
 }
 
 /// Increment `name` `n` times at once; how many were acknowledged (200).
