@@ -241,6 +241,11 @@ async fn a_stubs_fetch_delivers_the_request_and_rethrows_the_objects_error() {
     }
     assert_eq!(json_at(&server, "/counter/echo", 200).await["count"], 0);
 
+    assert_eq!(
+        json_at(&server, "/counter/echo/redirect", 200).await,
+        json!({ "status": 302, "location": "https://example.com/elsewhere" })
+    );
+
     let thrown = json_at(&server, "/counter/thrower/throw", 200).await;
     assert_eq!(
         thrown["thrown"],

@@ -50,6 +50,8 @@ export class Counter extends DurableObject {
         });
       case "/throw":
         throw new RangeError("the object's fetch threw");
+      case "/redirect":
+        return Response.redirect("https://example.com/elsewhere", 302);
       default:
         return new Response("no such path in the object\n", { status: 404 });
     }
@@ -335,6 +337,11 @@ export default {
             } catch (e) {
               return json({ thrown: errorOf(e), isRangeError: e instanceof RangeError });
             }
+          case "redirect": {
+            // The object's redirect comes back as it is, not followed.
+            const response = await stub.fetch("http://counter/redirect");
+            return json({ status: response.status, location: response.headers.get("location") });
+          }
           case "storage":
             return json(await stub.storageChecks());
           case "sql":
