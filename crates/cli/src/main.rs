@@ -72,10 +72,11 @@ enum Command {
         /// Only install the JavaScript toolchain (for CI and images).
         #[arg(long, conflicts_with_all = ["main", "out"])]
         setup: bool,
-        /// Let one instance serve many requests (for `instance_reuse`): the
-        /// shim serves wasi:http itself instead of the engine's one-shot
-        /// fetch event, at a higher cost per request. `serve`, `dev` and
-        /// `check` choose this from the worker's `instance_reuse`.
+        /// Let one instance serve many requests (for `instance_reuse`, and
+        /// for a worker that defines Durable Object classes, whose objects
+        /// keep their instance): the shim serves wasi:http itself instead
+        /// of the engine's one-shot fetch event, at a higher cost per
+        /// request. `serve`, `dev` and `check` choose this from the config.
         #[arg(long, conflicts_with = "setup")]
         instance_reuse: bool,
         /// A compile-time constant, as `define` in isola.toml:
