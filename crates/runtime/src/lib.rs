@@ -68,6 +68,9 @@ pub use failure::{ERROR_HEADER, Failure, Limit, error_response};
 pub use handlers::Handler;
 pub use limits::DEFAULT_FUEL_PER_MS;
 pub use load_error::LoadError;
+pub use objects::placement::{
+    DEFAULT_LEASE_TTL, FORWARD_PATH, ForwardedEvent, MAX_HOPS, Placement, SECRET_HEADER,
+};
 pub use objects::{
     OBJECT_HOST_SUFFIX, OBJECT_ID_HEADER, OBJECT_NAME_HEADER, ObjectAddress, ObjectEvent,
 };

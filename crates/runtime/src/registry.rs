@@ -13,6 +13,7 @@ use isola_backends::durable::DurableStore;
 use isola_config::DurableObjectClass;
 
 use crate::body::Body;
+use crate::objects::placement::Placement;
 use crate::objects::{ObjectAddress, ObjectEvent};
 use crate::request::RequestContext;
 use crate::services::Callees;
@@ -22,12 +23,21 @@ use crate::worker::Worker;
 #[derive(Default)]
 pub struct Services {
     workers: RwLock<HashMap<String, Worker>>,
+    placement: Option<Arc<Placement>>,
 }
 
 impl Services {
     /// A registry of `workers`, each of which is told to use it. Keep it
     /// alive as long as they serve: workers hold it weakly.
     pub fn new(workers: &[Worker]) -> Arc<Services> {
+        Self::with_placement(workers, None)
+    }
+
+    /// [`Services::new`] for a node of a cluster when `placement` is given:
+    /// each Durable Object's events run on the node that holds its lease
+    /// (forwarded there from the others), and each alarm is delivered by
+    /// the node that owns its object.
+    pub fn with_placement(workers: &[Worker], placement: Option<Arc<Placement>>) -> Arc<Services> {
         let services = Arc::new(Services {
             workers: RwLock::new(
                 workers
@@ -35,13 +45,22 @@ impl Services {
                     .map(|w| (w.name().to_owned(), w.clone()))
                     .collect(),
             ),
+            placement: placement.clone(),
         });
         let callees: Arc<dyn Callees> = services.clone();
         for worker in workers {
             worker.attach_callees(Arc::downgrade(&callees));
+            if let Some(placement) = &placement {
+                worker.place(placement.clone());
+            }
         }
         services.start_alarms(workers);
         services
+    }
+
+    /// The cluster this node is part of, if any.
+    pub fn placement(&self) -> Option<&Arc<Placement>> {
+        self.placement.as_ref()
     }
 
     /// Deliver the alarms of the objects of `workers`' classes: one

@@ -8,6 +8,12 @@
 //! restart too; the scheduler keeps nothing of its own but the retry
 //! counts. A process that crashes during an alarm run fires it again on
 //! start: alarms are delivered at least once.
+//!
+//! On several nodes sharing the store, every node's scheduler sees every
+//! alarm, and each delivers only the alarms of objects it owns (or takes
+//! over, when no node holds the object's lease): one node runs each
+//! firing. An alarm is run only if it is still set for the time it was
+//! read with, so a firing another node delivered is not run again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http_body_util::BodyExt;
 use isola_backends::durable::{Alarm, DurableStore};
 
-use super::{ObjectAddress, ObjectEvent};
+use super::{ObjectAddress, ObjectCall, ObjectEvent};
 use crate::registry::Services;
 
 /// Retries of a failing alarm before it is given up (Workers: 6).
@@ -105,8 +111,17 @@ pub(crate) async fn run(services: Weak<Services>, store: Arc<dyn DurableStore>) 
                 ring();
             });
         }
-        let wait = next.map_or(RESCAN, |at| {
-            Duration::from_millis(at.saturating_sub(unix_ms())).min(RESCAN)
+        // Alarms other nodes set ring no bell here; the owner of an object
+        // that died leaves its alarms to the others once its lease ran out.
+        let rescan = match services
+            .upgrade()
+            .and_then(|s| s.placement().map(|p| p.ttl()))
+        {
+            Some(ttl) => RESCAN.min(ttl),
+            None => RESCAN,
+        };
+        let wait = next.map_or(rescan, |at| {
+            Duration::from_millis(at.saturating_sub(unix_ms())).min(rescan)
         });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -150,21 +165,50 @@ async fn deliver(
         id: alarm.id.clone(),
         name: None,
     };
+    // On several nodes, the owner delivers it (this node, if it takes the
+    // object over now).
+    if services.placement().is_some() {
+        match worker.owns_object(&address).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(worker = %worker.name(), class = %class.class_name, id = %alarm.id,
+                    "an alarm is due for an object another node owns; it delivers it");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(worker = %worker.name(), class = %class.class_name, id = %alarm.id,
+                    "finding the owner of an object with a due alarm failed: {e}");
+                return;
+            }
+        }
+    }
+    // Delivered (or moved, or deleted) since the alarms were read.
+    match storage.get_alarm().await {
+        Ok(Some(at)) if at == alarm.time_ms => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(id = %alarm.id, "reading a due alarm failed: {e}");
+            return;
+        }
+    }
     let request = http::Request::post(format!(
         "http://{}.object.isola.internal/__isola/alarm",
         class.class_name.to_ascii_lowercase()
     ))
     .body(http_body_util::Empty::<bytes::Bytes>::new())
     .expect("a valid alarm request");
-    let handled = worker
-        .handle_object(
-            request,
-            crate::RequestContext::default(),
-            address,
-            ObjectEvent::Alarm { retry_count },
-            Some(alarm.time_ms),
-        )
-        .await;
+    let call = ObjectCall {
+        address,
+        event: ObjectEvent::Alarm { retry_count },
+        alarm_firing: Some(alarm.time_ms),
+    };
+    let Some(handled) = worker
+        .handle_object_here(request, crate::RequestContext::default(), call)
+        .await
+    else {
+        // Another node took the object over meanwhile: it delivers it.
+        return;
+    };
     let status = handled.response.status();
     // Let the response stream out, then wait for the run to be over.
     let _ = handled.response.into_body().collect().await;

@@ -9,19 +9,29 @@
 //! request to `http://<binding>.object.isola.internal/…` with the object's
 //! id in [`OBJECT_ID_HEADER`] (see `outbound` and `registry`); the alarm
 //! scheduler (`alarms`) delivers alarms the same way, as an event.
+//!
+//! On several nodes (`placement`), an object's events run only on the node
+//! that holds its lease: [`Objects::admit`] says where, and the idle
+//! sweeper renews the leases of live objects and gives back those of
+//! evicted ones.
 
 pub(crate) mod alarms;
 pub(crate) mod id;
+pub(crate) mod placement;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use isola_backends::durable::{DurableStore, ObjectStorage};
 use isola_config::DurableObjectClass;
 
 use crate::failure::{Failure, GuestError};
 use crate::worker::Reusable;
+use placement::{Owner, Placement};
 
 /// The host of an object-binding URL ends with this.
 pub const OBJECT_HOST_SUFFIX: &str = ".object.isola.internal";
@@ -50,6 +60,15 @@ pub enum ObjectEvent {
     Alarm { retry_count: u32 },
 }
 
+/// An event for an object, as the worker takes it.
+#[derive(Clone, Debug)]
+pub(crate) struct ObjectCall {
+    pub address: ObjectAddress,
+    pub event: ObjectEvent,
+    /// For an alarm, the time it was set for.
+    pub alarm_firing: Option<u64>,
+}
+
 /// The object a run serves, as its host calls see it.
 #[derive(Clone)]
 pub(crate) struct CurrentObject {
@@ -69,14 +88,33 @@ pub(crate) struct Objects {
     idle: Duration,
     cells: Mutex<HashMap<(String, String), Arc<Cell>>>,
     sweeping: std::sync::Once,
+    /// The cluster this node is part of, if any (set once, by the
+    /// embedder, before the first event).
+    placement: OnceLock<Arc<Placement>>,
 }
 
 /// One object: its live instance, if it has one, behind the gate that
 /// lets one event in at a time.
-struct Cell {
+pub(crate) struct Cell {
     live: Arc<tokio::sync::Mutex<Option<Reusable>>>,
     last_used: Mutex<Instant>,
     storage: Arc<dyn ObjectStorage>,
+    /// On several nodes: the object's lease key, and the tenure of this
+    /// node's lease the cell was made in.
+    lease: Option<(String, u64)>,
+    /// The cell still counts on its lease (until it is evicted or lost).
+    counted: AtomicBool,
+    /// The lease was lost while the cell lived: its instance may have
+    /// missed events another node ran, and it serves no more.
+    lost: AtomicBool,
+}
+
+/// Where an object's event runs.
+pub(crate) enum Admission {
+    /// Here, in this cell (held, so it is not evicted before its turn).
+    Here(Arc<Cell>),
+    /// On the node at this URL, which holds the object's lease.
+    Elsewhere(String),
 }
 
 /// An event's turn at its object: held from before the instance is made
@@ -125,6 +163,19 @@ impl Drop for Turn {
     }
 }
 
+impl Cell {
+    fn new(storage: Arc<dyn ObjectStorage>, lease: Option<(String, u64)>) -> Self {
+        Cell {
+            live: Arc::default(),
+            last_used: Mutex::new(Instant::now()),
+            storage,
+            counted: AtomicBool::new(lease.is_some()),
+            lease,
+            lost: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Objects {
     /// The objects of `classes`, stored in `store`, evicted after `idle`.
     pub fn new(
@@ -141,7 +192,23 @@ impl Objects {
             idle,
             cells: Mutex::default(),
             sweeping: std::sync::Once::new(),
+            placement: OnceLock::new(),
         }
+    }
+
+    /// Run this node's objects as part of a cluster (only the first call
+    /// counts).
+    pub fn place(&self, placement: Arc<Placement>) {
+        let _ = self.placement.set(placement);
+    }
+
+    pub fn placement(&self) -> Option<&Arc<Placement>> {
+        self.placement.get()
+    }
+
+    /// The class named `class_name`.
+    pub fn class(&self, class_name: &str) -> Option<&DurableObjectClass> {
+        self.classes.get(class_name)
     }
 
     /// The class whose objects are stored in `namespace`.
@@ -149,12 +216,10 @@ impl Objects {
         self.classes.values().find(|c| c.namespace == namespace)
     }
 
-    /// Wait for `address`'s turn (events queue in arrival order); its
-    /// storage comes with it.
-    pub async fn turn(
-        self: &Arc<Self>,
-        address: &ObjectAddress,
-    ) -> Result<(Turn, Arc<dyn ObjectStorage>), GuestError> {
+    /// Where `address`'s next event runs: here (in its cell, which the
+    /// caller holds until the event has had its turn), or on the node that
+    /// holds the object's lease.
+    pub async fn admit(self: &Arc<Self>, address: &ObjectAddress) -> Result<Admission, GuestError> {
         let Some(class) = self.classes.get(&address.class_name) else {
             return Err(GuestError::message(
                 Failure::Exception,
@@ -164,34 +229,149 @@ impl Objects {
                 ),
             ));
         };
-        let cell = {
-            let mut cells = self.cells.lock().expect("objects lock");
-            let key = (address.class_name.clone(), address.id.clone());
-            match cells.get(&key) {
-                Some(cell) => cell.clone(),
-                None => {
-                    let storage = self
-                        .store
-                        .object(&class.namespace, &address.id, class.sqlite)
-                        .map_err(|e| GuestError::message(Failure::Backend, e.to_string()))?;
-                    let cell = Arc::new(Cell {
-                        live: Arc::default(),
-                        last_used: Mutex::new(Instant::now()),
-                        storage,
-                    });
-                    cells.insert(key, cell.clone());
-                    cell
-                }
-            }
-        };
         self.sweep_idle_objects();
+        let key = (address.class_name.clone(), address.id.clone());
+        let storage = || {
+            self.store
+                .object(&class.namespace, &address.id, class.sqlite)
+                .map_err(|e| GuestError::message(Failure::Backend, e.to_string()))
+        };
+        let Some(placement) = self.placement() else {
+            let mut cells = self.cells.lock().expect("objects lock");
+            if let Some(cell) = cells.get(&key) {
+                return Ok(Admission::Here(cell.clone()));
+            }
+            let cell = Arc::new(Cell::new(storage()?, None));
+            cells.insert(key, cell.clone());
+            return Ok(Admission::Here(cell));
+        };
+        let lease = placement::lease_key(&class.namespace, &address.id);
+        loop {
+            let existing = self.cells.lock().expect("objects lock").get(&key).cloned();
+            if let Some(cell) = existing {
+                let tenure = cell.lease.as_ref().map_or(0, |(_, tenure)| *tenure);
+                if placement.renew(&lease, tenure, placement.run_ahead()).await {
+                    return Ok(Admission::Here(cell));
+                }
+                self.lose(&key, &cell);
+                continue;
+            }
+            let claimed = placement.claim(&lease).await.map_err(|e| {
+                GuestError::message(
+                    Failure::Backend,
+                    format!("the Durable Object's lease cannot be read: {e}"),
+                )
+            })?;
+            let tenure = match claimed {
+                Owner::Here(tenure) => tenure,
+                Owner::Elsewhere(owner) => return Ok(Admission::Elsewhere(owner)),
+            };
+            let storage = match storage() {
+                Ok(storage) => storage,
+                Err(e) => {
+                    self.unclaim_later(placement, lease);
+                    return Err(e);
+                }
+            };
+            let mut cells = self.cells.lock().expect("objects lock");
+            match cells.get(&key).cloned() {
+                // Another event claimed it meanwhile, in this tenure: its
+                // cell counts for both.
+                Some(cell) if cell.lease.as_ref().is_some_and(|(_, t)| *t == tenure) => {
+                    drop(cells);
+                    self.unclaim_later(placement, lease);
+                    return Ok(Admission::Here(cell));
+                }
+                Some(stale) => {
+                    stale.lost.store(true, Ordering::Release);
+                    if stale.counted.swap(false, Ordering::AcqRel) {
+                        self.unclaim_later(placement, lease.clone());
+                    }
+                }
+                None => {}
+            }
+            let cell = Arc::new(Cell::new(storage, Some((lease, tenure))));
+            cells.insert(key, cell.clone());
+            return Ok(Admission::Here(cell));
+        }
+    }
+
+    /// Wait for `cell`'s turn (events queue in arrival order); its storage
+    /// comes with it. `None` when the cell's lease was lost meanwhile: it
+    /// serves no more (the object has moved).
+    pub async fn turn(cell: Arc<Cell>) -> Option<(Turn, Arc<dyn ObjectStorage>)> {
         let live = cell.live.clone().lock_owned().await;
+        if cell.lost.load(Ordering::Acquire) {
+            return None;
+        }
         let storage = cell.storage.clone();
         let turn = Turn {
             live: Some(live),
             cell,
         };
-        Ok((turn, storage))
+        Some((turn, storage))
+    }
+
+    /// `cell`'s lease was lost: it leaves the map, its instance goes, and
+    /// it no longer counts on the lease.
+    fn lose(&self, key: &(String, String), cell: &Arc<Cell>) {
+        cell.lost.store(true, Ordering::Release);
+        let dropped = {
+            let mut cells = self.cells.lock().expect("objects lock");
+            if cells.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+                cells.remove(key);
+            }
+            cell.live.try_lock().ok().and_then(|mut live| live.take())
+        };
+        drop(dropped);
+        self.let_go(cell);
+    }
+
+    /// A cell that left the map stops counting on its lease.
+    fn let_go(&self, cell: &Cell) {
+        if let (Some(placement), Some((lease, _))) = (self.placement(), &cell.lease)
+            && cell.counted.swap(false, Ordering::AcqRel)
+        {
+            self.unclaim_later(placement, lease.clone());
+        }
+    }
+
+    fn unclaim_later(&self, placement: &Arc<Placement>, lease: String) {
+        let placement = placement.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(async move { placement.unclaim(&lease).await }));
+        }
+    }
+
+    /// Renew the leases of the live objects that need it; evict those
+    /// whose lease was lost.
+    async fn renew_leases(self: &Arc<Self>) {
+        let Some(placement) = self.placement().cloned() else {
+            return;
+        };
+        let cells: Vec<((String, String), Arc<Cell>)> = self
+            .cells
+            .lock()
+            .expect("objects lock")
+            .iter()
+            .map(|(key, cell)| (key.clone(), cell.clone()))
+            .collect();
+        let placement = &placement;
+        let renewals = cells.into_iter().map(|(key, cell)| async move {
+            let (lease, tenure) = cell.lease.clone().unwrap_or_default();
+            let held = placement
+                .renew(&lease, tenure, placement.renew_ahead())
+                .await;
+            (key, cell, held)
+        });
+        let mut renewals = futures_util::stream::iter(renewals).buffer_unordered(32);
+        while let Some((key, cell, held)) = renewals.next().await {
+            if !held {
+                tracing::warn!(object = %key.1, class = %key.0,
+                    "this node no longer holds the Durable Object's lease: its instance is dropped");
+                self.lose(&key, &cell);
+            }
+        }
     }
 
     /// Objects with a live instance (or one being made).
@@ -228,9 +408,9 @@ impl Objects {
             };
             let cell = cells.remove(&key).expect("the key was just found");
             let live: Option<Reusable> = cell.live.try_lock().ok().and_then(|mut live| live.take());
-            drop(cell);
-            live
+            (cell, live)
         };
+        self.let_go(&evicted.0);
         drop(evicted);
         true
     }
@@ -249,7 +429,7 @@ impl Objects {
                 let idle = cell.last_used.lock().expect("object lock").elapsed() >= self.idle;
                 match cell.live.try_lock() {
                     Ok(mut live) if idle => {
-                        evicted.push(live.take());
+                        evicted.push((cell.clone(), live.take()));
                         false
                     }
                     _ => true,
@@ -257,6 +437,9 @@ impl Objects {
             });
         }
         // Dropping instances (and their pool slots) outside the lock.
+        for (cell, _) in &evicted {
+            self.let_go(cell);
+        }
         drop(evicted);
     }
 }
@@ -268,5 +451,6 @@ async fn sweep(objects: Weak<Objects>, every: Duration) {
             return;
         };
         objects.evict_idle();
+        objects.renew_leases().await;
     }
 }
