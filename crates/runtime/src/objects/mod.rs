@@ -379,15 +379,20 @@ impl Objects {
         self.cells.lock().expect("objects lock").len()
     }
 
-    /// Start the task that evicts idle objects (once, on first use, when
-    /// there is a runtime to run it).
+    /// Start the task that evicts idle objects and renews the leases of
+    /// live ones (once, on first use, when there is a runtime to run it).
     fn sweep_idle_objects(self: &Arc<Self>) {
         self.sweeping.call_once(|| {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
             let objects = Arc::downgrade(self);
-            let every = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            // Often enough, too, to renew a lease several times before it
+            // would run out.
+            let lease = self.placement().map_or(Duration::MAX, |p| p.ttl() / 8);
+            let every = (self.idle / 4)
+                .min(lease)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
             runtime.spawn(sweep(objects, every));
         });
     }
