@@ -39,8 +39,9 @@ impl crate::Backends {
 
     /// The backends `config` names, connected and checked: an unreachable
     /// server is an error naming the binding kind and the URL (credentials
-    /// redacted). Embedded backends live under `state_dir`; analytics is
-    /// always embedded (per node).
+    /// redacted). Embedded backends live under `state_dir` (Durable
+    /// Objects in `durable-objects/`); analytics is always embedded (per
+    /// node).
     pub async fn connect(config: &BackendsConfig, state_dir: &Path) -> Result<crate::Backends> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             BindingError::Backend(format!("cannot create {}: {e}", state_dir.display()))
@@ -120,6 +121,17 @@ impl crate::Backends {
             ),
             other => return Err(wrong("blob", other)),
         };
+        let durable: Arc<dyn durable::DurableStore> = match &config.durable {
+            Backend::Embedded => Arc::new(durable::sqlite::SqliteDurableStore::new(
+                &state_dir.join("durable-objects"),
+            )),
+            Backend::Postgres { url, tls } => Arc::new(
+                durable::postgres::PostgresDurableStore::connect_with(url, tls)
+                    .await
+                    .map_err(|e| BindingError::Backend(format!("backends.durable: {e}")))?,
+            ),
+            other => return Err(wrong("durable", other)),
+        };
         Ok(crate::Backends {
             kv,
             sql,
@@ -130,9 +142,7 @@ impl crate::Backends {
             )?),
             queues,
             leases,
-            durable: Arc::new(durable::sqlite::SqliteDurableStore::new(
-                &state_dir.join("durable-objects"),
-            )),
+            durable,
         })
     }
 }
@@ -208,6 +218,66 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
+
+        let config = BackendsConfig {
+            durable: Backend::Postgres {
+                url: format!("postgres://isola:hunter2@127.0.0.1:{port}/objects"),
+                tls: Default::default(),
+            },
+            ..BackendsConfig::default()
+        };
+        let err = crate::Backends::connect(&config, dir.path())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "backends.durable: cannot connect to postgres://isola:***@127.0.0.1:{port}/objects"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let config = BackendsConfig {
+            durable: Backend::Redis {
+                url: "redis://127.0.0.1:1".into(),
+                tls: Default::default(),
+            },
+            ..BackendsConfig::default()
+        };
+        let err = crate::Backends::connect(&config, dir.path())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("backends.durable: Redis"), "{err}");
+    }
+
+    /// `durable = { type = "postgres" }`: objects live in the database,
+    /// nothing under the state dir.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_objects_on_postgres() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = BackendsConfig {
+            durable: Backend::Postgres {
+                url: isola_test_services::shared_postgres().url(),
+                tls: Default::default(),
+            },
+            ..BackendsConfig::default()
+        };
+        let backends = crate::Backends::connect(&config, &state).await.unwrap();
+        let namespace = isola_test_services::unique("connect").replace('-', "_");
+        let id = format!("{:064x}", 7);
+        let object = backends.durable.object(&namespace, &id, true).unwrap();
+        object.put(vec![("k".into(), b"v".to_vec())]).await.unwrap();
+        let again = backends.durable.object(&namespace, &id, true).unwrap();
+        assert_eq!(
+            again.get(vec!["k".into()]).await.unwrap(),
+            [("k".to_owned(), b"v".to_vec())]
+        );
+        assert!(!state.join("durable-objects").exists());
+        object.delete_all().await.unwrap();
     }
 
     /// The embedded stores open their files on first use: a server whose
@@ -282,6 +352,71 @@ mod tests {
         std::fs::remove_dir(blocked.path().join("kv.sqlite")).unwrap();
         assert_eq!(backends.kv.get("ns", "k").await.unwrap(), None);
         assert!(kv_file.exists());
+    }
+
+    /// `durable` over TLS as `sql` has it: a server that takes only TLS
+    /// sessions with a client certificate, verified against the test CA;
+    /// another CA is refused at start-up, saying which.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_objects_on_postgres_over_tls() {
+        let certs = isola_test_services::Certs::generate();
+        let pg = isola_test_services::Postgres::start_tls(&certs, true);
+        let url = format!("{}?sslmode=verify-full", pg.url());
+        let tls = |certs: &isola_test_services::Certs| isola_config::BackendTls {
+            ca_file: Some(certs.path("ca.pem")),
+            client_cert: Some(certs.path("client.pem")),
+            client_key: Some(certs.path("client.key")),
+        };
+        let on = |tls| BackendsConfig {
+            durable: Backend::Postgres {
+                url: url.clone(),
+                tls,
+            },
+            ..BackendsConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let backends = crate::Backends::connect(&on(tls(&certs)), dir.path())
+            .await
+            .unwrap();
+        let object = backends
+            .durable
+            .object("w/C", &format!("{:064x}", 1), false)
+            .unwrap();
+        object
+            .put(vec![("k".into(), b"over tls".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(
+            object.get(vec!["k".into()]).await.unwrap(),
+            [("k".to_owned(), b"over tls".to_vec())]
+        );
+
+        let other = isola_test_services::Certs::generate();
+        let err = crate::Backends::connect(&on(tls(&other)), dir.path())
+            .await
+            .err()
+            .expect("a server certificate another CA signed is refused")
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "backends.durable: cannot connect to {}",
+                crate::remote::redact(&url)
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("invalid peer certificate: UnknownIssuer"),
+            "{err}"
+        );
+        assert!(
+            err.ends_with(&format!(
+                "(PostgreSQL TLS: server certificate checked against CA file {}, client \
+                 certificate {})",
+                other.path("ca.pem").display(),
+                other.path("client.pem").display()
+            )),
+            "{err}"
+        );
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

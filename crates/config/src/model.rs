@@ -282,6 +282,9 @@ pub struct BackendsConfig {
     pub blob: Backend,
     pub cache: Backend,
     pub queue: Backend,
+    /// Durable Object storage: one SQLite file per object under
+    /// `state_dir` (embedded), or a schema per object in PostgreSQL.
+    pub durable: Backend,
 }
 
 impl Default for BackendsConfig {
@@ -293,6 +296,7 @@ impl Default for BackendsConfig {
             blob: Backend::Embedded,
             cache: Backend::Embedded,
             queue: Backend::Embedded,
+            durable: Backend::Embedded,
         }
     }
 }
@@ -300,9 +304,16 @@ impl Default for BackendsConfig {
 impl BackendsConfig {
     /// Whether any binding state lives outside this process's state dir.
     pub fn is_distributed(&self) -> bool {
-        [&self.kv, &self.sql, &self.blob, &self.cache, &self.queue]
-            .iter()
-            .any(|b| !matches!(b, Backend::Embedded))
+        [
+            &self.kv,
+            &self.sql,
+            &self.blob,
+            &self.cache,
+            &self.queue,
+            &self.durable,
+        ]
+        .iter()
+        .any(|b| !matches!(b, Backend::Embedded))
     }
 }
 
@@ -314,7 +325,7 @@ pub enum Backend {
     /// `redis://[user:password@]host:port[/db]` (kv, cache, queue);
     /// `rediss://` for TLS.
     Redis { url: String, tls: BackendTls },
-    /// `postgres://user:password@host:port/database` (sql);
+    /// `postgres://user:password@host:port/database` (sql, durable);
     /// `?sslmode=require` or `verify-full` for TLS.
     Postgres { url: String, tls: BackendTls },
     /// One S3 bucket (blob); credentials come from the environment

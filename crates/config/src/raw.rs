@@ -27,6 +27,7 @@ pub(crate) struct RawBackends {
     pub(crate) blob: Option<RawBackend>,
     pub(crate) cache: Option<RawBackend>,
     pub(crate) queue: Option<RawBackend>,
+    pub(crate) durable: Option<RawBackend>,
 }
 
 #[derive(Deserialize)]

@@ -264,6 +264,70 @@ fn backends_over_tls() {
     );
 }
 
+/// `[backends] durable`: embedded by default, or PostgreSQL with the same
+/// keys and TLS options as `sql`.
+#[test]
+fn durable_objects_backend() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.dir.path().join("certs")).unwrap();
+    std::fs::write(f.dir.path().join("certs/ca.pem"), "").unwrap();
+    let worker = "[[worker]]\nname = \"app\"\ncomponent = \"app.wasm\"\n";
+    let config = f.parse(worker).unwrap();
+    assert_eq!(config.backends.durable, Backend::Embedded);
+    let config = f
+        .parse(&format!(
+            "[backends]\ndurable = {{ type = \"sqlite\" }}\n{worker}"
+        ))
+        .unwrap();
+    assert_eq!(config.backends.durable, Backend::Embedded);
+    assert!(!config.backends.is_distributed());
+
+    let config = f
+        .parse(&format!(
+            "[backends]\n\
+             durable = {{ type = \"postgres\", url = \"postgres://db/objects?sslmode=verify-full\", \
+             ca_file = \"certs/ca.pem\" }}\n{worker}"
+        ))
+        .unwrap();
+    assert_eq!(
+        config.backends.durable,
+        Backend::Postgres {
+            url: "postgres://db/objects?sslmode=verify-full".into(),
+            tls: BackendTls {
+                ca_file: Some(f.dir.path().join("certs/ca.pem")),
+                ..BackendTls::default()
+            },
+        }
+    );
+    assert!(config.backends.is_distributed());
+    assert_eq!(config.backends.sql, Backend::Embedded, "independent of sql");
+
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\ndurable = {{ type = \"redis\", url = \"redis://r\" }}\n{worker}"
+        )),
+        "isola.toml:2:20: backends.durable.type: `redis` is not an available durable backend (available: sqlite, postgres)"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\ndurable = {{ type = \"postgres\" }}\n{worker}"
+        )),
+        "isola.toml:2:20: backends.durable.url: a `postgres` backend needs `url`"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\ndurable = {{ type = \"postgres\", url = \"redis://r\" }}\n{worker}"
+        )),
+        "isola.toml:2:38: backends.durable.url: must start with postgres:// or postgresql://"
+    );
+    assert_eq!(
+        f.error(&format!(
+            "[backends]\ndurable = {{ type = \"postgres\", url = \"postgres://db/o\", ca_file = \"certs/ca.pem\" }}\n{worker}"
+        )),
+        "isola.toml:2:38: backends.durable.url: certificate files need `sslmode=verify-full` (or `require`) in the URL"
+    );
+}
+
 #[test]
 fn bindings_and_secrets() {
     let f = Fixture::new();

@@ -7,7 +7,8 @@
 //! Workers' limits (key and value sizes, 128 keys a call, list options, the
 //! SQL API only for SQLite classes) in front of what the backend returns,
 //! so every backend enforces them identically. The embedded backend is
-//! [`sqlite`]: one SQLite file per object.
+//! [`sqlite`]: one SQLite file per object; [`postgres`] keeps each object
+//! in a schema of one PostgreSQL database that several nodes share.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use crate::error::{BindingError, Result};
 use crate::sql::Value;
 
+pub mod postgres;
 pub mod sqlite;
 
 /// The longest key, in UTF-8 bytes (Workers: 2 KiB).

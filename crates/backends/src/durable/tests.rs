@@ -1,8 +1,11 @@
-//! The Durable Object storage suite, on the embedded backend.
+//! The Durable Object storage suite, run against the embedded backend
+//! (SQLite files) and PostgreSQL (a database of its own per test on the
+//! shared server), plus what only one of them has.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::postgres::{PostgresDurableStore, schema_name};
 use super::sqlite::SqliteDurableStore;
 use super::*;
 
@@ -13,20 +16,197 @@ fn id(n: u32) -> String {
     format!("{n:064x}")
 }
 
-fn store(dir: &tempfile::TempDir) -> SqliteDurableStore {
-    SqliteDurableStore::new(dir.path())
+/// A store under test, and where its data lives.
+struct Fixture {
+    store: Arc<dyn DurableStore>,
+    backing: Backing,
 }
 
-fn kv(store: &SqliteDurableStore, n: u32) -> Arc<dyn ObjectStorage> {
-    store.object(NS, &id(n), false).unwrap()
+enum Backing {
+    /// The store's directory (not made until something is written).
+    Sqlite {
+        root: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+    Postgres(TestDb),
 }
 
-fn sql(store: &SqliteDurableStore, n: u32) -> Arc<dyn ObjectStorage> {
-    store.object(NS, &id(n), true).unwrap()
+impl Fixture {
+    fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        Fixture {
+            store: Arc::new(SqliteDurableStore::new(&root)),
+            backing: Backing::Sqlite { root, _dir: dir },
+        }
+    }
+
+    async fn distributed() -> Self {
+        let db = TestDb::create().await;
+        Fixture {
+            store: Arc::new(PostgresDurableStore::connect(&db.url).await.unwrap()),
+            backing: Backing::Postgres(db),
+        }
+    }
+
+    fn postgres(&self) -> bool {
+        matches!(self.backing, Backing::Postgres(_))
+    }
+
+    /// `sqlite` on SQLite, `postgres` on PostgreSQL: SQL whose dialects
+    /// differ (types are required in PostgreSQL's CREATE TABLE), or
+    /// messages.
+    fn dialect(&self, sqlite: &str, postgres: &str) -> String {
+        if self.postgres() { postgres } else { sqlite }.to_owned()
+    }
+
+    /// Another store on the same data, as after a restart (or on another
+    /// node), with one `sql_exec` stopped after `sql_time_limit`.
+    async fn reopen_with(&self, sql_time_limit: Duration) -> Arc<dyn DurableStore> {
+        match &self.backing {
+            Backing::Sqlite { root, .. } => Arc::new(SqliteDurableStore::with_limits(
+                root,
+                super::sqlite::DEFAULT_MAX_OPEN,
+                sql_time_limit,
+            )),
+            Backing::Postgres(db) => Arc::new(
+                PostgresDurableStore::connect_with_limits(
+                    &db.url,
+                    &Default::default(),
+                    sql_time_limit,
+                )
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+
+    async fn reopen(&self) -> Arc<dyn DurableStore> {
+        self.reopen_with(super::sqlite::SQL_TIME_LIMIT).await
+    }
+
+    fn kv(&self, n: u32) -> Arc<dyn ObjectStorage> {
+        self.store.object(NS, &id(n), false).unwrap()
+    }
+
+    fn sql(&self, n: u32) -> Arc<dyn ObjectStorage> {
+        self.store.object(NS, &id(n), true).unwrap()
+    }
+
+    /// Whether object `n` has a database: its file (or WAL), its schema.
+    async fn stored(&self, n: u32) -> bool {
+        match &self.backing {
+            Backing::Sqlite { root, .. } => {
+                let file = root.join(NS).join(format!("{}.sqlite", id(n)));
+                file.exists() || file.with_extension("sqlite-wal").exists()
+            }
+            Backing::Postgres(db) => {
+                let schema = schema_name(NS, &id(n));
+                db.count(&format!(
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"
+                ))
+                .await
+                    > 0
+            }
+        }
+    }
+
+    /// Whether the store has stored nothing at all: no directory; no
+    /// schema of its own (the objects', the alarms').
+    async fn nothing_stored(&self) -> bool {
+        match &self.backing {
+            Backing::Sqlite { root, .. } => !root.exists(),
+            Backing::Postgres(db) => {
+                db.count("SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_isola\\_%'")
+                    .await
+                    == 0
+            }
+        }
+    }
+
+    fn db(&self) -> &TestDb {
+        match &self.backing {
+            Backing::Postgres(db) => db,
+            Backing::Sqlite { .. } => panic!("not PostgreSQL"),
+        }
+    }
 }
 
-fn file(dir: &tempfile::TempDir, n: u32) -> std::path::PathBuf {
-    dir.path().join(NS).join(format!("{}.sqlite", id(n)))
+/// A database of its own on the shared PostgreSQL server, dropped with
+/// this. Its default collation is ICU's English where the server has ICU,
+/// so the tests show that keys sort as bytes whatever the collation.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let server = isola_test_services::shared_postgres();
+        let name = isola_test_services::unique("do").replace('-', "_");
+        let admin = pg_client(&server.url()).await;
+        let icu = admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en'"
+            ))
+            .await;
+        if icu.is_err() {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+        }
+        TestDb {
+            url: format!("postgres://isola@127.0.0.1:{}/{name}", server.port),
+            name,
+        }
+    }
+
+    /// A connection of the test's own to the database.
+    async fn client(&self) -> tokio_postgres::Client {
+        pg_client(&self.url).await
+    }
+
+    /// The one integer `sql` returns.
+    async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let server = isola_test_services::shared_postgres().url();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                pg_client(&server)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 #[track_caller]
@@ -53,33 +233,32 @@ async fn exec(storage: &dyn ObjectStorage, query: &str, params: Vec<Value>) -> R
     storage.sql_exec(query.into(), params).await
 }
 
-/// Every file under `dir`, relative.
-fn files(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files(&path));
-        } else {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
+crate::for_each_backend!(
+    names_are_checked,
+    get_returns_found_entries_in_the_order_asked,
+    list_honours_every_option,
+    limits_are_enforced_with_clear_messages,
+    nested_transactions_are_savepoints,
+    transactions_cover_sql_and_the_alarm,
+    handles_of_one_object_share_its_transactions,
+    sql_runs_several_statements_with_parameters_across_them,
+    a_failing_statement_undoes_the_whole_call,
+    sql_may_not_touch_the_storage_or_the_host,
+    a_runaway_query_is_stopped,
+    delete_all_removes_keys_and_sql_but_keeps_the_alarm,
+    data_survives_reopening,
+    alarms_are_listed_earliest_first_across_namespaces,
+    reading_an_unknown_object_stores_nothing,
+    concurrent_writes_to_one_object_all_land,
+);
 
-#[tokio::test]
-async fn names_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
+async fn names_are_checked(f: &Fixture) {
     for bad in ["", "a/b/c", "a b", "../x", "a/", "/a", "a.b", "é", "a//b"] {
-        let msg = invalid_msg(store.object(bad, &id(1), false).map(drop));
+        let msg = invalid_msg(f.store.object(bad, &id(1), false).map(drop));
         assert!(msg.contains("namespace"), "{bad:?}: {msg}");
     }
     for good in ["w", "worker/Counter", "my-worker_2/Class-1"] {
-        store.object(good, &id(1), false).unwrap();
+        f.store.object(good, &id(1), false).unwrap();
     }
     let upper = "A".repeat(64);
     let short = "a".repeat(63);
@@ -93,16 +272,13 @@ async fn names_are_checked() {
         "",
         "../../etc/passwd",
     ] {
-        let msg = invalid_msg(store.object(NS, bad, false).map(drop));
+        let msg = invalid_msg(f.store.object(NS, bad, false).map(drop));
         assert!(msg.contains("64 lowercase hex digits"), "{bad:?}: {msg}");
     }
 }
 
-#[tokio::test]
-async fn get_returns_found_entries_in_the_order_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = kv(&store, 1);
+async fn get_returns_found_entries_in_the_order_asked(f: &Fixture) {
+    let o = f.kv(1);
     o.put(vec![entry("b", "2"), entry("a", "1"), entry("c", "3")])
         .await
         .unwrap();
@@ -119,17 +295,22 @@ async fn get_returns_found_entries_in_the_order_asked() {
         [entry("d", "y"), entry("e", "")]
     );
     // Objects are separate.
-    assert!(kv(&store, 2).get(strings(&["a"])).await.unwrap().is_empty());
+    assert!(f.kv(2).get(strings(&["a"])).await.unwrap().is_empty());
     // delete counts the keys that existed.
     assert_eq!(o.delete(strings(&["a", "nope", "a"])).await.unwrap(), 1);
     assert!(o.get(strings(&["a"])).await.unwrap().is_empty());
+    // Keys are any UTF-8, NUL included.
+    o.put(vec![entry("n\0ul", "1"), entry("n", "2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        o.get(strings(&["n\0ul", "n"])).await.unwrap(),
+        [entry("n\0ul", "1"), entry("n", "2")]
+    );
 }
 
-#[tokio::test]
-async fn list_honours_every_option() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = kv(&store, 1);
+async fn list_honours_every_option(f: &Fixture) {
+    let o = f.kv(1);
     // U+FFFF sorts before U+10000 in UTF-8 byte order, after it in UTF-16.
     let all = [
         "a",
@@ -153,6 +334,14 @@ async fn list_honours_every_option() {
     let listed = list(ListOptions::default()).await;
     assert_eq!(keys(&listed), all);
     assert_eq!(listed[1], entry("a/1", "a/1"), "values come along");
+    // Bytes, not a language's order (where `a` < `B` < `b`).
+    let cased = f.kv(2);
+    cased
+        .put(["b", "a", "B", "_"].iter().map(|k| entry(k, k)).collect())
+        .await
+        .unwrap();
+    let listed = cased.list(ListOptions::default()).await.unwrap();
+    assert_eq!(keys(&listed), ["B", "_", "a", "b"]);
 
     let s = |k: &str| Some(k.to_owned());
     let cases: Vec<(ListOptions, Vec<&str>)> = vec![
@@ -346,12 +535,9 @@ fn lists_seek_in_the_primary_key_and_never_sort() {
     }
 }
 
-#[tokio::test]
-async fn limits_are_enforced_with_clear_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = kv(&store, 1);
-    let s = sql(&store, 2);
+async fn limits_are_enforced_with_clear_messages(f: &Fixture) {
+    let o = f.kv(1);
+    let s = f.sql(2);
 
     let key = "k".repeat(MAX_KEY_BYTES);
     o.put(vec![(key.clone(), vec![1])]).await.unwrap();
@@ -439,11 +625,8 @@ async fn limits_are_enforced_with_clear_messages() {
     assert!(msg.contains("too large"), "{msg}");
 }
 
-#[tokio::test]
-async fn nested_transactions_are_savepoints() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = kv(&store, 1);
+async fn nested_transactions_are_savepoints(f: &Fixture) {
+    let o = f.kv(1);
     let get = |k: &'static str| {
         let o = o.clone();
         async move { o.get(vec![k.into()]).await.unwrap() }
@@ -495,24 +678,21 @@ async fn nested_transactions_are_savepoints() {
     o.put(vec![entry("kept", "1")]).await.unwrap();
     o.commit().await.unwrap();
     drop(o);
-    drop(store);
-    let again = kv(&SqliteDurableStore::new(dir.path()), 1);
+    let again = f.reopen().await.object(NS, &id(1), false).unwrap();
     assert_eq!(again.get(vec!["kept".into()]).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn transactions_cover_sql_and_the_alarm() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = sql(&store, 1);
-    exec(&*o, "CREATE TABLE t (x)", vec![]).await.unwrap();
+async fn transactions_cover_sql_and_the_alarm(f: &Fixture) {
+    let o = f.sql(1);
+    let create = f.dialect("CREATE TABLE t (x)", "CREATE TABLE t (x INTEGER)");
+    exec(&*o, &create, vec![]).await.unwrap();
     o.begin().await.unwrap();
     exec(&*o, "INSERT INTO t VALUES (1)", vec![]).await.unwrap();
     o.put(vec![entry("k", "v")]).await.unwrap();
     o.set_alarm(5000).await.unwrap();
     assert_eq!(o.get_alarm().await.unwrap(), Some(5000), "seen inside");
     assert!(
-        store.alarms().await.unwrap().is_empty(),
+        f.store.alarms().await.unwrap().is_empty(),
         "not before commit"
     );
     o.rollback().await.unwrap();
@@ -532,21 +712,18 @@ async fn transactions_cover_sql_and_the_alarm() {
     o.begin().await.unwrap();
     o.set_alarm(8000).await.unwrap();
     o.commit().await.unwrap();
-    assert!(store.alarms().await.unwrap().is_empty());
+    assert!(f.store.alarms().await.unwrap().is_empty());
     o.commit().await.unwrap();
     assert_eq!(o.get_alarm().await.unwrap(), Some(8000));
-    assert_eq!(store.alarms().await.unwrap()[0].time_ms, 8000);
+    assert_eq!(f.store.alarms().await.unwrap()[0].time_ms, 8000);
     // Outside a transaction, at once.
     o.delete_alarm().await.unwrap();
-    assert!(store.alarms().await.unwrap().is_empty());
+    assert!(f.store.alarms().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn handles_of_one_object_share_its_transactions() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let a = kv(&store, 1);
-    let b = kv(&store, 1);
+async fn handles_of_one_object_share_its_transactions(f: &Fixture) {
+    let a = f.kv(1);
+    let b = f.kv(1);
     a.begin().await.unwrap();
     a.put(vec![entry("k", "v")]).await.unwrap();
     assert_eq!(b.get(vec!["k".into()]).await.unwrap().len(), 1);
@@ -554,11 +731,8 @@ async fn handles_of_one_object_share_its_transactions() {
     assert!(a.get(vec!["k".into()]).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn sql_runs_several_statements_with_parameters_across_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = sql(&store, 1);
+async fn sql_runs_several_statements_with_parameters_across_them(f: &Fixture) {
+    let o = f.sql(1);
     let cursor = exec(
         &*o,
         "CREATE TABLE t (n INTEGER, label TEXT);
@@ -602,13 +776,17 @@ async fn sql_runs_several_statements_with_parameters_across_them() {
         Value::Blob(vec![0, 1, 255]),
         Value::Blob(vec![]),
     ];
-    let echoed = exec(&*o, "SELECT ?, ?, ?, ?, ?, ?", values.clone())
-        .await
-        .unwrap();
+    // (PostgreSQL needs a type for a NULL with nothing around it.)
+    let echo = f.dialect("SELECT ?, ?, ?, ?, ?, ?", "SELECT ?::text, ?, ?, ?, ?, ?");
+    let echoed = exec(&*o, &echo, values.clone()).await.unwrap();
     assert_eq!(echoed.rows, std::slice::from_ref(&values));
+    let create = f.dialect(
+        "CREATE TABLE v (a, b, c, d, e, f)",
+        "CREATE TABLE v (a TEXT, b BIGINT, c DOUBLE PRECISION, d TEXT, e BYTEA, f BYTEA)",
+    );
     exec(
         &*o,
-        "CREATE TABLE v (a, b, c, d, e, f); INSERT INTO v VALUES (?, ?, ?, ?, ?, ?)",
+        &format!("{create}; INSERT INTO v VALUES (?, ?, ?, ?, ?, ?)"),
         values.clone(),
     )
     .await
@@ -620,7 +798,10 @@ async fn sql_runs_several_statements_with_parameters_across_them() {
     let msg = invalid_msg(
         exec(
             &*o,
-            "CREATE TABLE w (x); INSERT INTO w VALUES (?)",
+            &f.dialect(
+                "CREATE TABLE w (x); INSERT INTO w VALUES (?)",
+                "CREATE TABLE w (x BIGINT); INSERT INTO w VALUES (?)",
+            ),
             vec![Value::Integer(1), Value::Integer(2)],
         )
         .await,
@@ -632,7 +813,10 @@ async fn sql_runs_several_statements_with_parameters_across_them() {
     let msg = invalid_msg(
         exec(
             &*o,
-            "CREATE TABLE w (x, y); INSERT INTO w VALUES (?, ?)",
+            &f.dialect(
+                "CREATE TABLE w (x, y); INSERT INTO w VALUES (?, ?)",
+                "CREATE TABLE w (x BIGINT, y BIGINT); INSERT INTO w VALUES (?, ?)",
+            ),
             vec![Value::Integer(1)],
         )
         .await,
@@ -643,7 +827,10 @@ async fn sql_runs_several_statements_with_parameters_across_them() {
     );
     let tables = exec(
         &*o,
-        "SELECT name FROM sqlite_master WHERE name = 'w'",
+        &f.dialect(
+            "SELECT name FROM sqlite_master WHERE name = 'w'",
+            "SELECT name FROM (SELECT to_regclass('w')::text AS name) n WHERE name IS NOT NULL",
+        ),
         vec![],
     )
     .await
@@ -654,14 +841,13 @@ async fn sql_runs_several_statements_with_parameters_across_them() {
     assert!(msg.contains("no statement"), "{msg}");
 }
 
-#[tokio::test]
-async fn a_failing_statement_undoes_the_whole_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = sql(&store, 1);
-    exec(&*o, "CREATE TABLE t (x UNIQUE)", vec![])
-        .await
-        .unwrap();
+async fn a_failing_statement_undoes_the_whole_call(f: &Fixture) {
+    let o = f.sql(1);
+    let create = f.dialect(
+        "CREATE TABLE t (x UNIQUE)",
+        "CREATE TABLE t (x INTEGER UNIQUE)",
+    );
+    exec(&*o, &create, vec![]).await.unwrap();
     let err = exec(
         &*o,
         "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (1)",
@@ -671,26 +857,42 @@ async fn a_failing_statement_undoes_the_whole_call() {
     .unwrap_err();
     assert_eq!(
         err,
-        BindingError::Invalid("UNIQUE constraint failed: t.x".into())
+        BindingError::Invalid(f.dialect(
+            "UNIQUE constraint failed: t.x",
+            "duplicate key value violates unique constraint \"t_x_key\""
+        ))
     );
     let count = exec(&*o, "SELECT count(*) FROM t", vec![]).await.unwrap();
     assert_eq!(count.rows, [[Value::Integer(0)]]);
 
-    // SQLite's own messages, as the guest's mistakes.
+    // The database's own messages, as the guest's mistakes (a statement
+    // PostgreSQL could not be given is refused before it runs).
     let err = exec(&*o, "SELEC 1", vec![]).await.unwrap_err();
     assert_eq!(
         err,
-        BindingError::Invalid("near \"SELEC\": syntax error".into())
+        BindingError::Invalid(f.dialect(
+            "near \"SELEC\": syntax error",
+            "SELEC is not allowed in an object's SQL: on PostgreSQL it may run SELECT, VALUES, \
+             TABLE, WITH, INSERT, UPDATE, DELETE, MERGE and TRUNCATE, and CREATE, ALTER and DROP \
+             of tables, indexes, views and sequences"
+        ))
+    );
+    let err = exec(&*o, "SELECT * FROM nope WHERE", vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BindingError::Invalid(f.dialect("incomplete input", "syntax error at end of input"))
     );
     let err = exec(&*o, "SELECT * FROM nope", vec![]).await.unwrap_err();
-    assert_eq!(err, BindingError::Invalid("no such table: nope".into()));
+    assert_eq!(
+        err,
+        BindingError::Invalid(f.dialect("no such table: nope", "relation \"nope\" does not exist"))
+    );
 }
 
-#[tokio::test]
-async fn sql_may_not_touch_the_storage_or_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = sql(&store, 1);
+async fn sql_may_not_touch_the_storage_or_the_host(f: &Fixture) {
+    let o = f.sql(1);
     o.put(vec![entry("secret", "x")]).await.unwrap();
 
     for query in [
@@ -702,23 +904,38 @@ async fn sql_may_not_touch_the_storage_or_the_host() {
         let msg = invalid_msg(exec(&*o, query, vec![]).await);
         assert!(msg.contains("_isola_"), "{query}: {msg}");
     }
-    // The authorizer refuses them too, when the textual check is not in
-    // front (the backend's own handle).
-    let raw = store.open_object(NS, &id(1)).unwrap();
-    // SQLite checks a trigger's body when a statement fires it.
-    exec(
-        &*raw,
-        "CREATE TABLE t2 (x); CREATE TRIGGER tr AFTER INSERT ON t2 BEGIN DELETE FROM _isola_kv; END",
-        vec![],
-    )
-    .await
-    .unwrap();
-    for query in [
+    // The backend refuses them too, when the textual check is not in
+    // front (its own handle): SQLite's authorizer; PostgreSQL's backend
+    // runs the check itself.
+    let raw = f.store.open_object(NS, &id(1)).unwrap();
+    let mut reserved = vec![
         "SELECT * FROM _isola_kv",
         "DELETE FROM \"_ISOLA_KV\"",
-        "INSERT INTO t2 VALUES (1)",
         "CREATE VIEW v AS SELECT * FROM _isola_kv; SELECT * FROM v",
-    ] {
+    ];
+    if f.postgres() {
+        // A trigger needs a function, which an object may not create.
+        let msg = invalid_msg(
+            exec(
+                &*raw,
+                "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+                vec![],
+            )
+            .await,
+        );
+        assert!(msg.contains("CREATE FUNCTION is not allowed"), "{msg}");
+    } else {
+        // SQLite checks a trigger's body when a statement fires it.
+        exec(
+            &*raw,
+            "CREATE TABLE t2 (x); CREATE TRIGGER tr AFTER INSERT ON t2 BEGIN DELETE FROM _isola_kv; END",
+            vec![],
+        )
+        .await
+        .unwrap();
+        reserved.push("INSERT INTO t2 VALUES (1)");
+    }
+    for query in reserved {
         let msg = invalid_msg(exec(&*raw, query, vec![]).await);
         assert!(msg.contains("reserved"), "{query}: {msg}");
     }
@@ -740,6 +957,7 @@ async fn sql_may_not_touch_the_storage_or_the_host() {
         );
     }
 
+    let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside.sqlite");
     let outside_sql = outside.display().to_string().replace('\'', "''");
     for (query, says) in [
@@ -766,34 +984,154 @@ async fn sql_may_not_touch_the_storage_or_the_host() {
     }
     assert!(!outside.exists());
 
+    if f.postgres() {
+        postgres_sql_stays_in_its_schema(&*o).await;
+    }
+
     // What Workers allows still works.
-    exec(&*o, "CREATE TABLE t (x)", vec![]).await.unwrap();
-    let info = exec(&*o, "PRAGMA table_info(t)", vec![]).await.unwrap();
-    assert_eq!(info.rows.len(), 1);
-    exec(&*o, "PRAGMA foreign_keys = ON", vec![]).await.unwrap();
-    exec(&*o, "PRAGMA table_list", vec![]).await.unwrap();
-    exec(
-        &*o,
-        "CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello world')",
-        vec![],
-    )
-    .await
-    .unwrap();
-    let hit = exec(
-        &*o,
-        "SELECT body FROM docs WHERE docs MATCH 'hello'",
-        vec![],
-    )
-    .await
-    .unwrap();
-    assert_eq!(hit.rows.len(), 1);
+    if f.postgres() {
+        exec(
+            &*o,
+            "CREATE TABLE t (x INTEGER); CREATE INDEX t_x ON t (x); \
+             CREATE VIEW tv AS SELECT x FROM t; ALTER TABLE t ADD COLUMN y TEXT; \
+             DROP VIEW tv; INSERT INTO t VALUES (1, 'one')",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let deleted = exec(
+            &*o,
+            "WITH d AS (DELETE FROM t RETURNING x) SELECT count(*) FROM d",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(deleted.rows, [[Value::Integer(1)]]);
+        assert_eq!(deleted.rows_written, 1);
+        exec(
+            &*o,
+            "CREATE TABLE docs (body TEXT); INSERT INTO docs VALUES ('hello world')",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let hit = exec(
+            &*o,
+            "SELECT body FROM docs WHERE to_tsvector('simple', body) @@ to_tsquery('simple', 'hello')",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(hit.rows.len(), 1);
+    } else {
+        exec(&*o, "CREATE TABLE t (x)", vec![]).await.unwrap();
+        let info = exec(&*o, "PRAGMA table_info(t)", vec![]).await.unwrap();
+        assert_eq!(info.rows.len(), 1);
+        exec(&*o, "PRAGMA foreign_keys = ON", vec![]).await.unwrap();
+        exec(&*o, "PRAGMA table_list", vec![]).await.unwrap();
+        exec(
+            &*o,
+            "CREATE VIRTUAL TABLE docs USING fts5(body); INSERT INTO docs VALUES ('hello world')",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let hit = exec(
+            &*o,
+            "SELECT body FROM docs WHERE docs MATCH 'hello'",
+            vec![],
+        )
+        .await
+        .unwrap();
+        assert_eq!(hit.rows.len(), 1);
+    }
 
     // A class made by `new_classes` has no SQL API.
-    let msg = invalid_msg(exec(&*kv(&store, 2), "SELECT 1", vec![]).await);
+    let msg = invalid_msg(exec(&*f.kv(2), "SELECT 1", vec![]).await);
     assert_eq!(
         msg,
         "the SQL API needs a class created by `new_sqlite_classes`"
     );
+}
+
+/// What PostgreSQL would let the guest's SQL reach beyond its schema, and
+/// the checks refuse before it runs.
+async fn postgres_sql_stays_in_its_schema(o: &dyn ObjectStorage) {
+    let other = schema_name(NS, &id(2));
+    for (query, says) in [
+        ("SELECT * FROM pg_catalog.pg_class".to_owned(), "pg_catalog"),
+        ("SELECT relname FROM pg_class".into(), "pg_class"),
+        ("SELECT pg_read_file('/etc/passwd')".into(), "pg_read_file"),
+        ("SELECT pg_sleep(0)".into(), "pg_sleep"),
+        (
+            "SELECT * FROM information_schema.tables".into(),
+            "information_schema",
+        ),
+        ("SET search_path TO public".into(), "SET is not allowed"),
+        ("RESET ROLE".into(), "RESET is not allowed"),
+        ("SHOW data_directory".into(), "SHOW is not allowed"),
+        (
+            "SELECT set_config('search_path', 'public', true)".into(),
+            "set_config",
+        ),
+        ("DO $$ BEGIN PERFORM 1; END $$".into(), "DO is not allowed"),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'".into(),
+            "CREATE FUNCTION",
+        ),
+        ("CREATE SCHEMA s".into(), "CREATE SCHEMA"),
+        ("DROP SCHEMA public CASCADE".into(), "DROP SCHEMA"),
+        ("COPY t TO PROGRAM 'id'".into(), "COPY is not allowed"),
+        ("LISTEN x".into(), "LISTEN is not allowed"),
+        ("EXPLAIN SELECT 1".into(), "EXPLAIN is not allowed"),
+        ("GRANT ALL ON t TO PUBLIC".into(), "GRANT is not allowed"),
+        (
+            "SELECT query_to_xml('SELECT 1', true, false, '')".into(),
+            "query_to_xml",
+        ),
+        (
+            "SELECT * FROM ts_stat('SELECT to_tsvector(1)')".into(),
+            "ts_stat",
+        ),
+        ("SELECT lo_import('/etc/passwd')".into(), "lo_import"),
+        (
+            "CREATE TABLE public.escape (x INTEGER)".into(),
+            "names another schema",
+        ),
+        (
+            "SELECT * FROM \"public\".\"t\"".into(),
+            "names another schema",
+        ),
+        ("SELECT * FROM d1_app.users".into(), "names another schema"),
+        (format!("SELECT * FROM {other}.t"), "_isola_"),
+        ("ALTER TABLE t SET SCHEMA x".into(), "SET SCHEMA"),
+        ("ALTER TABLE t OWNER TO x".into(), "OWNER TO"),
+        (
+            "CREATE TABLE t2 (x INTEGER) TABLESPACE x".into(),
+            "TABLESPACE",
+        ),
+        ("CREATE UNLOGGED TABLE u (x INTEGER)".into(), "unlogged"),
+        ("ALTER TABLE t SET UNLOGGED".into(), "unlogged"),
+        ("SELECT 1 INTO TEMP tt".into(), "temporary"),
+        ("CREATE TEMPORARY VIEW tv AS SELECT 1".into(), "temporary"),
+        (
+            "CREATE MATERIALIZED VIEW m AS SELECT 1".into(),
+            "CREATE MATERIALIZED",
+        ),
+        (
+            "SELECT * FROM U&\"\\005fisola_kv\"".into(),
+            "Unicode escapes",
+        ),
+        // `$` inside a name is part of it, not a dollar quote hiding what
+        // follows.
+        ("SELECT a$$, pg_sleep(1), b$$ FROM t".into(), "pg_sleep"),
+        // Nor does a comment or a string end early.
+        ("SELECT '/*', pg_sleep(1) -- */".into(), "pg_sleep"),
+        ("SELECT E'\\'', pg_sleep(1), ''".into(), "pg_sleep"),
+    ] {
+        let msg = invalid_msg(exec(o, &query, vec![]).await);
+        assert!(msg.contains(says), "{query}: {msg}");
+    }
 }
 
 #[test]
@@ -805,11 +1143,9 @@ fn the_first_keyword_skips_blanks_and_comments() {
     assert_eq!(keyword("SELECT 1"), "SELECT");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runaway_query_is_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteDurableStore::with_limits(dir.path(), 8, Duration::from_millis(200));
-    let o = sql(&store, 1);
+async fn a_runaway_query_is_stopped(f: &Fixture) {
+    let store = f.reopen_with(Duration::from_millis(200)).await;
+    let o = store.object(NS, &id(1), true).unwrap();
     let started = std::time::Instant::now();
     let msg = invalid_msg(
         exec(
@@ -821,18 +1157,29 @@ async fn a_runaway_query_is_stopped() {
     );
     assert!(msg.contains("was stopped"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    // The object still works afterwards.
+    // The object still works afterwards, in a transaction too.
     let one = exec(&*o, "SELECT 1", vec![]).await.unwrap();
     assert_eq!(one.rows, [[Value::Integer(1)]]);
+    o.begin().await.unwrap();
+    o.put(vec![entry("k", "v")]).await.unwrap();
+    let msg = invalid_msg(
+        exec(
+            &*o,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            vec![],
+        )
+        .await,
+    );
+    assert!(msg.contains("was stopped"), "{msg}");
+    o.commit().await.unwrap();
+    assert_eq!(o.get(vec!["k".into()]).await.unwrap(), [entry("k", "v")]);
 }
 
-#[tokio::test]
-async fn delete_all_removes_keys_and_sql_but_keeps_the_alarm() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    let o = sql(&store, 1);
+async fn delete_all_removes_keys_and_sql_but_keeps_the_alarm(f: &Fixture) {
+    let o = f.sql(1);
     o.put(vec![entry("k", "v")]).await.unwrap();
-    exec(&*o, "CREATE TABLE t (x); INSERT INTO t VALUES (1)", vec![])
+    let create = f.dialect("CREATE TABLE t (x)", "CREATE TABLE t (x INTEGER)");
+    exec(&*o, &format!("{create}; INSERT INTO t VALUES (1)"), vec![])
         .await
         .unwrap();
     o.set_alarm(1234).await.unwrap();
@@ -841,16 +1188,17 @@ async fn delete_all_removes_keys_and_sql_but_keeps_the_alarm() {
     o.put(vec![entry("in-tx", "v")]).await.unwrap();
 
     o.delete_all().await.unwrap();
-    assert!(!file(&dir, 1).exists(), "the database file is gone");
-    let wal = file(&dir, 1).with_extension("sqlite-wal");
-    assert!(!wal.exists());
+    assert!(!f.stored(1).await, "the database is gone");
     assert!(o.list(ListOptions::default()).await.unwrap().is_empty());
     assert_eq!(o.database_size().await.unwrap(), 0);
     assert_eq!(o.get_alarm().await.unwrap(), Some(1234));
-    assert_eq!(store.alarms().await.unwrap().len(), 1);
+    assert_eq!(f.store.alarms().await.unwrap().len(), 1);
     invalid_msg(o.commit().await);
     let err = exec(&*o, "SELECT * FROM t", vec![]).await.unwrap_err();
-    assert_eq!(err, BindingError::Invalid("no such table: t".into()));
+    assert_eq!(
+        err,
+        BindingError::Invalid(f.dialect("no such table: t", "relation \"t\" does not exist"))
+    );
 
     // The object starts over.
     o.put(vec![entry("new", "v")]).await.unwrap();
@@ -860,33 +1208,34 @@ async fn delete_all_removes_keys_and_sql_but_keeps_the_alarm() {
     );
     // Also after a restart, with the connection closed.
     drop(o);
-    drop(store);
-    let store = SqliteDurableStore::new(dir.path());
-    let o = sql(&store, 1);
+    let o = f.reopen().await.object(NS, &id(1), true).unwrap();
     assert_eq!(
         keys(&o.list(ListOptions::default()).await.unwrap()),
         ["new"]
     );
     drop(o);
-    drop(store);
-    let store = SqliteDurableStore::new(dir.path());
-    sql(&store, 1).delete_all().await.unwrap();
-    assert!(!file(&dir, 1).exists());
-    let o = sql(&store, 1);
+    f.reopen()
+        .await
+        .object(NS, &id(1), true)
+        .unwrap()
+        .delete_all()
+        .await
+        .unwrap();
+    assert!(!f.stored(1).await);
+    let o = f.reopen().await.object(NS, &id(1), true).unwrap();
     assert!(o.list(ListOptions::default()).await.unwrap().is_empty());
     assert_eq!(o.get_alarm().await.unwrap(), Some(1234));
 }
 
-#[tokio::test]
-async fn data_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
+async fn data_survives_reopening(f: &Fixture) {
     {
-        let store = store(&dir);
-        let o = sql(&store, 1);
+        let store = f.reopen().await;
+        let o = store.object(NS, &id(1), true).unwrap();
         o.put(vec![entry("k", "durable")]).await.unwrap();
+        let create = f.dialect("CREATE TABLE t (x)", "CREATE TABLE t (x TEXT)");
         exec(
             &*o,
-            "CREATE TABLE t (x); INSERT INTO t VALUES ('row')",
+            &format!("{create}; INSERT INTO t VALUES ('row')"),
             vec![],
         )
         .await
@@ -894,8 +1243,7 @@ async fn data_survives_reopening() {
         o.set_alarm(99).await.unwrap();
         // Dropped without any close, checkpoint or end_run.
     }
-    let store = store(&dir);
-    let o = sql(&store, 1);
+    let o = f.reopen().await.object(NS, &id(1), true).unwrap();
     assert_eq!(
         o.get(vec!["k".into()]).await.unwrap(),
         [entry("k", "durable")]
@@ -903,6 +1251,43 @@ async fn data_survives_reopening() {
     let rows = exec(&*o, "SELECT x FROM t", vec![]).await.unwrap();
     assert_eq!(rows.rows, [[Value::Text("row".into())]]);
     assert_eq!(o.get_alarm().await.unwrap(), Some(99));
+}
+
+/// What the child of a crash test writes before it aborts: some of it
+/// committed, some in a transaction left open.
+async fn write_then_crash(store: &dyn DurableStore) -> ! {
+    let o = store.object(NS, &id(1), true).unwrap();
+    o.put(vec![entry("k", "durable")]).await.unwrap();
+    o.begin().await.unwrap();
+    o.put(vec![entry("committed", "yes")]).await.unwrap();
+    o.commit().await.unwrap();
+    o.begin().await.unwrap();
+    o.put(vec![entry("uncommitted", "no")]).await.unwrap();
+    o.set_alarm(42).await.unwrap();
+    std::process::abort();
+}
+
+/// Run test `name` of this binary as a child, with `var` set to `value`;
+/// it must abort. Then check what it left in `store`.
+fn crash_child(name: &str, var: &str, value: &str) {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(var, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must have aborted");
+}
+
+async fn check_after_crash(store: &dyn DurableStore) {
+    let o = store.object(NS, &id(1), true).unwrap();
+    let got = o
+        .get(strings(&["k", "committed", "uncommitted"]))
+        .await
+        .unwrap();
+    assert_eq!(got, [entry("k", "durable"), entry("committed", "yes")]);
+    assert_eq!(o.get_alarm().await.unwrap(), None);
 }
 
 /// Writes in a child process that then aborts (no unwinding, close or
@@ -913,54 +1298,49 @@ fn data_survives_a_crash() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     if let Ok(dir) = std::env::var("ISOLA_DO_CRASH_DIR") {
         let store = SqliteDurableStore::new(Path::new(&dir));
-        let o = store.object(NS, &id(1), true).unwrap();
-        rt.block_on(async {
-            o.put(vec![entry("k", "durable")]).await.unwrap();
-            o.begin().await.unwrap();
-            o.put(vec![entry("committed", "yes")]).await.unwrap();
-            o.commit().await.unwrap();
-            o.begin().await.unwrap();
-            o.put(vec![entry("uncommitted", "no")]).await.unwrap();
-            o.set_alarm(42).await.unwrap();
-        });
-        std::process::abort();
+        rt.block_on(write_then_crash(&store));
     }
     let dir = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "durable::tests::data_survives_a_crash",
-            "--nocapture",
-        ])
-        .env("ISOLA_DO_CRASH_DIR", dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!status.success(), "the child must have aborted");
-    let store = store(&dir);
-    let o = sql(&store, 1);
-    let got = rt
-        .block_on(o.get(strings(&["k", "committed", "uncommitted"])))
-        .unwrap();
-    assert_eq!(got, [entry("k", "durable"), entry("committed", "yes")]);
-    assert_eq!(rt.block_on(o.get_alarm()).unwrap(), None);
+    crash_child(
+        "durable::tests::data_survives_a_crash",
+        "ISOLA_DO_CRASH_DIR",
+        &dir.path().display().to_string(),
+    );
+    rt.block_on(check_after_crash(&SqliteDurableStore::new(dir.path())));
 }
 
-#[tokio::test]
-async fn alarms_are_listed_earliest_first_across_namespaces() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(&dir);
-    assert!(store.alarms().await.unwrap().is_empty());
-    let other = store.object("other/Room", &id(9), true).unwrap();
-    kv(&store, 1).set_alarm(300).await.unwrap();
+/// The same with PostgreSQL: the server rolls back what the dead process
+/// left open.
+#[test]
+fn data_survives_a_crash_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Ok(url) = std::env::var("ISOLA_DO_CRASH_PG") {
+        let store = rt.block_on(PostgresDurableStore::connect(&url)).unwrap();
+        rt.block_on(write_then_crash(&store));
+    }
+    let db = rt.block_on(TestDb::create());
+    crash_child(
+        "durable::tests::data_survives_a_crash_on_postgres",
+        "ISOLA_DO_CRASH_PG",
+        &db.url,
+    );
+    rt.block_on(async {
+        let store = PostgresDurableStore::connect(&db.url).await.unwrap();
+        check_after_crash(&store).await;
+    });
+}
+
+async fn alarms_are_listed_earliest_first_across_namespaces(f: &Fixture) {
+    assert!(f.store.alarms().await.unwrap().is_empty());
+    let other = f.store.object("other/Room", &id(9), true).unwrap();
+    f.kv(1).set_alarm(300).await.unwrap();
     other.set_alarm(100).await.unwrap();
-    kv(&store, 2).set_alarm(200).await.unwrap();
-    kv(&store, 3).set_alarm(400).await.unwrap();
-    kv(&store, 3).delete_alarm().await.unwrap();
+    f.kv(2).set_alarm(200).await.unwrap();
+    f.kv(3).set_alarm(400).await.unwrap();
+    f.kv(3).delete_alarm().await.unwrap();
     // Moving an alarm replaces it.
-    kv(&store, 1).set_alarm(250).await.unwrap();
-    let alarms = store.alarms().await.unwrap();
+    f.kv(1).set_alarm(250).await.unwrap();
+    let alarms = f.store.alarms().await.unwrap();
     assert_eq!(
         alarms,
         [
@@ -981,19 +1361,15 @@ async fn alarms_are_listed_earliest_first_across_namespaces() {
             },
         ]
     );
-    assert_eq!(kv(&store, 3).get_alarm().await.unwrap(), None);
+    assert_eq!(f.kv(3).get_alarm().await.unwrap(), None);
     assert_eq!(other.get_alarm().await.unwrap(), Some(100));
     // Setting an alarm creates no object database.
-    assert!(!file(&dir, 1).exists());
+    assert!(!f.stored(1).await);
 }
 
-#[tokio::test]
-async fn reading_an_unknown_object_creates_no_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    let store = SqliteDurableStore::new(&root);
+async fn reading_an_unknown_object_stores_nothing(f: &Fixture) {
     for sqlite in [false, true] {
-        let o = store.object(NS, &id(1), sqlite).unwrap();
+        let o = f.store.object(NS, &id(1), sqlite).unwrap();
         assert!(o.get(vec!["k".into()]).await.unwrap().is_empty());
         assert!(o.list(ListOptions::default()).await.unwrap().is_empty());
         assert_eq!(o.delete(vec!["k".into()]).await.unwrap(), 0);
@@ -1011,33 +1387,29 @@ async fn reading_an_unknown_object_creates_no_file() {
         o.end_run().await.unwrap();
         o.delete_all().await.unwrap();
     }
-    assert!(store.alarms().await.unwrap().is_empty());
-    assert_eq!(files(&root), Vec::<String>::new());
-    assert!(!root.exists());
+    assert!(f.store.alarms().await.unwrap().is_empty());
+    assert!(f.nothing_stored().await, "nothing was made");
 
     // A transaction opened before the first write still wraps it.
-    let o = kv(&store, 1);
+    let o = f.kv(1);
     o.begin().await.unwrap();
     o.put(vec![entry("k", "v")]).await.unwrap();
     o.rollback().await.unwrap();
     assert!(o.get(vec!["k".into()]).await.unwrap().is_empty());
-    assert!(file_in(&root, 1).exists(), "the write made the file");
-}
-
-fn file_in(root: &Path, n: u32) -> std::path::PathBuf {
-    root.join(NS).join(format!("{}.sqlite", id(n)))
+    assert!(f.stored(1).await, "the write made the database");
 }
 
 #[tokio::test]
 async fn open_connections_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteDurableStore::with_max_open(dir.path(), 2);
+    let kv = |n: u32| store.object(NS, &id(n), false).unwrap();
     // Object 1 keeps a transaction open across the others' use: it must
     // stay open, and its transaction intact.
-    let first = kv(&store, 1);
+    let first = kv(1);
     first.begin().await.unwrap();
     first.put(vec![entry("k", "1")]).await.unwrap();
-    let handles: Vec<_> = (2..=6).map(|n| kv(&store, n)).collect();
+    let handles: Vec<_> = (2..=6).map(kv).collect();
     for (n, o) in (2..).zip(&handles) {
         o.put(vec![entry("k", &n.to_string())]).await.unwrap();
         assert!(
@@ -1064,16 +1436,13 @@ async fn open_connections_are_bounded() {
     assert!(store.open_connections() <= 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_to_one_object_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(store(&dir));
+async fn concurrent_writes_to_one_object_all_land(f: &Fixture) {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
-            let store = store.clone();
+            let store = f.store.clone();
             tokio::spawn(async move {
                 // A handle of its own, as separate runtime paths would have.
-                let o = kv(&store, 1);
+                let o = store.object(NS, &id(1), false).unwrap();
                 o.put(vec![entry(&format!("k{i:02}"), "v")]).await
             })
         })
@@ -1081,6 +1450,313 @@ async fn concurrent_writes_to_one_object_all_land() {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    let listed = kv(&store, 1).list(ListOptions::default()).await.unwrap();
+    let listed = f.kv(1).list(ListOptions::default()).await.unwrap();
     assert_eq!(listed.len(), 64);
+}
+
+// What only PostgreSQL has.
+
+/// The PostgreSQL counterpart of the connection bound: a connection is
+/// held only by an object whose transaction wrote, and given back at its
+/// end; the others share the pool, whose idle connections are capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_are_held_only_by_open_transactions() {
+    let db = TestDb::create().await;
+    let store = Arc::new(PostgresDurableStore::connect(&db.url).await.unwrap());
+    assert_eq!(store.open_connections(), 1, "the check's, idle");
+    let kv = |n: u32| store.object(NS, &id(n), false).unwrap();
+    let first = kv(1);
+    first.begin().await.unwrap();
+    first.get(vec!["k".into()]).await.unwrap();
+    first.put(vec![entry("k", "1")]).await.unwrap();
+    for n in 2..=6 {
+        kv(n).put(vec![entry("k", &n.to_string())]).await.unwrap();
+        assert_eq!(store.open_connections(), 2, "one held, one shared");
+    }
+    first.commit().await.unwrap();
+    // A transaction that only reads holds none.
+    first.begin().await.unwrap();
+    assert_eq!(
+        first.get(vec!["k".into()]).await.unwrap(),
+        [entry("k", "1")]
+    );
+    for n in 2..=6 {
+        assert_eq!(
+            kv(n).get(vec!["k".into()]).await.unwrap(),
+            [entry("k", &n.to_string())]
+        );
+    }
+    first.commit().await.unwrap();
+    assert_eq!(store.open_connections(), 2);
+    // Many objects in transactions at once: a connection each, and no
+    // more than the idle cap kept afterwards.
+    let tasks: Vec<_> = (10..50)
+        .map(|n| {
+            let o = kv(n);
+            tokio::spawn(async move {
+                o.begin().await?;
+                o.put(vec![entry("k", "v")]).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                o.commit().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(
+        store.open_connections() <= 16,
+        "{}",
+        store.open_connections()
+    );
+    drop(first);
+    drop(store);
+}
+
+/// Keys are listed with the primary key's index, in order, never sorted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lists_use_the_primary_key() {
+    let f = Fixture::distributed().await;
+    let o = f.kv(1);
+    for batch in 0..16 {
+        o.put(
+            (0..128)
+                .map(|i| entry(&format!("k{:05}", batch * 128 + i), "v"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    let table = format!("{}._isola_kv", schema_name(NS, &id(1)));
+    let client = f.db().client().await;
+    client
+        .batch_execute(&format!("ANALYZE {table}"))
+        .await
+        .unwrap();
+    for (lower, upper, sql) in super::postgres::testing::list_queries(&table) {
+        let lower = lower.map(String::into_bytes);
+        let upper = upper.map(String::into_bytes);
+        let limit = Some(10i64);
+        let rows = client
+            .query_typed(
+                &format!("EXPLAIN {sql}"),
+                &[
+                    (&lower, tokio_postgres::types::Type::BYTEA),
+                    (&upper, tokio_postgres::types::Type::BYTEA),
+                    (&limit, tokio_postgres::types::Type::INT8),
+                ],
+            )
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan"), "{sql}:\n{plan}");
+        assert!(plan.contains("_isola_kv_pkey"), "{sql}:\n{plan}");
+        assert!(!plan.contains("Sort"), "{sql}:\n{plan}");
+    }
+}
+
+/// Two stores on one database, as two nodes: each sees what the other
+/// committed, and an object one of them deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_share_objects() {
+    let f = Fixture::distributed().await;
+    let a = f.sql(1);
+    let b = f.reopen().await.object(NS, &id(1), true).unwrap();
+    a.put(vec![entry("k", "from a")]).await.unwrap();
+    exec(
+        &*a,
+        "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    a.set_alarm(500).await.unwrap();
+    assert_eq!(
+        b.get(vec!["k".into()]).await.unwrap(),
+        [entry("k", "from a")]
+    );
+    let rows = exec(&*b, "SELECT x FROM t", vec![]).await.unwrap();
+    assert_eq!(rows.rows, [[Value::Integer(1)]]);
+    assert_eq!(b.get_alarm().await.unwrap(), Some(500));
+
+    // Uncommitted writes stay on their node until the commit.
+    a.begin().await.unwrap();
+    a.put(vec![entry("k", "in a's transaction")]).await.unwrap();
+    assert_eq!(
+        b.get(vec!["k".into()]).await.unwrap(),
+        [entry("k", "from a")]
+    );
+    a.commit().await.unwrap();
+    assert_eq!(
+        b.get(vec!["k".into()]).await.unwrap(),
+        [entry("k", "in a's transaction")]
+    );
+
+    // b deletes the object a had open: a sees it empty, and starts over.
+    b.delete_all().await.unwrap();
+    assert!(a.get(vec!["k".into()]).await.unwrap().is_empty());
+    assert!(a.list(ListOptions::default()).await.unwrap().is_empty());
+    a.put(vec![entry("again", "1")]).await.unwrap();
+    assert_eq!(
+        b.get(vec!["again".into()]).await.unwrap(),
+        [entry("again", "1")]
+    );
+    assert_eq!(a.get_alarm().await.unwrap(), Some(500));
+}
+
+/// Each object is a schema named after it, commented with its namespace
+/// and id; its SQL sees its own tables only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_objects_are_schemas_of_their_own() {
+    let f = Fixture::distributed().await;
+    let one = f.sql(1);
+    let two = f.sql(2);
+    one.put(vec![entry("k", "1")]).await.unwrap();
+    exec(&*two, "CREATE TABLE t (x INTEGER)", vec![])
+        .await
+        .unwrap();
+    let client = f.db().client().await;
+    let rows = client
+        .query(
+            "SELECT nspname::text, obj_description(oid, 'pg_namespace') FROM pg_namespace
+             WHERE nspname LIKE '\\_isola\\_do\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut want = vec![
+        (
+            schema_name(NS, &id(1)),
+            format!("Durable Object {NS} {}", id(1)),
+        ),
+        (
+            schema_name(NS, &id(2)),
+            format!("Durable Object {NS} {}", id(2)),
+        ),
+    ];
+    want.sort();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, want);
+    assert_eq!(schema_name(NS, &id(1)).len(), 42);
+    let err = exec(&*one, "SELECT * FROM t", vec![]).await.unwrap_err();
+    assert_eq!(
+        err,
+        BindingError::Invalid("relation \"t\" does not exist".into())
+    );
+    // The guest's settings end with its call: the next call on the same
+    // (pooled) connection sees its own schema again.
+    exec(&*one, "CREATE TABLE t (y TEXT)", vec![])
+        .await
+        .unwrap();
+    let cols = exec(&*two, "SELECT * FROM t", vec![]).await.unwrap();
+    assert_eq!(cols.columns, ["x"]);
+    two.delete_all().await.unwrap();
+    assert!(!f.stored(2).await);
+    assert!(f.stored(1).await);
+}
+
+/// A transaction whose connection is lost is rolled back, says so, and
+/// the object goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lost_transaction_is_rolled_back() {
+    let f = Fixture::distributed().await;
+    let o = f.kv(1);
+    o.put(vec![entry("before", "1")]).await.unwrap();
+    o.begin().await.unwrap();
+    o.put(vec![entry("lost", "1")]).await.unwrap();
+    let client = f.db().client().await;
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = o.put(vec![entry("after", "1")]).await.unwrap_err();
+    match err {
+        BindingError::Backend(m) => assert!(m.contains("rolled back"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    invalid_msg(o.commit().await);
+    assert_eq!(
+        o.get(strings(&["before", "lost", "after"])).await.unwrap(),
+        [entry("before", "1")]
+    );
+    o.put(vec![entry("after", "1")]).await.unwrap();
+}
+
+/// Statement splitting and numbering, and the checks, without a server.
+#[test]
+fn postgres_sql_is_split_numbered_and_checked() {
+    use super::postgres::testing::parse;
+    let split = |sql: &str| parse(sql).unwrap();
+    assert_eq!(
+        split("SELECT ?, ?3, ?; INSERT INTO t VALUES (?) ;; -- end"),
+        [
+            ("SELECT $1, $3, $4".to_owned(), 4),
+            (" INSERT INTO t VALUES ($1) ".to_owned(), 1),
+        ]
+    );
+    // Inside strings, quoted names, comments and dollar quotes, `?` and
+    // `;` are text.
+    let text = "SELECT '?;', \"a?;\", $$ ?; $$, $t$ ?; $t$, E'\\' ?;', ? /* ?; /* ; */ */ -- ?;\n";
+    let [(sql, params)] = split(text).try_into().unwrap();
+    assert_eq!(params, 1);
+    assert_eq!(sql, text.replacen("', ? /*", "', $1 /*", 1));
+    // The same numbering as D1's translation, statement by statement.
+    for statement in ["SELECT ?2, ?, ?", "SELECT $1, 'it''s ?', ?"] {
+        let scanned = crate::sql::postgres::scan(statement);
+        assert_eq!(
+            split(statement),
+            [(scanned.sql, scanned.params as usize)],
+            "{statement}"
+        );
+    }
+    for (sql, says) in [
+        ("", "no statement"),
+        ("VACUUM", "VACUUM"),
+        ("select 1; vacuum", "VACUUM"),
+        ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "temporary"),
+        (
+            "CREATE TRIGGER tr AFTER INSERT ON t EXECUTE FUNCTION f()",
+            "CREATE TRIGGER",
+        ),
+        ("CREATE VIRTUAL TABLE d USING fts5(b)", "CREATE VIRTUAL"),
+        (
+            "WITH x AS (SELECT 1) SELECT * FROM pg_stat_activity",
+            "pg_stat_activity",
+        ),
+        ("SELECT \"PG_CLASS\".x FROM t", "pg_class"),
+        (
+            "SELECT cursor_to_xml(c, 1, false, false, '')",
+            "cursor_to_xml",
+        ),
+        ("SELECT dblink_exec('x', 'y')", "dblink_exec"),
+        ("SELECT 1 INTO UNLOGGED u", "unlogged"),
+        ("u&'x'", "Unicode"),
+    ] {
+        let msg = invalid_msg(parse(sql));
+        assert!(msg.contains(says), "{sql}: {msg}");
+    }
+    for sql in [
+        "CREATE UNIQUE INDEX IF NOT EXISTS i ON t (x)",
+        "CREATE OR REPLACE VIEW v AS SELECT x FROM t",
+        "CREATE SEQUENCE s; SELECT nextval('s')",
+        "ALTER TABLE t RENAME TO u; DROP TABLE u",
+        "(SELECT 1) UNION (SELECT 2)",
+        "VALUES (1), (2)",
+        "TABLE t",
+        "TRUNCATE t",
+        "SELECT t.x, s.y FROM t JOIN s ON t.id = s.id",
+        "SELECT temp FROM weather WHERE owner = 'to'",
+        "SELECT 'pg_class', $$ pg_sleep $$ -- pg_x",
+        "SELECT x$ FROM t",
+    ] {
+        parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
 }

@@ -21,12 +21,13 @@ pub(super) fn parse_backends(
     faults: &mut Faults,
 ) -> BackendsConfig {
     let mut config = BackendsConfig::default();
-    let kinds: [(&str, &Option<RawBackend>, &[&str]); 5] = [
+    let kinds: [(&str, &Option<RawBackend>, &[&str]); 6] = [
         ("kv", &raw.kv, &["sqlite", "redis"]),
         ("sql", &raw.sql, &["sqlite", "postgres"]),
         ("blob", &raw.blob, &["fs", "s3"]),
         ("cache", &raw.cache, &["memory", "redis"]),
         ("queue", &raw.queue, &["sqlite", "redis"]),
+        ("durable", &raw.durable, &["sqlite", "postgres"]),
     ];
     for (kind, backend, available) in kinds {
         let Some(backend) = backend else { continue };
@@ -51,7 +52,8 @@ pub(super) fn parse_backends(
             "sql" => &mut config.sql,
             "blob" => &mut config.blob,
             "cache" => &mut config.cache,
-            _ => &mut config.queue,
+            "queue" => &mut config.queue,
+            _ => &mut config.durable,
         } = parsed;
     }
     config
