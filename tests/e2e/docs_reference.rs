@@ -102,11 +102,12 @@ fn the_cli_reference_names_every_command_and_option() {
 }
 
 /// Configs with an unknown key in each table the parser reads.
-const KEY_PROBES: [&str; 20] = [
+const KEY_PROBES: [&str; 21] = [
     "zz_docs_probe = 1\n",
     "[server]\nzz_docs_probe = 1\n",
     "[backends]\nzz_docs_probe = 1\n",
     "[backends.kv]\ntype = \"sqlite\"\nzz_docs_probe = 1\n",
+    "[cluster]\nzz_docs_probe = 1\n",
     "[[worker]]\nname = \"w\"\nzz_docs_probe = 1\n",
     "[[worker]]\nname = \"w\"\nbuild = { zz_docs_probe = 1 }\n",
     "[[worker]]\nname = \"w\"\nqueues = { zz_docs_probe = 1 }\n",

@@ -24,10 +24,10 @@ mod secrets;
 pub use error::{ConfigError, ConfigErrors};
 pub use js_build::{JsBuild, ModuleRule, ModuleType};
 pub use model::{
-    AnalyticsBinding, Backend, BackendTls, BackendsConfig, BuildConfig, Config, CronSchedule,
-    D1Binding, DEFAULT_LISTEN, DEFAULT_STATE_DIR, DurableObjectBinding, DurableObjectClass,
-    KvBinding, Limits, QueueConsumer, QueueProducer, R2Binding, Secret, ServerConfig,
-    ServiceBinding, WorkerConfig, WorkerRun,
+    AnalyticsBinding, Backend, BackendTls, BackendsConfig, BuildConfig, ClusterConfig, Config,
+    CronSchedule, D1Binding, DEFAULT_LISTEN, DEFAULT_STATE_DIR, DurableObjectBinding,
+    DurableObjectClass, KvBinding, Limits, QueueConsumer, QueueProducer, R2Binding, Secret,
+    ServerConfig, ServiceBinding, WorkerConfig, WorkerRun,
 };
 pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};

@@ -24,6 +24,22 @@ pub struct Config {
     pub server: ServerConfig,
     pub backends: BackendsConfig,
     pub workers: Vec<WorkerConfig>,
+    /// `[cluster]`: set when this node runs Durable Objects with others.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: each Durable Object is owned by one node at a time, and
+/// the other nodes forward its events to the owner's internal listener.
+/// The nodes' shared secret comes from `ISOLA_CLUSTER_SECRET`, never the
+/// file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The internal listener, which takes forwarded events.
+    pub listen: SocketAddr,
+    /// The URL other nodes reach the internal listener at
+    /// (`http://10.0.0.5:8790`, no trailing slash); also the name this
+    /// node holds its objects' leases by.
+    pub advertise: String,
 }
 
 #[derive(Debug, Clone)]
@@ -543,6 +559,7 @@ impl Config {
             server,
             backends: BackendsConfig::default(),
             workers: vec![worker],
+            cluster: None,
         }
     }
 }

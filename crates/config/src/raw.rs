@@ -17,6 +17,16 @@ pub(crate) struct RawConfig {
     pub(crate) worker: Vec<RawWorker>,
     #[serde(default)]
     pub(crate) backends: RawBackends,
+    pub(crate) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: the internal listener, and the URL other nodes reach it
+/// at. The shared secret is never in the file (`ISOLA_CLUSTER_SECRET`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) listen: Spanned<String>,
+    pub(crate) advertise: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -599,6 +599,7 @@ fn outbound_client_settings() {
     );
 }
 
+mod cluster;
 mod durable;
 mod proptests;
 

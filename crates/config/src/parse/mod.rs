@@ -10,6 +10,7 @@
 mod backends;
 mod bindings;
 mod checks;
+mod cluster;
 mod document;
 mod durable;
 mod server;
@@ -68,11 +69,13 @@ fn parse(path: &Path, text: &str, secret_values: bool) -> Result<Config, ConfigE
             }
         }
         let backends = backends::parse_backends(&raw.backends, base, &mut faults);
+        let cluster = cluster::parse_cluster(raw.cluster, &backends, &mut faults);
         Config {
             source: path.to_owned(),
             server,
             backends,
             workers,
+            cluster,
         }
     });
     // `document::read` answers `None` only with a fault recorded.

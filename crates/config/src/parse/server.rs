@@ -122,7 +122,11 @@ pub(super) fn parse_server(
     (server, outbound_override)
 }
 
-fn address(value: &Spanned<String>, key: &str, example: &str) -> Result<SocketAddr, Fault> {
+pub(super) fn address(
+    value: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Result<SocketAddr, Fault> {
     value.get_ref().parse().map_err(|_| {
         Fault::at(
             value.span(),
