@@ -11,6 +11,7 @@ mod dev;
 mod docs;
 mod docs_reference;
 mod durable;
+mod durable_cluster;
 mod durable_rust;
 mod examples;
 mod js;

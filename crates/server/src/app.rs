@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use isola_config::{ServerConfig, WorkerConfig};
 use isola_runtime::{
-    Body, BodyError, Observer, Outcome, RequestContext, RequestId, RequestInfo, Services, Worker,
-    error_response, full_body,
+    Body, BodyError, Observer, Outcome, Placement, RequestContext, RequestId, RequestInfo,
+    Services, Worker, error_response, full_body,
 };
 
 use crate::router::Router;
@@ -42,7 +42,13 @@ pub struct Generation {
 
 impl Generation {
     /// `configs[i]` describes `workers[i]`; its routes lead to it.
-    fn new(id: u64, workers: Vec<Worker>, configs: &[WorkerConfig], server: &ServerConfig) -> Self {
+    fn new(
+        id: u64,
+        workers: Vec<Worker>,
+        configs: &[WorkerConfig],
+        server: &ServerConfig,
+        placement: Option<Arc<Placement>>,
+    ) -> Self {
         let router = Router::new(
             configs
                 .iter()
@@ -51,7 +57,7 @@ impl Generation {
         );
         Generation {
             id,
-            _services: Services::new(&workers),
+            _services: Services::with_placement(&workers, placement),
             workers,
             configs: configs.to_vec(),
             router,
@@ -88,6 +94,8 @@ pub struct App {
     pub(crate) shutdown_grace: Duration,
     pub(crate) max_connections: usize,
     telemetry: Arc<Telemetry>,
+    /// On a node of a cluster: where each Durable Object runs.
+    placement: std::sync::OnceLock<Arc<Placement>>,
 }
 
 impl App {
@@ -109,7 +117,20 @@ impl App {
             shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
             max_connections: server.max_connections as usize,
             telemetry,
+            placement: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Make this app a node of a cluster: the Durable Objects of every
+    /// generation installed from now on run where `placement` says. Only
+    /// the first call counts.
+    pub fn set_placement(&self, placement: Arc<Placement>) {
+        let _ = self.placement.set(placement);
+    }
+
+    /// The cluster this app is a node of, if any.
+    pub fn placement(&self) -> Option<&Arc<Placement>> {
+        self.placement.get()
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
@@ -130,7 +151,13 @@ impl App {
         for worker in &workers {
             worker.observe(self.telemetry.clone());
         }
-        let next = Arc::new(Generation::new(id, workers, configs, server));
+        let next = Arc::new(Generation::new(
+            id,
+            workers,
+            configs,
+            server,
+            self.placement.get().cloned(),
+        ));
         if let Some(old) = self.current.swap(Some(next)) {
             let mut retired = self.retired.lock().expect("retired lock");
             retired.retain(|w| w.active_tasks() > 0);

@@ -6,9 +6,12 @@
 //! listener; the [`App`] gives every request an id (`x-request-id`) and
 //! routes it to a worker by Wrangler-style patterns ([`router`]). On
 //! shutdown the server stops accepting and lets in-flight requests finish.
+//! A node of a cluster (`[cluster]`) also opens the internal listener
+//! ([`cluster`]) that takes the events of the Durable Objects it owns.
 
 pub mod admin;
 mod app;
+pub mod cluster;
 pub mod lifecycle;
 mod listener;
 pub mod load;

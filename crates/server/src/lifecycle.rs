@@ -11,10 +11,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use futures_util::future::BoxFuture;
 use isola_config::Config;
-use isola_runtime::{Backends, IsolaEngine};
+use isola_runtime::{Backends, IsolaEngine, Placement};
 
 use crate::admin::{Admin, AdminOptions, Reloader};
 use crate::app::App;
+use crate::cluster::ClusterListener;
 use crate::listener::{Server, shutdown_signal};
 use crate::load::{
     Progress, backends_for, engine_options, largest_memory_mb, load_workers, outbound_client_for,
@@ -159,6 +160,9 @@ impl Live {
         if self.initial.backends != config.backends {
             changed.push("[backends]");
         }
+        if self.initial.cluster != config.cluster {
+            changed.push("[cluster]");
+        }
         if largest_memory_mb(config) > largest_memory_mb(&self.initial) {
             changed.push("the largest memory_mb (the instance pool is sized at start)");
         }
@@ -212,6 +216,17 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
         read_config,
         progress,
     } = options;
+    // A node of a cluster needs the nodes' shared secret: refuse to start
+    // without it, before anything else is done.
+    let secret = match &config.cluster {
+        Some(_) => Some(crate::cluster::secret_from_env().map_err(|why| {
+            anyhow::anyhow!(
+                "{}: [cluster] needs the nodes' shared secret in the environment (never in the file): {why}",
+                config.source.display()
+            )
+        })?),
+        None => None,
+    };
     let mut engine_options = engine_options(&config)?;
     // A JS worker's edit changes only its component's data: `isola dev`
     // makes the new artifact from the last one's machine code.
@@ -219,6 +234,22 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
     let engine = IsolaEngine::new(&engine_options)?;
     let backends = backends_for(&config)?;
     outbound_client_for(&config)?;
+    let placement = match (&config.cluster, secret) {
+        (Some(cluster), Some(secret)) => {
+            if !backends.leases.is_shared() {
+                bail!(
+                    "{}: [cluster] needs leases every node shares (a `redis` backends.queue)",
+                    config.source.display()
+                );
+            }
+            Some(Arc::new(Placement::new(
+                backends.leases.clone(),
+                cluster.advertise.clone(),
+                secret,
+            )))
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // A spinning guest's poll lasts up to a fuel-yield interval (~1 ms).
@@ -231,6 +262,9 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
         let shutdown = shutdown_signal()?;
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let app = Arc::new(App::empty(&config.server, telemetry));
+        if let Some(placement) = &placement {
+            app.set_placement(placement.clone());
+        }
         let source = match &mode {
             Mode::Serve { source } => source.clone(),
             Mode::Dev { source, .. } => Some(source.clone()),
@@ -279,6 +313,22 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
             tokio::spawn(admin.run());
         }
 
+        // The internal listener of a cluster node: events of the objects
+        // this node owns, forwarded by the others (503 until the workers
+        // are loaded).
+        let mut cluster_addr = None;
+        if let (Some(cluster), Some(placement)) = (&config.cluster, &placement) {
+            let listener = ClusterListener::bind(cluster.listen, app.clone(), placement.clone())
+                .await
+                .with_context(|| {
+                    format!("cannot start the internal listener on {}", cluster.listen)
+                })?;
+            cluster_addr = Some(listener.local_addr()?);
+            tracing::info!(listen = %cluster.listen, advertise = %cluster.advertise,
+                "a node of a cluster: Durable Objects run where their lease is held");
+            tokio::spawn(listener.run());
+        }
+
         if let Mode::Serve { .. } = mode {
             let message = live.install(config.clone()).await?;
             tracing::info!("{message}");
@@ -292,6 +342,9 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
         writeln!(stdout, "listening on http://{addr}")?;
         if let Some(admin) = admin_addr {
             writeln!(stdout, "admin listening on http://{admin}")?;
+        }
+        if let Some(cluster) = cluster_addr {
+            writeln!(stdout, "cluster listening on http://{cluster}")?;
         }
         stdout.flush()?;
         drop(stdout);
@@ -320,6 +373,10 @@ pub fn serve(config: Config, mode: Mode, options: ServeOptions) -> Result<()> {
                 }
             })
             .await?;
+        // Its requests done, a cluster node lets its objects go at once.
+        if let Some(placement) = &placement {
+            placement.release_all().await;
+        }
         Ok(())
     })
 }
