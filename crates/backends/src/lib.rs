@@ -41,9 +41,10 @@ pub struct Backends {
     /// Who runs a cron firing: every node in embedded mode, one node of the
     /// cluster with a Redis queue backend.
     pub leases: Arc<dyn lease::LeaseStore>,
-    /// Durable Object storage: one SQLite database per object, on this
-    /// node (with the distributed backends too: objects are not shared
-    /// between nodes yet).
+    /// Durable Object storage: by default one SQLite database per object,
+    /// on this node; with `[backends] durable = { type = "postgres" }` a
+    /// schema per object in one PostgreSQL database that several nodes
+    /// share, a `[cluster]` owning each object on one node at a time.
     pub durable: Arc<dyn durable::DurableStore>,
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::error::{BindingError, Result};
 
-mod pg_tls;
+pub(crate) mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

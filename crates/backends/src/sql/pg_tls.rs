@@ -31,7 +31,7 @@ enum Mode {
 /// `url`'s `sslmode`, and the URL tokio-postgres can parse (it knows
 /// `require` but not `verify-full`, which becomes `require` here: both are
 /// verified by [`PgTls`]).
-pub(super) fn split_mode(url: &str) -> Result<(String, bool)> {
+pub(crate) fn split_mode(url: &str) -> Result<(String, bool)> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), false));
     };
@@ -62,14 +62,14 @@ pub(super) fn split_mode(url: &str) -> Result<(String, bool)> {
 /// A rustls connector for tokio-postgres, and what to say when its
 /// handshake fails.
 #[derive(Clone)]
-pub(super) struct PgTls {
+pub(crate) struct PgTls {
     config: Arc<rustls::ClientConfig>,
     /// Follows a handshake error: what the certificate was checked against.
-    pub(super) hint: String,
+    pub(crate) hint: String,
 }
 
 impl PgTls {
-    pub(super) fn new(tls: &BackendTls) -> Result<PgTls> {
+    pub(crate) fn new(tls: &BackendTls) -> Result<PgTls> {
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca_file {
             Some(ca) => {
@@ -137,7 +137,7 @@ impl MakeTlsConnect<Socket> for PgTls {
     }
 }
 
-pub(super) struct PgTlsConnect {
+pub(crate) struct PgTlsConnect {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
 }
@@ -159,7 +159,7 @@ impl TlsConnect<Socket> for PgTlsConnect {
     }
 }
 
-pub(super) struct PgTlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+pub(crate) struct PgTlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
 
 impl TlsStream for PgTlsStream {
     fn channel_binding(&self) -> ChannelBinding {
