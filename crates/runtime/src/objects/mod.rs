@@ -18,6 +18,7 @@
 pub(crate) mod alarms;
 pub(crate) mod id;
 pub(crate) mod placement;
+pub(crate) mod serve;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
