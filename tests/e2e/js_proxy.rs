@@ -805,8 +805,19 @@ export default {
                                     "body" => streamed(query(&uri, "mib") * MIB),
                                     "progress" => {
                                         tokio::time::sleep(HOLD).await;
-                                        let had = client.load(Ordering::SeqCst);
                                         let n = query(&uri, "n");
+                                        // Bytes the server sent may still be
+                                        // on their way to the client's reader
+                                        // on a loaded machine: wait (a
+                                        // bounded while, the clone held all
+                                        // along) for them before sampling.
+                                        let waiting = Instant::now();
+                                        while client.load(Ordering::SeqCst) < n
+                                            && waiting.elapsed() < Duration::from_secs(5)
+                                        {
+                                            tokio::time::sleep(Duration::from_millis(10)).await;
+                                        }
+                                        let had = client.load(Ordering::SeqCst);
                                         log.lock()
                                             .unwrap()
                                             .entry(id)
