@@ -67,9 +67,10 @@ pub struct Setup {
 
 impl Setup {
     /// Find the programs (Isola and the native server beside this
-    /// executable unless `ISOLA_BIN` says otherwise) and build the JS
-    /// worker, plain and with `--instance-reuse`, into a work directory.
-    pub fn prepare() -> Setup {
+    /// executable unless `ISOLA_BIN` says otherwise) and, when `js_hello`,
+    /// build the JS worker, plain and with `--instance-reuse`, into a work
+    /// directory (a run of one section that does not use it skips that).
+    pub fn prepare(js_hello: bool) -> Setup {
         let repo = repo();
         let release = std::env::current_exe()
             .expect("the bench's own path")
@@ -82,9 +83,11 @@ impl Setup {
         let js_main = repo.join("bench/workers/worker.js");
         let js_guest = work.path().join("worker.wasm");
         let js_reuse_guest = work.path().join("worker-reuse.wasm");
-        eprintln!("building the JS worker…");
-        build_js(&isola, &js_main, &js_guest, None, false);
-        build_js(&isola, &js_main, &js_reuse_guest, None, true);
+        if js_hello {
+            eprintln!("building the JS worker…");
+            build_js(&isola, &js_main, &js_guest, None, false);
+            build_js(&isola, &js_main, &js_reuse_guest, None, true);
+        }
         Setup {
             isola,
             native: release.join("native-hello"),
@@ -133,6 +136,19 @@ impl Setup {
 
     /// `isola serve` of one worker on every path, with `extra` worker keys.
     pub fn isola(&self, name: &str, component: &Path, extra: &str, state: &Path) -> Server {
+        self.isola_probing(name, component, extra, state, "/")
+    }
+
+    /// [`Setup::isola`] for a worker that answers 200 on `probe` instead of
+    /// `/`.
+    pub fn isola_probing(
+        &self,
+        name: &str,
+        component: &Path,
+        extra: &str,
+        state: &Path,
+        probe: &str,
+    ) -> Server {
         let addr = load::free_addr();
         let config = self.work.path().join(format!("{name}.toml"));
         std::fs::write(
@@ -145,7 +161,7 @@ impl Setup {
         .expect("writing an isola config");
         let mut command = Command::new(&self.isola);
         command.arg("serve").arg(&config);
-        Server::start(command, addr, "/", &self.log(name), self.pin)
+        Server::start(command, addr, probe, &self.log(name), self.pin)
     }
 
     pub fn wasmtime(&self, name: &str, reuse: bool) -> Option<Server> {
@@ -163,19 +179,32 @@ impl Setup {
     }
 
     pub fn workerd(&self) -> Option<Server> {
+        self.workerd_with("workerd", &self.workerd_config, &[], "/")
+    }
+
+    /// workerd serving `config` (its `http` socket on a free port) with
+    /// `args` added, once it answers 200 on `probe`; `None` without workerd.
+    pub fn workerd_with(
+        &self,
+        name: &str,
+        config: &Path,
+        args: &[&std::ffi::OsStr],
+        probe: &str,
+    ) -> Option<Server> {
         let workerd = self.workerd.as_ref()?;
         let addr = load::free_addr();
         let mut command = Command::new(workerd);
         command
             .arg("serve")
-            .arg(&self.workerd_config)
+            .arg(config)
             .arg("--socket-addr")
-            .arg(format!("http={addr}"));
+            .arg(format!("http={addr}"))
+            .args(args);
         Some(Server::start(
             command,
             addr,
-            "/",
-            &self.log("workerd"),
+            probe,
+            &self.log(name),
             self.pin,
         ))
     }
@@ -198,6 +227,18 @@ pub fn build_js(
     marker: Option<&str>,
     instance_reuse: bool,
 ) -> Duration {
+    try_build_js(isola, main, out, marker, instance_reuse)
+        .unwrap_or_else(|e| panic!("isola build failed: {e}"))
+}
+
+/// [`build_js`], answering `isola build`'s stderr when it fails.
+pub fn try_build_js(
+    isola: &Path,
+    main: &Path,
+    out: &Path,
+    marker: Option<&str>,
+    instance_reuse: bool,
+) -> Result<Duration, String> {
     let source = std::fs::read_to_string(main).expect("reading the JS worker");
     let entry = match marker {
         Some(marker) => {
@@ -222,10 +263,8 @@ pub fn build_js(
     if marker.is_some() {
         let _ = std::fs::remove_file(&entry);
     }
-    assert!(
-        output.status.success(),
-        "isola build failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    elapsed
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(elapsed)
 }

@@ -2,6 +2,7 @@
 //! appends its text to the document and returns what it measured that the
 //! targets read.
 
+pub mod durable;
 pub mod embedding;
 pub mod header;
 pub mod js;
