@@ -511,7 +511,8 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
         .unwrap();
     }
     if !ratio_rows.is_empty() {
-        writeln!(
+        // `ratio_rows` ends the table's last line.
+        write!(
             doc,
             "\nJS, Isola's req/s ÷ workerd's in the same round:\n\n\
              | objects | Isola server |{rounds} median |\n|---|---|{}---|\n{ratio_rows}",
