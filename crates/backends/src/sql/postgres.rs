@@ -429,8 +429,9 @@ fn is_transaction_control(word: &str) -> bool {
     )
 }
 
-/// A bound value, encoded as the type its placeholder was declared with.
-struct Param<'a>(&'a Value);
+/// A bound value, encoded as the type its placeholder was declared with
+/// (D1's and Durable Objects' SQL on PostgreSQL).
+pub(crate) struct Param<'a>(pub(crate) &'a Value);
 
 impl std::fmt::Debug for Param<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -468,7 +469,7 @@ impl ToSql for Param<'_> {
     tokio_postgres::types::to_sql_checked!();
 }
 
-fn param_type(value: &Value) -> Type {
+pub(crate) fn param_type(value: &Value) -> Type {
     match value {
         Value::Integer(_) => Type::INT8,
         Value::Real(_) => Type::FLOAT8,
@@ -480,7 +481,7 @@ fn param_type(value: &Value) -> Type {
 }
 
 /// A column value in one of the five SQLite kinds.
-struct Column(Value);
+pub(crate) struct Column(pub(crate) Value);
 
 impl<'a> tokio_postgres::types::FromSql<'a> for Column {
     fn from_sql(
