@@ -1,13 +1,16 @@
 //! The embedded cache: every worker's responses in one in-memory LRU.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lru::LruCache;
 
-use super::{CacheStore, CachedResponse, Headers, Prepared, prepare_put, vary_matches};
+use super::{
+    Buffered, CacheStore, CacheUpload, CachedResponse, Headers, MAX_BODY_BYTES, Prepared,
+    prepare_put, vary_matches,
+};
 use crate::error::Result;
 use crate::util::lock;
 
@@ -24,11 +27,16 @@ use crate::util::lock;
 /// minus now without a `Date`), less any `Age` the response already has. A
 /// response with none of these is not stored: there is no heuristic
 /// freshness, so nothing is kept that the origin did not ask to keep.
+///
+/// A body being stored is gathered in host memory first, up to the cache's
+/// size cap (and [`MAX_BODY_BYTES`]); past that the `put` fails and
+/// nothing is stored. Clones share the cache (an upload holds one).
+#[derive(Clone)]
 pub struct MemoryCache {
     max_bytes: u64,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     /// Added to the wall clock; only tests move it.
-    clock_offset_ms: AtomicU64,
+    clock_offset_ms: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -71,11 +79,11 @@ impl MemoryCache {
     pub fn new(max_bytes: u64) -> Self {
         MemoryCache {
             max_bytes,
-            inner: Mutex::new(Inner {
+            inner: Arc::new(Mutex::new(Inner {
                 entries: LruCache::unbounded(),
                 total_bytes: 0,
-            }),
-            clock_offset_ms: AtomicU64::new(0),
+            })),
+            clock_offset_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -91,6 +99,53 @@ impl MemoryCache {
     fn advance(&self, by: std::time::Duration) {
         self.clock_offset_ms
             .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Store a whole response under `key`: it replaces the variant the same
+    /// request headers matched, and the least recently used entries go
+    /// until the total fits. False if it is larger than the whole cache.
+    fn store(
+        &self,
+        key: Key,
+        request_headers: &Headers,
+        prepared: Prepared,
+        body: bytes::Bytes,
+    ) -> bool {
+        let now = self.now_ms();
+        let (initial_age, remaining) = (prepared.initial_age, prepared.remaining);
+        let (vary, response, bytes) = prepared.with_body(body);
+        if bytes > self.max_bytes {
+            return false;
+        }
+        let variant = Variant {
+            vary,
+            response,
+            stored_at_ms: now,
+            fresh_until_ms: now.saturating_add(remaining.saturating_mul(1000)),
+            initial_age,
+            bytes,
+        };
+
+        let mut inner = lock(&self.inner);
+        let mut entry = inner.entries.pop(&key).unwrap_or_default();
+        inner.total_bytes -= entry.bytes;
+        // The new response replaces what the same request matched before,
+        // and stale variants go while we are here.
+        entry
+            .variants
+            .retain(|v| v.fresh_until_ms > now && !v.matches(request_headers));
+        entry.variants.push(variant);
+        // Keep one URL's variants within the budget on their own: the
+        // oldest go first.
+        let mut bytes: u64 = entry.variants.iter().map(|v| v.bytes).sum();
+        while bytes > self.max_bytes {
+            bytes -= entry.variants.remove(0).bytes;
+        }
+        entry.bytes = bytes;
+        inner.total_bytes += bytes;
+        inner.entries.put(key, entry);
+        self.evict(&mut inner);
+        true
     }
 
     /// Drop least recently used entries until the total fits.
@@ -152,58 +207,41 @@ impl CacheStore for MemoryCache {
         Ok(found)
     }
 
-    async fn put(
+    async fn begin_put(
         &self,
         scope: &str,
         cache: &str,
         url: &str,
         request_headers: &Headers,
-        response: CachedResponse,
-    ) -> Result<bool> {
-        let now = self.now_ms();
-        let Some(Prepared {
-            vary,
-            response,
-            initial_age,
-            remaining,
-            bytes,
-        }) = prepare_put(scope, cache, url, request_headers, response, now)?
-        else {
-            return Ok(false);
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<Box<dyn CacheUpload>>> {
+        let prepared = prepare_put(
+            scope,
+            cache,
+            url,
+            request_headers,
+            status,
+            headers,
+            self.now_ms(),
+        )?;
+        let Some(prepared) = prepared else {
+            return Ok(None);
         };
-        if bytes > self.max_bytes {
-            return Ok(false);
-        }
-        let variant = Variant {
-            vary,
-            response,
-            stored_at_ms: now,
-            fresh_until_ms: now.saturating_add(remaining.saturating_mul(1000)),
-            initial_age,
-            bytes,
-        };
-
-        let mut inner = lock(&self.inner);
+        let limit = self
+            .max_bytes
+            .saturating_sub(prepared.head_bytes)
+            .min(MAX_BODY_BYTES);
+        let this = self.clone();
         let key = key(scope, cache, url);
-        let mut entry = inner.entries.pop(&key).unwrap_or_default();
-        inner.total_bytes -= entry.bytes;
-        // The new response replaces what the same request matched before,
-        // and stale variants go while we are here.
-        entry
-            .variants
-            .retain(|v| v.fresh_until_ms > now && !v.matches(request_headers));
-        entry.variants.push(variant);
-        // Keep one URL's variants within the budget on their own: the
-        // oldest go first.
-        let mut bytes: u64 = entry.variants.iter().map(|v| v.bytes).sum();
-        while bytes > self.max_bytes {
-            bytes -= entry.variants.remove(0).bytes;
-        }
-        entry.bytes = bytes;
-        inner.total_bytes += bytes;
-        inner.entries.put(key, entry);
-        self.evict(&mut inner);
-        Ok(true)
+        let request_headers = request_headers.to_vec();
+        Ok(Some(Buffered::new(
+            prepared,
+            limit,
+            Box::new(move |prepared, body| {
+                Box::pin(async move { Ok(this.store(key, &request_headers, prepared, body)) })
+            }),
+        )))
     }
 
     async fn delete(
@@ -521,13 +559,12 @@ mod tests {
         assert!(present(1) && !present(2) && present(3) && present(4));
         assert!(lock(&c.inner).total_bytes <= c.max_bytes);
 
-        // Larger than the whole cache: not stored, nothing evicted.
+        // Larger than the whole cache: refused, nothing evicted.
         let huge = resp(&[("cache-control", "max-age=60")], &"y".repeat(4000));
-        assert!(
-            !c.put("w", "default", "https://e/huge", &[], huge)
-                .await
-                .unwrap()
-        );
+        assert!(matches!(
+            c.put("w", "default", "https://e/huge", &[], huge).await,
+            Err(BindingError::Invalid(_))
+        ));
         assert!(present(1) && present(3) && present(4));
     }
 }

@@ -22,6 +22,24 @@ pub struct CachedResponse {
 
 pub type Headers = [(String, Vec<u8>)];
 
+/// The largest body any cache backend stores: Cloudflare's Cache API limit
+/// (512 MB). A backend may keep a lower one (the memory cache: its size
+/// cap). A body being stored is held in host memory until it is whole, so
+/// this also bounds what one `put` holds.
+pub const MAX_BODY_BYTES: u64 = 512 << 20;
+
+/// A response being stored: `write` its body, then `finish`. Dropping an
+/// upload without finishing it stores nothing.
+#[async_trait]
+pub trait CacheUpload: Send {
+    /// An `Invalid` error once the body is over the backend's limit; the
+    /// upload is then dead: nothing of it is ever stored.
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<()>;
+    /// Store the response; `Ok(false)` if the backend decided not to keep
+    /// it after all (the memory cache: larger than the whole cache).
+    async fn finish(self: Box<Self>) -> Result<bool>;
+}
+
 /// A cache backend. `scope` separates workers (one worker cannot read or
 /// poison another's cache); `cache` is the cache name (`default`).
 #[async_trait]
@@ -35,8 +53,20 @@ pub trait CacheStore: Send + Sync {
         url: &str,
         request_headers: &Headers,
     ) -> Result<Option<CachedResponse>>;
-    /// Store the response if its `Cache-Control` allows; `Ok(false)` if not.
-    /// Errors (`Invalid`) for status 206, `Vary: *`.
+    /// Start storing a response with this status and these headers, if its
+    /// `Cache-Control` allows (`Ok(None)` if not): its body follows, chunk
+    /// by chunk. Errors (`Invalid`) for status 206, `Vary: *`.
+    async fn begin_put(
+        &self,
+        scope: &str,
+        cache: &str,
+        url: &str,
+        request_headers: &Headers,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<Box<dyn CacheUpload>>>;
+    /// Store a whole response if its `Cache-Control` allows; `Ok(false)` if
+    /// not.
     async fn put(
         &self,
         scope: &str,
@@ -44,7 +74,21 @@ pub trait CacheStore: Send + Sync {
         url: &str,
         request_headers: &Headers,
         response: CachedResponse,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let begun = self.begin_put(
+            scope,
+            cache,
+            url,
+            request_headers,
+            response.status,
+            response.headers,
+        );
+        let Some(mut upload) = begun.await? else {
+            return Ok(false);
+        };
+        upload.write(response.body).await?;
+        upload.finish().await
+    }
     async fn delete(
         &self,
         scope: &str,
@@ -52,6 +96,72 @@ pub trait CacheStore: Send + Sync {
         url: &str,
         request_headers: &Headers,
     ) -> Result<bool>;
+}
+
+/// Where a [`Buffered`] upload goes once its body is whole.
+pub(crate) type Commit =
+    Box<dyn FnOnce(Prepared, bytes::Bytes) -> BoxFuture<'static, Result<bool>> + Send>;
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An upload that gathers the body in host memory, up to `limit` bytes,
+/// then hands the whole response to its backend: every backend stores a
+/// body in one piece (a memory entry, a Redis value).
+pub(crate) struct Buffered {
+    prepared: Prepared,
+    body: bytes::BytesMut,
+    limit: u64,
+    /// Set once the limit is passed: the body is dropped, and nothing is
+    /// stored.
+    over: bool,
+    commit: Option<Commit>,
+}
+
+impl Buffered {
+    pub(crate) fn new(prepared: Prepared, limit: u64, commit: Commit) -> Box<dyn CacheUpload> {
+        // A Content-Length within the limit says how much to expect: one
+        // allocation instead of a doubling series (the body is host memory).
+        let expected = header_str(&prepared.headers, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n <= limit)
+            .unwrap_or(0);
+        Box::new(Buffered {
+            prepared,
+            body: bytes::BytesMut::with_capacity(expected as usize),
+            limit,
+            over: false,
+            commit: Some(commit),
+        })
+    }
+
+    fn too_large(&self) -> BindingError {
+        BindingError::Invalid(format!(
+            "the response body is over the cache's limit of {} bytes; nothing was stored",
+            self.limit
+        ))
+    }
+}
+
+#[async_trait]
+impl CacheUpload for Buffered {
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<()> {
+        if self.over || (self.body.len() + chunk.len()) as u64 > self.limit {
+            self.over = true;
+            self.body = bytes::BytesMut::new();
+            return Err(self.too_large());
+        }
+        self.body.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<bool> {
+        if self.over {
+            return Err(self.too_large());
+        }
+        let commit = self.commit.take().expect("finished once");
+        let body = std::mem::take(&mut self.body).freeze();
+        let prepared = self.prepared;
+        commit(prepared, body).await
+    }
 }
 
 /// All values of header `name` (case-insensitive), joined by `", "` as
@@ -183,34 +293,55 @@ fn freshness_lifetime(directives: &[Directive], headers: &Headers, now_secs: i64
     Some(expires.saturating_sub(date))
 }
 
-/// A response ready to store: what `put` decided and computed, shared by
-/// every cache backend so they all store exactly the same things.
+/// A response ready to store: what `begin_put` decided and computed,
+/// shared by every cache backend so they all store exactly the same things.
 pub(crate) struct Prepared {
     pub vary: Vec<(String, Option<Vec<u8>>)>,
-    pub response: CachedResponse,
+    pub status: u16,
+    /// Its headers, less those it must not keep.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub initial_age: u64,
-    /// Seconds it stays fresh from now.
+    /// Seconds it stays fresh from when it is stored.
     pub remaining: u64,
-    pub bytes: u64,
+    /// The size of the entry without its body.
+    pub head_bytes: u64,
 }
 
-/// Decide whether `response` may be stored (`Ok(None)`: not storable) and
-/// prepare it: headers it must not keep stripped, the request headers its
-/// `Vary` names captured, its freshness from now (`now` in ms).
+impl Prepared {
+    /// The response with `body`, and the size of the entry it makes.
+    pub(crate) fn with_body(
+        self,
+        body: bytes::Bytes,
+    ) -> (Vec<(String, Option<Vec<u8>>)>, CachedResponse, u64) {
+        let bytes = self.head_bytes + body.len() as u64;
+        let response = CachedResponse {
+            status: self.status,
+            headers: self.headers,
+            body,
+        };
+        (self.vary, response, bytes)
+    }
+}
+
+/// Decide whether a response with `status` and `headers` may be stored
+/// (`Ok(None)`: not storable) and prepare it: headers it must not keep
+/// stripped, the request headers its `Vary` names captured, its freshness
+/// (`now` in ms).
 pub(crate) fn prepare_put(
     scope: &str,
     cache: &str,
     url: &str,
     request_headers: &Headers,
-    response: CachedResponse,
+    status: u16,
+    mut headers: Vec<(String, Vec<u8>)>,
     now: u64,
 ) -> Result<Option<Prepared>> {
-    if response.status == 206 {
+    if status == 206 {
         return Err(BindingError::Invalid(
             "cannot cache a 206 Partial Content response".into(),
         ));
     }
-    let vary = header_str(&response.headers, "vary")
+    let vary = header_str(&headers, "vary")
         .map(|v| field_names(&v))
         .unwrap_or_default();
     if vary.iter().any(|n| n == "*") {
@@ -219,7 +350,7 @@ pub(crate) fn prepare_put(
         ));
     }
     let directives =
-        parse_cache_control(&header_str(&response.headers, "cache-control").unwrap_or_default());
+        parse_cache_control(&header_str(&headers, "cache-control").unwrap_or_default());
     // `private` / `no-cache` with field names only forbid storing those
     // fields (RFC 9111 §5.2.2.4, §5.2.2.7); without, the whole response.
     let mut stripped: Vec<String> = vec!["age".into()];
@@ -233,25 +364,21 @@ pub(crate) fn prepare_put(
     }
     // Like Cloudflare: a cookie-setting response is not cached unless
     // the cookie is marked private (and then it is dropped).
-    if header_value(&response.headers, "set-cookie").is_some()
-        && !stripped.iter().any(|n| n == "set-cookie")
+    if header_value(&headers, "set-cookie").is_some() && !stripped.iter().any(|n| n == "set-cookie")
     {
         return Ok(None);
     }
     let now_secs = (now / 1000) as i64;
-    let Some(lifetime) = freshness_lifetime(&directives, &response.headers, now_secs) else {
+    let Some(lifetime) = freshness_lifetime(&directives, &headers, now_secs) else {
         return Ok(None);
     };
-    let initial_age = parse_seconds(header_str(&response.headers, "age").as_deref()) as u64;
+    let initial_age = parse_seconds(header_str(&headers, "age").as_deref()) as u64;
     let remaining = lifetime.saturating_sub(initial_age as i64);
     if remaining <= 0 {
         return Ok(None);
     }
 
-    let mut response = response;
-    response
-        .headers
-        .retain(|(name, _)| !stripped.iter().any(|s| name.eq_ignore_ascii_case(s)));
+    headers.retain(|(name, _)| !stripped.iter().any(|s| name.eq_ignore_ascii_case(s)));
     let vary: Vec<(String, Option<Vec<u8>>)> = vary
         .into_iter()
         .map(|name| {
@@ -259,9 +386,8 @@ pub(crate) fn prepare_put(
             (name, value)
         })
         .collect();
-    let bytes = (scope.len() + cache.len() + url.len() + response.body.len()) as u64
-        + response
-            .headers
+    let head_bytes = (scope.len() + cache.len() + url.len()) as u64
+        + headers
             .iter()
             .map(|(n, v)| (n.len() + v.len()) as u64)
             .sum::<u64>()
@@ -271,10 +397,11 @@ pub(crate) fn prepare_put(
             .sum::<u64>();
     Ok(Some(Prepared {
         vary,
-        response,
+        status,
+        headers,
         initial_age,
         remaining: remaining as u64,
-        bytes,
+        head_bytes,
     }))
 }
 

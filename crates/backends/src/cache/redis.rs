@@ -8,6 +8,11 @@
 //! variants are skipped on reads and dropped on writes. Eviction is Redis's
 //! own: give the cache server a `maxmemory` and `maxmemory-policy
 //! allkeys-lru` (the `max_mb` of the memory cache does not apply).
+//!
+//! A body being stored is gathered in host memory and sent in one `HSET`
+//! once whole, so it is bounded: [`MAX_BODY_BYTES`] by default, which is
+//! also Redis's default largest value (`proto-max-bulk-len`, 512 MB) less
+//! room for the headers; past it the `put` fails and nothing is stored.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,17 +20,33 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::{CacheStore, CachedResponse, Headers, prepare_put, vary_matches};
+use super::{
+    Buffered, CacheStore, CacheUpload, CachedResponse, Headers, MAX_BODY_BYTES, Prepared,
+    prepare_put, vary_matches,
+};
 use crate::error::Result;
 use crate::remote::redis_err;
 
 pub struct RedisCache {
     conn: ConnectionManager,
+    max_body_bytes: u64,
 }
+
+/// Room left in a Redis value for what is stored with the body.
+const HEAD_ROOM: u64 = 1 << 20;
 
 impl RedisCache {
     pub fn new(conn: ConnectionManager) -> Self {
-        RedisCache { conn }
+        RedisCache {
+            conn,
+            max_body_bytes: MAX_BODY_BYTES - HEAD_ROOM,
+        }
+    }
+
+    /// Store bodies of at most `bytes` (tests use a small one).
+    pub fn with_max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = bytes.min(MAX_BODY_BYTES - HEAD_ROOM);
+        self
     }
 }
 
@@ -154,6 +175,61 @@ fn decode_stored(bytes: &[u8]) -> Option<Stored> {
 
 type Variants = HashMap<Vec<u8>, Vec<u8>>;
 
+/// Store a whole response under `key`, replacing the variant the same
+/// request headers matched (and stale ones).
+async fn store(
+    mut conn: ConnectionManager,
+    key: String,
+    request_headers: Vec<(String, Vec<u8>)>,
+    prepared: Prepared,
+    body: bytes::Bytes,
+) -> Result<bool> {
+    let now = now_ms();
+    let (initial_age, remaining) = (prepared.initial_age, prepared.remaining);
+    let (vary, response, _) = prepared.with_body(body);
+    // Variants this request replaces, and stale ones.
+    let existing: Variants = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let replaced: Vec<&Vec<u8>> = existing
+        .iter()
+        .filter(|(field, value)| {
+            let stale = decode_stored(value).is_none_or(|s| s.fresh_until_ms <= now);
+            stale || decode_vary(field).is_none_or(|v| vary_matches(&v, &request_headers))
+        })
+        .map(|(field, _)| field)
+        .collect();
+    let fresh_until_ms = now.saturating_add(remaining.saturating_mul(1000));
+    let stored = Stored {
+        stored_at_ms: now,
+        fresh_until_ms,
+        initial_age,
+        response,
+    };
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for field in replaced {
+        pipe.hdel(&key, field).ignore();
+    }
+    pipe.hset(&key, encode_vary(&vary), encode_stored(&stored))
+        .ignore()
+        // The hash lives as long as its freshest variant.
+        .cmd("PEXPIREAT")
+        .arg(&key)
+        .arg(fresh_until_ms)
+        .arg("NX")
+        .ignore()
+        .cmd("PEXPIREAT")
+        .arg(&key)
+        .arg(fresh_until_ms)
+        .arg("GT")
+        .ignore();
+    let () = pipe.query_async(&mut conn).await.map_err(redis_err)?;
+    Ok(true)
+}
+
 #[async_trait]
 impl CacheStore for RedisCache {
     async fn match_(
@@ -185,61 +261,37 @@ impl CacheStore for RedisCache {
         }))
     }
 
-    async fn put(
+    async fn begin_put(
         &self,
         scope: &str,
         cache: &str,
         url: &str,
         request_headers: &Headers,
-        response: CachedResponse,
-    ) -> Result<bool> {
-        let now = now_ms();
-        let Some(prepared) = prepare_put(scope, cache, url, request_headers, response, now)? else {
-            return Ok(false);
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    ) -> Result<Option<Box<dyn CacheUpload>>> {
+        let prepared = prepare_put(
+            scope,
+            cache,
+            url,
+            request_headers,
+            status,
+            headers,
+            now_ms(),
+        )?;
+        let Some(prepared) = prepared else {
+            return Ok(None);
         };
+        let conn = self.conn.clone();
         let key = key(scope, cache, url);
-        let mut conn = self.conn.clone();
-        // Variants this request replaces, and stale ones.
-        let existing: Variants = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err)?;
-        let replaced: Vec<&Vec<u8>> = existing
-            .iter()
-            .filter(|(field, value)| {
-                let stale = decode_stored(value).is_none_or(|s| s.fresh_until_ms <= now);
-                stale || decode_vary(field).is_none_or(|v| vary_matches(&v, request_headers))
-            })
-            .map(|(field, _)| field)
-            .collect();
-        let fresh_until_ms = now.saturating_add(prepared.remaining.saturating_mul(1000));
-        let stored = Stored {
-            stored_at_ms: now,
-            fresh_until_ms,
-            initial_age: prepared.initial_age,
-            response: prepared.response,
-        };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for field in replaced {
-            pipe.hdel(&key, field).ignore();
-        }
-        pipe.hset(&key, encode_vary(&prepared.vary), encode_stored(&stored))
-            .ignore()
-            // The hash lives as long as its freshest variant.
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(fresh_until_ms)
-            .arg("NX")
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(&key)
-            .arg(fresh_until_ms)
-            .arg("GT")
-            .ignore();
-        let () = pipe.query_async(&mut conn).await.map_err(redis_err)?;
-        Ok(true)
+        let request_headers = request_headers.to_vec();
+        Ok(Some(Buffered::new(
+            prepared,
+            self.max_body_bytes,
+            Box::new(move |prepared, body| {
+                Box::pin(store(conn, key, request_headers, prepared, body))
+            }),
+        )))
     }
 
     async fn delete(

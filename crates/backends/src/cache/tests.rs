@@ -21,6 +21,9 @@ fn resp(headers: &[(&str, &str)], body: &str) -> CachedResponse {
 
 const URL: &str = "https://example.com/a";
 
+/// About the largest body the fixtures' caches store.
+const LIMIT: u64 = 1 << 20;
+
 fn age(r: &CachedResponse) -> String {
     let v = header_value(&r.headers, "age").unwrap();
     String::from_utf8(v).unwrap()
@@ -36,7 +39,9 @@ struct Fixture {
 impl Fixture {
     fn embedded() -> Self {
         Fixture {
-            cache: std::sync::Arc::new(MemoryCache::new(1 << 20)),
+            // A cap a little over LIMIT: the body's limit is the cap less
+            // the entry's head.
+            cache: std::sync::Arc::new(MemoryCache::new(LIMIT + 4096)),
             scope: "w".into(),
         }
     }
@@ -45,7 +50,9 @@ impl Fixture {
         let url = isola_test_services::shared_redis().url();
         let conn = crate::remote::redis_connection(&url).await.unwrap();
         Fixture {
-            cache: std::sync::Arc::new(super::redis::RedisCache::new(conn)),
+            cache: std::sync::Arc::new(
+                super::redis::RedisCache::new(conn).with_max_body_bytes(LIMIT),
+            ),
             scope: isola_test_services::unique("w"),
         }
     }
@@ -68,6 +75,7 @@ crate::for_each_backend!(
     fresh_responses_are_served_with_age_until_stale,
     what_is_refused,
     variants_follow_vary,
+    bodies_stream_in_and_one_over_the_limit_stores_nothing,
 );
 
 async fn fresh_responses_are_served_with_age_until_stale(f: &Fixture) {
@@ -217,6 +225,74 @@ async fn variants_follow_vary(f: &Fixture) {
     );
     assert!(f.cache.delete(&f.scope, "default", URL, &[]).await.unwrap());
     assert_eq!(body(f.get(&[("accept-encoding", "br")]).await), None);
+}
+
+async fn bodies_stream_in_and_one_over_the_limit_stores_nothing(f: &Fixture) {
+    let head = || h(&[("cache-control", "max-age=60"), ("content-type", "a/b")]);
+    let begin = |req: Vec<(String, Vec<u8>)>| {
+        let cache = f.cache.clone();
+        let scope = f.scope.clone();
+        async move {
+            cache
+                .begin_put(&scope, "default", URL, &req, 200, head())
+                .await
+                .unwrap()
+                .expect("storable")
+        }
+    };
+    // A body in chunks is stored whole, in order.
+    let chunk = |n: usize, byte: u8| bytes::Bytes::from(vec![byte; n]);
+    let mut upload = begin(vec![]).await;
+    for byte in 0..8u8 {
+        upload.write(chunk(64 << 10, byte)).await.unwrap();
+    }
+    assert!(upload.finish().await.unwrap());
+    let hit = f.get(&[]).await.unwrap();
+    assert_eq!(hit.body.len(), 8 * (64 << 10));
+    assert!(
+        hit.body
+            .chunks(64 << 10)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+    );
+
+    // Past the limit: a clear error, the upload stays dead, and what was
+    // stored before is untouched.
+    let mut upload = begin(vec![]).await;
+    upload.write(chunk(LIMIT as usize / 2, 1)).await.unwrap();
+    let error = upload.write(chunk(LIMIT as usize, 2)).await.unwrap_err();
+    assert!(
+        matches!(&error, BindingError::Invalid(m) if m.contains("over the cache's limit") && m.contains("nothing was stored")),
+        "{error:?}"
+    );
+    assert!(upload.write(chunk(1, 3)).await.is_err());
+    assert!(matches!(
+        upload.finish().await,
+        Err(BindingError::Invalid(_))
+    ));
+    assert_eq!(f.get(&[]).await.unwrap().body, hit.body);
+
+    // An upload dropped before it finished stores nothing either.
+    assert!(f.cache.delete(&f.scope, "default", URL, &[]).await.unwrap());
+    let mut upload = begin(vec![]).await;
+    upload.write(chunk(10, 4)).await.unwrap();
+    drop(upload);
+    assert_eq!(f.get(&[]).await, None);
+
+    // What may not be stored is known before any of the body.
+    let refused = f
+        .cache
+        .begin_put(
+            &f.scope,
+            "default",
+            URL,
+            &[],
+            200,
+            h(&[("cache-control", "no-store")]),
+        )
+        .await
+        .unwrap();
+    assert!(refused.is_none());
 }
 
 #[test]
