@@ -4,6 +4,7 @@
 //! system's roots; Isola never talks TLS to a server it has not verified.
 //! A `client_cert` / `client_key` pair is presented when the server asks.
 //! Without one of those modes the connection is plain, as before.
+//! [`connect`] opens a connection either way, for D1 and Durable Objects.
 
 use std::future::Future;
 use std::io;
@@ -191,6 +192,56 @@ impl AsyncWrite for PgTlsStream {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+/// A new connection to `url` (`config` parsed from it), over `tls` when the
+/// URL asked for it, driven on the background runtime until it ends.
+pub(crate) async fn connect(
+    config: tokio_postgres::Config,
+    tls: Option<PgTls>,
+    url: String,
+) -> Result<tokio_postgres::Client> {
+    crate::remote::on_background(async move {
+        let failed = |e: tokio_postgres::Error, hint: &str| {
+            // A TLS error's reason is in its sources, which `e` does not show.
+            let message = crate::remote::with_sources(&e);
+            let hint = if crate::remote::is_tls_failure(&message) {
+                hint
+            } else {
+                ""
+            };
+            BindingError::Backend(format!("cannot connect to {url}: {message}{hint}"))
+        };
+        let background = crate::remote::background();
+        match tls {
+            Some(tls) => {
+                let hint = tls.hint.clone();
+                let (client, connection) =
+                    config.connect(tls).await.map_err(|e| failed(e, &hint))?;
+                background.spawn(drive(connection));
+                Ok(client)
+            }
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| failed(e, ""))?;
+                background.spawn(drive(connection));
+                Ok(client)
+            }
+        }
+    })
+    .await
+}
+
+/// Run a connection until it ends.
+async fn drive<T>(connection: tokio_postgres::Connection<Socket, T>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!("postgres connection ended: {e}");
     }
 }
 

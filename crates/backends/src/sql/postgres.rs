@@ -26,12 +26,12 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use futures_util::{TryStreamExt, pin_mut};
 use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
-use tokio_postgres::{Client, GenericClient, NoTls};
+use tokio_postgres::{Client, GenericClient};
 
 use super::pg_tls::{PgTls, split_mode};
 use super::{ExecResult, Meta, Rows, SqlBackend, SqlDatabase, Statement, Value};
 use crate::error::{BindingError, Result};
-use crate::remote::{IO_TIMEOUT, background, redact};
+use crate::remote::{IO_TIMEOUT, redact};
 use crate::util::lock;
 
 /// Idle connections kept per database.
@@ -171,46 +171,8 @@ impl Pool {
                 });
             }
         }
-        let config = self.config.clone();
-        let url = self.url.clone();
-        let tls = self.tls.clone();
-        let client = crate::remote::on_background(async move {
-            let failed = |e: tokio_postgres::Error, hint: &str| {
-                // A TLS error's reason is in its sources, which `e` does not show.
-                let mut message = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    let text = cause.to_string();
-                    if !message.contains(&text) {
-                        message = format!("{message}: {text}");
-                    }
-                    source = cause.source();
-                }
-                let hint = if crate::remote::is_tls_failure(&message) {
-                    hint
-                } else {
-                    ""
-                };
-                BindingError::Backend(format!("cannot connect to {url}: {message}{hint}"))
-            };
-            let client = match tls {
-                Some(tls) => {
-                    let hint = tls.hint.clone();
-                    let (client, connection) =
-                        config.connect(tls).await.map_err(|e| failed(e, &hint))?;
-                    background().spawn(drive(connection));
-                    client
-                }
-                None => {
-                    let (client, connection) =
-                        config.connect(NoTls).await.map_err(|e| failed(e, ""))?;
-                    background().spawn(drive(connection));
-                    client
-                }
-            };
-            Ok(client)
-        })
-        .await?;
+        let client =
+            super::pg_tls::connect(self.config.clone(), self.tls.clone(), self.url.clone()).await?;
         if let Some(schema) = &self.schema {
             let schema = quote_ident(schema);
             if !self.schema_made.load(Ordering::Relaxed) {
@@ -234,16 +196,6 @@ impl Pool {
             client: Some(client),
             idle: self.idle.clone(),
         })
-    }
-}
-
-/// Run a connection until it ends.
-async fn drive<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let Err(e) = connection.await {
-        tracing::debug!("postgres connection ended: {e}");
     }
 }
 

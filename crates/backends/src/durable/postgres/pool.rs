@@ -4,12 +4,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 use super::MAX_IDLE;
 use crate::error::{BindingError, Result};
-use crate::remote::{background, is_tls_failure, on_background};
 use crate::sql::pg_tls::PgTls;
 use crate::util::lock;
 
@@ -87,34 +86,9 @@ impl Pool {
                 });
             }
         }
-        let config = self.config.clone();
-        let url = self.url.clone();
-        let tls = self.tls.clone();
-        let client = on_background(async move {
-            let failed = |e: tokio_postgres::Error, hint: &str| {
-                // A TLS error's reason is in its sources, which `e` does not show.
-                let message = crate::remote::with_sources(&e);
-                let hint = if is_tls_failure(&message) { hint } else { "" };
-                BindingError::Backend(format!("cannot connect to {url}: {message}{hint}"))
-            };
-            let client = match tls {
-                Some(tls) => {
-                    let hint = tls.hint.clone();
-                    let (client, connection) =
-                        config.connect(tls).await.map_err(|e| failed(e, &hint))?;
-                    background().spawn(drive(connection));
-                    client
-                }
-                None => {
-                    let (client, connection) =
-                        config.connect(NoTls).await.map_err(|e| failed(e, ""))?;
-                    background().spawn(drive(connection));
-                    client
-                }
-            };
-            Ok(client)
-        })
-        .await?;
+        let client =
+            crate::sql::pg_tls::connect(self.config.clone(), self.tls.clone(), self.url.clone())
+                .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
             client: Some(PgClient {
@@ -124,16 +98,6 @@ impl Pool {
             pool: self.clone(),
             clean: true,
         })
-    }
-}
-
-/// Run a connection until it ends.
-async fn drive<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if let Err(e) = connection.await {
-        tracing::debug!("postgres connection ended: {e}");
     }
 }
 
