@@ -295,110 +295,115 @@ struct Measured {
     rounds: Option<Rounds>,
 }
 
+/// What a run carries from worker to worker.
+struct Run<'a> {
+    setup: &'a Setup,
+    workers_dir: PathBuf,
+    duration: Duration,
+    /// Numbers the wrk scripts.
+    index: usize,
+    notes: Vec<String>,
+    measured: Vec<Measured>,
+}
+
 /// Run the section; `alone` is the note a run of this section alone
 /// writes first (its command, date and versions).
 pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut String) {
     eprintln!("JS workloads…");
     let load_before = load_average();
-    let workers_dir = repo().join("bench/workers");
-    let work = setup.work.path();
-    let mut notes = Vec::new();
-    let mut measured = Vec::new();
+    let mut run = Run {
+        setup,
+        workers_dir: repo().join("bench/workers"),
+        duration,
+        index: 0,
+        notes: Vec::new(),
+        measured: Vec::new(),
+    };
     if setup.workerd.is_none() {
-        notes.push("workerd rows missing: workerd is not installed (WORKERD_BIN)".to_string());
+        run.notes
+            .push("workerd rows missing: workerd is not installed (WORKERD_BIN)".to_string());
     }
-    if let Err(e) = install_packages(&workers_dir) {
-        notes.push(format!(
+    match install_packages(&run.workers_dir) {
+        Err(e) => run.notes.push(format!(
             "no rows: installing bench/workers' npm packages failed: {}",
             e.lines().next().unwrap_or("")
-        ));
-    } else {
-        let mut index = 0;
-        for worker in workers() {
-            measure_worker(
-                setup,
-                &workers_dir,
-                work,
-                worker,
-                duration,
-                &mut index,
-                &mut notes,
-                &mut measured,
-            );
+        )),
+        Ok(()) => {
+            for worker in workers() {
+                run.worker(worker);
+            }
         }
     }
-    write(doc, alone, &measured, &notes, &load_before);
+    write(doc, alone, &run.measured, &run.notes, &load_before);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn measure_worker(
-    setup: &Setup,
-    workers_dir: &Path,
-    work: &Path,
-    worker: Worker,
-    duration: Duration,
-    index: &mut usize,
-    notes: &mut Vec<String>,
-    measured: &mut Vec<Measured>,
-) {
-    let source = workers_dir.join(worker.file);
-    let stem = worker.file.trim_end_matches(".js");
-    eprintln!("  building bench/workers/{}…", worker.file);
-    let fresh = work.join(format!("{stem}-jw.wasm"));
-    let reuse = work.join(format!("{stem}-jw-reuse.wasm"));
-    let built = try_build_js(&setup.isola, &source, &fresh, None, false)
-        .and_then(|_| try_build_js(&setup.isola, &source, &reuse, None, true));
-    if let Err(e) = built {
-        notes.push(format!(
-            "{}: no rows: `isola build` failed: {}",
-            worker.file,
-            e.lines().find(|l| l.contains("rror")).unwrap_or("")
-        ));
-        return;
-    }
-    let mut servers: Vec<(&str, Server)> = vec![
-        (
-            FRESH,
-            setup.isola_probing(
-                &format!("jw-{stem}"),
-                &fresh,
-                "",
-                &work.join(format!("jw-{stem}")),
-                worker.probe,
-            ),
-        ),
-        (
-            REUSE,
-            setup.isola_probing(
-                &format!("jw-{stem}-reuse"),
-                &reuse,
-                "instance_reuse = 1000000",
-                &work.join(format!("jw-{stem}-reuse")),
-                worker.probe,
-            ),
-        ),
-    ];
-    if setup.workerd.is_some() {
-        let module = format!("{stem}.bundle.mjs");
-        match bundle_for_workerd(workers_dir, &source, &work.join(&module)) {
-            Ok(()) => {
-                let config = workerd_config(work, &format!("jw-{stem}"), &module);
-                if let Some(server) =
-                    setup.workerd_with(&format!("jw-{stem}-workerd"), &config, &[], worker.probe)
-                {
-                    servers.push((WORKERD, server));
-                }
-            }
-            Err(e) => notes.push(format!(
-                "{}: no workerd rows: esbuild failed: {}",
+impl Run<'_> {
+    /// Build `worker`, start it on every server, check and load each of
+    /// its workloads.
+    fn worker(&mut self, worker: Worker) {
+        let (setup, work) = (self.setup, self.setup.work.path());
+        let source = self.workers_dir.join(worker.file);
+        let stem = worker.file.trim_end_matches(".js");
+        eprintln!("  building bench/workers/{}…", worker.file);
+        let fresh = work.join(format!("{stem}-jw.wasm"));
+        let reuse = work.join(format!("{stem}-jw-reuse.wasm"));
+        let built = try_build_js(&setup.isola, &source, &fresh, None, false)
+            .and_then(|_| try_build_js(&setup.isola, &source, &reuse, None, true));
+        if let Err(e) = built {
+            self.notes.push(format!(
+                "{}: no rows: `isola build` failed: {}",
                 worker.file,
-                e.lines().next().unwrap_or("")
-            )),
+                e.lines().find(|l| l.contains("rror")).unwrap_or("")
+            ));
+            return;
+        }
+        let mut servers: Vec<(&str, Server)> = vec![
+            (
+                FRESH,
+                setup.isola_probing(
+                    &format!("jw-{stem}"),
+                    &fresh,
+                    "",
+                    &work.join(format!("jw-{stem}")),
+                    worker.probe,
+                ),
+            ),
+            (
+                REUSE,
+                setup.isola_probing(
+                    &format!("jw-{stem}-reuse"),
+                    &reuse,
+                    "instance_reuse = 1000000",
+                    &work.join(format!("jw-{stem}-reuse")),
+                    worker.probe,
+                ),
+            ),
+        ];
+        if setup.workerd.is_some() {
+            let module = format!("{stem}.bundle.mjs");
+            match bundle_for_workerd(&self.workers_dir, &source, &work.join(&module)) {
+                Ok(()) => {
+                    let config = workerd_config(work, &format!("jw-{stem}"), &module);
+                    let name = format!("jw-{stem}-workerd");
+                    if let Some(server) = setup.workerd_with(&name, &config, &[], worker.probe) {
+                        servers.push((WORKERD, server));
+                    }
+                }
+                Err(e) => self.notes.push(format!(
+                    "{}: no workerd rows: esbuild failed: {}",
+                    worker.file,
+                    e.lines().next().unwrap_or("")
+                )),
+            }
+        }
+        for request in &worker.requests {
+            self.request(worker.file, &servers, request);
         }
     }
-    for request in &worker.requests {
-        *index += 1;
-        // The same answer from every server, or no row.
+
+    /// Check that every server answers `request` alike, then load it.
+    fn request(&mut self, file: &'static str, servers: &[(&str, Server)], request: &Request) {
+        self.index += 1;
         let answers: Vec<(&str, Result<(u16, Vec<u8>), String>)> = servers
             .iter()
             .map(|(name, server)| (*name, send(server.addr, request)))
@@ -418,19 +423,19 @@ fn measure_worker(
                     Err(e) => format!("{name}: {e}"),
                 })
                 .collect();
-            notes.push(format!(
+            self.notes.push(format!(
                 "**{}: not measured, the answers differ or are not {}**: {}",
                 request.name,
                 request.status,
                 what.join("; ")
             ));
-            measured.push(Measured {
+            self.measured.push(Measured {
                 name: request.name,
-                worker: worker.file,
+                worker: file,
                 answer: None,
                 rounds: None,
             });
-            continue;
+            return;
         }
         let answer = first.as_ref().ok().map(|(s, b)| (*s, b.len()));
         if request.name == "JS hello" {
@@ -442,15 +447,15 @@ fn measure_worker(
         let workload = Workload {
             name: request.name,
             path: request.path,
-            script: wrk_script(work, *index, request),
+            script: wrk_script(self.setup.work.path(), self.index, request),
             // Checked above, byte for byte across the servers.
             expect: "",
         };
         let list: Vec<(&str, &Server)> = servers.iter().map(|(n, s)| (*n, s)).collect();
-        let rounds = Rounds::run(setup, &list, &workload, duration);
-        measured.push(Measured {
+        let rounds = Rounds::run(self.setup, &list, &workload, self.duration);
+        self.measured.push(Measured {
             name: request.name,
-            worker: worker.file,
+            worker: file,
             answer,
             rounds: Some(rounds),
         });
