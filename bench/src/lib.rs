@@ -1,7 +1,8 @@
 //! Isola's benchmark: in-process micro-benchmarks through the embedding
 //! API ([`micro`], and a plugin of a custom WIT world: [`plugin`]), fuel's
 //! cost ([`fuel`]), per-request profiling's cost ([`profiling`]), and servers side by side under
-//! `wrk` ([`load`]): the programs and guests of a run ([`setup`]), what
+//! `wrk` ([`load`]), with a loopback origin for the proxy rows
+//! ([`origin`]): the programs and guests of a run ([`setup`]), what
 //! loads them ([`workload`]), interleaved hello rounds ([`rounds`]) and
 //! the tables ([`table`]). `src/main.rs` runs them all, one section of
 //! `src/sections/` after another, and writes `bench/RESULTS.md`;
@@ -10,6 +11,7 @@
 pub mod fuel;
 pub mod load;
 pub mod micro;
+pub mod origin;
 pub mod plugin;
 pub mod profiling;
 pub mod rounds;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// The core servers run on, and the one `wrk` runs on, when `taskset` is
 /// there: two cores, one each, so neither steals the other's CPU.
 const SERVER_CORE: &str = "0";
-const CLIENT_CORE: &str = "1";
+pub const CLIENT_CORE: &str = "1";
 
 /// Whether `taskset` can pin processes here (it needs at least two cores).
 pub fn can_pin() -> bool {

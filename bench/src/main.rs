@@ -2,18 +2,21 @@
 //! (fresh and reused instances), workerd and a native hyper server under
 //! `wrk`; scaling and memory; Durable Objects (one hot object and 1,000,
 //! Rust and JS, the JS beside workerd); start-up; per-request cost through
-//! the embedding API; fuel's cost; and the targets, met or not. Every
-//! ratio compares figures from this one run.
+//! the embedding API; fuel's cost; and the targets, met or not; proxying
+//! to a loopback origin (Rust beside `wasmtime serve`, JS beside workerd,
+//! with the origin's connection count). Every ratio compares figures from
+//! this one run.
 //!
 //! `bench/run` installs the peers and builds everything, then runs this:
 //! `isola-bench [--duration SECS] [--quick] [--out bench/RESULTS.md]`.
 //! Peers it cannot find (`WASMTIME_BIN`, `WORKERD_BIN` unset or missing)
 //! are left out of the tables, and their targets say so.
 //!
-//! `BENCH_ONLY=durable` runs the Durable Objects section alone: it prints
-//! it and puts it into the `--out` file in place of that section's last
-//! version (before "Start-up" if there is none), with a note of the
-//! command and date; the rest of the file stays as it was.
+//! `BENCH_ONLY=durable` runs the Durable Objects section alone, and
+//! `BENCH_ONLY=proxy` the proxying one: it prints it and puts it into the
+//! `--out` file in place of that section's last version (before "Start-up"
+//! if there is none), with a note of the command and date; the rest of the
+//! file stays as it was.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +25,9 @@ use isola_bench::setup::{Setup, repo};
 
 mod sections;
 
-use sections::{durable, embedding, header, js, memory, scaling, side_by_side, startup, targets};
+use sections::{
+    durable, embedding, header, js, memory, proxy, scaling, side_by_side, startup, targets,
+};
 
 struct Options {
     duration: Duration,
@@ -59,7 +64,8 @@ fn main() {
     match std::env::var("BENCH_ONLY").ok().as_deref() {
         None | Some("") => {}
         Some("durable") => return durable_only(&options),
-        Some(other) => panic!("BENCH_ONLY={other}: only `durable` runs alone"),
+        Some("proxy") => return proxy_only(&options),
+        Some(other) => panic!("BENCH_ONLY={other}: only `durable` and `proxy` run alone"),
     }
     let setup = Setup::prepare(true);
     let duration = options.duration;
@@ -70,6 +76,7 @@ fn main() {
     scaling::run(&setup, duration, &mut doc);
     let memory = memory::run(&setup, duration, &mut doc);
     durable::run(&setup, duration, None, &mut doc);
+    proxy::run(&setup, duration, None, &mut doc);
     let startup = startup::run(&setup, &mut doc);
     let embedding = embedding::run(&setup, options.micro_requests, &mut doc);
     targets::write(&rust, &js, &memory, &startup, &embedding, &mut doc);
@@ -94,23 +101,43 @@ fn durable_only(options: &Options) {
     durable::run(&setup, options.duration, Some(&note), &mut section);
     print!("{section}");
     let previous = std::fs::read_to_string(&options.out).unwrap_or_default();
-    std::fs::write(&options.out, splice(&previous, &section)).expect("writing RESULTS.md");
+    std::fs::write(
+        &options.out,
+        splice(&previous, "\n## Durable Objects", &section),
+    )
+    .expect("writing RESULTS.md");
     eprintln!(
         "wrote the Durable Objects section into {}",
         options.out.display()
     );
 }
 
-/// `doc` with `section` in place of its Durable Objects section (up to the
-/// next `## ` heading), or before its Start-up section, Targets or
-/// Analysis, or at its end.
-fn splice(doc: &str, section: &str) -> String {
+/// `BENCH_ONLY=proxy`: the proxying section alone, spliced into the
+/// `--out` file.
+fn proxy_only(options: &Options) {
+    let setup = Setup::prepare(false);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("BENCH_ONLY=proxy isola-bench {}", args.join(" "));
+    let note = durable::alone_note(&setup, command.trim_end(), options.duration);
+    let mut section = String::new();
+    proxy::run(&setup, options.duration, Some(&note), &mut section);
+    print!("{section}");
+    let previous = std::fs::read_to_string(&options.out).unwrap_or_default();
+    std::fs::write(&options.out, splice(&previous, "\n## Proxying", &section))
+        .expect("writing RESULTS.md");
+    eprintln!("wrote the proxying section into {}", options.out.display());
+}
+
+/// `doc` with `section` in place of its section whose heading starts with
+/// `heading` (up to the next `## ` heading), or before its Start-up
+/// section, Targets or Analysis, or at its end.
+fn splice(doc: &str, heading: &str, section: &str) -> String {
     let next_heading = |from: usize| {
         doc[from..]
             .find("\n## ")
             .map_or(doc.len(), |i| from + i + 1)
     };
-    let (start, end) = match doc.find("\n## Durable Objects") {
+    let (start, end) = match doc.find(heading) {
         Some(i) => (i + 1, next_heading(i + 1)),
         None => {
             let at = ["\n## Start-up", "\n## Targets", "\n## Analysis"]
@@ -130,14 +157,31 @@ mod tests {
     #[test]
     fn a_lone_section_replaces_its_last_version_or_goes_before_start_up() {
         let doc = "# R\n\n## Memory\n\nm\n\n## Start-up\n\ns\n\n## Analysis\n\na\n";
-        let first = splice(doc, "## Durable Objects, 32 connections\n\nd1\n\n");
+        let first = splice(
+            doc,
+            "\n## Durable Objects",
+            "## Durable Objects, 32 connections\n\nd1\n\n",
+        );
         assert_eq!(
             first,
             "# R\n\n## Memory\n\nm\n\n## Durable Objects, 32 connections\n\nd1\n\n\
              ## Start-up\n\ns\n\n## Analysis\n\na\n"
         );
-        let second = splice(&first, "## Durable Objects, 32 connections\n\nd2\n\n");
+        let second = splice(
+            &first,
+            "\n## Durable Objects",
+            "## Durable Objects, 32 connections\n\nd2\n\n",
+        );
         assert_eq!(second, first.replace("d1", "d2"));
-        assert_eq!(splice("", "## Durable Objects\n"), "## Durable Objects\n");
+        assert_eq!(
+            splice("", "\n## Durable Objects", "## Durable Objects\n"),
+            "## Durable Objects\n"
+        );
+        // Another section goes before Start-up too, after the one there.
+        let proxy = splice(&second, "\n## Proxying", "## Proxying\n\np\n\n");
+        assert!(
+            proxy.contains("d2\n\n## Proxying\n\np\n\n## Start-up"),
+            "{proxy}"
+        );
     }
 }

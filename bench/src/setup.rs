@@ -165,16 +165,25 @@ impl Setup {
     }
 
     pub fn wasmtime(&self, name: &str, reuse: bool) -> Option<Server> {
+        let reuse: &[&str] = if reuse {
+            &["--max-instance-reuse-count", "1000000"]
+        } else {
+            &[]
+        };
+        self.wasmtime_with(name, reuse)
+    }
+
+    /// `wasmtime serve -S cli=y` of the Rust guest with `args` added;
+    /// `None` without wasmtime.
+    pub fn wasmtime_with(&self, name: &str, args: &[&str]) -> Option<Server> {
         let wasmtime = self.wasmtime.as_ref()?;
         let addr = load::free_addr();
         let mut command = Command::new(wasmtime);
         command
             .args(["serve", "-S", "cli=y", "--addr"])
-            .arg(addr.to_string());
-        if reuse {
-            command.args(["--max-instance-reuse-count", "1000000"]);
-        }
-        command.arg(&self.rust_guest);
+            .arg(addr.to_string())
+            .args(args)
+            .arg(&self.rust_guest);
         Some(Server::start(command, addr, "/", &self.log(name), self.pin))
     }
 
@@ -191,6 +200,19 @@ impl Setup {
         args: &[&std::ffi::OsStr],
         probe: &str,
     ) -> Option<Server> {
+        self.workerd_env(name, config, args, &[], probe)
+    }
+
+    /// [`Setup::workerd_with`] with environment variables `env` (for a
+    /// config's `fromEnvironment` bindings).
+    pub fn workerd_env(
+        &self,
+        name: &str,
+        config: &Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        probe: &str,
+    ) -> Option<Server> {
         let workerd = self.workerd.as_ref()?;
         let addr = load::free_addr();
         let mut command = Command::new(workerd);
@@ -199,7 +221,8 @@ impl Setup {
             .arg(config)
             .arg("--socket-addr")
             .arg(format!("http={addr}"))
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         Some(Server::start(
             command,
             addr,

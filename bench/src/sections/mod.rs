@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod header;
 pub mod js;
 pub mod memory;
+pub mod proxy;
 pub mod scaling;
 pub mod side_by_side;
 pub mod startup;

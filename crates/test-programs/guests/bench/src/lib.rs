@@ -7,9 +7,14 @@
 //!   sends 10 KiB of JSON)
 //! - `GET /stream`: 1 MiB, written in 64 KiB chunks as the client reads
 //! - `GET /sleep?ms=N`: answer after N ms (memory per in-flight instance)
+//! - `GET /proxy/<path>`: `GET $ORIGIN/<path>` (`ORIGIN` an environment
+//!   variable, `http://host:port`) through `wasi:http/outgoing-handler`,
+//!   its status, headers and body streamed back (502 if it fails)
 
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 const COMPUTE_STEPS: u64 = 1_000_000;
@@ -53,9 +58,77 @@ impl wasi::exports::http::incoming_handler::Guest for Handler {
                 wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 respond(out, 200, "text/plain", &[b"slept\n"]);
             }
+            _ if path.starts_with("/proxy/") || path == "/proxy" => {
+                let rest = &path["/proxy".len()..];
+                let rest = if rest.is_empty() { "/" } else { rest };
+                let target = if query.is_empty() {
+                    rest.to_owned()
+                } else {
+                    format!("{rest}?{query}")
+                };
+                proxy(&request, out, &target);
+            }
             _ => respond(out, 404, "text/plain", &[b"not found\n"]),
         }
     }
+}
+
+/// Forward `GET target` to `$ORIGIN` and stream its answer back; 502 with
+/// the reason when the origin cannot be reached.
+fn proxy(request: &IncomingRequest, out: ResponseOutparam, target: &str) {
+    let origin = wasi::cli::environment::get_environment()
+        .into_iter()
+        .find_map(|(key, value)| (key == "ORIGIN").then_some(value))
+        .unwrap_or_default();
+    let (scheme, authority) = match origin.split_once("://") {
+        Some(("https", authority)) => (Scheme::Https, authority.trim_end_matches('/')),
+        Some((_, authority)) => (Scheme::Http, authority.trim_end_matches('/')),
+        None => (Scheme::Http, origin.trim_end_matches('/')),
+    };
+    // End-to-end headers only: the host refuses hop-by-hop ones (and
+    // `host`), so an append that fails is simply left out.
+    let headers = Fields::new();
+    for (name, value) in request.headers().entries() {
+        if name != "host" {
+            let _ = headers.append(&name, &value);
+        }
+    }
+    let outgoing = OutgoingRequest::new(headers);
+    let _ = outgoing.set_method(&Method::Get);
+    let _ = outgoing.set_scheme(Some(&scheme));
+    let _ = outgoing.set_authority(Some(authority));
+    let _ = outgoing.set_path_with_query(Some(target));
+    let response = outgoing_handler::handle(outgoing, None).and_then(|future| {
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(result)) => result,
+            _ => unreachable!("a ready future answers once"),
+        }
+    });
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => {
+            let body = format!("origin {origin} unreachable: {error:?}\n");
+            return respond(out, 502, "text/plain", &[body.as_bytes()]);
+        }
+    };
+    let headers = Fields::new();
+    for (name, value) in response.headers().entries() {
+        let _ = headers.append(&name, &value);
+    }
+    let answer = OutgoingResponse::new(headers);
+    let _ = answer.set_status_code(response.status());
+    let outgoing = answer.body().expect("the body is taken once");
+    ResponseOutparam::set(out, Ok(answer));
+    let incoming = response.consume().expect("the body is taken once");
+    {
+        let from = incoming.stream().expect("the stream is taken once");
+        let to = outgoing.write().expect("the stream is taken once");
+        // Until the origin's body ends (Closed) or the client goes away.
+        while to.blocking_splice(&from, 64 << 10).is_ok() {}
+    }
+    let _ = IncomingBody::finish(incoming);
+    let _ = OutgoingBody::finish(outgoing, None);
 }
 
 /// A loop the optimizer cannot fold away: xorshift steps summed.
