@@ -35,7 +35,7 @@ pub enum Failure {
 /// A limit that can end a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
-    /// `cpu_ms`: fuel, or the thread CPU time backstop.
+    /// `cpu_ms`: fuel, or the charged CPU time (the backstop for host calls).
     Cpu,
     /// `wall_ms`: the epoch deadline and the host-side timeout.
     Wall,

@@ -37,6 +37,30 @@ impl Drop for ActiveTask {
     }
 }
 
+/// Linear memory a reused instance may grow by before it is retired
+/// (`instance_reuse`). TEMP: measured below.
+fn reuse_memory_growth() -> usize {
+    std::env::var("ISOLA_TEMP_REUSE_GROWTH_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(usize::MAX, |mb| mb << 20)
+}
+
+/// Whether an instance kept by `instance_reuse` that has served `served`
+/// requests and grown its memory by `grown` bytes is retired.
+fn outgrown(worker: &str, served: u32, grown: usize) -> bool {
+    if grown <= reuse_memory_growth() {
+        return false;
+    }
+    tracing::info!(
+        worker = %worker,
+        served,
+        grown_mib = grown >> 20,
+        "a reused instance is retired: its memory grew past the reuse limit"
+    );
+    true
+}
+
 /// Where a run's instance comes from and goes back to.
 pub(crate) enum Home {
     /// A fresh instance, or one kept by `instance_reuse`.
@@ -173,6 +197,8 @@ impl Worker {
         let task_report = report.clone();
         let responded = response_sent.clone();
         let (reuse, idle) = (inner.reuse, inner.idle.clone());
+        let worker_name = inner.shared.name.clone();
+        let meter = store.data().run.meter.clone();
         let mut store = Metered::new(store, fuel, task_report.clone());
         let guest = async move {
             let (reused_proxy, served) = match reused {
@@ -186,6 +212,8 @@ impl Worker {
                     None => {
                         let instantiating = Instant::now();
                         let proxy = pre.instantiate_async(&mut store).await?;
+                        let run = &mut store.data_mut().run;
+                        run.memory_at_start = run.memory_bytes;
                         task_report.instantiate_ns.store(
                             u64::try_from(instantiating.elapsed().as_nanos()).unwrap_or(u64::MAX),
                             Ordering::Relaxed,
@@ -209,8 +237,12 @@ impl Worker {
             // (`instance_reuse`); one that failed in any way never does.
             let clean = result.is_ok() && responded.load(Ordering::Acquire) && !memory_limit_hit;
             // An object keeps its instance for as long as it runs cleanly.
+            let grown = store.data().run.memory_grown();
+            if (served + 1) % 1000 == 0 || !clean {
+                tracing::info!(target: "isola::memgrow", served = served + 1, clean, total = store.data().run.memory_bytes, grown, "TEMP served");
+            }
             let keep = match &home {
-                Home::Pool => served + 1 < reuse,
+                Home::Pool => served + 1 < reuse && !outgrown(&worker_name, served + 1, grown),
                 Home::Object(_) => true,
             };
             match kept_proxy {
@@ -261,7 +293,7 @@ impl Worker {
         let worker = inner.shared.name.clone();
         let id = request_id.clone();
         let active = ActiveTask::start(&inner.active);
-        let limited = within_limits(guest, report.cpu_ns.clone(), wall, cpu_limit);
+        let limited = within_limits(guest, meter, report.cpu_ns.clone(), wall, cpu_limit);
         let task = tokio::spawn(async move {
             let _active = active;
             let outcome = limited.await;

@@ -47,6 +47,7 @@ mod instance;
 mod limits;
 mod linker;
 mod load_error;
+mod meter;
 mod objects;
 mod outbound;
 mod pass_through;
@@ -68,8 +69,9 @@ pub use failure::{ERROR_HEADER, Failure, Limit, error_response};
 pub use handlers::Handler;
 pub use limits::DEFAULT_FUEL_PER_MS;
 pub use load_error::LoadError;
+pub use objects::forward::ForwardedEvent;
 pub use objects::placement::{
-    DEFAULT_LEASE_TTL, FORWARD_PATH, ForwardedEvent, MAX_HOPS, Placement, SECRET_HEADER,
+    DEFAULT_LEASE_TTL, FORWARD_PATH, MAX_HOPS, Placement, SECRET_HEADER,
 };
 pub use objects::{
     OBJECT_HOST_SUFFIX, OBJECT_ID_HEADER, OBJECT_NAME_HEADER, ObjectAddress, ObjectEvent,

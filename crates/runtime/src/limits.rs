@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{ResourceLimiter, Store};
 
 use crate::failure::{Failure, GuestError};
+use crate::meter::HasRunState;
 
 /// Fuel granted per millisecond of `cpu_ms` (`[server] fuel_per_ms`
 /// overrides it). Calibrated on the development machine with
@@ -107,15 +108,21 @@ impl Budget {
         })
     }
 
-    /// A store for `data` with the memory limiter on and fuel yields set;
-    /// [`arm`](Self::arm) it before each run.
-    pub fn store<S: ResourceLimiter + Send + 'static>(
+    /// A store for `data` with the memory limiter on, fuel yields set and
+    /// the CPU meter of `data` told every crossing between wasm and the
+    /// host; [`arm`](Self::arm) it before each run.
+    pub fn store<S: ResourceLimiter + HasRunState + Send + 'static>(
         &self,
         engine: &wasmtime::Engine,
-        data: S,
+        mut data: S,
     ) -> wasmtime::Result<Store<S>> {
+        let meter = data.run_state().meter.clone();
         let mut store = Store::new(engine, data);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
+        store.call_hook(move |_, crossing| {
+            meter.hook(crossing);
+            Ok(())
+        });
         if self.consume_fuel {
             store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
         }

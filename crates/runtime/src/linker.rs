@@ -12,6 +12,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    crate::meter::add_uncharged_io(&mut linker)?;
     crate::http_batch::add_to_linker(&mut linker)?;
     host::ctx::add_to_linker(&mut linker)?;
     host::env::add_to_linker(&mut linker)?;

@@ -87,6 +87,7 @@ run_state_views!([T: Send] PluginState<T>);
 pub fn linker<T: Send + 'static>(engine: &IsolaEngine) -> wasmtime::Result<Linker<PluginState<T>>> {
     let mut linker = Linker::new(engine.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::meter::add_uncharged_io(&mut linker)?;
     Ok(linker)
 }
 
@@ -269,6 +270,7 @@ impl<T: Send + 'static> Plugin<T> {
             .arm(&mut store, inner.budget.fuel)
             .map_err(|e| CallError::new(GuestError::host(Failure::Exception, e), &inner.budget))?;
 
+        let meter = store.data().run.meter.clone();
         let guest = async {
             let instance = match kept {
                 Some(instance) => instance,
@@ -279,6 +281,7 @@ impl<T: Send + 'static> Plugin<T> {
         };
         let outcome = within_limits(
             async { Ok::<_, GuestError>(guest.await) },
+            meter,
             Arc::new(AtomicU64::new(0)),
             inner.budget.wall,
             Duration::from_millis(limits.cpu_ms),

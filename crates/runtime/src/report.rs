@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::backtrace::Backtrace;
 use crate::failure::{Failure, GuestError, Limit};
+use crate::meter::{self, CpuMeter};
 use crate::request::RequestId;
 
 /// How one run of a worker went: a request, a service-binding call, a cron
@@ -31,8 +32,11 @@ pub struct Outcome {
     pub failure: Option<Failure>,
     /// The limit that ended the run, if one did.
     pub limit: Option<Limit>,
-    /// Thread CPU time spent running the guest (and host code on its
-    /// behalf), instantiation and the instance's drop included.
+    /// The guest's CPU time, as charged to `cpu_ms`: time executing its
+    /// wasm and in the host calls it made synchronously, not time awaiting
+    /// I/O nor the host's own I/O work (moving body bytes, the HTTP client,
+    /// backends), nor making or dropping the instance (see
+    /// [`instantiate`](Self::instantiate) and [`drop`](Self::drop)).
     pub cpu: Duration,
     pub wall: Duration,
     /// Time spent making the instance; zero for a reused one.
@@ -86,7 +90,7 @@ pub(crate) struct Report {
     pub path: String,
     pub client: Option<std::net::SocketAddr>,
     pub started: Instant,
-    /// Thread CPU time spent running the guest, in nanoseconds.
+    /// The guest's charged CPU time (see [`Outcome::cpu`]), in nanoseconds.
     pub cpu_ns: Arc<AtomicU64>,
     /// Time spent making the instance (store set up excluded), in
     /// nanoseconds; 0 when no instance was made.
@@ -236,35 +240,42 @@ impl Drop for Report {
     }
 }
 
-/// Adds the thread CPU time of every poll of the guest to the report: time
-/// spent awaiting I/O is not CPU time, time running wasm (or host code on
-/// its behalf) is.
+/// Charges the guest's CPU time to the report, poll by poll: what its
+/// store's [`CpuMeter`] charged during the poll (time in wasm and in the
+/// host calls it made synchronously, not the host's I/O work; see
+/// [`crate::meter`]). Time between polls, awaiting I/O, is never charged.
 ///
 /// Fuel is the CPU limit for wasm code; this is the backstop for guests that
 /// spend their CPU inside host calls, which burn no fuel. It is checked
 /// whenever the guest yields (fuel yields come about every millisecond of
-/// wasm execution).
+/// wasm execution). It cannot be reached by moving bytes or awaiting
+/// I/O, however much: those calls are not charged at all.
 ///
-/// The thread CPU clock is a system call (with the wall clock, ~4% of a
-/// hello request's server CPU), so it is read before each poll and after
-/// it only when the poll took [`SHORT_POLL`] or more of wall time. A
-/// shorter poll is charged its wall time, overcharged at most by interrupts
-/// or a short blocking wait inside it: a thread that loses the CPU is away
-/// for a scheduler slice, far longer than that. Counting every poll by its
-/// wall time was tried and dropped: a long poll on a busy machine, such as
-/// a first poll that streams an upload into a binding, was charged for the
-/// time its thread waited to run, and an e2e upload hit `cpu-limit`.
+/// The meter reads the wall clock, which also runs while the thread waits
+/// to be scheduled: a busy machine would charge a guest for other threads'
+/// time. A poll of [`SHORT_POLL`] or more of wall time is therefore charged
+/// at most its thread CPU time (a system call, so read only for those: a
+/// shorter poll cannot have lost the CPU for a scheduler slice, which is
+/// far longer). Each poll reads the thread CPU clock before it runs, as
+/// before the meter was added.
 pub(crate) struct CpuTimed<F> {
     inner: Option<Pin<Box<F>>>,
-    /// The run's CPU time so far, in nanoseconds.
+    meter: Arc<CpuMeter>,
+    /// The run's charged CPU time so far, in nanoseconds.
     cpu_ns: Arc<AtomicU64>,
     limit_ns: u64,
 }
 
 impl<F> CpuTimed<F> {
-    pub fn new(inner: F, cpu_ns: Arc<AtomicU64>, limit: std::time::Duration) -> Self {
+    pub fn new(
+        inner: F,
+        meter: Arc<CpuMeter>,
+        cpu_ns: Arc<AtomicU64>,
+        limit: std::time::Duration,
+    ) -> Self {
         CpuTimed {
             inner: Some(Box::pin(inner)),
+            meter,
             cpu_ns,
             limit_ns: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
         }
@@ -275,28 +286,29 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             // Already cut off at the limit and reported: nothing more comes.
             return Poll::Pending;
         };
-        let before = thread_cpu_ns();
-        let started = Instant::now();
+        let thread_before = thread_cpu_ns();
+        let started = meter::now();
+        this.meter.poll_start(started);
         let result = inner.as_mut().poll(cx);
-        let wall = started.elapsed();
-        let spent = if wall < SHORT_POLL {
-            wall.as_nanos() as u64
-        } else {
-            thread_cpu_ns().saturating_sub(before)
-        };
-        let total = self.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
-        if result.is_pending() && total > self.limit_ns {
+        let ended = meter::now();
+        let mut spent = this.meter.poll_end(ended);
+        if ended.saturating_sub(started) >= SHORT_POLL_NS {
+            spent = spent.min(thread_cpu_ns().saturating_sub(thread_before));
+        }
+        let total = this.cpu_ns.fetch_add(spent, Ordering::Relaxed) + spent;
+        if result.is_pending() && total > this.limit_ns {
             // Dropping the guest drops its store and instance.
-            self.inner = None;
+            this.inner = None;
             return Poll::Ready(Err(GuestError::message(
                 Failure::CpuLimit,
                 format!(
-                    "CPU time limit of {} ms exceeded (measured {:.1} ms, more than its fuel shows: time in host calls or in the kernel)",
-                    self.limit_ns / 1_000_000,
+                    "CPU time limit of {} ms exceeded (charged {:.1} ms, more than its fuel shows: time in host calls)",
+                    this.limit_ns / 1_000_000,
                     total as f64 / 1e6
                 ),
             )));
@@ -306,18 +318,20 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
 }
 
 /// Run `guest` under the wall-clock limit (which also bounds host-side
-/// waits) and the CPU-time backstop, accounting its CPU time in `cpu_ns`.
+/// waits) and the CPU-time backstop, charging the CPU time `meter` (its
+/// store's) measures to `cpu_ns`.
 ///
 /// `guest` is boxed here, before the returned future is spawned: a task
 /// holding it unboxed would be memcpy'd whole when spawned and when it
 /// stores its output (~1.5% of a hello request's server CPU).
 pub(crate) fn within_limits<T>(
     guest: impl Future<Output = Result<T, GuestError>>,
+    meter: Arc<CpuMeter>,
     cpu_ns: Arc<AtomicU64>,
     wall: std::time::Duration,
     cpu_limit: std::time::Duration,
 ) -> impl Future<Output = Result<T, GuestError>> {
-    let limited = tokio::time::timeout(wall, CpuTimed::new(guest, cpu_ns, cpu_limit));
+    let limited = tokio::time::timeout(wall, CpuTimed::new(guest, meter, cpu_ns, cpu_limit));
     async move {
         match limited.await {
             Ok(result) => result,
@@ -405,8 +419,10 @@ impl wasmtime::AsContextMut for Metered {
     }
 }
 
-/// Polls shorter than this are charged their wall time; see [`CpuTimed`].
+/// Polls this long or longer are charged at most their thread CPU time;
+/// see [`CpuTimed`].
 const SHORT_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+const SHORT_POLL_NS: u64 = SHORT_POLL.as_nanos() as u64;
 
 fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -417,55 +433,85 @@ fn thread_cpu_ns() -> u64 {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use wasmtime::CallHook;
 
-    fn counter() -> Arc<AtomicU64> {
-        Arc::default()
+    /// Spin the thread for `each`.
+    fn spin(each: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < each {
+            std::hint::spin_loop();
+        }
     }
 
-    /// A guest that spends `polls` polls blocked (no CPU) for `each`.
-    async fn blocked(polls: u32, each: Duration) -> Result<(), GuestError> {
+    /// A guest in wasm that, `polls` times, blocks its thread for `each`
+    /// (no CPU) and then yields from a host call, as a fuel yield does.
+    async fn blocked(meter: Arc<CpuMeter>, polls: u32, each: Duration) -> Result<(), GuestError> {
+        meter.hook(CallHook::CallingWasm);
         for _ in 0..polls {
             std::thread::sleep(each);
+            meter.hook(CallHook::CallingHost);
             tokio::task::yield_now().await;
+            meter.hook(CallHook::ReturningFromHost);
         }
+        meter.hook(CallHook::ReturningFromWasm);
         Ok(())
     }
 
-    /// A guest that burns CPU in "host calls" (no fuel) for `each` per poll.
-    async fn spinning(each: Duration) -> Result<(), GuestError> {
-        loop {
-            let started = Instant::now();
-            while started.elapsed() < each {
-                std::hint::spin_loop();
+    /// A guest in wasm making `polls` host calls that each burn `each` of
+    /// CPU and yield; the calls are `uncharged` or not.
+    async fn spinning(
+        meter: Arc<CpuMeter>,
+        polls: u32,
+        each: Duration,
+        uncharged: bool,
+    ) -> Result<(), GuestError> {
+        meter.hook(CallHook::CallingWasm);
+        for _ in 0..polls {
+            meter.hook(CallHook::CallingHost);
+            if uncharged {
+                meter.uncharged();
             }
+            spin(each);
             tokio::task::yield_now().await;
+            meter.hook(CallHook::ReturningFromHost);
         }
+        meter.hook(CallHook::ReturningFromWasm);
+        Ok(())
+    }
+
+    /// Run `guest` (given its meter) under a 20 ms CPU limit: its result
+    /// and the time charged.
+    async fn timed<F: Future<Output = Result<(), GuestError>>>(
+        guest: impl FnOnce(Arc<CpuMeter>) -> F,
+    ) -> (Result<(), GuestError>, Duration) {
+        let meter = Arc::new(CpuMeter::default());
+        let cpu_ns = Arc::new(AtomicU64::new(0));
+        let timed = CpuTimed::new(
+            guest(meter.clone()),
+            meter,
+            cpu_ns.clone(),
+            Duration::from_millis(20),
+        );
+        let result = timed.await;
+        (result, Duration::from_nanos(cpu_ns.load(Ordering::Relaxed)))
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn time_blocked_inside_a_poll_is_not_cpu_time() {
-        // 10 × 5 ms blocked: wall-time counting would see 50 ms and cut it
-        // off at the 20 ms limit; the thread CPU clock sees almost nothing.
-        let cpu_ns = counter();
-        let timed = CpuTimed::new(
-            blocked(10, Duration::from_millis(5)),
-            cpu_ns.clone(),
-            Duration::from_millis(20),
-        );
-        assert!(timed.await.is_ok());
-        let counted = Duration::from_nanos(cpu_ns.load(Ordering::Relaxed));
-        assert!(counted < Duration::from_millis(5), "{counted:?}");
+        // 10 × 5 ms blocked "in wasm": the meter's wall clock sees 50 ms,
+        // the thread CPU clock almost nothing, and polls that long are
+        // charged no more than their thread CPU time.
+        let (result, charged) = timed(|meter| blocked(meter, 10, Duration::from_millis(5))).await;
+        assert!(result.is_ok());
+        assert!(charged < Duration::from_millis(5), "{charged:?}");
     }
 
-    /// A guest spinning `each` per poll is cut off at a 20 ms CPU limit,
-    /// with more than 20 ms counted.
+    /// A guest spinning `each` per poll in charged host calls is cut off at
+    /// the 20 ms CPU limit, with more than 20 ms charged.
     async fn assert_spinning_is_cut_off(each: Duration) {
-        let cpu_ns = counter();
-        let timed = CpuTimed::new(spinning(each), cpu_ns.clone(), Duration::from_millis(20));
-        let error = timed.await.expect_err("cut off");
-        assert_eq!(error.failure, Failure::CpuLimit);
-        let counted = Duration::from_nanos(cpu_ns.load(Ordering::Relaxed));
-        assert!(counted > Duration::from_millis(20), "{counted:?}");
+        let (result, charged) = timed(|meter| spinning(meter, u32::MAX, each, false)).await;
+        assert_eq!(result.expect_err("cut off").failure, Failure::CpuLimit);
+        assert!(charged > Duration::from_millis(20), "{charged:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -475,8 +521,37 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn short_polls_are_counted_too() {
-        // Polls well under SHORT_POLL are charged their wall time: many of
-        // them still add up to the limit.
+        // Polls well under SHORT_POLL are charged what the meter saw: many
+        // of them still add up to the limit.
         assert_spinning_is_cut_off(Duration::from_micros(20)).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn uncharged_host_calls_are_not_cpu_time() {
+        // 50 × 2 ms of CPU in uncharged calls (moving bytes, say): five
+        // times the limit burnt, nothing of it charged.
+        let (result, charged) =
+            timed(|meter| spinning(meter, 50, Duration::from_millis(2), true)).await;
+        assert!(result.is_ok());
+        assert!(charged < Duration::from_millis(5), "{charged:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_between_polls_is_not_cpu_time() {
+        // A charged host call that awaits a timer 10 × 5 ms: the waits are
+        // between polls.
+        let (result, charged) = timed(|meter| async move {
+            meter.hook(CallHook::CallingWasm);
+            meter.hook(CallHook::CallingHost);
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            meter.hook(CallHook::ReturningFromHost);
+            meter.hook(CallHook::ReturningFromWasm);
+            Ok(())
+        })
+        .await;
+        assert!(result.is_ok());
+        assert!(charged < Duration::from_millis(5), "{charged:?}");
     }
 }

@@ -22,6 +22,7 @@ use crate::guest_log::{GuestLog, PanicNote, Stream};
 use crate::host::ctx::{AbortReports, RequestCtx};
 use crate::host::durable::ObjectRunCtx;
 use crate::host::{Capabilities, HostView, View};
+use crate::meter::CpuMeter;
 use crate::outbound::{OutboundPolicy, Subrequests};
 use crate::profile::ActiveProfile;
 
@@ -98,6 +99,13 @@ pub(crate) struct RunState {
     pub profile: Option<Box<ActiveProfile>>,
     /// Set when the guest asked for more memory than its limit.
     pub memory_limit_hit: bool,
+    /// Bytes of linear memory the instance holds (all its memories, as the
+    /// limiter granted them), and how many it held once instantiated:
+    /// `instance_reuse` retires an instance that has grown too far.
+    pub memory_bytes: usize,
+    pub memory_at_start: usize,
+    /// The guest's CPU time, told by the store's call hook.
+    pub meter: Arc<CpuMeter>,
 }
 
 impl RunState {
@@ -131,12 +139,16 @@ impl RunState {
                 policy: shared.outbound.clone(),
                 subrequests,
                 services,
+                cache_endpoints: shared.capabilities.cache.endpoints(),
             },
             shared,
             log_request_id,
             panic,
             profile: None,
             memory_limit_hit: false,
+            memory_bytes: 0,
+            memory_at_start: 0,
+            meter: Arc::default(),
         }
     }
 
@@ -151,13 +163,22 @@ impl RunState {
         self.panic.clear();
     }
 
-    /// The memory limiter's answer to a guest growing to `desired` bytes.
-    pub fn memory_growing(&mut self, desired: usize) -> bool {
+    /// The memory limiter's answer to a guest growing a memory from
+    /// `current` to `desired` bytes (from 0 when it is made).
+    pub fn memory_growing(&mut self, current: usize, desired: usize) -> bool {
         if desired > self.shared.memory_limit {
             self.memory_limit_hit = true;
             return false;
         }
+        self.memory_bytes = self
+            .memory_bytes
+            .saturating_add(desired.saturating_sub(current));
         true
+    }
+
+    /// Bytes of linear memory the instance has grown by since it was made.
+    pub fn memory_grown(&self) -> usize {
+        self.memory_bytes.saturating_sub(self.memory_at_start)
     }
 
     /// Each table element costs a pointer; tables are held to the same
@@ -239,14 +260,20 @@ macro_rules! run_state_views {
             }
         }
 
+        impl<$($generics)*> $crate::meter::HasRunState for $data {
+            fn run_state(&mut self) -> &mut $crate::state::RunState {
+                &mut self.run
+            }
+        }
+
         impl<$($generics)*> wasmtime::ResourceLimiter for $data {
             fn memory_growing(
                 &mut self,
-                _current: usize,
+                current: usize,
                 desired: usize,
                 _maximum: Option<usize>,
             ) -> wasmtime::Result<bool> {
-                Ok(self.run.memory_growing(desired))
+                Ok(self.run.memory_growing(current, desired))
             }
 
             fn table_growing(
@@ -259,22 +286,30 @@ macro_rules! run_state_views {
             }
         }
 
+        // `charged`: env's calls are the guest's (sync, in memory). The
+        // others call into backends (async): the host's work, like I/O,
+        // not charged to `cpu_ms` (the subrequest budget counts them).
         $crate::state::run_state_views!(@caps [$($generics)*] $data;
-            $crate::host::env::EnvCtx => env,
-            $crate::host::kv::KvCtx => kv,
-            $crate::host::sql::SqlCtx => sql,
-            $crate::host::blob::BlobCtx => blob,
-            $crate::host::cache::CacheCtx => cache,
-            $crate::host::analytics::AnalyticsCtx => analytics,
-            $crate::host::queue::QueueCtx => queue,
+            $crate::host::env::EnvCtx => env, charged,
+            $crate::host::kv::KvCtx => kv, uncharged,
+            $crate::host::sql::SqlCtx => sql, uncharged,
+            $crate::host::blob::BlobCtx => blob, uncharged,
+            $crate::host::cache::CacheCtx => cache, uncharged,
+            $crate::host::analytics::AnalyticsCtx => analytics, uncharged,
+            $crate::host::queue::QueueCtx => queue, uncharged,
         );
     };
-    (@caps $generics:tt $data:ty; $($ctx:ty => $field:ident),* $(,)?) => {$(
-        $crate::state::run_state_views!(@cap $generics $data; $ctx => $field);
+    (@caps $generics:tt $data:ty; $($ctx:ty => $field:ident, $charge:ident),* $(,)?) => {$(
+        $crate::state::run_state_views!(@cap $generics $data; $ctx => $field, $charge);
     )*};
-    (@cap [$($generics:tt)*] $data:ty; $ctx:ty => $field:ident) => {
+    (@charge charged $self:ident) => {};
+    (@charge uncharged $self:ident) => {
+        $self.run.meter.uncharged();
+    };
+    (@cap [$($generics:tt)*] $data:ty; $ctx:ty => $field:ident, $charge:ident) => {
         impl<$($generics)*> $crate::host::HostView<$ctx> for $data {
             fn view(&mut self) -> $crate::host::View<'_, $ctx> {
+                $crate::state::run_state_views!(@charge $charge self);
                 $crate::host::View {
                     ctx: &self.run.shared.capabilities.$field,
                     table: &mut self.run.table,
@@ -314,6 +349,7 @@ pub(crate) struct IsolaHttpHooks {
     policy: Arc<OutboundPolicy>,
     pub subrequests: Subrequests,
     services: ServiceCalls,
+    cache_endpoints: Arc<crate::host::cache::Endpoints>,
 }
 
 impl WasiHttpHooks for IsolaHttpHooks {
@@ -334,6 +370,7 @@ impl WasiHttpHooks for IsolaHttpHooks {
             self.policy.clone(),
             self.subrequests.clone(),
             self.services.clone(),
+            self.cache_endpoints.clone(),
             request,
             options,
         ))

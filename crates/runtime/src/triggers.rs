@@ -237,6 +237,7 @@ impl Worker {
             }
         };
 
+        let meter = store.data().run.meter.clone();
         let store = Metered::new(store, fuel, report.clone());
         let guest = async move {
             let (result, store) = body(store).await;
@@ -249,7 +250,7 @@ impl Worker {
         let wall = inner.budget.wall;
         let cpu_limit = Duration::from_millis(inner.trigger_cpu_ms);
         let active = ActiveTask::start(&inner.active);
-        let limited = within_limits(guest, report.cpu_ns.clone(), wall, cpu_limit);
+        let limited = within_limits(guest, meter, report.cpu_ns.clone(), wall, cpu_limit);
         let task = tokio::spawn(async move {
             let _active = active;
             limited.await
