@@ -12,11 +12,12 @@
 //! Peers it cannot find (`WASMTIME_BIN`, `WORKERD_BIN` unset or missing)
 //! are left out of the tables, and their targets say so.
 //!
-//! `BENCH_ONLY=durable` runs the Durable Objects section alone, and
-//! `BENCH_ONLY=proxy` the proxying one: it prints it and puts it into the
-//! `--out` file in place of that section's last version (before "Start-up"
-//! if there is none), with a note of the command and date; the rest of the
-//! file stays as it was.
+//! `BENCH_ONLY=durable` runs the Durable Objects section alone,
+//! `BENCH_ONLY=proxy` the proxying one and `BENCH_ONLY=js-workloads` the
+//! realistic JS workloads (Hono, an HTML render, HMAC): it prints it and
+//! puts it into the `--out` file in place of that section's last version
+//! (before "Start-up" if there is none), with a note of the command and
+//! date; the rest of the file stays as it was.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +27,8 @@ use isola_bench::setup::{Setup, repo};
 mod sections;
 
 use sections::{
-    durable, embedding, header, js, memory, proxy, scaling, side_by_side, startup, targets,
+    durable, embedding, header, js, js_workloads, memory, proxy, scaling, side_by_side, startup,
+    targets,
 };
 
 struct Options {
@@ -65,7 +67,10 @@ fn main() {
         None | Some("") => {}
         Some("durable") => return durable_only(&options),
         Some("proxy") => return proxy_only(&options),
-        Some(other) => panic!("BENCH_ONLY={other}: only `durable` and `proxy` run alone"),
+        Some("js-workloads") => return js_workloads_only(&options),
+        Some(other) => {
+            panic!("BENCH_ONLY={other}: only `durable`, `proxy` and `js-workloads` run alone")
+        }
     }
     let setup = Setup::prepare(true);
     let duration = options.duration;
@@ -73,6 +78,7 @@ fn main() {
     header::write(&setup, duration, &mut doc);
     let rust = side_by_side::run(&setup, duration, &mut doc);
     let js = js::run(&setup, duration, &mut doc);
+    js_workloads::run(&setup, duration, None, &mut doc);
     scaling::run(&setup, duration, &mut doc);
     let memory = memory::run(&setup, duration, &mut doc);
     durable::run(&setup, duration, None, &mut doc);
@@ -126,6 +132,28 @@ fn proxy_only(options: &Options) {
     std::fs::write(&options.out, splice(&previous, "\n## Proxying", &section))
         .expect("writing RESULTS.md");
     eprintln!("wrote the proxying section into {}", options.out.display());
+}
+
+/// `BENCH_ONLY=js-workloads`: the realistic JS workloads alone, spliced
+/// into the `--out` file.
+fn js_workloads_only(options: &Options) {
+    let setup = Setup::prepare(false);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = format!("BENCH_ONLY=js-workloads isola-bench {}", args.join(" "));
+    let note = durable::alone_note(&setup, command.trim_end(), options.duration);
+    let mut section = String::new();
+    js_workloads::run(&setup, options.duration, Some(&note), &mut section);
+    print!("{section}");
+    let previous = std::fs::read_to_string(&options.out).unwrap_or_default();
+    std::fs::write(
+        &options.out,
+        splice(&previous, "\n## JS workloads", &section),
+    )
+    .expect("writing RESULTS.md");
+    eprintln!(
+        "wrote the JS workloads section into {}",
+        options.out.display()
+    );
 }
 
 /// `doc` with `section` in place of its section whose heading starts with

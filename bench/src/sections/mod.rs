@@ -6,6 +6,7 @@ pub mod durable;
 pub mod embedding;
 pub mod header;
 pub mod js;
+pub mod js_workloads;
 pub mod memory;
 pub mod proxy;
 pub mod scaling;
