@@ -762,6 +762,47 @@ async fn cache_is_bounded_by_its_size_cap() {
     );
 }
 
+/// A Rust guest with 16 MiB of memory stores 64 MiB in the cache, made
+/// and written chunk by chunk, and serves it from the cache streamed: the
+/// client gets every byte. A body over the cache's limit is refused with
+/// the reason and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_bodies_larger_than_the_guest_memory_stream_both_ways() {
+    let project = project_with(
+        "[backends]\ncache = { type = \"memory\", max_mb = 80 }\n",
+        "memory_mb = 16\n",
+    );
+    let server = project.serve();
+    let stored = get(&server, "/cached-big/a?mib=64").await;
+    expect(&stored, 200);
+    assert_eq!(
+        (stored.header("x-cache"), stored.header("x-stored")),
+        (Some("miss"), Some("true"))
+    );
+    let hit = get(&server, "/cached-big/a?mib=64").await;
+    expect(&hit, 200);
+    assert_eq!(hit.header("x-cache"), Some("hit"));
+    assert_eq!(hit.body.len(), 64 << 20);
+    let wrong = hit
+        .body
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b != 33 + (i % 89) as u8);
+    assert_eq!(wrong, None, "the first byte that differs");
+
+    // Over the 80 MiB cache: a clear error, and no entry.
+    let over = get(&server, "/cached-big/b?mib=96").await;
+    expect(&over, 400);
+    assert!(
+        over.text().contains("over the cache's limit")
+            && over.text().contains("nothing was stored"),
+        "{}",
+        over.text()
+    );
+    let after = get(&server, "/cached-big/b?mib=1").await;
+    assert_eq!(after.header("x-cache"), Some("miss"), "nothing was stored");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn analytics_points_are_queryable_from_the_cli() {
     let project = project("");

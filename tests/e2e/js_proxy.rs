@@ -610,8 +610,7 @@ mod clone_streams {
     ///   answers only after [`HOLD`]: the clone is the slower branch.
     /// - `cache`: `ctx.waitUntil(caches.default.put(request, r.clone()))`; a
     ///   later request for the same URL is served from the cache (`x-cache:
-    ///   hit`). `cache.put` itself still takes the whole body (its WIT
-    ///   signature), so this body stays small.
+    ///   hit`). Both the put and the hit stream the body.
     ///
     /// The clone's reader checks every byte against the origin's pattern (byte
     /// i is 33 + i % 89), frees each chunk once read (a chunk left to the
@@ -903,8 +902,9 @@ export default {
     /// see [`a_reused_instance_streams_a_cloned_response`]).
     fn config(origin: SocketAddr) -> String {
         let main = worker_js().display().to_string();
+        // The memory cache holds the largest body a test stores.
         let mut config = format!(
-            "[server]\ncache_dir = {:?}\n\n",
+            "[server]\ncache_dir = {:?}\n\n[backends]\ncache = {{ type = \"memory\", max_mb = 256 }}\n\n",
             shared_cache().display().to_string()
         );
         for (name, extra) in [
@@ -1092,6 +1092,57 @@ export default {
             assert!(Instant::now() < deadline, "never served from the cache");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The access lines of the requests for `path`, once there are `n`
+    /// (each is logged when its run is done, waitUntil included): none
+    /// names a limit.
+    fn assert_runs_within_limits(server: &Server, path: &str, n: usize) {
+        let needle = format!("path={path} ");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let lines = loop {
+            let logs = server.logs();
+            let lines: Vec<String> = logs
+                .lines()
+                .filter(|l| l.contains("isola::access") && l.contains(&needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= n {
+                break lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} runs of {path} never ended; logs:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for line in lines {
+            assert!(line.contains("limit=none"), "{line}\n{}", server.logs());
+        }
+    }
+
+    /// `cache_put_of_the_clone` with a body larger than the instance's
+    /// memory: the put streams the clone into the cache while the response
+    /// streams to the client, and the next request is a hit that streams
+    /// the stored body; every byte arrives both times, within the limits.
+    async fn cache_put_of_a_large_clone(server: &Server, origin: &Origin, route: &str, mib: u64) {
+        let path = format!("/{route}/cache/{route}-large");
+        let query = format!("{path}?mib={mib}");
+        let got = receive(server, origin, &query).await;
+        assert_whole(&got, mib * MIB, &path, server);
+        assert_eq!(got.cache, None);
+        // The put is done (it ran in waitUntil) once the run's line is out.
+        assert_runs_within_limits(server, &path, 1);
+        let hit = receive(server, origin, &query).await;
+        assert_whole(&hit, mib * MIB, &path, server);
+        assert_eq!(hit.cache.as_deref(), Some("hit"), "{}", server.logs());
+        assert_runs_within_limits(server, &path, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_fresh_instance_caches_a_response_larger_than_its_memory() {
+        let (origin, _project, server) = serve().await;
+        cache_put_of_a_large_clone(&server, &origin, "fresh", 80).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,8 @@ wasmtime::component::bindgen!({
         "isola:worker/blob.body": crate::host::handles::BodyHandle,
         "isola:worker/blob.upload": crate::host::handles::UploadHandle,
         "isola:worker/cache.cache": crate::host::handles::CacheHandle,
+        "isola:worker/cache.body": crate::host::handles::CacheBodyHandle,
+        "isola:worker/cache.upload": crate::host::handles::CacheUploadHandle,
         "isola:worker/analytics.dataset": crate::host::handles::DatasetHandle,
         "isola:worker/queue.producer": crate::host::handles::ProducerHandle,
     },

@@ -69,6 +69,7 @@ pub(crate) async fn send(
     policy: Arc<OutboundPolicy>,
     subrequests: Subrequests,
     services: ServiceCalls,
+    cache_endpoints: Arc<crate::host::cache::Endpoints>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> SendResult {
@@ -77,6 +78,12 @@ pub(crate) async fn send(
     let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?.clone();
     let host = authority.host().to_owned();
 
+    // The cache's body and upload endpoints: part of a `match` or `put`
+    // already counted, and never on the network.
+    if host.eq_ignore_ascii_case(crate::host::cache::CACHE_ENDPOINT_HOST) {
+        let response = crate::host::cache::serve_endpoint(&cache_endpoints, request).await;
+        return Ok((response, Box::new(async { Ok(()) })));
+    }
     // Service bindings are declared, so the allow-list does not apply; the
     // subrequest budget does.
     if let Some(binding) = ServiceCalls::binding_of(&host) {

@@ -1,4 +1,11 @@
 // The Cache API (`caches.default`, `caches.open(name)`) on `isola:worker/cache`.
+//
+// Bodies go through the endpoints of the cache's `body` and `upload`
+// (`http://cache.isola.internal/...`) with fetch, not through `read` and
+// `write`: componentize-js frees what its import glue allocates only when
+// an export call returns, so every chunk passed to an import would stay in
+// this instance's memory until the request ends, while fetch streams a
+// body (either way) chunk by chunk.
 
 import { Cache } from "isola:worker/cache@0.1.0";
 import { decoder, encoder } from "./bytes.js";
@@ -7,6 +14,14 @@ import { call } from "./errors.js";
 function headerList(headers) {
   return [...headers].map(([name, value]) => [name, encoder.encode(value)]);
 }
+
+// Statuses whose Response may have no body.
+const NULL_BODY = new Set([101, 204, 205, 304]);
+
+// The host's `body` or `upload` stays alive while its endpoint is being
+// fetched: a resource the collector drops (and the host with it) would
+// leave the endpoint with nothing to serve.
+const keep = new WeakMap();
 
 export class WorkerCache {
   #name;
@@ -23,12 +38,18 @@ export class WorkerCache {
     if (request.method !== "GET" && !options.ignoreMethod) return undefined;
     const found = call(() => this.#cache().match(request.url, headerList(request.headers)));
     if (found === undefined) return undefined;
+    const [head, body] = found;
     const headers = new Headers();
-    for (const [name, value] of found.headers) headers.append(name, decoder.decode(value));
-    return new Response(found.status === 204 || found.status === 304 ? null : found.body, {
-      status: found.status,
-      headers,
-    });
+    for (const [name, value] of head.headers) headers.append(name, decoder.decode(value));
+    let stream = null;
+    if (!NULL_BODY.has(head.status)) {
+      const stored = await fetch(body.endpoint());
+      if (!stored.ok) throw new Error(`reading the cached body: ${await stored.text()}`);
+      stream = stored.body;
+    }
+    const response = new Response(stream, { status: head.status, headers });
+    keep.set(response, body);
+    return response;
   }
   async put(input, response) {
     const request = input instanceof Request ? input : new Request(input);
@@ -36,14 +57,30 @@ export class WorkerCache {
       throw new TypeError("Cannot cache response to non-GET request.");
     }
     if (response.bodyUsed) throw new TypeError("Response body is already used");
-    const body = new Uint8Array(await response.arrayBuffer());
-    call(() =>
+    const upload = call(() =>
       this.#cache().put(request.url, headerList(request.headers), {
         status: response.status,
         headers: headerList(response.headers),
-        body,
       }),
     );
+    if (upload === undefined) {
+      // Not storable: like Workers, the body is consumed all the same.
+      await response.body?.cancel();
+      return;
+    }
+    const stored = await fetch(upload.endpoint(), {
+      method: "PUT",
+      body: response.body,
+      duplex: "half",
+    });
+    const answer = await stored.text();
+    keep.set(stored, upload);
+    if (!stored.ok) {
+      const error = new Error(answer);
+      // As a binding call's error: invalid is a TypeError.
+      error.name = stored.status === 413 ? "TypeError" : "BackendError";
+      throw error;
+    }
   }
   async delete(input, options = {}) {
     const request = input instanceof Request ? input : new Request(input);

@@ -16,6 +16,12 @@
 //! by the named request headers. A response is stored only when its
 //! `Cache-Control` allows (`max-age` / `s-maxage`, not `no-store` or
 //! `private`). Every call counts against the request's subrequest budget.
+//!
+//! Bodies stream: a hit's body is read from the host chunk by chunk as the
+//! response is sent, and [`Cache::put_stream`] stores a streamed response
+//! chunk by chunk, so neither needs the whole body in the guest's memory.
+//! The host holds a body being stored, up to 512 MiB (less with the memory
+//! cache: its size); past that the put fails and nothing is stored.
 
 use std::fmt;
 
@@ -49,31 +55,76 @@ impl fmt::Debug for Cache {
     }
 }
 
+/// How much of a body one host call moves.
+const CHUNK: u32 = 64 * 1024;
+
 impl Cache {
     /// The fresh response stored for `request` (a [`Request`], whose
-    /// headers count for `Vary`, or a URL), if any.
+    /// headers count for `Vary`, or a URL), if any. Its body streams from
+    /// the cache as the response is sent.
     pub async fn match_(&self, request: impl CacheKey) -> Result<Option<Response>> {
         let (url, headers) = request.cache_key();
-        let found = check(self.cache.match_(&url, &headers))?;
-        found.map(response_from_wit).transpose()
+        let Some((head, body)) = check(self.cache.match_(&url, &headers))? else {
+            return Ok(None);
+        };
+        let chunks = std::iter::from_fn(move || match check(body.read(CHUNK)) {
+            Ok(chunk) if chunk.is_empty() => None,
+            Ok(chunk) => Some(Ok(chunk)),
+            Err(e) => Some(Err(e)),
+        });
+        response_from_wit(head, Response::try_stream(chunks)).map(Some)
     }
 
     /// Store `response` for `request` as its `Cache-Control` allows; `false`
     /// when it may not be stored (`no-store`, `private`, no freshness). The
-    /// response must have a buffered body (not one made by
-    /// [`Response::stream`]); a 206 or `Vary: *` is an
-    /// [`Invalid`](crate::BindingError::Invalid) error.
+    /// response must have a buffered body (for one made by
+    /// [`Response::stream`], use [`Cache::put_stream`]); a 206 or `Vary: *`
+    /// is an [`Invalid`](crate::BindingError::Invalid) error, and so is a
+    /// body over the cache's limit.
     pub async fn put(&self, request: impl CacheKey, response: &Response) -> Result<bool> {
         let (url, headers) = request.cache_key();
         let Some(body) = response.body() else {
-            crate::bail!("cache put {url}: a streamed response cannot be cached");
+            crate::bail!("cache put {url}: a streamed response needs Cache::put_stream");
         };
-        let stored = wit::Response {
+        let Some(upload) = self.begin(&url, &headers, response)? else {
+            return Ok(false);
+        };
+        for chunk in body.chunks(CHUNK as usize) {
+            check(upload.write(chunk))?;
+        }
+        check(wit::Upload::finish(upload))
+    }
+
+    /// Like [`Cache::put`], for any response, which it consumes: a streamed
+    /// body ([`Response::stream`]) is stored chunk by chunk as it is made,
+    /// never whole in memory. `false` (and the body not made) when it may
+    /// not be stored.
+    pub async fn put_stream(&self, request: impl CacheKey, response: Response) -> Result<bool> {
+        let (url, headers) = request.cache_key();
+        let Some(upload) = self.begin(&url, &headers, &response)? else {
+            return Ok(false);
+        };
+        for chunk in response.into_chunks() {
+            let chunk = chunk?;
+            for piece in chunk.chunks(CHUNK as usize) {
+                check(upload.write(piece))?;
+            }
+        }
+        check(wit::Upload::finish(upload))
+    }
+
+    /// The upload of `response`'s body, if it may be stored.
+    fn begin(
+        &self,
+        url: &str,
+        headers: &[(String, Vec<u8>)],
+        response: &Response,
+    ) -> Result<Option<wit::Upload>> {
+        let head = wit::Response {
             status: response.status().as_u16(),
             headers: wit_headers(response.headers()),
-            body: body.to_vec(),
         };
-        check(self.cache.put(&url, &headers, &stored))
+        check(self.cache.put(url, headers, &head))
     }
 
     /// Remove what is stored for `request`; `true` when something was.
@@ -127,11 +178,10 @@ fn wit_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn response_from_wit(stored: wit::Response) -> Result<Response> {
-    let mut response = Response::new(stored.body);
-    response.status = StatusCode::from_u16(stored.status)?;
+fn response_from_wit(head: wit::Response, mut response: Response) -> Result<Response> {
+    response.status = StatusCode::from_u16(head.status)?;
     let headers = response.headers_mut();
-    for (name, value) in stored.headers {
+    for (name, value) in head.headers {
         headers.append(
             HeaderName::from_bytes(name.as_bytes())?,
             HeaderValue::from_bytes(&value)?,

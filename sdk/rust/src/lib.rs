@@ -622,6 +622,15 @@ impl Response {
         }
     }
 
+    /// The body's chunks, for a consumer that takes any response (a
+    /// buffered body is one chunk).
+    pub(crate) fn into_chunks(self) -> Box<dyn Iterator<Item = Result<Vec<u8>>>> {
+        match self.body {
+            ResponseBody::Bytes(bytes) => Box::new(std::iter::once(Ok(bytes))),
+            ResponseBody::Chunks(chunks) => chunks,
+        }
+    }
+
     /// Send the response. For a HEAD request (`head`) no body is written,
     /// whatever the handler gave: the headers may still say how long the
     /// GET body would be (`content-length`), which wasi-http would otherwise

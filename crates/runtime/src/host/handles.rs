@@ -16,6 +16,15 @@ pub struct SqlHandle(pub(super) Arc<dyn backend::sql::SqlDatabase>);
 /// An open cache, by name.
 pub struct CacheHandle(pub(super) String);
 
+/// A stored response's body being read: what is left of it. Shared with
+/// its endpoint, which may take it all.
+pub struct CacheBodyHandle(pub(super) std::sync::Arc<std::sync::Mutex<Bytes>>);
+
+/// A response being stored; `None` once its endpoint took it over.
+pub struct CacheUploadHandle(
+    pub(super) std::sync::Arc<std::sync::Mutex<Option<Box<dyn backend::cache::CacheUpload>>>>,
+);
+
 /// An open analytics dataset, by name.
 pub struct DatasetHandle(pub(super) String);
 

@@ -10,6 +10,9 @@
 //! - `POST /sql/{query,first,all,run,raw,batch,exec}`, `POST /counter`
 //! - `PUT|GET|HEAD|DELETE /r2/<key>`, `GET /r2?prefix=&delimiter=&cursor=&limit=`
 //! - `GET|DELETE /cached/<anything>?cc=&vary=`
+//! - `GET /cached-big/<anything>?mib=N`: a hit streams from the cache; a
+//!   miss stores N MiB of a pattern (byte i is 33 + i % 89), made and
+//!   stored chunk by chunk, and answers `x-stored` with an empty body
 //! - `POST /analytics`
 //! - `GET /secret`, `/secret/log`, `/secret/fail`
 //! - `GET /budget?n=N`
@@ -85,6 +88,9 @@ async fn route(req: Request, env: Env) -> Result<Response> {
             }
             _ => Ok(Response::empty(405)),
         };
+    }
+    if path.starts_with("/cached-big/") && method == Method::GET {
+        return cached_big(&req).await;
     }
     if path.starts_with("/cached/") {
         return match method {
@@ -456,6 +462,37 @@ async fn cached(req: &Request) -> Result<Response> {
     let headers = response.headers_mut();
     set_header(headers, "x-cache", b"miss");
     set_header(headers, "x-stored", stored.to_string().as_bytes());
+    Ok(response)
+}
+
+/// A body far larger than the guest's memory, through the cache both ways.
+async fn cached_big(req: &Request) -> Result<Response> {
+    let cache = caches::default()?;
+    if let Some(mut hit) = cache.match_(req).await? {
+        set_header(hit.headers_mut(), "x-cache", b"hit");
+        return Ok(hit);
+    }
+    let total: usize = req
+        .query_param("mib")
+        .unwrap_or_default()
+        .parse::<usize>()?
+        << 20;
+    const PIECE: usize = 64 * 1024;
+    let chunks = (0..total.div_ceil(PIECE)).map(move |i| {
+        let start = i * PIECE;
+        (start..total.min(start + PIECE))
+            .map(|at| 33 + (at % 89) as u8)
+            .collect::<Vec<u8>>()
+    });
+    let body = Response::stream(chunks).with_header("cache-control", "max-age=60");
+    let stored = cache.put_stream(req, body).await?;
+    let mut response = Response::empty(200);
+    set_header(response.headers_mut(), "x-cache", b"miss");
+    set_header(
+        response.headers_mut(),
+        "x-stored",
+        stored.to_string().as_bytes(),
+    );
     Ok(response)
 }
 
