@@ -70,9 +70,7 @@ pub use handlers::Handler;
 pub use limits::DEFAULT_FUEL_PER_MS;
 pub use load_error::LoadError;
 pub use objects::forward::ForwardedEvent;
-pub use objects::placement::{
-    DEFAULT_LEASE_TTL, FORWARD_PATH, MAX_HOPS, Placement, SECRET_HEADER,
-};
+pub use objects::placement::{DEFAULT_LEASE_TTL, FORWARD_PATH, MAX_HOPS, Placement, SECRET_HEADER};
 pub use objects::{
     OBJECT_HOST_SUFFIX, OBJECT_ID_HEADER, OBJECT_NAME_HEADER, ObjectAddress, ObjectEvent,
 };

@@ -16,6 +16,7 @@
 //! evicted ones.
 
 pub(crate) mod alarms;
+pub(crate) mod forward;
 pub(crate) mod id;
 pub(crate) mod placement;
 pub(crate) mod serve;

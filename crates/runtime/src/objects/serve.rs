@@ -9,7 +9,8 @@ use bytes::Bytes;
 use crate::body::{Body, BodyError};
 use crate::failure::GuestError;
 use crate::instance::Home;
-use crate::objects::placement::{ForwardedEvent, MAX_HOPS, Placement};
+use crate::objects::forward::ForwardedEvent;
+use crate::objects::placement::{MAX_HOPS, Placement};
 use crate::objects::{
     Admission, Cell, CurrentObject, ObjectAddress, ObjectCall, ObjectEvent, Objects,
 };
