@@ -320,6 +320,74 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn identities_headers_and_cf_hold_whatever_reads_them_first() {
+    // With `instance_reuse` the shim makes the request (its headers packed
+    // until read, `cf` asked of the host when read) and replaces the
+    // global Request and Response; a fresh instance's come from the
+    // engine. Both must look the same to the worker, on a reused
+    // instance's later requests too.
+    let fresh = serve(&apis_project(""));
+    let reused = serve(&apis_project("instance_reuse = 100\n"));
+    let client = client();
+    for (name, server) in [("fresh", &fresh), ("reused", &reused)] {
+        for round in 0..2 {
+            for first in ["copy", "init", "clone", "late", "plain"] {
+                let response = client
+                    .get(server.url(&format!("/identity?first={first}")))
+                    .header("x-probe", format!("{first}-{round}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{name}: {}", server.logs());
+                let seen: serde_json::Value = response.json().await.unwrap();
+                let probe = format!("{first}-{round}");
+                let what = format!("{name}, {first}, round {round}: {seen}");
+                assert_eq!(seen["probe"], probe.as_str(), "{what}");
+                assert_eq!(seen["again"], probe.as_str(), "{what}");
+                assert_eq!(seen["cf"]["protocol"], "HTTP/1.1", "{what}");
+                assert_eq!(
+                    seen["cf"]["requestId"].as_str().unwrap().len(),
+                    16,
+                    "{what}"
+                );
+                assert_eq!(seen["cf"]["same"], true, "{what}");
+                assert_eq!(seen["cf"]["in"], true, "{what}");
+                assert_eq!(seen["madeCf"], serde_json::json!([true, 5]), "{what}");
+                assert_eq!(
+                    seen["responses"],
+                    serde_json::json!([true, true, true, true]),
+                    "{what}"
+                );
+                assert_eq!(seen["mine"], true, "{what}");
+                assert_eq!(
+                    seen["requests"],
+                    serde_json::json!([true, true, true]),
+                    "{what}"
+                );
+                assert_eq!(
+                    seen["names"],
+                    serde_json::json!(["Response", "Request"]),
+                    "{what}"
+                );
+                assert_eq!(seen["called"], "TypeError", "{what}");
+            }
+        }
+    }
+    // A service binding's callee on a reused instance reads the headers the
+    // caller set, in both directions of reuse.
+    let project = js_project(&format!(
+        "{}instance_reuse = 100\nservices = [{{ binding = \"AUTH\", service = \"auth\" }}]\n{}instance_reuse = 100\n",
+        js_worker("apis", &apis(), &["/*"]),
+        js_worker("auth", &apis(), &[]),
+    ));
+    let server = serve(&project);
+    for _ in 0..3 {
+        let (status, _, body) = get(&client, &server.url("/service")).await;
+        assert_eq!((status, body.as_str()), (200, "200 you are ann at /whoami"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn only_a_component_built_with_instance_reuse_serves_many_requests_per_instance() {
     warm_up();
     let dir = tempfile::tempdir().unwrap();

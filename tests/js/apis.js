@@ -199,6 +199,58 @@ const routes = {
     return new Response(`${response.status} ${await response.text()}`);
   },
 
+  // What the shim must keep while it builds a request's headers and `cf`
+  // only when read, and replaces the global Request and Response (with
+  // `instance_reuse`): identities, and the headers and `cf` whatever reads
+  // them first, however late.
+  async "/identity"(request) {
+    const first = new URL(request.url).searchParams.get("first");
+    let probe;
+    switch (first) {
+      case "copy":
+        probe = new Request(request).headers.get("x-probe");
+        break;
+      case "init":
+        probe = new Request("http://elsewhere/", request).headers.get("x-probe");
+        break;
+      case "clone":
+        probe = request.clone().headers.get("x-probe");
+        break;
+      case "late":
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        probe = Object.fromEntries(request.headers)["x-probe"];
+        break;
+      default:
+        probe = request.headers.get("x-probe");
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    const cf = request.cf;
+    class Mine extends Response {}
+    const mine = new Mine("mine");
+    let called;
+    try {
+      Response("no new");
+      called = "no error";
+    } catch (e) {
+      called = e.constructor.name;
+    }
+    const made = new Request("http://example.com/");
+    const madeCf = made.cf;
+    made.cf = { cacheTtl: 5 };
+    const responses = [new Response("x"), new Response(null), Response.json({}), Response.redirect("http://example.com/", 302)];
+    return Response.json({
+      probe,
+      again: request.headers.get("x-probe"),
+      cf: { protocol: cf.httpProtocol, requestId: cf.requestId, same: cf === request.cf, in: "cf" in request },
+      madeCf: [madeCf === undefined, made.cf.cacheTtl],
+      responses: responses.map((r) => r instanceof Response && r.constructor === Response),
+      mine: mine instanceof Mine && mine instanceof Response && (await mine.text()) === "mine",
+      requests: [request, made, new Request(request)].map((r) => r instanceof Request && r.constructor === Request),
+      names: [Response.name, Request.name],
+      called,
+    });
+  },
+
   async "/whoami"(request) {
     return new Response(`you are ${request.headers.get("x-user")} at ${new URL(request.url).pathname}`);
   },

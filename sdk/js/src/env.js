@@ -16,34 +16,65 @@ import { Fetcher } from "./service.js";
  * the worker looks at it: host calls go through componentize-js's generated
  * glue (`env.bindings()` and `request-info.get()` cost ~135 µs a request
  * together), and many requests never touch `env` or `cf` at all. The proxy
- * fills its own target, so it behaves as the plain object it becomes. */
+ * fills its own target, so it behaves as the plain object it becomes. Its
+ * handler is one small object per env whose traps are shared (a trap's
+ * `this` is the handler): no closures are made per request. */
 export function makeEnv() {
-  const env = {};
-  let filled = false;
-  const fill = () => {
-    if (!filled) {
-      filled = true;
-      fillEnv(env);
+  return new Proxy({}, { __proto__: envTraps, filled: false });
+}
+
+const envTraps = {
+  fill(target) {
+    if (!this.filled) {
+      this.filled = true;
+      fillEnv(target);
     }
-    return env;
-  };
-  return new Proxy(env, {
-    get: (target, key, receiver) => Reflect.get(fill(), key, receiver),
-    set: (target, key, value, receiver) => Reflect.set(fill(), key, value, receiver),
-    has: (target, key) => Reflect.has(fill(), key),
-    ownKeys: () => Reflect.ownKeys(fill()),
-    getOwnPropertyDescriptor: (target, key) => Reflect.getOwnPropertyDescriptor(fill(), key),
-    defineProperty: (target, key, descriptor) => Reflect.defineProperty(fill(), key, descriptor),
-    deleteProperty: (target, key) => Reflect.deleteProperty(fill(), key),
-  });
+    return target;
+  },
+  get(target, key, receiver) {
+    return Reflect.get(this.fill(target), key, receiver);
+  },
+  set(target, key, value, receiver) {
+    return Reflect.set(this.fill(target), key, value, receiver);
+  },
+  has(target, key) {
+    return Reflect.has(this.fill(target), key);
+  },
+  ownKeys(target) {
+    return Reflect.ownKeys(this.fill(target));
+  },
+  getOwnPropertyDescriptor(target, key) {
+    return Reflect.getOwnPropertyDescriptor(this.fill(target), key);
+  },
+  defineProperty(target, key, descriptor) {
+    return Reflect.defineProperty(this.fill(target), key, descriptor);
+  },
+  deleteProperty(target, key) {
+    return Reflect.deleteProperty(this.fill(target), key);
+  },
+};
+
+/** The bindings as the host listed them, with the vars' values: asked once
+ * per instance, as a store's `env` never changes (a reused instance reads
+ * it again for every request's env otherwise). Each env gets binding
+ * objects of its own, as before. */
+let bindingList;
+
+function listBindings() {
+  bindingList ??= envApi.bindings().map(({ name, kind }) => ({
+    name,
+    kind,
+    value: kind === "var" || kind === "secret" ? envApi.var(name) : undefined,
+  }));
+  return bindingList;
 }
 
 function fillEnv(env) {
-  for (const { name, kind } of envApi.bindings()) {
+  for (const { name, kind, value } of listBindings()) {
     switch (kind) {
       case "var":
       case "secret":
-        env[name] = envApi.var(name);
+        env[name] = value;
         break;
       case "kv":
         env[name] = new KVNamespace(name);
@@ -118,20 +149,36 @@ export function fail(e) {
   throw e;
 }
 
-/** `request.cf`, asked of the host when first read (see `makeEnv`). */
+/** A request's `cf`: CF_PENDING on an incoming request until read, then
+ * the object; absent on requests the worker makes. */
+const CF = Symbol("isola.cf");
+const CF_PENDING = null;
+
+/** `request.cf`, one getter on Request's prototype (defined once, by the
+ * shim's top level), so that marking an incoming request costs a property
+ * rather than a `defineProperty` and a closure per request. The host is
+ * asked when it is first read (see `makeEnv`). */
+export function installCf() {
+  Object.defineProperty(Request.prototype, "cf", {
+    get() {
+      const cf = this[CF];
+      return cf === CF_PENDING ? (this[CF] = requestCf()) : cf;
+    },
+    // A request the worker made takes `cf` as its own property, as it did
+    // before this getter; the incoming request's stays read-only.
+    set(value) {
+      if (this[CF] !== undefined) throw new TypeError("request.cf is read-only");
+      Object.defineProperty(this, "cf", { value, writable: true, enumerable: true, configurable: true });
+    },
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+/** Give the incoming `request` its `cf` (a request that already has one
+ * keeps it). */
 export function attachCf(request) {
-  let cf;
-  try {
-    Object.defineProperty(request, "cf", {
-      get() {
-        cf ??= requestCf();
-        return cf;
-      },
-      enumerable: true,
-    });
-  } catch {
-    // A request that already has `cf` keeps it.
-  }
+  if (request[CF] === undefined) request[CF] = CF_PENDING;
 }
 
 function requestCf() {

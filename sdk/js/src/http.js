@@ -205,25 +205,84 @@ function pullThrough(source) {
   });
 }
 
-export function installRequestWorkaround() {
-  const EngineRequest = Request;
-  const engineFetch = globalThis.fetch;
-  const forwardable = new Proxy(EngineRequest, {
-    construct(target, args, newTarget) {
-      const [input, init] = args;
-      if (input instanceof EngineRequest && input.body !== null) {
-        const fields = { duplex: "half", ...requestFields(input, init) };
-        return Reflect.construct(target, [input.url, fields], newTarget);
+/** The engine's Request, captured when this module is evaluated (before
+ * the shim's top level replaces the global): the shim's own requests need
+ * no workaround. */
+export const EngineRequest = Request;
+
+// `isola:worker/http-batch` packs headers into one string, `name\nvalue\n`
+// each: the glue lifts and lowers a list of string pairs string by string
+// in interpreted JavaScript, one string natively.
+export function appendPacked(headers, packed) {
+  const parts = packed.split("\n");
+  // The last part is the empty string after the final newline.
+  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
+}
+
+// An incoming request's headers, packed, until its `headers` are first
+// read (~2 µs a header to append, and many requests never read them):
+// with `--instance-reuse`, where the shim makes the request.
+const PACKED_HEADERS = Symbol("isola.packedHeaders");
+
+export function setPackedHeaders(request, packed) {
+  request[PACKED_HEADERS] = packed;
+}
+
+/** Make `request.headers` append a request's packed headers when first
+ * read. The engine reads a request's headers past this getter when it
+ * copies a Request (`new Request(request)`: the global below reads them
+ * first), sends one (`fetch` below reads its fields first) or reads a body
+ * with a content-type (`serve.js` appends those at once). */
+export function installLazyHeaders() {
+  const { get } = Object.getOwnPropertyDescriptor(EngineRequest.prototype, "headers");
+  Object.defineProperty(EngineRequest.prototype, "headers", {
+    get() {
+      const headers = get.call(this);
+      const packed = this[PACKED_HEADERS];
+      if (packed !== undefined) {
+        this[PACKED_HEADERS] = undefined;
+        appendPacked(headers, packed);
       }
-      return Reflect.construct(target, args, newTarget);
+      return headers;
     },
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+export function installRequestWorkaround() {
+  const engineFetch = globalThis.fetch;
+  // A plain function rather than a Proxy (whose construct trap costs more
+  // per request), sharing the engine's prototype so that `instanceof
+  // Request` holds for every request.
+  function Request(input, init) {
+    // Called without `new`: the engine's own TypeError.
+    if (new.target === undefined) return EngineRequest(input, init);
+    if (input instanceof EngineRequest) {
+      if (input.body !== null) {
+        const fields = { duplex: "half", ...requestFields(input, init) };
+        return Reflect.construct(EngineRequest, [input.url, fields], new.target);
+      }
+      // The engine copies the headers it holds: any still packed first.
+      if (input[PACKED_HEADERS] !== undefined) void input.headers;
+    }
+    return new.target === Request
+      ? new EngineRequest(input, init)
+      : Reflect.construct(EngineRequest, [input, init], new.target);
+  }
+  Request.prototype = EngineRequest.prototype;
+  Object.setPrototypeOf(Request, EngineRequest);
+  // The bundler may rename the declaration (`Request2`).
+  Object.defineProperties(Request, {
+    name: { value: "Request" },
+    length: { value: EngineRequest.length },
   });
   Object.defineProperty(EngineRequest.prototype, "constructor", {
-    value: forwardable,
+    value: Request,
     writable: true,
     configurable: true,
   });
-  globalThis.Request = forwardable;
+  globalThis.Request = Request;
   Object.defineProperty(EngineRequest.prototype, "clone", {
     value: function clone() {
       if (this.bodyUsed) throw new TypeError("Request.clone: the body has already been used");

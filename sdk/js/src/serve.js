@@ -5,6 +5,7 @@ import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from "wasi:h
 import { readHead, respond } from "isola:worker/http-batch@0.1.0";
 import { encoder, READ_CHUNK } from "./bytes.js";
 import { errorText } from "./errors.js";
+import { appendPacked, EngineRequest, setPackedHeaders } from "./http.js";
 
 // Built with `--instance-reuse`, the shim serves `wasi:http/incoming-handler`
 // itself, as StarlingMonkey's fetch event fires only once per instance: an
@@ -65,66 +66,95 @@ function requestBody(incoming, cleanup) {
 }
 
 export function toRequest(incoming, cleanup) {
-  const head = readHead(incoming);
-  const init = { method: head.method, headers: unpackHeaders(head.headers) };
-  if (head.method !== "GET" && head.method !== "HEAD") {
-    init.body = requestBody(incoming, cleanup);
-    init.duplex = "half";
+  const { method, url, headers } = readHead(incoming);
+  // The engine's constructor: the global's workaround is for a Request
+  // made from a Request. The headers go into the request's own Headers
+  // (a Headers passed in the init would be copied once more).
+  if (method === "GET" || method === "HEAD") {
+    const request = method === "GET" ? new EngineRequest(url) : new EngineRequest(url, { method });
+    // Built when first read, unless they carry a content-type, which the
+    // engine's body methods read past the `headers` getter.
+    if (headers.includes("content-type\n")) appendPacked(request.headers, headers);
+    else setPackedHeaders(request, headers);
+    return request;
   }
-  return new Request(head.url, init);
+  const body = requestBody(incoming, cleanup);
+  const request = new EngineRequest(url, { method, body, duplex: "half" });
+  appendPacked(request.headers, headers);
+  return request;
 }
 
 // What a Response was constructed with, when that body is in memory whole
-// (a string or bytes): such a response goes out in one `respond` call
-// without reading its stream. Recorded by the `Response` constructor,
-// which `recordWholeBodies` wraps; other bodies (streams, blobs, form
-// data, responses from `fetch`) are streamed.
-const wholeBodies = new WeakMap();
+// (a string or bytes, or none): such a response goes out in one `respond`
+// call without reading its stream. Recorded by the global `Response`,
+// which `recordWholeBodies` replaces; other bodies (streams, blobs, form
+// data, responses from `fetch`) are streamed. Kept in a property under a
+// symbol only the shim holds, which Object.keys, JSON and for-in skip: a
+// WeakMap entry costs more per response.
+const WHOLE_BODY = Symbol("isola.wholeBody");
 
 export function recordWholeBodies() {
+  // The global: `Response` in here is the function declared below.
+  const EngineResponse = globalThis.Response;
+  // A plain function rather than a Proxy, whose construct trap (and the
+  // get trap that `instanceof` and `Response.json` went through) cost
+  // microseconds per response. It shares the engine's prototype, so
+  // `instanceof Response` holds for every response, the engine's own
+  // (`fetch`, `Response.redirect`) included.
+  function Response(body, init) {
+    // Called without `new`: the engine's own TypeError.
+    if (new.target === undefined) return EngineResponse(body, init);
+    const response =
+      new.target === Response
+        ? new EngineResponse(body, init)
+        : Reflect.construct(EngineResponse, [body, init], new.target);
+    // The constructor copies bytes (Fetch's "extract a body"), so a
+    // buffer changed afterwards must not change the response.
+    if (typeof body === "string") response[WHOLE_BODY] = body;
+    else if (body === null || body === undefined) response[WHOLE_BODY] = "";
+    else if (body instanceof ArrayBuffer) response[WHOLE_BODY] = new Uint8Array(body.slice(0));
+    else if (ArrayBuffer.isView(body)) {
+      const view = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+      response[WHOLE_BODY] = view.slice();
+    }
+    return response;
+  }
+  Response.prototype = EngineResponse.prototype;
+  // The engine's statics (`error`, `redirect`) by inheritance.
+  Object.setPrototypeOf(Response, EngineResponse);
+  // The bundler may rename the declaration (`Response2`).
+  Object.defineProperties(Response, {
+    name: { value: "Response" },
+    length: { value: EngineResponse.length },
+  });
   // `Response.json` too: the engine's own would build its response past
-  // the wrapped constructor.
-  const json = (data, init = {}) => {
+  // the global constructor.
+  function json(data, init = {}) {
     const text = JSON.stringify(data);
     if (text === undefined) throw new TypeError("Response.json: the value cannot be serialized");
     const headers = new Headers(init.headers);
     if (!headers.has("content-type")) headers.set("content-type", "application/json");
-    return new globalThis.Response(text, { ...init, headers });
-  };
-  const recording = new Proxy(Response, {
-    get(target, key, receiver) {
-      return key === "json" ? json : Reflect.get(target, key, receiver);
-    },
-    construct(target, args, newTarget) {
-      const response = Reflect.construct(target, args, newTarget);
-      const body = args[0];
-      // The constructor copies bytes (Fetch's "extract a body"), so a
-      // buffer changed afterwards must not change the response.
-      if (typeof body === "string") wholeBodies.set(response, body);
-      else if (body instanceof ArrayBuffer) wholeBodies.set(response, new Uint8Array(body.slice(0)));
-      else if (ArrayBuffer.isView(body)) {
-        const view = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
-        wholeBodies.set(response, view.slice());
-      }
-      return response;
-    },
-  });
+    return new Response(text, { ...init, headers });
+  }
+  Object.defineProperty(Response, "json", { value: json, writable: true, configurable: true });
   // A response's `constructor` is the global it was made with, as in any
   // engine: `response.constructor === Response` must keep holding.
-  Object.defineProperty(Response.prototype, "constructor", {
-    value: recording,
+  Object.defineProperty(EngineResponse.prototype, "constructor", {
+    value: Response,
     writable: true,
     configurable: true,
   });
-  globalThis.Response = recording;
+  globalThis.Response = Response;
 }
 
-/** The response's whole body when it is known without reading its stream. */
+/** The response's whole body when it is known without reading its stream
+ * (a recorded one does not touch `response.body`, which makes the engine
+ * create a stream). */
 function wholeBody(response) {
-  if (response.body === null) return new Uint8Array(0);
+  const recorded = response[WHOLE_BODY];
+  if (recorded === undefined) return response.body === null ? new Uint8Array(0) : undefined;
   if (response.bodyUsed) return undefined;
-  const body = wholeBodies.get(response);
-  return typeof body === "string" ? encoder.encode(body) : body;
+  return typeof recorded === "string" ? encoder.encode(recorded) : recorded;
 }
 
 /** A response's headers as [name, value] pairs, less those the host refuses. */
@@ -134,17 +164,6 @@ function sendableHeaders(headers) {
     if (!HOP_BY_HOP.has(entry[0])) list.push(entry);
   }
   return list;
-}
-
-// `isola:worker/http-batch` packs headers into one string, `name\nvalue\n`
-// each: the glue lifts and lowers a list of string pairs string by string
-// in interpreted JavaScript, one string natively.
-function unpackHeaders(packed) {
-  const headers = new Headers();
-  const parts = packed.split("\n");
-  // The last part is the empty string after the final newline.
-  for (let i = 0; i + 1 < parts.length; i += 2) headers.append(parts[i], parts[i + 1]);
-  return headers;
 }
 
 /** A response's sendable headers packed for `respond`, as UTF-8 bytes. */
@@ -182,20 +201,23 @@ function writeAll(stream, bytes) {
   }
 }
 
-/** Send a response whose body is in memory in one call; otherwise hand its
- * head to the host, then stream its body. A body that fails midway (or a
- * client that left) ends the response without its terminator, so the
- * client sees it cut short rather than complete. */
-export async function sendResponse(response, outparam) {
+/** Send a response whose body is in memory in one call (and answer
+ * undefined: no promise to make and await, as for most responses);
+ * otherwise answer the promise of `streamResponse`. */
+export function sendResponse(response, outparam) {
   const whole = wholeBody(response);
-  if (whole !== undefined) {
-    try {
-      respond(outparam, response.status, packHeaders(response.headers), whole);
-    } catch (e) {
-      throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
-    }
-    return;
+  if (whole === undefined) return streamResponse(response, outparam);
+  try {
+    respond(outparam, response.status, packHeaders(response.headers), whole);
+  } catch (e) {
+    throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
   }
+}
+
+/** Hand a response's head to the host, then stream its body. A body that
+ * fails midway (or a client that left) ends the response without its
+ * terminator, so the client sees it cut short rather than complete. */
+async function streamResponse(response, outparam) {
   const outgoing = new OutgoingResponse(responseFields(response.headers));
   outgoing.setStatusCode(response.status);
   const body = outgoing.body();
