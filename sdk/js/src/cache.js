@@ -18,6 +18,37 @@ function headerList(headers) {
 // Statuses whose Response may have no body.
 const NULL_BODY = new Set([101, 204, 205, 304]);
 
+/** `source` as a stream that frees each chunk once the next is asked for:
+ * StarlingMonkey frees a chunk it sends in a response, but not one it sends
+ * in a request body, which would then wait for the garbage collector (run
+ * only after some tens of MiB: more than a small `memory_mb`). The engine
+ * asks for the next chunk once it has written the last. */
+function freeingChunks(source) {
+  const reader = source.getReader();
+  let last = null;
+  return new ReadableStream(
+    {
+      async pull(controller) {
+        if (last && last.byteOffset === 0 && last.byteLength === last.buffer.byteLength) {
+          last.buffer.transfer(0);
+        }
+        last = null;
+        const { done, value } = await reader.read();
+        if (done) {
+          controller.close();
+          return;
+        }
+        last = value;
+        controller.enqueue(value);
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
 // The host's `body` or `upload` stays alive while its endpoint is being
 // fetched: a resource the collector drops (and the host with it) would
 // leave the endpoint with nothing to serve.
@@ -70,7 +101,7 @@ export class WorkerCache {
     }
     const stored = await fetch(upload.endpoint(), {
       method: "PUT",
-      body: response.body,
+      body: response.body && freeingChunks(response.body),
       duplex: "half",
     });
     const answer = await stored.text();
