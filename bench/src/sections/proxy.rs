@@ -3,8 +3,8 @@
 //! [`Origin`]) and streams its answer back, under `wrk` at
 //! [`CONNECTIONS`] connections. The Rust bench guest's `/proxy/` (plain
 //! `wasi:http/outgoing-handler`) runs unchanged on Isola and `wasmtime
-//! serve`; `bench/workers/proxy.js` runs on Isola (fresh instances and
-//! `instance_reuse`) and workerd (`bench/workerd/proxy.capnp`): `/fetch`
+//! serve`; `bench/workers/proxy.js` runs on Isola (fresh instances, the
+//! default) and workerd (`bench/workerd/proxy.capnp`): `/fetch`
 //! is `return fetch(origin)`, `/seed` the seeds' proxy (add a header, put
 //! a clone into `caches.default` in `ctx.waitUntil`). Isola's own Rust
 //! hello runs in the same rounds, for the proxy ÷ hello ratio. Every case
@@ -21,13 +21,14 @@ use isola_bench::rounds::HELLO_ROUNDS;
 use isola_bench::setup::{Setup, build_js, repo};
 use isola_bench::workload::{CONNECTIONS, HELLO, Workload, measure};
 
+use super::durable;
+
 const HELLO_ROW: &str = "Rust hello (no origin)";
 const RUST: &str = "Rust proxy";
 const FETCH: &str = "JS `return fetch(origin)`";
 const SEED: &str = "JS seed proxy (header + cache.put in waitUntil)";
 
 const ISOLA: &str = "isola";
-const ISOLA_REUSE: &str = "isola, instance_reuse";
 const WASMTIME: &str = "wasmtime serve";
 const WORKERD: &str = "workerd";
 
@@ -42,9 +43,8 @@ struct Ratio {
     at_least: Option<f64>,
 }
 
-/// Issue 29's targets, then Isola's instance_reuse beside workerd (no
-/// target).
-const RATIOS: [Ratio; 6] = [
+/// Issue 29's targets.
+const RATIOS: [Ratio; 4] = [
     Ratio {
         what: "Rust proxy ÷ Isola's own Rust hello",
         ours: (RUST, ISOLA),
@@ -68,18 +68,6 @@ const RATIOS: [Ratio; 6] = [
         ours: (SEED, ISOLA),
         theirs: (SEED, WORKERD),
         at_least: Some(0.6),
-    },
-    Ratio {
-        what: "JS `return fetch(origin)`, Isola instance_reuse ÷ workerd",
-        ours: (FETCH, ISOLA_REUSE),
-        theirs: (FETCH, WORKERD),
-        at_least: None,
-    },
-    Ratio {
-        what: "JS seed proxy, Isola instance_reuse ÷ workerd",
-        ours: (SEED, ISOLA_REUSE),
-        theirs: (SEED, WORKERD),
-        at_least: None,
     },
 ];
 
@@ -153,6 +141,7 @@ fn paired(cases: &[Case], ours: Key, theirs: Key) -> Option<(Vec<f64>, f64)> {
 
 pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut String) {
     eprintln!("Proxying…");
+    let load_before = durable::load_average();
     let origin = Origin::start(setup.pin);
     let url = origin.url();
     let work = setup.work.path();
@@ -161,9 +150,7 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     eprintln!("  building bench/workers/proxy.js…");
     let js_main = repo().join("bench/workers/proxy.js");
     let js = work.join("proxy.wasm");
-    let js_reuse = work.join("proxy-reuse.wasm");
     build_js(&setup.isola, &js_main, &js, None, false);
-    build_js(&setup.isola, &js_main, &js_reuse, None, true);
 
     let rust = setup.isola(
         "proxy-rust",
@@ -177,12 +164,6 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     let env = format!("ORIGIN={url}");
     let wasmtime = setup.wasmtime_with("proxy-wasmtime", &["--env", &env]);
     let isola_js = setup.isola("proxy-js", &js, &outbound, &work.join("isola-proxy-js"));
-    let isola_js_reuse = setup.isola(
-        "proxy-js-reuse",
-        &js_reuse,
-        &format!("{outbound}\ninstance_reuse = 1000000"),
-        &work.join("isola-proxy-js-reuse"),
-    );
     let workerd = setup.workerd_env(
         "proxy-workerd",
         &repo().join("bench/workerd/proxy.capnp"),
@@ -209,13 +190,6 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     }
     for (workload, path) in [(FETCH, "/fetch"), (SEED, "/seed")] {
         cases.push(case(workload, ISOLA, &isola_js, path, origin::BODY));
-        cases.push(case(
-            workload,
-            ISOLA_REUSE,
-            &isola_js_reuse,
-            path,
-            origin::BODY,
-        ));
         if let Some(workerd) = &workerd {
             cases.push(case(workload, WORKERD, workerd, path, origin::BODY));
         }
@@ -241,10 +215,11 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
             case.runs.push((result, origin.tally() - before));
         }
     }
-    write(doc, &cases, duration, alone);
+    let load = format!("{load_before} / {}", durable::load_average());
+    write(doc, &cases, duration, alone, &load);
 }
 
-fn write(doc: &mut String, cases: &[Case], duration: Duration, alone: Option<&str>) {
+fn write(doc: &mut String, cases: &[Case], duration: Duration, alone: Option<&str>, load: &str) {
     writeln!(doc, "## Proxying, {CONNECTIONS} connections\n").unwrap();
     if let Some(note) = alone {
         writeln!(doc, "{note}\n").unwrap();
@@ -260,7 +235,8 @@ fn write(doc: &mut String, cases: &[Case], duration: Duration, alone: Option<&st
          by an in-memory cache service, as Isola's default cache is in memory). Rows: the \
          median of {HELLO_ROUNDS} interleaved rounds of {} s each; origin connections: the \
          most any one run (1 s warm-up + the measured run) opened, and per 1,000 requests \
-         the origin answered over all rounds.\n",
+         the origin answered over all rounds. Load average (1 min) before / after the \
+         section: {load}.\n",
         origin::BODY.len(),
         duration.as_secs(),
     )
@@ -334,7 +310,13 @@ fn write(doc: &mut String, cases: &[Case], duration: Duration, alone: Option<&st
         }
     }
 
-    writeln!(doc, "\nOrigin connections (target: ≤ {MAX_ORIGIN_CONNECTIONS} opened in a 10 s run at {CONNECTIONS} client connections):\n").unwrap();
+    writeln!(
+        doc,
+        "\nOrigin connections (target: ≤ {MAX_ORIGIN_CONNECTIONS} opened in a 10 s run at \
+         {CONNECTIONS} client connections; a run here is a 1 s warm-up and {} s):\n",
+        duration.as_secs()
+    )
+    .unwrap();
     for case in cases.iter().filter(|c| c.uses_origin()) {
         let most = case.most_connections_in_a_run();
         let verdict = if most <= MAX_ORIGIN_CONNECTIONS {
