@@ -9,6 +9,11 @@
 // `alias`, `define` and `rules`, checked by `isola`): they shape the
 // worker's bundle, never the shim's.
 //
+// `--pbl` (SpiderMonkey's portable baseline interpreter) and `--weval BIN`
+// (weval's ahead-of-time compilation) are for the engine measurements in
+// bench/RESULTS.md ("Engine options"), run with `node` by hand: neither
+// won, so `isola` never passes them.
+//
 // 1. esbuild bundles the worker (relative ES imports, npm packages) into one
 //    module: StarlingMonkey takes a single file, and esbuild's errors name
 //    file, line and column.
@@ -42,17 +47,17 @@ const toolchain = resolve(here, "..");
 const modules = resolve(toolchain, "..", "node_modules");
 
 function parseArgs(argv) {
-  const args = { reuse: false };
+  const args = { reuse: false, pbl: false };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i];
-    if (key === "--instance-reuse") {
-      args.reuse = true;
+    if (key === "--instance-reuse" || key === "--pbl") {
+      args[key === "--pbl" ? "pbl" : "reuse"] = true;
       i -= 1;
       continue;
     }
     if (!key.startsWith("--") || argv[i + 1] === undefined) {
       throw new Error(
-        `usage: build.mjs --main FILE --out FILE --cache DIR [--instance-reuse] [--options JSON] (at ${key})`,
+        `usage: build.mjs --main FILE --out FILE --cache DIR [--instance-reuse] [--pbl] [--weval BIN] [--options JSON] (at ${key})`,
       );
     }
     args[key.slice(2)] = argv[i + 1];
@@ -276,6 +281,9 @@ async function main() {
     const key = createHash("sha256")
       .update(version)
       .update(args.reuse ? "\0reuse\0" : "\0")
+      // The engine's mode, not the weval binary's path: any weval 0.5
+      // makes the same component.
+      .update(`${args.weval ? "aot\0" : ""}${args.pbl ? "pbl\0" : ""}`)
       .update(userCode)
       .update("\0")
       .update(userMap)
@@ -338,6 +346,7 @@ async function main() {
       witPath: join(toolchain, "wit"),
       worldName: world,
       reuse: args.reuse,
+      engine: { pbl: args.pbl, wevalBin: args.weval },
     });
     // The map first: a cached component always has its map beside it.
     await copyAtomically(finalMap, `${cached}.map`);
@@ -351,6 +360,8 @@ async function main() {
         cached: false,
         world,
         instanceReuse: args.reuse,
+        aot: Boolean(args.weval),
+        pbl: args.pbl,
         bytes: component.byteLength,
         rebased,
         ms: Date.now() - started,

@@ -26,6 +26,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { spawnSync } from "node:child_process";
+import { freemem } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
@@ -38,8 +39,11 @@ const CORE_MODULE_SECTION = 1;
 /** Build the component of the bundle `source` (a file in `sourceDir`,
  * which is all Wizer's snapshot may see), in the world `worldName` of
  * `witPath`; `reuse` serves `wasi:http` from the shim instead of
- * StarlingMonkey's fetch event. Returns the component's bytes and how it
- * was made. */
+ * StarlingMonkey's fetch event. `engine` picks how the worker's JavaScript
+ * runs: `{ pbl, wevalBin }`, SpiderMonkey's portable baseline interpreter
+ * (`pbl`) and, with `wevalBin`, ahead-of-time compilation by weval of
+ * the snapshot's functions (componentize-js's `enableAot`). Returns the
+ * component's bytes and how it was made. */
 export async function componentizeWorker({
   modules,
   toolchainVersion,
@@ -50,6 +54,7 @@ export async function componentizeWorker({
   witPath,
   worldName,
   reuse,
+  engine = {},
 }) {
   const componentizeJs = join(modules, "@bytecodealliance/componentize-js");
   const pkg = JSON.parse(await readFile(join(componentizeJs, "package.json"), "utf8"));
@@ -60,15 +65,20 @@ export async function componentizeWorker({
   const features = ["stdio", "random", "clocks", "http", "fetch-event"].filter(
     (feature) => !(reuse && feature === "fetch-event"),
   );
+  const aot = Boolean(engine.wevalBin);
+  const pbl = Boolean(engine.pbl);
   const key = createHash("sha256")
     .update(`${toolchainVersion}\0${pkg.version}\0${worldName}\0${features.join(",")}`)
+    .update(`${aot ? "\0aot" : ""}${pbl ? "\0pbl" : ""}`)
     .digest("hex")
     .slice(0, 32);
   const base = join(cacheDir, `base-${key}`);
   await mkdir(base, { recursive: true });
 
-  const spliced = await splice(componentizeJs, base, features, witPath, worldName);
-  const snapshot = await wizen(modules, spliced, sourceDir, source, bindingsDir);
+  const spliced = await splice(componentizeJs, base, features, witPath, worldName, aot);
+  const snapshot = aot
+    ? await wevalSnapshot(componentizeJs, engine.wevalBin, spliced, sourceDir, source, bindingsDir, pbl)
+    : await wizen(modules, spliced, sourceDir, source, bindingsDir, pbl);
   await checkInit(snapshot);
 
   const baseSnapshot = join(base, "snapshot.wasm");
@@ -90,7 +100,7 @@ export async function componentizeWorker({
 
 /** The engine with the world's bindings spliced in, and what the snapshot
  * step needs to know of them; made once per `base` directory. */
-async function splice(componentizeJs, base, features, witPath, worldName) {
+async function splice(componentizeJs, base, features, witPath, worldName, aot) {
   const wasmPath = join(base, "spliced.wasm");
   const metaPath = join(base, "spliced.json");
   if (existsSync(wasmPath) && existsSync(metaPath)) {
@@ -99,7 +109,10 @@ async function splice(componentizeJs, base, features, witPath, worldName) {
   const { splicer } = await import(
     pathToFileURL(join(componentizeJs, "lib/spidermonkey-embedding-splicer.js")).href
   );
-  const engine = await readFile(join(componentizeJs, "lib/starlingmonkey_embedding.wasm"));
+  // The weval build of the engine carries the interpreter's annotations
+  // weval specialises; it runs as the plain one where weval did not.
+  const engineFile = aot ? "starlingmonkey_embedding_weval.wasm" : "starlingmonkey_embedding.wasm";
+  const engine = await readFile(join(componentizeJs, "lib", engineFile));
   const { wasm, jsBindings, exports, imports } = splicer.spliceBindings(
     engine,
     features,
@@ -114,12 +127,11 @@ async function splice(componentizeJs, base, features, witPath, worldName) {
   return { wasmPath, ...meta };
 }
 
-/** Run Wizer as componentize-js does: the bundle's top level runs inside
- * the spliced engine, which sees only `sourceDir` (as `/`) and the
- * generated bindings, and an environment of nothing but its own settings. */
-async function wizen(modules, spliced, sourceDir, source, bindingsDir) {
-  const initializer = join(bindingsDir, "initializer.js");
-  await writeFile(initializer, spliced.jsBindings);
+/** The environment the engine's initialisation reads (componentize-js's
+ * Wizer settings): the world's exports and imports, and `ENABLE_PBL`,
+ * which StarlingMonkey reads when it creates its context, so the choice
+ * is part of the snapshot. */
+function engineEnv(spliced, pbl) {
   const env = {
     DEBUG: "",
     SOURCE_NAME: "source.js",
@@ -127,6 +139,8 @@ async function wizen(modules, spliced, sourceDir, source, bindingsDir) {
     FEATURE_CLOCKS: spliced.features.includes("clocks") ? "1" : "",
     IMPORT_CNT: String(spliced.imports.length),
   };
+  // Only where asked: the environment is in the snapshot's memory.
+  if (pbl) env.ENABLE_PBL = "1";
   spliced.exports.forEach(([name, expt], i) => {
     env[`EXPORT${i}_NAME`] = name;
     env[`EXPORT${i}_ARGS`] = (expt.paramptr ? "*" : "") + expt.params.join(",");
@@ -137,6 +151,16 @@ async function wizen(modules, spliced, sourceDir, source, bindingsDir) {
     env[`IMPORT${i}_NAME`] = name;
     env[`IMPORT${i}_ARGCNT`] = String(argCount);
   });
+  return env;
+}
+
+/** Run Wizer as componentize-js does: the bundle's top level runs inside
+ * the spliced engine, which sees only `sourceDir` (as `/`) and the
+ * generated bindings, and an environment of nothing but its own settings. */
+async function wizen(modules, spliced, sourceDir, source, bindingsDir, pbl) {
+  const initializer = join(bindingsDir, "initializer.js");
+  await writeFile(initializer, spliced.jsBindings);
+  const env = engineEnv(spliced, pbl);
   const { default: wizer } = await import(
     pathToFileURL(join(modules, "@bytecodealliance/wizer/index.js")).href
   );
@@ -166,6 +190,50 @@ async function wizen(modules, spliced, sourceDir, source, bindingsDir) {
     if (run.signal) detail += `\nProcess was killed by signal: ${run.signal}`;
     if (run.error) detail += `\nProcess error: ${run.error.message}`;
     throw new Error(`Failed to initialize component (wizer (${wizer})):\n${detail}`);
+  }
+  return readFile(out);
+}
+
+/** The snapshot as componentize-js's `enableAot` makes it: weval runs
+ * the top level as Wizer does, then compiles the interpreter specialised
+ * to each function the snapshot holds (its IC stubs from the engine's
+ * cache of them). weval has no `--mapdir`, so `sourceDir` is pre-opened
+ * under its own path, which `--strip-path-prefix` takes off the names
+ * the worker's code sees. */
+async function wevalSnapshot(componentizeJs, wevalBin, spliced, sourceDir, source, bindingsDir, pbl) {
+  const initializer = join(bindingsDir, "initializer.js");
+  await writeFile(initializer, spliced.jsBindings);
+  const env = engineEnv(spliced, pbl);
+  // componentize-js's default (`defaultMinStackSize`): weval's abstract
+  // interpretation recurses deeply.
+  env.RUST_MIN_STACK = String(Math.max(8 * 1024 * 1024, Math.floor(freemem() * 0.1)));
+  const out = join(bindingsDir, "snapshot.wasm");
+  const run = spawnSync(
+    wevalBin,
+    [
+      "weval",
+      `--cache-ro=${join(componentizeJs, "lib/starlingmonkey_ics.wevalcache")}`,
+      `--dir=${bindingsDir}`,
+      `--dir=${sourceDir}`,
+      "-w",
+      "--init-func",
+      "componentize.wizer",
+      `-i=${spliced.wasmPath}`,
+      `-o=${out}`,
+    ],
+    {
+      stdio: ["pipe", "inherit", "pipe"],
+      env,
+      input: `--initializer-script-path ${initializer} --strip-path-prefix ${sourceDir}/ ${join(sourceDir, source)}`,
+      encoding: "utf-8",
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  );
+  if (run.status !== 0 || run.signal || run.error) {
+    let detail = wizerError(run.stderr ?? "");
+    if (run.signal) detail += `\nProcess was killed by signal: ${run.signal}`;
+    if (run.error) detail += `\nProcess error: ${run.error.message}`;
+    throw new Error(`Failed to initialize component (weval (${wevalBin})):\n${detail}`);
   }
   return readFile(out);
 }
