@@ -21,24 +21,27 @@ const NULL_BODY = new Set([101, 204, 205, 304]);
 /** `source` as a stream that frees each chunk once the next is asked for:
  * StarlingMonkey frees a chunk it sends in a response, but not one it sends
  * in a request body, which would then wait for the garbage collector (run
- * only after some tens of MiB: more than a small `memory_mb`). The engine
- * asks for the next chunk once it has written the last. */
+ * only after some tens of MiB: more than a small `memory_mb`). */
 function freeingChunks(source) {
   const reader = source.getReader();
-  let last = null;
+  // The engine asks for the next chunk before it writes the last: a chunk
+  // is freed two requests later.
+  const sent = [];
   return new ReadableStream(
     {
       async pull(controller) {
-        if (last && last.byteOffset === 0 && last.byteLength === last.buffer.byteLength) {
-          last.buffer.transfer(0);
+        if (sent.length >= 2) {
+          const old = sent.shift();
+          if (old.byteOffset === 0 && old.byteLength === old.buffer.byteLength) {
+            old.buffer.transfer(0);
+          }
         }
-        last = null;
         const { done, value } = await reader.read();
         if (done) {
           controller.close();
           return;
         }
-        last = value;
+        sent.push(value);
         controller.enqueue(value);
       },
       cancel(reason) {
