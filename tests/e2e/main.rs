@@ -18,6 +18,7 @@ mod js;
 mod js_build;
 mod js_errors;
 mod js_proxy;
+mod js_reuse;
 mod js_sandbox;
 mod lifecycle;
 mod limits;

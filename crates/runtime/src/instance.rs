@@ -37,19 +37,28 @@ impl Drop for ActiveTask {
     }
 }
 
-/// Linear memory a reused instance may grow by before it is retired
-/// (`instance_reuse`). TEMP: measured below.
-fn reuse_memory_growth() -> usize {
-    std::env::var("ISOLA_TEMP_REUSE_GROWTH_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(usize::MAX, |mb| mb << 20)
-}
+/// How far a reused instance's linear memory may grow past its size when
+/// instantiated before `instance_reuse` retires it (after its response,
+/// like any instance it does not keep).
+///
+/// A reused JS instance's heap grows with every request until SpiderMonkey
+/// collects it whole, in one go, inside whichever request crosses its
+/// threshold; measured on the JS hello (release build, 32 connections):
+/// ~2.3 KB of growth a request, and a collection at ~70 MB of growth (every
+/// ~33k requests) that cost more than cpu_ms = 50 (a 503). StarlingMonkey
+/// offers no way to collect between requests, so the instance is replaced
+/// before it gets there instead. SpiderMonkey's first full collection
+/// comes when its heap reaches max(27 MB, 1.5x its size after the last
+/// one, which the build's snapshot made): at least ~9 MB of growth
+/// whatever that size; 4 MiB stays under it with room for free space the
+/// snapshot left in its chunks. A retirement costs one instantiation and
+/// one drop (~0.1 ms for a JS hello), every ~1,800 hello requests.
+pub(crate) const REUSE_MEMORY_GROWTH: usize = 4 << 20;
 
 /// Whether an instance kept by `instance_reuse` that has served `served`
 /// requests and grown its memory by `grown` bytes is retired.
 fn outgrown(worker: &str, served: u32, grown: usize) -> bool {
-    if grown <= reuse_memory_growth() {
+    if grown <= REUSE_MEMORY_GROWTH {
         return false;
     }
     tracing::info!(
@@ -197,7 +206,7 @@ impl Worker {
         let task_report = report.clone();
         let responded = response_sent.clone();
         let (reuse, idle) = (inner.reuse, inner.idle.clone());
-        let worker_name = inner.shared.name.clone();
+        let name = inner.shared.name.clone();
         let meter = store.data().run.meter.clone();
         let mut store = Metered::new(store, fuel, task_report.clone());
         let guest = async move {
@@ -237,12 +246,11 @@ impl Worker {
             // (`instance_reuse`); one that failed in any way never does.
             let clean = result.is_ok() && responded.load(Ordering::Acquire) && !memory_limit_hit;
             // An object keeps its instance for as long as it runs cleanly.
-            let grown = store.data().run.memory_grown();
-            if (served + 1) % 1000 == 0 || !clean {
-                tracing::info!(target: "isola::memgrow", served = served + 1, clean, total = store.data().run.memory_bytes, grown, "TEMP served");
-            }
             let keep = match &home {
-                Home::Pool => served + 1 < reuse && !outgrown(&worker_name, served + 1, grown),
+                Home::Pool => {
+                    served + 1 < reuse
+                        && !outgrown(&name, served + 1, store.data().run.memory_grown())
+                }
                 Home::Object(_) => true,
             };
             match kept_proxy {
