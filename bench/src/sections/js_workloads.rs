@@ -201,10 +201,13 @@ fn workerd_config(dir: &Path, stem: &str, module: &str) -> PathBuf {
     config
 }
 
+/// A server's answer: its status and body, or why there is none.
+type Answer = Result<(u16, Vec<u8>), String>;
+
 /// One request, answered with its status and body (chunked bodies
 /// decoded). As [`isola_bench::load::get`], too little for an HTTP client
 /// dependency.
-fn send(addr: SocketAddr, request: &Request) -> Result<(u16, Vec<u8>), String> {
+fn send(addr: SocketAddr, request: &Request) -> Answer {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
         .map_err(|e| format!("connecting: {e}"))?;
     stream
@@ -232,7 +235,7 @@ fn send(addr: SocketAddr, request: &Request) -> Result<(u16, Vec<u8>), String> {
     parse_response(&response)
 }
 
-fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), String> {
+fn parse_response(response: &[u8]) -> Answer {
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -404,7 +407,7 @@ impl Run<'_> {
     /// Check that every server answers `request` alike, then load it.
     fn request(&mut self, file: &'static str, servers: &[(&str, Server)], request: &Request) {
         self.index += 1;
-        let answers: Vec<(&str, Result<(u16, Vec<u8>), String>)> = servers
+        let answers: Vec<(&str, Answer)> = servers
             .iter()
             .map(|(name, server)| (*name, send(server.addr, request)))
             .collect();
