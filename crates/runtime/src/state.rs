@@ -252,6 +252,12 @@ macro_rules! run_state_views {
 
         impl<$($generics)*> wasmtime_wasi_http::WasiHttpView for $data {
             fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+                // Every `wasi:http` call goes through here first: they are
+                // the HTTP client's and server's work (fields, requests,
+                // responses, bodies), the host's, not charged to `cpu_ms`.
+                // (Outside a host call, as when the runtime makes a
+                // request, this marks nothing.)
+                self.run.meter.uncharged();
                 wasmtime_wasi_http::WasiHttpCtxView {
                     ctx: &mut self.run.http,
                     table: &mut self.run.table,

@@ -196,7 +196,7 @@ async fn the_wildcard_does_not_reach_loopback_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forty_fetches_fit_in_ten_milliseconds_of_cpu() {
+async fn two_hundred_fetches_fit_in_ten_milliseconds_of_cpu() {
     pki();
     let state = tempfile::tempdir().unwrap();
     let (port, _seen) = origin(false).await;
@@ -208,13 +208,18 @@ async fn forty_fetches_fit_in_ten_milliseconds_of_cpu() {
         ..WorkerRun::default()
     };
     run.limits.cpu_ms = 10;
+    run.limits.subrequests = 1000;
     let component = Path::new(isola_test_programs::LIMITS);
     let worker = Worker::load(&engine, "fetcher", &run, component, &backends).unwrap();
-    let request = http::Request::get(format!("http://test/fetch?url={url}/&n=40"))
+    let request = http::Request::get(format!("http://test/fetch?url={url}/&n=200"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     let handled = worker.handle(request, RequestContext::default()).await;
     let status = handled.response.status();
+    let timing = handled.response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body = handled
         .response
         .into_body()
@@ -223,9 +228,29 @@ async fn forty_fetches_fit_in_ten_milliseconds_of_cpu() {
         .unwrap()
         .to_bytes();
     let outcome = handled.outcome.await;
-    // The connection's work runs in the client's tasks: what is charged
-    // is the guest's own (about 40 µs a fetch here, on a quiet machine).
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert!(body.starts_with(b"ok=40\n"));
-    assert_eq!((outcome.limit, outcome.subrequests), (None, 40));
+    // The connection's work runs in the client's tasks, and awaiting and
+    // reading each response is the host's: what is charged is the guest's
+    // own work, far under the budget.
+    assert_eq!(
+        status,
+        200,
+        "{}: {outcome:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(body.starts_with(b"ok=200\n"));
+    assert_eq!((outcome.limit, outcome.subrequests), (None, 200));
+    let charged = outcome.cpu.as_secs_f64() * 1e3;
+    // (6.8 ms in the unoptimised test build at a load of 20 on 2 cores.)
+    assert!(charged < 10.0, "{outcome:?}");
+    // Server-Timing told what was charged by the time the head was sent
+    // (all the fetches, then the body), as the access line does at the end.
+    let told: f64 = timing
+        .strip_prefix("cpu;dur=")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{timing}"));
+    assert!(
+        told > 0.0 && told <= charged + 0.001,
+        "{timing}, {outcome:?}"
+    );
 }
