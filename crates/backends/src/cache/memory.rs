@@ -235,7 +235,7 @@ impl CacheStore for MemoryCache {
         let this = self.clone();
         let key = key(scope, cache, url);
         let request_headers = request_headers.to_vec();
-        Ok(Some(Buffered::new(
+        Ok(Some(Buffered::boxed(
             prepared,
             limit,
             Box::new(move |prepared, body| {

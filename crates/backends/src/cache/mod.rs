@@ -117,7 +117,7 @@ pub(crate) struct Buffered {
 }
 
 impl Buffered {
-    pub(crate) fn new(prepared: Prepared, limit: u64, commit: Commit) -> Box<dyn CacheUpload> {
+    pub(crate) fn boxed(prepared: Prepared, limit: u64, commit: Commit) -> Box<dyn CacheUpload> {
         // A Content-Length within the limit says how much to expect: one
         // allocation instead of a doubling series (the body is host memory).
         let expected = header_str(&prepared.headers, "content-length")
@@ -307,12 +307,12 @@ pub(crate) struct Prepared {
     pub head_bytes: u64,
 }
 
+/// The request headers a response's `Vary` names, with their values.
+pub(crate) type VaryValues = Vec<(String, Option<Vec<u8>>)>;
+
 impl Prepared {
     /// The response with `body`, and the size of the entry it makes.
-    pub(crate) fn with_body(
-        self,
-        body: bytes::Bytes,
-    ) -> (Vec<(String, Option<Vec<u8>>)>, CachedResponse, u64) {
+    pub(crate) fn with_body(self, body: bytes::Bytes) -> (VaryValues, CachedResponse, u64) {
         let bytes = self.head_bytes + body.len() as u64;
         let response = CachedResponse {
             status: self.status,

@@ -285,7 +285,7 @@ impl CacheStore for RedisCache {
         let conn = self.conn.clone();
         let key = key(scope, cache, url);
         let request_headers = request_headers.to_vec();
-        Ok(Some(Buffered::new(
+        Ok(Some(Buffered::boxed(
             prepared,
             self.max_body_bytes,
             Box::new(move |prepared, body| {

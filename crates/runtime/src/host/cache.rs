@@ -139,12 +139,12 @@ async fn store(
             // The guest's body broke off: nothing is stored.
             return answer(http::StatusCode::BAD_REQUEST, "the body broke off");
         };
-        if let (Ok(data), None) = (data, &failed) {
-            if let Err(e) = upload.write(data).await {
-                // Read the rest, so that the guest sees this answer rather
-                // than a request cut off.
-                failed = Some(e);
-            }
+        // After a failed write, read the rest, so that the guest sees this
+        // answer rather than a request cut off.
+        if let (Ok(data), None) = (data, &failed)
+            && let Err(e) = upload.write(data).await
+        {
+            failed = Some(e);
         }
     }
     let result = match failed {
