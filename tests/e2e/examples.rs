@@ -163,7 +163,7 @@ async fn posts_api_lists_posts_and_counts_views_after_responding() {
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_stream_files_in_and_out() {
     let project = Project::new(&format!(
-        "{}cpu_ms = 1000\nr2_buckets = [{{ binding = \"BUCKET\", bucket_name = \"uploads\" }}]\n",
+        "{}r2_buckets = [{{ binding = \"BUCKET\", bucket_name = \"uploads\" }}]\n",
         worker("uploads", guests::EXAMPLE_UPLOADS, &["/files", "/files/*"]),
     ));
     let server = project.serve();
