@@ -86,16 +86,12 @@ async fn compute_loops_run_out_of_fuel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn awaiting_io_is_not_cpu_time() {
-    // A 2 s upstream under a 10 ms CPU budget succeeds, and so do 200
-    // fetches one after another; a 50 ms compute loop under the same
-    // budget does not.
+    // A 2 s upstream under a 10 ms CPU budget succeeds; a 50 ms compute
+    // loop under the same budget does not.
     let upstream = Upstream::start(Duration::from_secs(2)).await;
-    let fast = Upstream::start(Duration::ZERO).await;
     let project = limits_project(&format!(
-        "cpu_ms = 10\nsubrequests = 1000\n\
-         allowed_outbound_hosts = [\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
-        upstream.addr.port(),
-        fast.addr.port()
+        "cpu_ms = 10\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]",
+        upstream.addr.port()
     ));
     let server = project.serve();
     let url = server.url(&format!("/fetch?url={}", upstream.url("/slow")));
@@ -104,44 +100,6 @@ async fn awaiting_io_is_not_cpu_time() {
     assert!(
         body.starts_with("ok=1\nerror=none\nbody=upstream says hi"),
         "{body}"
-    );
-
-    // What Server-Timing and the access line report is what was charged:
-    // under the budget, the access line's (the whole run) no less than
-    // Server-Timing's (until the head was sent).
-    let url = server.url(&format!("/fetch?url={}&n=200", fast.url("/")));
-    let response = client().get(&url).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let timing = response.headers()["server-timing"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let body = response.text().await.unwrap();
-    assert!(body.starts_with("ok=200\nerror=none\n"), "{body}");
-    let told: f64 = timing
-        .strip_prefix("cpu;dur=")
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("{timing}"));
-    let logs = server.wait_for_log(&format!("request_id={id} worker=limits"));
-    let access = logs
-        .lines()
-        .find(|l| l.contains("isola::access") && l.contains(&id))
-        .unwrap_or_else(|| panic!("no access line:\n{logs}"));
-    let charged: f64 = access
-        .split("cpu_ms=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{access}"));
-    assert!(access.contains("limit=none"), "{access}");
-    assert!(
-        0.0 < told && told <= charged + 0.001 && charged < 10.0,
-        "{timing} / {access}"
     );
     let (status, _, _) = get(&client(), &server.url("/sleep?ms=300")).await;
     assert_eq!(status, 200, "sleeping is not CPU time either");
