@@ -9,6 +9,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::warm_up::{self, WarmUpRequest};
+
 /// How esbuild bundles a JavaScript worker: Wrangler's `alias`, `define`
 /// and `rules`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,9 @@ pub struct JsBuild {
     /// The directory rule globs are relative to: the config file's; empty
     /// for the current directory.
     pub root: PathBuf,
+    /// `warm_up`: requests run through the worker's `fetch` inside the
+    /// build's snapshot step, in order (see [`crate::warm_up`]).
+    pub warm_up: Vec<WarmUpRequest>,
 }
 
 impl Default for JsBuild {
@@ -33,6 +38,7 @@ impl Default for JsBuild {
             define: BTreeMap::new(),
             rules: default_rules(),
             root: PathBuf::new(),
+            warm_up: Vec::new(),
         }
     }
 }
@@ -98,6 +104,7 @@ pub(crate) struct RawJsBuild {
     pub alias: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub define: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub rules: Option<Spanned<Vec<Spanned<RawRule>>>>,
+    pub warm_up: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 /// A build-key error: where, which key (below `worker[i].`), what.
@@ -110,6 +117,7 @@ impl RawJsBuild {
             ("alias", self.alias.as_ref().map(Spanned::span)),
             ("define", self.define.as_ref().map(Spanned::span)),
             ("rules", self.rules.as_ref().map(Spanned::span)),
+            ("warm_up", self.warm_up.as_ref().map(Spanned::span)),
         ]
         .into_iter()
         .filter_map(|(key, span)| span.map(|s| (s, key)))
@@ -126,12 +134,15 @@ impl RawJsBuild {
         };
         if !javascript {
             let errors = self.written().map(|(span, key)| {
+                let what = if key == "warm_up" {
+                    "runs requests through a JavaScript worker's fetch when it is built"
+                } else {
+                    "changes how a JavaScript worker is bundled"
+                };
                 (
                     span,
                     key.into(),
-                    format!(
-                        "`{key}` changes how a JavaScript worker is bundled; this worker has a `component`, not a `main` module"
-                    ),
+                    format!("`{key}` {what}; this worker has a `component`, not a `main` module"),
                 )
             });
             return (build, errors.collect());
@@ -181,6 +192,9 @@ impl RawJsBuild {
             Ok(rules) => build.rules = rules,
             Err(error) => errors.push(error),
         }
+        let (requests, warm_up_errors) = warm_up::parse(self.warm_up);
+        build.warm_up = requests;
+        errors.extend(warm_up_errors);
         (build, errors)
     }
 }

@@ -9,8 +9,8 @@
 //! The text is read into the raw serde types (`raw`, with spans), checked
 //! section by section (`parse`) and handed on as the plain model (`model`);
 //! `secrets` finds secret values, `error` places faults at a line and
-//! column. `route`, `outbound` and `js_build` hold the patterns, rules and
-//! build keys that have a grammar of their own.
+//! column. `route`, `outbound`, `js_build` and `warm_up` hold the patterns,
+//! rules and build keys that have a grammar of their own.
 
 mod error;
 pub mod js_build;
@@ -20,6 +20,7 @@ mod parse;
 mod raw;
 pub mod route;
 mod secrets;
+pub mod warm_up;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use js_build::{JsBuild, ModuleRule, ModuleType};
@@ -32,6 +33,7 @@ pub use model::{
 pub use outbound::OutboundRule;
 pub use route::{RouteError, RoutePattern};
 pub use secrets::secret_env_var;
+pub use warm_up::WarmUpRequest;
 
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,9 @@ pub(crate) struct RawWorker {
     pub(crate) alias: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub(crate) define: Option<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     pub(crate) rules: Option<Spanned<Vec<Spanned<js_build::RawRule>>>>,
+    /// Requests run through a JavaScript worker's `fetch` at build time:
+    /// see `warm_up`.
+    pub(crate) warm_up: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     pub(crate) compatibility_date: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub(crate) compatibility_flags: Vec<Spanned<String>>,

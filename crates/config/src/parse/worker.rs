@@ -145,6 +145,7 @@ impl Workers<'_> {
             alias: w.alias,
             define: w.define,
             rules: w.rules,
+            warm_up: w.warm_up,
         }
         .parse(self.base, w.main.is_some());
         for (span, field, m) in build_faults {

@@ -258,6 +258,18 @@ const WORKER: &[(&str, Kind)] = &[
     ),
     ("rules", Tables(RULE)),
     (
+        "warm_up",
+        Strs(&[
+            "/",
+            "/api/users/7",
+            "https://x.com/a",
+            "ftp://x",
+            "x",
+            "//h/x",
+            "",
+        ]),
+    ),
+    (
         "compatibility_date",
         Str(&["2024-02-29", "2023-02-29", "2024-13-01", "x"]),
     ),
