@@ -20,6 +20,7 @@ mod js_errors;
 mod js_proxy;
 mod js_reuse;
 mod js_sandbox;
+mod js_warm_up;
 mod lifecycle;
 mod limits;
 mod operability;

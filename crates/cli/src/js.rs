@@ -65,6 +65,10 @@ const SDK_FILES: &[(&str, &str)] = &[
     ),
     ("src/serve.js", include_str!("../../../sdk/js/src/serve.js")),
     (
+        "src/warm-up.js",
+        include_str!("../../../sdk/js/src/warm-up.js"),
+    ),
+    (
         "src/inject.js",
         include_str!("../../../sdk/js/src/inject.js"),
     ),
@@ -300,14 +304,15 @@ pub struct BuildOptions {
     /// A component whose instance can serve many requests
     /// (`instance_reuse`).
     pub instance_reuse: bool,
-    /// The worker's `alias`, `define` and `rules`.
+    /// The worker's `alias`, `define`, `rules` and `warm_up`.
     pub bundle: JsBuild,
 }
 
 impl BuildOptions {
-    /// What `build.mjs --options` reads. The bundle carries the options'
-    /// effect, so the build cache (keyed by the bundle) tells apart two
-    /// workers that differ only in them.
+    /// What `build.mjs --options` reads. The bundle carries the effect of
+    /// `alias`, `define` and `rules`, so the build cache (keyed by the
+    /// bundle) tells apart two workers that differ only in them; the
+    /// warm-up requests are part of the key themselves.
     fn to_json(&self) -> Result<String> {
         let root = if self.bundle.root.as_os_str().is_empty() {
             std::env::current_dir().context("cannot read the current directory")?
@@ -321,11 +326,28 @@ impl BuildOptions {
             .iter()
             .map(|rule| serde_json::json!({ "type": rule.module_type.as_str(), "globs": rule.globs }))
             .collect();
+        let warm_up: Vec<serde_json::Value> = self
+            .bundle
+            .warm_up
+            .iter()
+            .map(|request| {
+                let mut entry = serde_json::json!({
+                    "method": request.method,
+                    "url": request.url,
+                    "headers": request.headers,
+                });
+                if let Some(body) = &request.body {
+                    entry["body"] = body.clone().into();
+                }
+                entry
+            })
+            .collect();
         Ok(serde_json::json!({
             "alias": self.bundle.alias,
             "define": self.bundle.define,
             "rules": rules,
             "root": root,
+            "warmUp": warm_up,
         })
         .to_string())
     }

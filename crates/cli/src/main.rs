@@ -88,6 +88,12 @@ enum Command {
         /// directory) or `--alias old-pkg=new-pkg` (repeatable).
         #[arg(long, value_name = "NAME=TARGET", conflicts_with = "setup")]
         alias: Vec<String>,
+        /// A GET request run through the worker's fetch at build time, as
+        /// `warm_up` in isola.toml: a path (`--warm-up /api/users/7`) or an
+        /// absolute http(s) URL (repeatable, run in order). Requests with
+        /// another method, headers or a body are written in isola.toml.
+        #[arg(long, value_name = "PATH_OR_URL", conflicts_with = "setup")]
+        warm_up: Vec<String>,
     },
     /// Serve the workers of a config file.
     Serve {
@@ -356,7 +362,18 @@ fn run(cli: Cli, telemetry: Arc<Telemetry>) -> Result<()> {
             instance_reuse,
             define,
             alias,
-        } => build(main, out, setup, instance_reuse, &define, &alias),
+            warm_up,
+        } => build(
+            main,
+            out,
+            setup,
+            BuildFlags {
+                instance_reuse,
+                define: &define,
+                alias: &alias,
+                warm_up: &warm_up,
+            },
+        ),
         Command::Serve {
             config: path,
             listen,
@@ -466,14 +483,26 @@ fn serve_options(listen: Option<SocketAddr>, telemetry: Arc<Telemetry>) -> Serve
     }
 }
 
+/// `isola build`'s options for the worker's build.
+struct BuildFlags<'a> {
+    instance_reuse: bool,
+    define: &'a [String],
+    alias: &'a [String],
+    warm_up: &'a [String],
+}
+
 fn build(
     main: Option<PathBuf>,
     out: Option<PathBuf>,
     setup: bool,
-    instance_reuse: bool,
-    define: &[String],
-    alias: &[String],
+    flags: BuildFlags<'_>,
 ) -> Result<()> {
+    let BuildFlags {
+        instance_reuse,
+        define,
+        alias,
+        warm_up,
+    } = flags;
     if setup {
         let dir = js::setup()?;
         println!("JavaScript toolchain ready in {}", dir.display());
@@ -506,6 +535,11 @@ fn build(
         let target = isola_config::js_build::alias_target(&name, &target, &cwd)
             .map_err(|m| anyhow::anyhow!("--alias {entry}: {m}"))?;
         options.bundle.alias.insert(name, target);
+    }
+    for target in warm_up {
+        let request = isola_config::WarmUpRequest::get(target)
+            .map_err(|m| anyhow::anyhow!("--warm-up {target}: {m}"))?;
+        options.bundle.warm_up.push(request);
     }
     let built = js::build(&main, &out, &options)?;
     let size = std::fs::metadata(&built.component)

@@ -3,11 +3,15 @@
 // the WIT into a directory beside the installed npm packages.
 //
 //   node build.mjs --main src/worker.js --out worker.wasm --cache DIR [--instance-reuse]
-//                  [--options '{"alias":{},"define":{},"rules":[],"root":"DIR"}']
+//                  [--options '{"alias":{},"define":{},"rules":[],"root":"DIR","warmUp":[]}']
 //
 // `--options` carries Wrangler's build keys of the worker (isola.toml's
 // `alias`, `define` and `rules`, checked by `isola`): they shape the
-// worker's bundle, never the shim's.
+// worker's bundle, never the shim's. Its `warmUp` (isola.toml's
+// `warm_up`, checked by `isola`: `{ method, url, headers: [[name, value]],
+// body? }` each) lists requests the entry runs through the worker's fetch
+// at the end of its top level, so inside the Wizer step (see
+// `warm-up.js`): what they reach is compiled in the snapshot.
 //
 // `--pbl` (SpiderMonkey's portable baseline interpreter) and `--weval BIN`
 // (weval's ahead-of-time compilation) are for the engine measurements in
@@ -27,7 +31,7 @@
 //    with `--instance-reuse` the shim serves `wasi:http` itself, so one
 //    instance can serve many (`instance_reuse`).
 // Outputs are cached by the SHA-256 of the bundle, its source map, this
-// toolchain and the mode. The source map (positions in the final bundle to
+// toolchain, the mode and the warm-up requests. The source map (positions in the final bundle to
 // the worker's own files) goes beside the output as `<out>.map`
 // (`worker.wasm.map`), where the host reads it to log original positions.
 
@@ -38,7 +42,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
-import { componentizeWorker } from "./snapshot.mjs";
+import { componentizeWorker, WarmUpError } from "./snapshot.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 // `sdk-<hash>/` (shim, this script, WIT) sits inside the directory that
@@ -265,6 +269,7 @@ async function bundle(esbuild, entry, outfile, sourcemap, options = {}) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const options = args.options ? JSON.parse(args.options) : {};
+  const warmUp = options.warmUp ?? [];
   const mainPath = resolve(args.main);
   if (!existsSync(mainPath)) throw new BuildError(`${args.main}: file not found`);
   const esbuild = await import(pathToFileURL(join(modules, "esbuild/lib/main.js")).href);
@@ -284,6 +289,8 @@ async function main() {
       // The engine's mode, not the weval binary's path: any weval 0.5
       // makes the same component.
       .update(`${args.weval ? "aot\0" : ""}${args.pbl ? "pbl\0" : ""}`)
+      // Only when there are any: the keys of other builds stay as they were.
+      .update(warmUp.length > 0 ? `warm-up\0${JSON.stringify(warmUp)}\0` : "")
       .update(userCode)
       .update("\0")
       .update(userMap)
@@ -306,7 +313,7 @@ async function main() {
     await writeFile(
       entry,
       [
-        `import { installFetch, installObjects, incomingHandlerExport, scheduledExport, queueExport, handlersExport } from ${JSON.stringify(shim)};`,
+        `import { installFetch, installObjects, incomingHandlerExport, scheduledExport, queueExport, handlersExport, warmUp } from ${JSON.stringify(shim)};`,
         `import * as userModule from ${JSON.stringify(userBundle)};`,
         `const worker = userModule.default;`,
         // Its named exports: the classes of its Durable Objects.
@@ -317,6 +324,8 @@ async function main() {
         `export const scheduled = scheduledExport(worker);`,
         `export const queueConsumer = queueExport(worker);`,
         `export const handlers = handlersExport(worker);`,
+        // Last: the worker is installed as it serves requests.
+        ...(warmUp.length > 0 ? [`await warmUp(worker, ${JSON.stringify(warmUp)});`] : []),
         "",
       ].join("\n"),
     );
@@ -364,6 +373,7 @@ async function main() {
         pbl: args.pbl,
         bytes: component.byteLength,
         rebased,
+        warmUp: warmUp.length,
         ms: Date.now() - started,
       }),
     );
@@ -415,6 +425,7 @@ async function portableMap(file, entry, work) {
 }
 
 main().catch((e) => {
-  console.error(e instanceof BuildError ? e.message : `error: ${e?.stack ?? e}`);
+  const plain = e instanceof BuildError || e instanceof WarmUpError;
+  console.error(plain ? e.message : `error: ${e?.stack ?? e}`);
   process.exit(1);
 });

@@ -10,6 +10,7 @@
 import { Cache } from "isola:worker/cache@0.1.0";
 import { decoder, encoder } from "./bytes.js";
 import { call } from "./errors.js";
+import { checkNotWarming } from "./warm-up.js";
 
 function headerList(headers) {
   return [...headers].map(([name, value]) => [name, encoder.encode(value)]);
@@ -64,6 +65,7 @@ export class WorkerCache {
     this.#name = name;
   }
   #cache() {
+    checkNotWarming(`the cache \`${this.#name}\``);
     this.#handle ??= call(() => Cache.open(this.#name));
     return this.#handle;
   }

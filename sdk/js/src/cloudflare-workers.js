@@ -41,7 +41,13 @@ export class RpcTarget {}
 /** The worker's `env`, read from the host when first used (not at build
  * time, when the module's top level runs). */
 let current;
-const real = () => (current ??= hooks().env());
+function real() {
+  if (current !== undefined) return current;
+  const env = hooks().env();
+  // A build-time warm-up request's env (no bindings) is not kept.
+  if (!hooks().warming?.()) current = env;
+  return env;
+}
 export const env = new Proxy(
   {},
   {

@@ -11,6 +11,7 @@ import { KVNamespace } from "./kv.js";
 import { WorkerQueue } from "./queues.js";
 import { R2Bucket } from "./r2.js";
 import { Fetcher } from "./service.js";
+import { warming, warmUpEnv } from "./warm-up.js";
 
 /** The worker's `env`. Its bindings are read from the host the first time
  * the worker looks at it: host calls go through componentize-js's generated
@@ -20,6 +21,8 @@ import { Fetcher } from "./service.js";
  * handler is one small object per env whose traps are shared (a trap's
  * `this` is the handler): no closures are made per request. */
 export function makeEnv() {
+  // A build-time warm-up request (`warm-up.js`) has no host to ask.
+  if (warming.active) return warmUpEnv();
   return new Proxy({}, { __proto__: envTraps, filled: false });
 }
 

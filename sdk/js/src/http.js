@@ -2,6 +2,8 @@
 // Response.clone() by teeing the body, the Response a handler returns made
 // sendable, and the workarounds for forwarding a request with a body.
 
+import { checkNotWarming } from "./warm-up.js";
+
 // StarlingMonkey's Response has no clone(). Ours tees the body: the clone
 // reads one branch, and the original is redirected to the other (its
 // `body`, `bodyUsed` and body readers). The engine reads a Response's body
@@ -300,6 +302,7 @@ export function installRequestWorkaround() {
   globalThis.fetch = function fetch(input, init) {
     // A rejected promise, never a throw, as Workers' fetch.
     try {
+      checkNotWarming(`fetch(${input instanceof EngineRequest ? input.url : String(input)})`);
       const fromRequest = input instanceof EngineRequest;
       if (fromRequest && init?.body === undefined && input.bodyUsed) {
         throw new TypeError("fetch: the request's body has already been used");

@@ -19,6 +19,7 @@ import { installGlobals } from "./globals.js";
 import { installLazyHeaders, settled } from "./http.js";
 import { incomingBody } from "./queues.js";
 import { dispose, recordWholeBodies, sendResponse, toRequest } from "./serve.js";
+import { runWarmUp, warming } from "./warm-up.js";
 
 installConsole();
 installGlobals();
@@ -31,6 +32,8 @@ let currentCtx;
 Object.defineProperty(globalThis, Symbol.for("isola.cloudflare-workers"), {
   value: {
     env: makeEnv,
+    // The warm-up's env is not one to keep.
+    warming: () => warming.active,
     waitUntil(promise) {
       if (!currentCtx) throw new Error("waitUntil() is only available while handling a request");
       currentCtx.waitUntil(promise);
@@ -144,6 +147,42 @@ addEventListener("fetch", (event) => {
   event.respondWith = (response) => respondWith(Promise.resolve(response).then(settled).catch(fail));
 });
 
+/** The fetch listeners added after the shim's own (a service-worker
+ * script's), which the build's warm-up calls itself: the engine's fetch
+ * event does not exist before the first request. */
+const scriptListeners = [];
+{
+  const add = globalThis.addEventListener;
+  globalThis.addEventListener = function addEventListener(type, listener, ...rest) {
+    if (type === "fetch" && listener !== null && listener !== undefined) scriptListeners.push(listener);
+    return add.call(this ?? globalThis, type, listener, ...rest);
+  };
+}
+
+/** Dispatch a warm-up `request` to a service-worker script's listeners,
+ * as a fetch event: the first `respondWith` answers. Its bindings would
+ * be globals, and a warm-up has none. */
+async function dispatchScript(request, ctx) {
+  let answer;
+  const event = {
+    type: "fetch",
+    request,
+    respondWith(response) {
+      if (answer !== undefined) throw new Error("respondWith() was already called");
+      answer = Promise.resolve(response);
+    },
+    waitUntil: (promise) => ctx.waitUntil(promise),
+    passThroughOnException() {},
+  };
+  for (const listener of scriptListeners) {
+    if (typeof listener === "function") listener.call(globalThis, event);
+    else listener.handleEvent(event);
+    if (answer !== undefined) break;
+  }
+  if (answer === undefined) throw new Error("no fetch listener called respondWith()");
+  return checked(await answer);
+}
+
 /** Serve fetch events with `worker.fetch(request, env, ctx)`. */
 export function installFetch(worker) {
   if (worker === undefined) {
@@ -207,6 +246,25 @@ export function incomingHandlerExport(worker) {
       }
     },
   };
+}
+
+/** Run the build's `warm_up` requests (`warm-up.js`) through the
+ * worker's fetch, as a request is dispatched to a module worker, a
+ * `WorkerEntrypoint` class or a service-worker script's fetch listener;
+ * the entry awaits this at its top level, in the Wizer step. */
+export async function warmUp(worker, requests) {
+  try {
+    await runWarmUp(requests, async (request, ctx) =>
+      settled(
+        worker === undefined
+          ? await dispatchScript(request, ctx)
+          : checked(await callFetch(worker, request, ctx)),
+      ),
+    );
+  } finally {
+    // As if no request had been served.
+    currentCtx = undefined;
+  }
 }
 
 /** Run `body(ctx)` and then every waitUntil task (allSettled). */

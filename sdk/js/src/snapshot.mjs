@@ -185,12 +185,7 @@ async function wizen(modules, spliced, sourceDir, source, bindingsDir, pbl) {
       encoding: "utf-8",
     },
   );
-  if (run.status !== 0 || run.signal || run.error) {
-    let detail = wizerError(run.stderr ?? "");
-    if (run.signal) detail += `\nProcess was killed by signal: ${run.signal}`;
-    if (run.error) detail += `\nProcess error: ${run.error.message}`;
-    throw new Error(`Failed to initialize component (wizer (${wizer})):\n${detail}`);
-  }
+  if (run.status !== 0 || run.signal || run.error) throw snapshotError(`wizer (${wizer})`, run);
   return readFile(out);
 }
 
@@ -229,13 +224,44 @@ async function wevalSnapshot(componentizeJs, wevalBin, spliced, sourceDir, sourc
       maxBuffer: 64 * 1024 * 1024,
     },
   );
-  if (run.status !== 0 || run.signal || run.error) {
-    let detail = wizerError(run.stderr ?? "");
-    if (run.signal) detail += `\nProcess was killed by signal: ${run.signal}`;
-    if (run.error) detail += `\nProcess error: ${run.error.message}`;
-    throw new Error(`Failed to initialize component (weval (${wevalBin})):\n${detail}`);
-  }
+  if (run.status !== 0 || run.signal || run.error) throw snapshotError(`weval (${wevalBin})`, run);
   return readFile(out);
+}
+
+/** A failed `warm_up` (warm-up.js), reported with the request and what
+ * went wrong alone: the build's error then needs none of Wizer's output. */
+export class WarmUpError extends Error {}
+
+// The lines warm-up.js writes to stderr.
+const WARM_UP_START = "isola:warm-up:start ";
+const WARM_UP_ERROR = "isola:warm-up:error ";
+
+/** What failed Wizer's run of a warm-up, from its stderr: the error the
+ * shim reported, or a trap while a request ran (a host import the shim
+ * did not catch); undefined if no warm-up request had started. */
+export function warmUpFailure(stderr) {
+  const lines = stderr.split("\n");
+  const reported = lines.find((line) => line.startsWith(WARM_UP_ERROR));
+  if (reported !== undefined) return JSON.parse(reported.slice(WARM_UP_ERROR.length));
+  const started = lines.filter((line) => line.startsWith(WARM_UP_START)).pop();
+  if (started === undefined) return undefined;
+  const request = started.slice(WARM_UP_START.length);
+  const host = /attempted to call an unknown imported function: '([^']*)' '([^']*)'/.exec(stderr);
+  const cause = host
+    ? `it called ${host[1]} \`${host[2]}\`, a host import, which is not available during warm-up (a warm_up request runs when the worker is built)`
+    : wizerError(stderr);
+  return `warm_up request ${request} failed: ${cause}`;
+}
+
+/** The error of a failed snapshot step. */
+function snapshotError(tool, run) {
+  const stderr = run.stderr ?? "";
+  const warmUp = run.signal || run.error ? undefined : warmUpFailure(stderr);
+  if (warmUp !== undefined) return new WarmUpError(warmUp);
+  let detail = wizerError(stderr);
+  if (run.signal) detail += `\nProcess was killed by signal: ${run.signal}`;
+  if (run.error) detail += `\nProcess error: ${run.error.message}`;
+  return new Error(`Failed to initialize component (${tool}):\n${detail}`);
 }
 
 /** Wizer's error output without its own framing of a trap. */
