@@ -110,6 +110,47 @@ async fn warm_up_requests_run_in_the_snapshot_and_cut_a_fresh_requests_work() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_worker_scripts_listener_is_warmed_up_as_a_request_would_be() {
+    let main = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/js/warm-up-sw.js")
+        .display()
+        .to_string();
+    let project = Project::new(&format!(
+        "[server]\ncache_dir = {:?}\n\n[[worker]]\nname = \"sw\"\nmain = {main:?}\nwarm_up = [\"/\", \"/again\"]\n",
+        shared_cache().display().to_string(),
+    ));
+    let server = project.serve();
+    // Both warm-up requests reached the listener, inside the snapshot; each
+    // real request is a fresh instance of it.
+    for _ in 0..2 {
+        let (status, _, body) = get(&client(), &server.url("/")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "answered before: 2"),
+            "{}",
+            server.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_instance_starts_from_the_warmed_snapshot_too() {
+    // Built with `--instance-reuse` (the shim serves wasi:http itself):
+    // each new instance starts from the snapshot the warm-up ran in.
+    let server = project("instance_reuse = 2\nwarm_up = [\"/\", \"/api/users/3\"]").serve();
+    let mut counters = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = get(&client(), &server.url("/")).await;
+        assert_eq!(status, 200, "{}", server.logs());
+        counters.push(body);
+    }
+    assert_eq!(counters, ["1", "2", "1", "2"]);
+    let (status, _, body) = get(&client(), &server.url("/api/users/7")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("{\"user\":{\"id\":7,"), "{body}");
+}
+
 /// `isola build` of the fixture with `--warm-up` targets; fails.
 fn build_fails(main: &str, warm_up: &[&str]) -> String {
     let out = tempfile::tempdir().unwrap();
@@ -133,6 +174,18 @@ fn a_warm_up_request_that_fails_fails_the_build_naming_the_request() {
     assert!(
         error.contains(
             "warm_up request GET http://localhost/kv failed: Error: env.SOME_KV is not available during warm-up: a warm_up request runs when the worker is built, where it has no bindings, vars or secrets"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("wasm backtrace"), "{error}");
+
+    // A host import called past the shim (the module imports the WIT
+    // interface itself): Wizer traps, and the build names the request and
+    // the import rather than the trap's wasm backtrace.
+    let error = build_fails(&main, &["/host-import"]);
+    assert!(
+        error.contains(
+            "warm_up request GET http://localhost/host-import failed: it called isola:worker/env@0.1.0 `bindings`, a host import, which is not available during warm-up"
         ),
         "{error}"
     );

@@ -5,6 +5,9 @@
 // warm-up request cannot (bindings, outbound fetch) or fail.
 
 import { env as workersEnv } from "cloudflare:workers";
+// The host's interface itself, which a module may import (the shim's
+// guards are on `env`, `fetch` and `caches`).
+import * as hostEnv from "isola:worker/env@0.1.0";
 
 /** GET / served by this instance: module state, which a fresh instance
  * takes from the snapshot, so what the warm-up left here is in it. */
@@ -181,6 +184,7 @@ const router = new Router()
   .add("GET", "/static/*", () => new Response("static"))
   .add("GET", "/kv", async (request, params, env) => new Response(await env.SOME_KV.get("x")))
   .add("GET", "/outbound", () => fetch("http://example.com/"))
+  .add("GET", "/host-import", () => new Response(String(hostEnv.bindings().length)))
   .add("GET", "/throw", () => {
     throw new Error("the warm-up route failed on purpose");
   })
