@@ -211,6 +211,15 @@ fn a_warm_up_request_that_fails_fails_the_build_naming_the_request() {
     );
     assert!(!error.contains("Failed to initialize component"), "{error}");
 
+    // A request that never finishes: Wizer would snapshot it halfway.
+    let error = build_fails(&main, &["/never"]);
+    assert!(
+        error.contains(
+            "warm_up request GET http://localhost/never never finished: it (its response body or its waitUntil work) waited for something that does not happen at build time"
+        ),
+        "{error}"
+    );
+
     // An answer that is not 2xx or 3xx.
     let error = build_fails(&main, &["/missing"]);
     assert!(

@@ -185,6 +185,8 @@ const router = new Router()
   .add("GET", "/kv", async (request, params, env) => new Response(await env.SOME_KV.get("x")))
   .add("GET", "/outbound", () => fetch("http://example.com/"))
   .add("GET", "/host-import", () => new Response(String(hostEnv.bindings().length)))
+  // Waits for what never comes at build time.
+  .add("GET", "/never", () => new Promise(() => {}))
   .add("GET", "/throw", () => {
     throw new Error("the warm-up route failed on purpose");
   })

@@ -186,6 +186,7 @@ async function wizen(modules, spliced, sourceDir, source, bindingsDir, pbl) {
     },
   );
   if (run.status !== 0 || run.signal || run.error) throw snapshotError(`wizer (${wizer})`, run);
+  checkWarmUpFinished(run.stderr);
   return readFile(out);
 }
 
@@ -225,6 +226,7 @@ async function wevalSnapshot(componentizeJs, wevalBin, spliced, sourceDir, sourc
     },
   );
   if (run.status !== 0 || run.signal || run.error) throw snapshotError(`weval (${wevalBin})`, run);
+  checkWarmUpFinished(run.stderr);
   return readFile(out);
 }
 
@@ -235,6 +237,7 @@ export class WarmUpError extends Error {}
 // The lines warm-up.js writes to stderr.
 const WARM_UP_START = "isola:warm-up:start ";
 const WARM_UP_ERROR = "isola:warm-up:error ";
+const WARM_UP_DONE = "isola:warm-up:done";
 
 /** What failed Wizer's run of a warm-up, from its stderr: the error the
  * shim reported, or a trap while a request ran (a host import the shim
@@ -243,14 +246,32 @@ export function warmUpFailure(stderr) {
   const lines = stderr.split("\n");
   const reported = lines.find((line) => line.startsWith(WARM_UP_ERROR));
   if (reported !== undefined) return JSON.parse(reported.slice(WARM_UP_ERROR.length));
-  const started = lines.filter((line) => line.startsWith(WARM_UP_START)).pop();
-  if (started === undefined) return undefined;
-  const request = started.slice(WARM_UP_START.length);
+  const request = lastStarted(lines);
+  if (request === undefined) return undefined;
   const host = /attempted to call an unknown imported function: '([^']*)' '([^']*)'/.exec(stderr);
   const cause = host
     ? `it called ${host[1]} \`${host[2]}\`, a host import, which is not available during warm-up (a warm_up request runs when the worker is built)`
     : wizerError(stderr);
   return `warm_up request ${request} failed: ${cause}`;
+}
+
+/** The request a warm-up started last, from the lines of its stderr. */
+function lastStarted(lines) {
+  const started = lines.filter((line) => line.startsWith(WARM_UP_START)).pop();
+  return started?.slice(WARM_UP_START.length);
+}
+
+/** Throw if a snapshot step that succeeded ran a warm-up that never
+ * finished: Wizer snapshots once nothing is left to run, so a request
+ * that waits for what never happens at build time ends the step as if
+ * it had finished, with the warm-up still on in the snapshot. */
+function checkWarmUpFinished(stderr) {
+  const lines = (stderr ?? "").split("\n");
+  const request = lastStarted(lines);
+  if (request === undefined || lines.includes(WARM_UP_DONE)) return;
+  throw new WarmUpError(
+    `warm_up request ${request} never finished: it (its response body or its waitUntil work) waited for something that does not happen at build time`,
+  );
 }
 
 /** The error of a failed snapshot step. */

@@ -14,13 +14,18 @@
 //
 // The build reads what this writes to stderr: a line per request before
 // it runs (so that a trap the shim could not prevent still names its
-// request) and, on failure, the error (`snapshot.mjs`'s `warmUpFailure`).
+// request), on failure the error, and a last line once every request is
+// done (`snapshot.mjs`'s `warmUpFailure`). Wizer snapshots when the event
+// loop has nothing left to run, finished or not: a request that waits for
+// what never comes at build time (a host call, a promise nobody settles)
+// would leave a snapshot taken halfway, with the warm-up still on.
 
 import { errorText } from "./errors.js";
 
 /** Lines the build looks for on the Wizer step's stderr. */
 export const START_MARK = "isola:warm-up:start ";
 export const ERROR_MARK = "isola:warm-up:error ";
+export const DONE_MARK = "isola:warm-up:done";
 
 /** Whether warm-up requests are running. */
 export const warming = { active: false };
@@ -134,6 +139,7 @@ export async function runWarmUp(requests, serve) {
       }
       await Promise.allSettled(tasks);
     }
+    console.error(DONE_MARK);
   } finally {
     warming.active = false;
   }
