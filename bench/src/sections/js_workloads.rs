@@ -10,7 +10,9 @@
 //! and its lockfile, installed into `bench/workers/node_modules`.
 //!
 //! Isola gets each worker from `isola build` (plain and
-//! `--instance-reuse`); workerd gets the same source bundled by that esbuild
+//! `--instance-reuse`), and from `isola check` of a config whose worker
+//! lists its benchmarked requests as `warm_up` (fresh instances that start
+//! from a snapshot in which those requests ran once); workerd gets the same source bundled by that esbuild
 //! with `isola build`'s options into one module (esbuild only bundles: the
 //! worker's code never runs on the host). Before any load every workload's
 //! request goes once to every server: a row is measured only if its status
@@ -36,6 +38,7 @@ use super::durable::load_average;
 
 const FRESH: &str = "isola";
 const REUSE: &str = "isola, instance_reuse";
+const WARM: &str = "isola, warm_up";
 const WORKERD: &str = "workerd";
 
 /// One request of a workload: what wrk sends, and what it must answer.
@@ -129,6 +132,56 @@ fn workers() -> Vec<Worker> {
             }],
         },
     ]
+}
+
+/// Build `source` into `out` with every one of `requests` as its
+/// `warm_up`, through `isola check` of a config naming it as `main` (the
+/// command line's `--warm-up` takes GET paths only; these have bodies).
+fn build_warm(
+    setup: &Setup,
+    source: &Path,
+    out: &Path,
+    requests: &[Request],
+) -> Result<(), String> {
+    let entries: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            let headers = r.content_type.map_or(String::new(), |t| {
+                format!(", headers = {{ \"content-type\" = {t:?} }}")
+            });
+            // Rust's escapes of these ASCII strings are TOML's.
+            let body = r
+                .body
+                .as_ref()
+                .map_or(String::new(), |b| format!(", body = {b:?}"));
+            format!(
+                "{{ method = {:?}, url = {:?}{headers}{body} }}",
+                r.method, r.path
+            )
+        })
+        .collect();
+    let dir = out.with_extension("d");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = dir.join("isola.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[worker]]\nname = \"warm\"\nmain = {source:?}\ncomponent = {out:?}\nwarm_up = [{}]\n",
+            entries.join(", ")
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let output = Command::new(&setup.isola)
+        .arg("check")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() || !out.exists() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(())
 }
 
 /// `bench/workers/node_modules` from the lockfile, unless it is already
@@ -360,6 +413,9 @@ impl Run<'_> {
             ));
             return;
         }
+        let warm = work.join(format!("{stem}-jw-warm.wasm"));
+        let warm_built = build_warm(setup, &source, &warm, &worker.requests);
+
         let mut servers: Vec<(&str, Server)> = vec![
             (
                 FRESH,
@@ -382,6 +438,23 @@ impl Run<'_> {
                 ),
             ),
         ];
+        match warm_built {
+            Ok(()) => servers.push((
+                WARM,
+                setup.isola_probing(
+                    &format!("jw-{stem}-warm"),
+                    &warm,
+                    "",
+                    &work.join(format!("jw-{stem}-warm")),
+                    worker.probe,
+                ),
+            )),
+            Err(e) => self.notes.push(format!(
+                "{}: no warm_up row: the build failed: {}",
+                worker.file,
+                e.lines().find(|l| l.contains("rror")).unwrap_or("")
+            )),
+        }
         if setup.workerd.is_some() {
             let module = format!("{stem}.bundle.mjs");
             match bundle_for_workerd(&self.workers_dir, &source, &work.join(&module)) {
@@ -479,7 +552,9 @@ fn write(
     writeln!(
         doc,
         "The same sources (`bench/workers/`) on Isola, built by `isola build` (fresh instances, \
-         and `--instance-reuse` served with `instance_reuse`), and on workerd, bundled by the \
+         and `--instance-reuse` served with `instance_reuse`) and with the benchmarked requests \
+         as the worker's `warm_up` (fresh instances from a snapshot in which each ran once), and \
+         on workerd, bundled by the \
          same esbuild with the same options into one module. `worker.js`: the hello; `hono.js`: \
          a Hono app (~20 routes in two routers; a timing header, CORS, secure headers and an \
          `/api` header on every request; the POST validates a JSON body against a schema and \
