@@ -161,12 +161,13 @@ fn build_warm(
         })
         .collect();
     let dir = out.with_extension("d");
+    let state = dir.join("state");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let config = dir.join("isola.toml");
     std::fs::write(
         &config,
         format!(
-            "[[worker]]\nname = \"warm\"\nmain = {source:?}\ncomponent = {out:?}\nwarm_up = [{}]\n",
+            "[server]\nstate_dir = {state:?}\n\n[[worker]]\nname = \"warm\"\nmain = {source:?}\nwarm_up = [{}]\n",
             entries.join(", ")
         ),
     )
@@ -175,12 +176,14 @@ fn build_warm(
         .arg("check")
         .arg(&config)
         .arg("--state-dir")
-        .arg(dir.join("state"))
+        .arg(&state)
         .output()
         .map_err(|e| e.to_string())?;
-    if !output.status.success() || !out.exists() {
+    if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }
+    // A `main` worker's component is built into `<state_dir>/build/`.
+    std::fs::copy(state.join("build/warm.wasm"), out).map_err(|e| e.to_string())?;
     Ok(())
 }
 
