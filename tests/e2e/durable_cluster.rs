@@ -9,7 +9,6 @@
 //! node takes the object over once the lease runs out, with its storage.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use futures_util::future::join_all;
 use isola_test_services::{self as test_services, Redis};
 use serde_json::Value;
 
-use crate::support::{Project, Server, client, isola, run_isola, stderr_of};
+use crate::support::{Project, Server, client, isola, js_fixture, run_isola, stderr_of};
 
 /// What every node of these tests shows the others.
 const SECRET: &str = "durable-cluster-test-secret-0123456789";
@@ -26,12 +25,7 @@ const SECRET: &str = "durable-cluster-test-secret-0123456789";
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
 fn worker_js() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/durable_cluster.js")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
+    js_fixture("durable_cluster.js")
 }
 
 /// One node's config: the shared compile cache, `[backends]` on `redis`

@@ -7,18 +7,11 @@
 //! `src/fail.ts`. The expected positions are those of the sources (lines
 //! 1-based, columns 1-based, pointing at `new` or at the call).
 
-use std::path::Path;
-
 use crate::js::shared_cache;
-use crate::support::{Project, Tail, client, get, run_isola, stderr_of, worker};
+use crate::support::{Project, Tail, client, get, js_fixture, run_isola, stderr_of, worker};
 
 fn ts_errors() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/ts-errors/src/index.ts")
-        .canonicalize()
-        .expect("the TypeScript test worker")
-        .display()
-        .to_string()
+    js_fixture("ts-errors/src/index.ts")
 }
 
 /// Frames of each route, top first: where the error was made, then its

@@ -11,14 +11,13 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::js::shared_cache;
-use crate::support::{Project, Server, client, rss_kib, run_isola, stderr_of};
+use crate::support::{Project, Server, client, js_fixture, rss_kib, run_isola, stderr_of};
 
 /// What the origin saw of one request.
 #[derive(Clone, Debug)]
@@ -131,12 +130,7 @@ impl Drop for Origin {
 }
 
 fn proxy_js() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/proxy.js")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
+    js_fixture("proxy.js")
 }
 
 /// The host name the override route forwards to (`outbound_override`

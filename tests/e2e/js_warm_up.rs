@@ -3,27 +3,25 @@
 //! instance starts with their code compiled. The worker is
 //! `tests/js/warm-up.js`.
 
-use std::path::Path;
-
 use crate::js::shared_cache;
-use crate::support::{Project, Server, client, get, run_isola, stderr_of};
+use crate::support::{Project, Server, client, get, js_fixture, log_field, run_isola, stderr_of};
 
 fn fixture() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/warm-up.js")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
+    js_fixture("warm-up.js")
 }
 
 /// A project of the one worker `warm`, built from the fixture with `keys`
 /// added, on the shared compile cache.
 fn project(keys: &str) -> Project {
+    project_of("warm", &fixture(), keys)
+}
+
+/// A project of the one worker `name`, built from `main` with `keys`
+/// added, on the shared compile cache.
+fn project_of(name: &str, main: &str, keys: &str) -> Project {
     Project::new(&format!(
-        "[server]\ncache_dir = {:?}\n\n[[worker]]\nname = \"warm\"\nmain = {:?}\n{keys}\n",
+        "[server]\ncache_dir = {:?}\n\n[[worker]]\nname = {name:?}\nmain = {main:?}\n{keys}\n",
         shared_cache().display().to_string(),
-        fixture(),
     ))
 }
 
@@ -34,11 +32,7 @@ fn fuel_of(server: &Server, id: &str) -> u64 {
         .lines()
         .find(|l| l.contains("isola::access") && l.contains(id))
         .unwrap();
-    line.split("fuel=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|fuel| fuel.parse().ok())
-        .unwrap_or_else(|| panic!("no fuel on {line}"))
+    log_field(line, "fuel").unwrap_or_else(|| panic!("no fuel on {line}"))
 }
 
 /// The fuel of GET `path` on fresh instances (the same on each: checked),
@@ -112,14 +106,11 @@ async fn warm_up_requests_run_in_the_snapshot_and_cut_a_fresh_requests_work() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_worker_scripts_listener_is_warmed_up_as_a_request_would_be() {
-    let main = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/warm-up-sw.js")
-        .display()
-        .to_string();
-    let project = Project::new(&format!(
-        "[server]\ncache_dir = {:?}\n\n[[worker]]\nname = \"sw\"\nmain = {main:?}\nwarm_up = [\"/\", \"/again\"]\n",
-        shared_cache().display().to_string(),
-    ));
+    let project = project_of(
+        "sw",
+        &js_fixture("warm-up-sw.js"),
+        "warm_up = [\"/\", \"/again\"]",
+    );
     let server = project.serve();
     // Both warm-up requests reached the listener, inside the snapshot; each
     // real request is a fresh instance of it.
@@ -231,10 +222,7 @@ fn a_warm_up_request_that_fails_fails_the_build_naming_the_request() {
 
     // A service-worker script's listener runs too, without the bindings
     // it would have as globals.
-    let service_worker = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js/service-worker.js")
-        .display()
-        .to_string();
+    let service_worker = js_fixture("service-worker.js");
     let error = build_fails(&service_worker, &["/peek"]);
     assert!(
         error.contains(

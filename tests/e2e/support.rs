@@ -22,6 +22,23 @@ pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The absolute path of `tests/js/<relative>`, a JavaScript test worker.
+pub fn js_fixture(relative: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/js")
+        .join(relative)
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("tests/js/{relative}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// The number in a log line's `name=N` field.
+pub fn log_field(line: &str, name: &str) -> Option<u64> {
+    let tail = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
+    tail[..tail.find(' ').unwrap_or(tail.len())].parse().ok()
+}
+
 /// A scratch directory holding an `isola.toml`.
 pub struct Project {
     pub dir: tempfile::TempDir,

@@ -9,7 +9,7 @@ use isola_backends::queue::QueueStore;
 use isola_test_programs as guests;
 use reqwest::StatusCode;
 
-use crate::support::{Project, Server, client, now_ms, run_isola, stderr_of, worker};
+use crate::support::{Project, Server, client, log_field, now_ms, run_isola, stderr_of, worker};
 
 /// The `triggers` guest: KV, a producer for `jobs`, and `extra` keys
 /// (consumers, crons) after them.
@@ -257,12 +257,6 @@ async fn no_message_is_lost_when_the_host_is_killed() {
     );
 }
 
-/// The number in a log line's `name=N` field.
-fn field(line: &str, name: &str) -> Option<u64> {
-    let tail = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
-    tail[..tail.find(' ').unwrap_or(tail.len())].parse().ok()
-}
-
 /// Firings of an every-second cron missed while the host was down are
 /// reported by the next start, counted from `cron-state.json`, and not
 /// replayed.
@@ -291,7 +285,7 @@ async fn firings_missed_while_down_are_reported_at_the_next_start() {
     // The firings due after the last recorded one and before the restart
     // were missed; those due while it starts may be counted too.
     let between = |from: u64, to: u64| (from + 1..to).filter(|t| t % 1000 == 0).count() as u64;
-    let missed = field(line, "missed").unwrap_or_else(|| panic!("{line}"));
+    let missed = log_field(line, "missed").unwrap_or_else(|| panic!("{line}"));
     assert!(
         (between(last, restarted)..=between(last, reported)).contains(&missed),
         "last firing at {last}, restarted at {restarted}, reported at {reported}: {line}"
@@ -300,7 +294,7 @@ async fn firings_missed_while_down_are_reported_at_the_next_start() {
     // Not replayed: every firing of the new process is due after its start.
     let logs = server.wait_for_log("scheduled run finished");
     for line in logs.lines().filter(|l| l.contains("scheduled run")) {
-        let due = field(line, "due_ms").unwrap();
+        let due = log_field(line, "due_ms").unwrap();
         assert!(due > restarted, "a missed firing ran: {line}");
     }
 }
@@ -320,7 +314,7 @@ async fn a_message_out_of_retries_without_a_dead_letter_queue_is_dropped_and_log
         .find(|l| l.contains("message dropped after its last retry"))
         .unwrap();
     // Delivered 1 + max_retries times.
-    assert_eq!(field(line, "attempts"), Some(2), "{line}");
+    assert_eq!(log_field(line, "attempts"), Some(2), "{line}");
     assert!(line.contains("queue=jobs"), "{line}");
     let queues = queues_of(&project);
     assert_eq!(queues.depth("jobs").await.unwrap(), 0, "{logs}");
@@ -333,9 +327,9 @@ async fn a_message_out_of_retries_without_a_dead_letter_queue_is_dropped_and_log
         .filter(|l| l.contains("queue batch finished"))
         .collect();
     assert_eq!(batches.len(), 2, "{logs}");
-    assert_eq!(field(batches[0], "retried"), Some(1), "{}", batches[0]);
+    assert_eq!(log_field(batches[0], "retried"), Some(1), "{}", batches[0]);
     assert_eq!(
-        field(batches[1], "dead_lettered"),
+        log_field(batches[1], "dead_lettered"),
         Some(1),
         "{}",
         batches[1]
