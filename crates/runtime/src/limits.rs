@@ -119,21 +119,32 @@ impl Budget {
         let meter = data.run_state().meter.clone();
         let mut store = Store::new(engine, data);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        store.call_hook(move |_, crossing| {
-            meter.hook(crossing);
-            Ok(())
-        });
         if self.consume_fuel {
+            // Wasm's clocked time is capped by its fuel
+            // (`fuel_yield_interval` is a millisecond's worth); the hook
+            // tells the meter what is left.
+            meter.cap_wasm_by_fuel(self.fuel_yield_interval);
+            store.call_hook(move |store, crossing| {
+                meter.fuel_left(store.get_fuel().unwrap_or(0));
+                meter.hook(crossing);
+                Ok(())
+            });
             store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
+        } else {
+            store.call_hook(move |_, crossing| {
+                meter.hook(crossing);
+                Ok(())
+            });
         }
         Ok(store)
     }
 
     /// Give `store` `fuel` (when fuel is on) and a wall deadline of
     /// `wall_ms` from now.
-    pub fn arm<S>(&self, store: &mut Store<S>, fuel: u64) -> wasmtime::Result<()> {
+    pub fn arm<S: HasRunState>(&self, store: &mut Store<S>, fuel: u64) -> wasmtime::Result<()> {
         if self.consume_fuel {
             store.set_fuel(fuel)?;
+            store.data_mut().run_state().meter.armed(fuel);
         }
         store.set_epoch_deadline(self.wall_ticks);
         Ok(())

@@ -241,23 +241,25 @@ impl Drop for Report {
 }
 
 /// Charges the guest's CPU time to the report, poll by poll: what its
-/// store's [`CpuMeter`] charged during the poll (time in wasm and in the
-/// host calls it made synchronously, not the host's I/O work; see
-/// [`crate::meter`]). Time between polls, awaiting I/O, is never charged.
+/// store's [`CpuMeter`] charged during the poll (the fuel its wasm burnt,
+/// as time, and the time of the host calls it made synchronously, not the
+/// host's I/O work; see [`crate::meter`]). Time between polls, awaiting
+/// I/O, is never charged.
 ///
-/// Fuel is the CPU limit for wasm code; this is the backstop for guests that
-/// spend their CPU inside host calls, which burn no fuel. It is checked
-/// whenever the guest yields (fuel yields come about every millisecond of
-/// wasm execution). It cannot be reached by moving bytes or awaiting
-/// I/O, however much: those calls are not charged at all.
+/// Running out of fuel stops wasm code at the limit by itself; this is the
+/// limit on the sum, for guests that spend their CPU inside host calls,
+/// which burn no fuel. It is checked whenever the guest yields (fuel yields
+/// come about every millisecond of wasm execution). It cannot be reached by
+/// moving bytes or awaiting I/O, however much: those calls are not charged
+/// at all.
 ///
-/// The meter reads the wall clock, which also runs while the thread waits
-/// to be scheduled: a busy machine would charge a guest for other threads'
-/// time. A poll of [`SHORT_POLL`] or more of wall time is therefore charged
-/// at most its thread CPU time (a system call, so read only for those: a
-/// shorter poll cannot have lost the CPU for a scheduler slice, which is
-/// far longer). Each poll reads the thread CPU clock before it runs, as
-/// before the meter was added.
+/// The meter times host calls by the wall clock, which also runs while the
+/// thread waits to be scheduled: a busy machine would charge a guest for
+/// other threads' time. A poll of [`SHORT_POLL`] or more of wall time is
+/// therefore charged at most its thread CPU time for the clock's part (a
+/// system call, so read only for those: a shorter poll cannot have lost the
+/// CPU for a scheduler slice, which is far longer). Each poll reads the
+/// thread CPU clock before it runs, as before the meter was added.
 pub(crate) struct CpuTimed<F> {
     inner: Option<Pin<Box<F>>>,
     meter: Arc<CpuMeter>,
@@ -296,7 +298,7 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
         this.meter.poll_start(started);
         let result = inner.as_mut().poll(cx);
         let ended = meter::now();
-        let mut spent = this.meter.poll_end(ended);
+        let mut spent = this.meter.poll_end(ended).total();
         if ended.saturating_sub(started) >= SHORT_POLL_NS {
             spent = spent.min(thread_cpu_ns().saturating_sub(thread_before));
         }
@@ -534,6 +536,71 @@ mod tests {
             timed(|meter| spinning(meter, 50, Duration::from_millis(2), true)).await;
         assert!(result.is_ok());
         assert!(charged < Duration::from_millis(5), "{charged:?}");
+    }
+
+    /// One poll of a guest that spends `spent` in wasm burning `fuel` (at
+    /// a million per ms): the time charged.
+    async fn wasm_poll(spent: Duration, fuel: u64) -> Duration {
+        let (result, charged) = timed(|meter| async move {
+            meter.cap_wasm_by_fuel(1_000_000);
+            meter.armed(50_000_000);
+            meter.fuel_left(50_000_000);
+            meter.hook(CallHook::CallingWasm);
+            spin(spent);
+            meter.fuel_left(50_000_000 - fuel);
+            meter.hook(CallHook::ReturningFromWasm);
+            Ok(())
+        })
+        .await;
+        assert!(result.is_ok());
+        charged
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wasm_is_charged_its_time_up_to_five_times_its_fuel() {
+        // 2 ms of wasm burning 1 ms worth of fuel: its time (as the thread
+        // CPU clock has it, which may be a little less).
+        let charged = wasm_poll(Duration::from_millis(2), 1_000_000).await;
+        assert!(
+            charged >= Duration::from_micros(1500) && charged < Duration::from_millis(4),
+            "{charged:?}"
+        );
+        // 20 ms for the same fuel (a guest whose caches went cold while it
+        // waited): five times its fuel's time.
+        let charged = wasm_poll(Duration::from_millis(20), 1_000_000).await;
+        assert!(
+            charged >= Duration::from_millis(5) && charged < Duration::from_millis(6),
+            "{charged:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wasm_and_host_call_time_add_up_to_the_limit() {
+        // Each poll spends 1 ms in wasm (burning as much fuel) and 1 ms in
+        // a charged host call: cut off at the 20 ms limit after about ten.
+        let (result, charged) = timed(|meter| async move {
+            meter.cap_wasm_by_fuel(1_000_000);
+            let mut left = 1_000_000_000;
+            meter.armed(left);
+            meter.hook(CallHook::CallingWasm);
+            for _ in 0..1000 {
+                spin(Duration::from_millis(1));
+                left -= 1_000_000;
+                meter.fuel_left(left);
+                meter.hook(CallHook::CallingHost);
+                spin(Duration::from_millis(1));
+                tokio::task::yield_now().await;
+                meter.hook(CallHook::ReturningFromHost);
+            }
+            meter.hook(CallHook::ReturningFromWasm);
+            Ok(())
+        })
+        .await;
+        assert_eq!(result.expect_err("cut off").failure, Failure::CpuLimit);
+        assert!(
+            charged > Duration::from_millis(20) && charged < Duration::from_millis(30),
+            "{charged:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
