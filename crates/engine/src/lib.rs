@@ -14,16 +14,45 @@ mod cache;
 mod incremental;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use cache::{CacheOutcome, CacheStats, CompileCache, LoadedComponent};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How often the epoch ticker advances the engine's epoch. Wall-clock
-/// deadlines are counted in these ticks, so this is their granularity, and
-/// so is a profiled request's sampling interval. A tick is an atomic add on
-/// a thread that wakes a thousand times a second; wasm pays nothing for it.
+/// What one epoch stands for: wall-clock deadlines and a profiled
+/// request's sampling interval are counted in these ticks. The ticker keeps
+/// the epoch at the milliseconds since it started, but it wakes only every
+/// [`COARSE_TICKS`] of them (adding as many at once) unless a profile is
+/// running ([`FineTicks`]): a thread waking a thousand times a second cost
+/// an idle server 2% of a core, and a busy one a preemption of its worker
+/// every millisecond. Wall deadlines are backstops to the tokio timers
+/// that bound a run (a fuel-metered guest yields about every millisecond),
+/// so 10 ms of slack costs them nothing.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Ticks the ticker adds per wake when no profile needs every one.
+const COARSE_TICKS: u64 = 10;
+
+/// Profiles running, process-wide: while any is, the ticker wakes every tick.
+static FINE_TICK_USERS: AtomicUsize = AtomicUsize::new(0);
+
+/// While held, the epoch ticker wakes at every [`EPOCH_TICK`] (a profile
+/// samples at tick boundaries). The ticker notices within a coarse step.
+pub struct FineTicks(());
+
+impl FineTicks {
+    pub fn hold() -> FineTicks {
+        FINE_TICK_USERS.fetch_add(1, Ordering::Relaxed);
+        FineTicks(())
+    }
+}
+
+impl Drop for FineTicks {
+    fn drop(&mut self) {
+        FINE_TICK_USERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Errors from building the engine or loading a component.
 #[derive(Debug, thiserror::Error)]
@@ -276,22 +305,38 @@ fn spawn_epoch_ticker(engine: &Engine) {
     std::thread::Builder::new()
         .name("isola-epoch".into())
         .spawn(move || {
-            // Ticks keep to the wall clock: each sleep ends at the next
-            // multiple of the tick, so oversleeping does not add up. After
+            // The epoch follows the wall clock: each wake adds the ticks
+            // due since the last, however long the sleep really was. After
             // a long stall (a suspended process) the count resumes from now
             // rather than firing the missed ticks at once.
-            let mut next = std::time::Instant::now();
+            let started = std::time::Instant::now();
+            let mut done: u64 = 0;
             while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
+                let due = ticks_since(started);
+                if due.saturating_sub(done) > 100 {
+                    done = due;
+                }
+                for _ in done..due {
+                    engine.increment_epoch();
+                }
+                done = due.max(done);
                 drop(engine);
-                next += EPOCH_TICK;
-                let now = std::time::Instant::now();
-                match next.checked_duration_since(now) {
-                    Some(wait) => std::thread::sleep(wait),
-                    None if now - next > EPOCH_TICK * 100 => next = now,
-                    None => {}
+                let step = if FINE_TICK_USERS.load(Ordering::Relaxed) > 0 {
+                    1
+                } else {
+                    COARSE_TICKS
+                };
+                let tick_ns = EPOCH_TICK.as_nanos() as u64;
+                let wake_at = started + Duration::from_nanos((done + step).saturating_mul(tick_ns));
+                if let Some(wait) = wake_at.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
                 }
             }
         })
         .expect("spawning the epoch ticker thread");
+}
+
+/// Whole ticks since `started`.
+fn ticks_since(started: std::time::Instant) -> u64 {
+    (started.elapsed().as_nanos() / EPOCH_TICK.as_nanos()) as u64
 }

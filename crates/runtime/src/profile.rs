@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use isola_engine::{EPOCH_TICK, IsolaEngine};
+use isola_engine::{EPOCH_TICK, FineTicks, IsolaEngine};
 use wasmtime::{GuestProfiler, Store, Trap, UpdateDeadline};
 
 use crate::request::RequestId;
@@ -111,6 +111,8 @@ impl Profiling {
 /// profile of what ran is kept.
 pub(crate) struct ActiveProfile {
     profiler: Option<GuestProfiler>,
+    /// The ticker wakes at every tick while the profile samples.
+    _fine_ticks: FineTicks,
     samples: u64,
     sink: ProfileSink,
     worker: Arc<str>,
@@ -148,6 +150,7 @@ pub(crate) fn start(
     )?;
     store.data_mut().run.profile = Some(Box::new(ActiveProfile {
         profiler: Some(profiler),
+        _fine_ticks: FineTicks::hold(),
         samples: 0,
         sink: claim.sink,
         worker: subject.worker.clone(),
