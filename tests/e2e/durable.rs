@@ -7,24 +7,13 @@
 //! state dir, so it survives the instance, a restart and a `kill -9`.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::support::{Project, Server, client, get, run_isola, stderr_of};
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .display()
-        .to_string()
-}
+use crate::support::{Project, Server, client, get, repo_path, run_isola, stderr_of};
 
 /// The `objects` worker: `tests/js/durable.js` with its three classes.
 fn objects_worker() -> String {
@@ -38,7 +27,7 @@ fn objects_worker() -> String {
          migrations = [\
            {{ tag = \"v1\", new_sqlite_classes = [\"Counter\", \"Silent\"] }}, \
            {{ tag = \"v2\", new_classes = [\"Plain\"] }}]\n",
-        repo("tests/js/durable.js")
+        repo_path("tests/js/durable.js")
     )
 }
 
@@ -52,7 +41,7 @@ fn caller_worker() -> String {
            {{ name = \"COUNTER\", class_name = \"Counter\", script_name = \"objects\" }}, \
            {{ name = \"PLAIN\", class_name = \"Plain\", script_name = \"objects\" }}, \
            {{ name = \"SILENT\", class_name = \"Silent\", script_name = \"objects\" }}] }}\n",
-        repo("tests/js/durable.js")
+        repo_path("tests/js/durable.js")
     )
 }
 
@@ -63,7 +52,7 @@ fn limiter_worker() -> String {
          vars = {{ CAPACITY = \"5\", REFILL_PER_SECOND = \"1\" }}\n\
          durable_objects.bindings = [{{ name = \"LIMITER\", class_name = \"RateLimiter\" }}]\n\
          migrations = [{{ tag = \"v1\", new_sqlite_classes = [\"RateLimiter\"] }}]\n",
-        repo("guest-examples/js/rate-limiter/worker.js")
+        repo_path("guest-examples/js/rate-limiter/worker.js")
     )
 }
 

@@ -11,36 +11,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use crate::support::{Project, Server, Upstream, client, get, run_isola, stderr_of, worker};
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .display()
-        .to_string()
-}
+use crate::support::{
+    Project, Server, Upstream, client, get, repo_path, run_isola, stderr_of, worker,
+};
 
 fn apis() -> String {
-    repo("tests/js/apis.js")
+    repo_path("tests/js/apis.js")
 }
 
 fn node() -> String {
-    repo("tests/js/node.js")
+    repo_path("tests/js/node.js")
 }
 
 fn entrypoint() -> String {
-    repo("tests/js/entrypoint.js")
+    repo_path("tests/js/entrypoint.js")
 }
 
 fn service_worker() -> String {
-    repo("tests/js/service-worker.js")
+    repo_path("tests/js/service-worker.js")
 }
 
 fn example(name: &str) -> String {
-    repo(&format!("guest-examples/js/{name}/worker.js"))
+    repo_path(&format!("guest-examples/js/{name}/worker.js"))
 }
 
 pub(crate) fn shared_cache() -> PathBuf {
@@ -75,7 +67,7 @@ pub(crate) fn warm_up() {
         workers.push_str(&js_worker("entrypoint", &entrypoint(), &[]));
         workers.push_str(&js_worker("service-worker", &service_worker(), &[]));
         // For wasmtime_patch.rs.
-        workers.push_str(&js_worker("tables", &repo("tests/js/tables.js"), &[]));
+        workers.push_str(&js_worker("tables", &repo_path("tests/js/tables.js"), &[]));
         for name in [
             "hello",
             "proxy-cache",
@@ -862,7 +854,7 @@ async fn an_uncaught_exception_is_a_500_with_the_stack_in_the_log() {
 
 #[test]
 fn a_syntax_error_fails_build_and_check_with_file_line_and_column() {
-    let broken = repo("tests/js/broken.js");
+    let broken = repo_path("tests/js/broken.js");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("broken.wasm");
     let output = run_isola(&["build", &broken, "-o", out.to_str().unwrap()]);

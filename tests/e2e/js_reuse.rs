@@ -3,18 +3,8 @@
 //! SpiderMonkey's full collection of its grown heap would cost a request
 //! more than `cpu_ms`, while a handler that really spins still hits it.
 
-use std::path::Path;
-
 use crate::js::{shared_cache, warm_up};
-use crate::support::{Project, client};
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .display()
-        .to_string()
-}
+use crate::support::{Project, client, repo_path};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grown_reused_instance_is_retired_before_a_full_collection_costs_a_request_its_cpu() {
@@ -27,7 +17,7 @@ async fn a_grown_reused_instance_is_retired_before_a_full_collection_costs_a_req
         "[server]\ncache_dir = {:?}\n\n[[worker]]\nname = \"reuse\"\nmain = {:?}\n\
          routes = [\"/*\"]\ninstance_reuse = 1000000\ncpu_ms = 25\n",
         shared_cache().display().to_string(),
-        repo("tests/js/reuse_memory.js")
+        repo_path("tests/js/reuse_memory.js")
     ));
     warm_up();
     let server = project.serve();

@@ -22,15 +22,20 @@ pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The absolute path of `tests/js/<relative>`, a JavaScript test worker.
-pub fn js_fixture(relative: &str) -> String {
+/// The absolute path of `<relative>` in the repository, which must exist.
+pub fn repo_path(relative: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/js")
+        .join("../..")
         .join(relative)
         .canonicalize()
-        .unwrap_or_else(|e| panic!("tests/js/{relative}: {e}"))
+        .unwrap_or_else(|e| panic!("{relative}: {e}"))
         .display()
         .to_string()
+}
+
+/// The absolute path of `tests/js/<relative>`, a JavaScript test worker.
+pub fn js_fixture(relative: &str) -> String {
+    repo_path(&format!("tests/js/{relative}"))
 }
 
 /// The number in a log line's `name=N` field.

@@ -8,26 +8,14 @@
 //! that its thousands of fresh instances take turns in, serve the same
 //! table-heavy requests, and every answer must be the same.
 
-use std::path::Path;
-
 use futures_util::StreamExt;
 
 use crate::js::{shared_cache, warm_up};
-use crate::support::{Project, Server, client};
+use crate::support::{Project, Server, client, repo_path};
 
 const SWITCH: &str = "ISOLA_WASMTIME_UPSTREAM_FUNC_REFS";
 /// What the engine logs when the switch is on (crates/engine/src/lib.rs).
 const SWITCHED: &str = "ISOLA_WASMTIME_UPSTREAM_FUNC_REFS=1: wasmtime looks";
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .display()
-        .to_string()
-}
 
 /// The Rust table guest, the JS workout and the JS hello, in a pool of 4.
 fn project() -> Project {
@@ -38,8 +26,8 @@ fn project() -> Project {
          [[worker]]\nname = \"hello\"\nmain = {:?}\nroutes = [\"/hello/*\"]\n",
         shared_cache().display().to_string(),
         isola_test_programs::TABLES,
-        repo("tests/js/tables.js"),
-        repo("guest-examples/js/hello/worker.js"),
+        repo_path("tests/js/tables.js"),
+        repo_path("guest-examples/js/hello/worker.js"),
     ))
 }
 
