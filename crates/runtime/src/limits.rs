@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use isola_engine::{InstanceSlot, InstanceSlots, IsolaEngine};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{CallHook, ResourceLimiter, Store};
 
 use crate::failure::{Failure, GuestError};
 use crate::meter::HasRunState;
@@ -122,10 +122,16 @@ impl Budget {
         if self.consume_fuel {
             // Wasm's clocked time is capped by its fuel
             // (`fuel_yield_interval` is a millisecond's worth); the hook
-            // tells the meter what is left.
+            // tells the meter what is left whenever wasm stops running,
+            // the only time it changes besides arming.
             meter.cap_wasm_by_fuel(self.fuel_yield_interval);
             store.call_hook(move |store, crossing| {
-                meter.fuel_left(store.get_fuel().unwrap_or(0));
+                if matches!(
+                    crossing,
+                    CallHook::CallingHost | CallHook::ReturningFromWasm
+                ) {
+                    meter.fuel_left(store.get_fuel().unwrap_or(0));
+                }
                 meter.hook(crossing);
                 Ok(())
             });

@@ -164,9 +164,10 @@ impl CpuMeter {
         }
     }
 
-    /// The poll ends at `at`: what was charged since the last poll's end.
-    /// Time until the next poll (waiting) is not charged.
-    pub fn poll_end(&self, at: u64) -> PollCharge {
+    /// The poll ends at `at`: the nanoseconds charged since the last poll's
+    /// end (host calls' time, and wasm's capped by its fuel). Time until
+    /// the next poll (waiting) is not charged.
+    pub fn poll_end(&self, at: u64) -> u64 {
         if let Some(what) = self.charging() {
             self.charge(what, at);
         }
@@ -182,25 +183,7 @@ impl CpuMeter {
                 wasm_ns.min(cap)
             }
         };
-        PollCharge {
-            host_ns: self.host_ns.swap(0, Relaxed),
-            wasm_ns,
-        }
-    }
-}
-
-/// What a poll charged, in nanoseconds.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PollCharge {
-    /// Time in the charged host calls.
-    pub host_ns: u64,
-    /// Wasm's clocked time, capped by its fuel.
-    pub wasm_ns: u64,
-}
-
-impl PollCharge {
-    pub fn total(&self) -> u64 {
-        self.host_ns.saturating_add(self.wasm_ns)
+        self.host_ns.swap(0, Relaxed).saturating_add(wasm_ns)
     }
 }
 

@@ -298,7 +298,7 @@ impl<T, F: Future<Output = Result<T, GuestError>>> Future for CpuTimed<F> {
         this.meter.poll_start(started);
         let result = inner.as_mut().poll(cx);
         let ended = meter::now();
-        let mut spent = this.meter.poll_end(ended).total();
+        let mut spent = this.meter.poll_end(ended);
         if ended.saturating_sub(started) >= SHORT_POLL_NS {
             spent = spent.min(thread_cpu_ns().saturating_sub(thread_before));
         }
