@@ -451,6 +451,39 @@ async fn env_holds_vars_secrets_bindings_and_request_cf() {
     assert_eq!(env["cf"]["requestId"].as_str().unwrap().len(), 16);
 }
 
+/// A fresh instance's first read of `env` or `request.cf` goes through
+/// componentize-js's import glue, whose realm the build resolves in the
+/// snapshot (`sdk/js/src/glue-realm.js`), and `env` is one host call
+/// (`env.entries-json`). Fuel counts wasm instructions, so the costs are
+/// the same on every machine: without those two, reading one var of this
+/// worker's seven bindings cost ~0.68 M instructions more than `/counter`
+/// (whose whole request is ~0.35 M), and reading `request.cf` ~0.4 M more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_instances_first_read_of_env_or_cf_costs_little_fuel() {
+    let project = apis_project("");
+    let server = serve(&project);
+    let client = client();
+    let mut fuel = |path: &'static str, expected: &'static str| {
+        let (server, client) = (&server, &client);
+        async move {
+            let (status, id, body) = get(client, &server.url(path)).await;
+            assert_eq!((status, body.as_str()), (200, expected), "{path}");
+            server.fuel_of(&id.unwrap())
+        }
+    };
+    let counter = fuel("/counter", "1").await;
+    let greeting = fuel("/greeting", "hi from vars").await;
+    let protocol = fuel("/protocol", "HTTP/1.1").await;
+    assert!(
+        greeting < counter + 450_000,
+        "env: {greeting} instructions against {counter}"
+    );
+    assert!(
+        protocol < counter + 250_000,
+        "request.cf: {protocol} instructions against {counter}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_api_matches_workers_kv() {
     let project = apis_project("");

@@ -4,7 +4,7 @@
 //! `tests/js/warm-up.js`.
 
 use crate::js::shared_cache;
-use crate::support::{Project, Server, client, get, js_fixture, log_field, run_isola, stderr_of};
+use crate::support::{Project, Server, client, get, js_fixture, run_isola, stderr_of};
 
 fn fixture() -> String {
     js_fixture("warm-up.js")
@@ -25,16 +25,6 @@ fn project_of(name: &str, main: &str, keys: &str) -> Project {
     ))
 }
 
-/// The fuel (wasm instructions) of the request `id` on its access line.
-fn fuel_of(server: &Server, id: &str) -> u64 {
-    let logs = server.wait_for_line(|l| l.contains("isola::access") && l.contains(id));
-    let line = logs
-        .lines()
-        .find(|l| l.contains("isola::access") && l.contains(id))
-        .unwrap();
-    log_field(line, "fuel").unwrap_or_else(|| panic!("no fuel on {line}"))
-}
-
 /// The fuel of GET `path` on fresh instances (the same on each: checked),
 /// and the counter `GET /` answers.
 async fn measure(server: &Server, path: &str) -> (u64, String) {
@@ -44,7 +34,7 @@ async fn measure(server: &Server, path: &str) -> (u64, String) {
         let (status, id, body) = get(&client, &server.url(path)).await;
         assert_eq!(status, 200, "{body}\n{}", server.logs());
         assert!(body.starts_with("{\"user\":{\"id\":7,"), "{body}");
-        fuels.push(fuel_of(server, &id.unwrap()));
+        fuels.push(server.fuel_of(&id.unwrap()));
     }
     let spread = fuels.iter().max().unwrap() - fuels.iter().min().unwrap();
     assert!(

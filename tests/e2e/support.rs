@@ -229,6 +229,14 @@ impl Server {
         }
     }
 
+    /// The fuel (wasm instructions) on the access line of request `id`.
+    pub fn fuel_of(&self, id: &str) -> u64 {
+        let is_its_line = |l: &str| l.contains("isola::access") && l.contains(id);
+        let logs = self.wait_for_line(is_its_line);
+        let line = logs.lines().find(|l| is_its_line(l)).unwrap();
+        log_field(line, "fuel").unwrap_or_else(|| panic!("no fuel on {line}"))
+    }
+
     /// Wait until some log line satisfies `matches`, or panic after a few
     /// seconds.
     pub fn wait_for_line(&self, matches: impl Fn(&str) -> bool) -> String {

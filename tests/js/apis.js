@@ -84,6 +84,17 @@ const routes = {
     return new Response(greet("isola"));
   },
 
+  // One var, read from a fresh instance's `env` (what the fuel test of
+  // tests/e2e/js.rs weighs against `/counter`).
+  async "/greeting"(request, env) {
+    return new Response(env.GREETING);
+  },
+
+  // One field of a fresh instance's `request.cf`.
+  async "/protocol"(request) {
+    return new Response(request.cf.httpProtocol);
+  },
+
   async "/env"(request, env) {
     return Response.json({
       // First, so that enumerating is what reads env from the host.

@@ -52,6 +52,10 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/js/src/service.js"),
     ),
     ("src/env.js", include_str!("../../../sdk/js/src/env.js")),
+    (
+        "src/glue-realm.js",
+        include_str!("../../../sdk/js/src/glue-realm.js"),
+    ),
     ("src/clone.js", include_str!("../../../sdk/js/src/clone.js")),
     (
         "src/durable.js",

@@ -15,8 +15,8 @@ import { warming, warmUpEnv } from "./warm-up.js";
 
 /** The worker's `env`. Its bindings are read from the host the first time
  * the worker looks at it: host calls go through componentize-js's generated
- * glue (`env.bindings()` and `request-info.get()` cost ~135 µs a request
- * together), and many requests never touch `env` or `cf` at all. The proxy
+ * glue (~0.1 M instructions a call, see `glue-realm.js`), and many
+ * requests never touch `env` or `cf` at all. The proxy
  * fills its own target, so it behaves as the plain object it becomes. Its
  * handler is one small object per env whose traps are shared (a trap's
  * `this` is the handler): no closures are made per request. */
@@ -57,18 +57,16 @@ const envTraps = {
   },
 };
 
-/** The bindings as the host listed them, with the vars' values: asked once
- * per instance, as a store's `env` never changes (a reused instance reads
- * it again for every request's env otherwise). Each env gets binding
- * objects of its own, as before. */
+/** The bindings as the host lists them, with the vars' and secrets'
+ * values: one `env.entries-json` call, as each import call and each list
+ * element the glue lifts has a fixed cost (see that function's WIT), and
+ * JSON.parse is native. Asked once per instance, as a store's `env` never
+ * changes (a reused instance reads it again for every request's env
+ * otherwise). Each env gets binding objects of its own. */
 let bindingList;
 
 function listBindings() {
-  bindingList ??= envApi.bindings().map(({ name, kind }) => ({
-    name,
-    kind,
-    value: kind === "var" || kind === "secret" ? envApi.var(name) : undefined,
-  }));
+  bindingList ??= JSON.parse(envApi.entriesJson());
   return bindingList;
 }
 

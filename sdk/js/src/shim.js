@@ -15,6 +15,7 @@ import * as ctxApi from "isola:worker/ctx@0.1.0";
 import { currentObject, serveObject } from "./durable.js";
 import { attachCf, ExecutionContext, fail, installCf, makeEnv } from "./env.js";
 import { errorText, installConsole } from "./errors.js";
+import { resolveGlueRealmClasses } from "./glue-realm.js";
 import { installGlobals } from "./globals.js";
 import { installLazyHeaders, settled } from "./http.js";
 import { incomingBody } from "./queues.js";
@@ -24,6 +25,7 @@ import { runWarmUp, warming } from "./warm-up.js";
 installConsole();
 installGlobals();
 installCf();
+resolveGlueRealmClasses();
 
 /** The `ctx` of the request (or trigger) being handled, for
  * `cloudflare:workers`' `waitUntil`. */

@@ -14,6 +14,8 @@ use crate::generated::isola::worker::env;
 pub struct EnvCtx {
     vars: BTreeMap<String, String>,
     names: Vec<env::Binding>,
+    /// `env.entries-json`'s answer, made once per worker run config.
+    entries_json: String,
 }
 
 impl EnvCtx {
@@ -22,9 +24,12 @@ impl EnvCtx {
         for (name, secret) in &run.secrets {
             vars.insert(name.clone(), secret.expose().to_owned());
         }
+        let names = names(run);
+        let entries_json = entries_json(&names, &vars);
         EnvCtx {
             vars,
-            names: names(run),
+            names,
+            entries_json,
         }
     }
 
@@ -48,6 +53,10 @@ impl env::Host for View<'_, EnvCtx> {
 
     fn bindings(&mut self) -> Vec<env::Binding> {
         self.ctx.names.clone()
+    }
+
+    fn entries_json(&mut self) -> String {
+        self.ctx.entries_json.clone()
     }
 }
 
@@ -83,4 +92,34 @@ fn names(run: &WorkerRun) -> Vec<env::Binding> {
             kind,
         })
         .collect()
+}
+
+/// `names` with the values of the vars and secrets among them, as
+/// `env.entries-json` gives them.
+fn entries_json(names: &[env::Binding], vars: &BTreeMap<String, String>) -> String {
+    use env::BindingKind as Kind;
+    let entries: Vec<serde_json::Value> = names
+        .iter()
+        .map(|binding| {
+            let kind = match binding.kind {
+                Kind::Var => "var",
+                Kind::Secret => "secret",
+                Kind::Kv => "kv",
+                Kind::Sql => "sql",
+                Kind::Blob => "blob",
+                Kind::Analytics => "analytics",
+                Kind::Queue => "queue",
+                Kind::Service => "service",
+                Kind::DurableObject => "durable-object",
+            };
+            let mut entry = serde_json::json!({ "name": binding.name, "kind": kind });
+            if matches!(binding.kind, Kind::Var | Kind::Secret)
+                && let Some(value) = vars.get(&binding.name)
+            {
+                entry["value"] = value.as_str().into();
+            }
+            entry
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
 }
