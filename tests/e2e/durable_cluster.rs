@@ -77,7 +77,11 @@ fn node(config: &str) -> (Project, Server) {
     let server = Server::start_in(
         project.dir.path(),
         &["serve", "isola.toml", "--listen", "127.0.0.1:0"],
-        &[("ISOLA_CLUSTER_SECRET", SECRET)],
+        &[
+            ("ISOLA_CLUSTER_SECRET", SECRET),
+            // For the alarm scheduler's "another node owns it" lines.
+            ("ISOLA_LOG", "info,isola_runtime::objects::alarms=debug"),
+        ],
     );
     (project, server)
 }
@@ -133,12 +137,10 @@ async fn one_owner_serves_an_object_for_both_nodes_and_the_other_takes_over_when
     let (port_a, port_b) = (test_services::free_port(), test_services::free_port());
     let (_a_dir, a) = node(&config(&redis, "a", port_a));
     let (_b_dir, b) = node(&config(&redis, "b", port_b));
+    // Logged (on stderr) before "listening on" (on stdout), but the two
+    // are read apart: wait for it rather than look once.
     for server in [&a, &b] {
-        assert!(
-            server.logs().contains("a node of a cluster"),
-            "{}",
-            server.logs()
-        );
+        server.wait_for_line(|l| l.contains("a node of a cluster"));
     }
     let name = test_services::unique("hot");
 
@@ -269,6 +271,17 @@ async fn one_owner_serves_an_object_for_both_nodes_and_the_other_takes_over_when
         "fired once: {seen}"
     );
     assert_eq!(fired[0]["node"], survivor_name, "{fired:?}");
+    // While the dead owner's lease ran, the survivor looked at the due
+    // alarm about once a second, not in a loop of store and lease reads.
+    let looks = survivor
+        .logs()
+        .lines()
+        .filter(|l| l.contains("an alarm is due for an object another node owns"))
+        .count();
+    assert!(
+        looks <= LEASE_TTL.as_secs() as usize + 5,
+        "{looks} looks at an alarm another node owned"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -32,6 +32,16 @@ pub const MAX_RETRIES: u32 = 6;
 /// another process sharing the state dir may have set an alarm.
 const RESCAN: Duration = Duration::from_secs(30);
 
+/// How long the scheduler leaves a due alarm it could not deliver, for a
+/// reason its delivery does not change, before it looks again: an object
+/// another node owns (the owner delivers it meanwhile, or dies and this
+/// node takes the object over), an owner or class or storage it could not
+/// find. Without it, each try rang the bell that starts the next one at
+/// once: a loop of store (and lease) reads, on every other node until the
+/// owner had delivered it, for up to a lease's ttl when the owner had died,
+/// and for good for an object whose class no loaded worker defines.
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 /// Rung whenever an alarm is set or deleted in this process, so the
 /// scheduler looks again at once. Process-wide: a spurious wake-up costs
 /// one read of the alarm index.
@@ -57,6 +67,30 @@ struct Scheduler {
     in_flight: Mutex<HashSet<Key>>,
     /// Failed tries of an alarm, with the time its retry was set for.
     retries: Mutex<HashMap<Key, (u32, u64)>>,
+    /// Due alarms not delivered for now: the time each was set for, and
+    /// when to look at it again ([`LOOK_AGAIN_AFTER`]).
+    later: Mutex<HashMap<Key, (u64, u64)>>,
+}
+
+impl Scheduler {
+    /// When alarm `key`, set for `time_ms`, is to be looked at again, if it
+    /// was put off and that time has not come.
+    fn recheck_at(&self, key: &Key, time_ms: u64, now: u64) -> Option<u64> {
+        let later = self.later.lock().expect("alarms lock");
+        later
+            .get(key)
+            .filter(|(set_for, at)| *set_for == time_ms && *at > now)
+            .map(|(_, at)| *at)
+    }
+
+    /// Put off alarm `key`, set for `time_ms`, by [`LOOK_AGAIN_AFTER`].
+    fn look_again_later(&self, key: Key, time_ms: u64) {
+        let at = unix_ms().saturating_add(LOOK_AGAIN_AFTER.as_millis() as u64);
+        self.later
+            .lock()
+            .expect("alarms lock")
+            .insert(key, (time_ms, at));
+    }
 }
 
 /// Deliver the alarms of `store` to the objects of `services`' workers
@@ -80,6 +114,13 @@ pub(crate) async fn run(services: Weak<Services>, store: Arc<dyn DurableStore>) 
             return;
         }
         let now = unix_ms();
+        // Put-off alarms whose time came are looked at below like any
+        // other (one that was deleted meanwhile is gone from `alarms`).
+        scheduler
+            .later
+            .lock()
+            .expect("alarms lock")
+            .retain(|_, (_, at)| *at > now);
         let mut next: Option<u64> = None;
         for alarm in alarms {
             let key = (alarm.namespace.clone(), alarm.id.clone());
@@ -91,8 +132,11 @@ pub(crate) async fn run(services: Weak<Services>, store: Arc<dyn DurableStore>) 
             {
                 continue;
             }
-            if alarm.time_ms > now {
-                next = Some(next.map_or(alarm.time_ms, |n| n.min(alarm.time_ms)));
+            let due = scheduler
+                .recheck_at(&key, alarm.time_ms, now)
+                .unwrap_or(alarm.time_ms);
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
             scheduler
@@ -144,12 +188,14 @@ async fn deliver(
     let Some((worker, class)) = services.class_of_namespace(&alarm.namespace) else {
         tracing::warn!(namespace = %alarm.namespace, id = %alarm.id,
             "an alarm is set for an object whose class no loaded worker defines; it waits");
+        scheduler.look_again_later(key, alarm.time_ms);
         return;
     };
     let storage = match store.object(&alarm.namespace, &alarm.id, class.sqlite) {
         Ok(storage) => storage,
         Err(e) => {
             tracing::error!(namespace = %alarm.namespace, id = %alarm.id, "opening an object for its alarm failed: {e}");
+            scheduler.look_again_later(key, alarm.time_ms);
             return;
         }
     };
@@ -173,14 +219,17 @@ async fn deliver(
             Ok(false) => {
                 tracing::debug!(worker = %worker.name(), class = %class.class_name, id = %alarm.id,
                     "an alarm is due for an object another node owns; it delivers it");
+                scheduler.look_again_later(key, alarm.time_ms);
                 return;
             }
             Err(e) => {
                 tracing::error!(worker = %worker.name(), class = %class.class_name, id = %alarm.id,
                     "finding the owner of an object with a due alarm failed: {e}");
+                scheduler.look_again_later(key, alarm.time_ms);
                 return;
             }
         }
+        scheduler.later.lock().expect("alarms lock").remove(&key);
     }
     // Delivered (or moved, or deleted) since the alarms were read.
     match storage.get_alarm().await {
