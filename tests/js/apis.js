@@ -90,6 +90,14 @@ const routes = {
     return new Response(env.GREETING);
   },
 
+  // A Request made from a Request with a body and an init: the shim's
+  // workaround copies the RequestInit members of both.
+  async "/request-copy"() {
+    const first = new Request("http://example.com/", { method: "POST", headers: { a: "b" }, body: "x" });
+    const copy = new Request(first, { headers: { c: "d" } });
+    return new Response(`${copy.method} ${copy.headers.get("c")}`);
+  },
+
   // One field of a fresh instance's `request.cf`.
   async "/protocol"(request) {
     return new Response(request.cf.httpProtocol);

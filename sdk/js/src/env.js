@@ -71,7 +71,11 @@ function listBindings() {
 }
 
 function fillEnv(env) {
-  for (const { name, kind, value } of listBindings()) {
+  // An indexed loop: `for…of` costs ~20 k instructions an element (see
+  // `requestFields` in http.js).
+  const entries = listBindings();
+  for (let i = 0; i < entries.length; i++) {
+    const { name, kind, value } = entries[i];
     switch (kind) {
       case "var":
       case "secret":

@@ -21,12 +21,12 @@ export function installConsole() {
   for (const level of ["log", "info", "warn", "error", "debug", "trace"]) {
     const print = console[level];
     if (typeof print !== "function") continue;
+    // Indexed loops, not `some`/`map`: see `requestFields` in http.js.
     console[level] = function (...args) {
-      if (!args.some((a) => a instanceof Error)) return print.apply(console, args);
-      return print.apply(
-        console,
-        args.map((a) => (a instanceof Error ? errorText(a) : a)),
-      );
+      for (let i = 0; i < args.length; i++) {
+        if (args[i] instanceof Error) args[i] = errorText(args[i]);
+      }
+      return print.apply(console, args);
     };
   }
 }

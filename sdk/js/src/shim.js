@@ -243,7 +243,7 @@ export function incomingHandlerExport(worker) {
         if (streaming !== undefined) await streaming;
         if (tasks.length > 0) await Promise.allSettled(tasks);
       } finally {
-        for (const release of cleanup.reverse()) release();
+        for (let i = cleanup.length - 1; i >= 0; i--) cleanup[i]();
         dispose(incoming);
       }
     },
