@@ -81,7 +81,7 @@ async fn request(
         .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{path}: {e}\nlogs:\n{}", server.logs()));
     let status = response.status();
     (status, response.text().await.unwrap())
 }
@@ -314,7 +314,11 @@ async fn no_message_is_lost_when_a_node_is_killed_holding_messages() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while queue_depth(&redis, "jobs").await > 0 {
-        assert!(Instant::now() < deadline, "messages left on the queue");
+        assert!(
+            Instant::now() < deadline,
+            "messages left on the queue; B's logs:\n{}",
+            b.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

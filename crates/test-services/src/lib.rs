@@ -47,6 +47,29 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     }
 }
 
+/// The process id the plain-TCP Redis server on `port` reports.
+fn redis_process_id(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(at) = text.find("process_id:") {
+            let tail = &text[at + "process_id:".len()..];
+            if let Some(end) = tail.find('\r') {
+                return tail[..end].trim().parse().ok();
+            }
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 /// Kill `pid` once this test process has exited (for servers shared by
 /// every test of the process, which no destructor stops).
 fn reap_when_gone(pid: u32, signal: &str) {
@@ -145,11 +168,40 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        Self::start_on(free_port())
+        // `free_port` only found the port free a moment ago: another
+        // test's server may take it first. Then try another.
+        for _ in 0..5 {
+            if let Some(redis) = Self::try_start_on(free_port()) {
+                return redis;
+            }
+        }
+        panic!("redis-server found its port taken five times");
     }
 
     fn start_on(port: u16) -> Redis {
-        Self::spawn(port, &["--port", &port.to_string()])
+        Self::try_start_on(port)
+            .unwrap_or_else(|| panic!("port {port} is taken: redis-server cannot listen there"))
+    }
+
+    /// A server on `port`, or `None` when another process listens there
+    /// (asked with `INFO server`, as a connection alone would reach the
+    /// other server and pass for this one's).
+    fn try_start_on(port: u16) -> Option<Redis> {
+        let mut redis = Self::spawn(port, &["--port", &port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if redis_process_id(port) == redis.pid() {
+                return Some(redis);
+            }
+            let exited = redis
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A server speaking only TLS, with `certs`' server certificate; with
