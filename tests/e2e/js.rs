@@ -464,7 +464,7 @@ async fn a_fresh_instances_env_cf_and_request_copies_cost_little_fuel() {
     let project = apis_project("");
     let server = serve(&project);
     let client = client();
-    let mut fuel = |path: &'static str, expected: &'static str| {
+    let fuel = |path: &'static str, expected: &'static str| {
         let (server, client) = (&server, &client);
         async move {
             let (status, id, body) = get(client, &server.url(path)).await;
