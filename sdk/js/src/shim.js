@@ -185,6 +185,16 @@ async function dispatchScript(request, ctx) {
   return checked(await answer);
 }
 
+/** The Response a fetch handler answered, ready to send; failing the run
+ * (as a handler's exception does) when it is not one. */
+function answered(response) {
+  try {
+    return settled(checked(response));
+  } catch (e) {
+    return fail(e);
+  }
+}
+
 /** Serve fetch events with `worker.fetch(request, env, ctx)`. */
 export function installFetch(worker) {
   if (worker === undefined) {
@@ -203,15 +213,16 @@ export function installFetch(worker) {
     }
     served = true;
     const ctx = new ExecutionContext((promise) => event.waitUntil(promise));
-    event.respondWith(
-      (async () => {
-        try {
-          return settled(checked(await callFetch(worker, event.request, ctx)));
-        } catch (e) {
-          return fail(e);
-        }
-      })(),
-    );
+    // A promise chain rather than an async function: in the interpreter
+    // each async call costs a generator object and a promise more, and
+    // each promise captures the stack.
+    let answer;
+    try {
+      answer = Promise.resolve(callFetch(worker, event.request, ctx));
+    } catch (e) {
+      answer = Promise.reject(e);
+    }
+    event.respondWith(answer.then(answered, fail));
   });
 }
 
