@@ -460,7 +460,7 @@ async fn env_holds_vars_secrets_bindings_and_request_cf() {
 /// instructions more than `/counter` (whose whole request is ~0.35 M), now
 /// ~0.26 M, and reading `request.cf` ~0.4 M more, now ~0.16 M.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_fresh_instances_env_cf_and_request_copies_cost_little_fuel() {
+async fn a_fresh_instances_env_cf_request_copies_and_binding_calls_cost_little_fuel() {
     let project = apis_project("");
     let server = serve(&project);
     let client = client();
@@ -476,6 +476,8 @@ async fn a_fresh_instances_env_cf_and_request_copies_cost_little_fuel() {
     let greeting = fuel("/greeting", "hi from vars").await;
     let protocol = fuel("/protocol", "HTTP/1.1").await;
     let copy = fuel("/request-copy", "POST d").await;
+    let one_read = fuel("/kv-misses?n=1", "0 of 1").await;
+    let eleven_reads = fuel("/kv-misses?n=11", "0 of 11").await;
     assert!(
         greeting < counter + 320_000,
         "env: {greeting} instructions against {counter}"
@@ -491,6 +493,11 @@ async fn a_fresh_instances_env_cf_and_request_copies_cost_little_fuel() {
         copy < counter + 400_000,
         "new Request(request, init): {copy} instructions against {counter}"
     );
+    // A binding call without the glue's trace calls (`withoutTraceCalls`
+    // in sdk/js/src/snapshot.mjs): ~126 k instructions a KV read, ~144 k
+    // with them.
+    let per_read = (eleven_reads - one_read) / 10;
+    assert!(per_read < 135_000, "a KV read: {per_read} instructions");
 }
 
 #[tokio::test(flavor = "multi_thread")]

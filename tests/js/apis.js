@@ -98,6 +98,15 @@ const routes = {
     return new Response(`${copy.method} ${copy.headers.get("c")}`);
   },
 
+  // `n` KV reads of a key that is not there: binding calls, each through
+  // the import glue.
+  async "/kv-misses"(request, env) {
+    const n = Number(new URL(request.url).searchParams.get("n"));
+    let found = 0;
+    for (let i = 0; i < n; i++) if ((await env.KV.get("never-written")) !== null) found++;
+    return new Response(`${found} of ${n}`);
+  },
+
   // One field of a fresh instance's `request.cf`.
   async "/protocol"(request) {
     return new Response(request.cf.httpProtocol);
