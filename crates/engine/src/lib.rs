@@ -319,7 +319,7 @@ fn spawn_epoch_ticker(engine: &Engine) {
                 for _ in done..due {
                     engine.increment_epoch();
                 }
-                done = due.max(done);
+                done = due;
                 drop(engine);
                 let step = if FINE_TICK_USERS.load(Ordering::Relaxed) > 0 {
                     1

@@ -119,29 +119,27 @@ impl Budget {
         let meter = data.run_state().meter.clone();
         let mut store = Store::new(engine, data);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        if self.consume_fuel {
+        let consume_fuel = self.consume_fuel;
+        if consume_fuel {
             // Wasm's clocked time is capped by its fuel
             // (`fuel_yield_interval` is a millisecond's worth); the hook
             // tells the meter what is left whenever wasm stops running,
             // the only time it changes besides arming.
             meter.cap_wasm_by_fuel(self.fuel_yield_interval);
-            store.call_hook(move |store, crossing| {
-                if matches!(
+            store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
+        }
+        store.call_hook(move |store, crossing| {
+            if consume_fuel
+                && matches!(
                     crossing,
                     CallHook::CallingHost | CallHook::ReturningFromWasm
-                ) {
-                    meter.fuel_left(store.get_fuel().unwrap_or(0));
-                }
-                meter.hook(crossing);
-                Ok(())
-            });
-            store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
-        } else {
-            store.call_hook(move |_, crossing| {
-                meter.hook(crossing);
-                Ok(())
-            });
-        }
+                )
+            {
+                meter.fuel_left(store.get_fuel().unwrap_or(0));
+            }
+            meter.hook(crossing);
+            Ok(())
+        });
         Ok(store)
     }
 

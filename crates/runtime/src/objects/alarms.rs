@@ -74,12 +74,12 @@ struct Scheduler {
 
 impl Scheduler {
     /// When alarm `key`, set for `time_ms`, is to be looked at again, if it
-    /// was put off and that time has not come.
-    fn recheck_at(&self, key: &Key, time_ms: u64, now: u64) -> Option<u64> {
+    /// was put off (each scan first forgets the put-offs whose time came).
+    fn recheck_at(&self, key: &Key, time_ms: u64) -> Option<u64> {
         let later = self.later.lock().expect("alarms lock");
         later
             .get(key)
-            .filter(|(set_for, at)| *set_for == time_ms && *at > now)
+            .filter(|(set_for, _)| *set_for == time_ms)
             .map(|(_, at)| *at)
     }
 
@@ -133,7 +133,7 @@ pub(crate) async fn run(services: Weak<Services>, store: Arc<dyn DurableStore>) 
                 continue;
             }
             let due = scheduler
-                .recheck_at(&key, alarm.time_ms, now)
+                .recheck_at(&key, alarm.time_ms)
                 .unwrap_or(alarm.time_ms);
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
