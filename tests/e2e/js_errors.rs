@@ -45,19 +45,20 @@ async fn a_typescript_workers_errors_name_its_own_files_in_the_log_and_in_tail()
     // `console.error(error)` prints the error's stack.
     let (status, _, body) = get(&client, &server.url("/console")).await;
     assert_eq!((status, body.as_str()), (200, "logged\n"));
-    let logs = server.wait_for_log(CONSOLE[0]);
+    // Each line of the stack is a log line of its own: wait for the last.
+    let logs = server.wait_for_log(CONSOLE[1]);
     assert!(logs.contains("Error: logged: console.error"), "{logs}");
-    assert!(logs.contains(CONSOLE[1]), "{logs}");
+    assert!(logs.contains(CONSOLE[0]), "{logs}");
 
     // A rejected waitUntil task, logged by the shim after the response.
     let (status, _, body) = get(&client, &server.url("/wait-until")).await;
     assert_eq!((status, body.as_str()), (200, "answered\n"));
-    let logs = server.wait_for_log(WAIT_UNTIL[0]);
+    let logs = server.wait_for_log(WAIT_UNTIL[1]);
     assert!(
         logs.contains("waitUntil task failed: TypeError: rejected: waitUntil"),
         "{logs}"
     );
-    assert!(logs.contains(WAIT_UNTIL[1]), "{logs}");
+    assert!(logs.contains(WAIT_UNTIL[0]), "{logs}");
 
     // No frame of the worker's functions names the bundle.
     for function in ["explode", "describe", "rejectLater", "fetch"] {
