@@ -894,7 +894,19 @@ async fn an_uncaught_exception_is_a_500_with_the_stack_in_the_log() {
         let response = client.get(server.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 500, "{path}");
         assert_eq!(response.headers()["x-isola-error"], "exception");
-        let line = server.wait_for_line(|l| l.contains(message));
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        // One log event, but the stack makes it several lines, read one at
+        // a time: the message comes first, the fields (the request id) after
+        // the last frame.
+        let end = format!("request_id={id} ");
+        let logs = server.wait_for_line(|l| l.contains(&end) && l.contains("reason=\"exception\""));
+        let start = logs
+            .find(message)
+            .unwrap_or_else(|| panic!("no {message:?}:\n{logs}"));
+        let line = &logs[start..start + logs[start..].find(&end).unwrap()];
         // The stack names the worker's own file, line and column (the
         // source map beside the component maps the bundle's positions).
         assert!(line.contains("apis.js:"), "{line}");

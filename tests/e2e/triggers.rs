@@ -316,6 +316,10 @@ async fn a_message_out_of_retries_without_a_dead_letter_queue_is_dropped_and_log
     // Delivered 1 + max_retries times.
     assert_eq!(log_field(line, "attempts"), Some(2), "{line}");
     assert!(line.contains("queue=jobs"), "{line}");
+    // The drop is logged before the message is acked; its batch's line
+    // comes after.
+    let logs = server
+        .wait_for_line(|l| l.contains("queue batch finished") && l.contains("dead_lettered=1"));
     let queues = queues_of(&project);
     assert_eq!(queues.depth("jobs").await.unwrap(), 0, "{logs}");
     assert_eq!(queues.in_flight("jobs").await.unwrap(), 0, "{logs}");
