@@ -71,10 +71,20 @@ const routes = {
             controller.close();
           },
         });
-        return new Response(stream, { headers: { "x-streamed": "yes" } });
+        // Repeated and Latin-1 headers go out with a streamed body too.
+        const headers = new Headers({ "x-streamed": "yes", "x-latin1": "caf\u00e9" });
+        headers.append("set-cookie", "a=1");
+        headers.append("set-cookie", "b=2");
+        return new Response(stream, { headers });
       }
       case "bad-length":
         return new Response("four", { headers: { "content-length": "5" } });
+      case "piped":
+        // A body that is a stream (not recorded as whole), with nothing to
+        // wait for: what a proxied response costs to send.
+        return new Response(new Response("piped body").body, { headers: { "content-type": "text/plain" } });
+      case "bad-stream-length":
+        return new Response(new Response("four").body, { headers: { "content-length": "four" } });
       default:
         return new Response("no such shape\n", { status: 400 });
     }

@@ -6,10 +6,11 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::Resource;
+use wasmtime_wasi::p2::DynOutputStream;
 use wasmtime_wasi_http::p2::bindings::http::types::{
-    self as wasi, HostFields, HostIncomingRequest as _, Scheme,
+    self as wasi, HostFields, HostIncomingRequest as _, HostOutgoingBody as _, Scheme,
 };
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody};
 use wasmtime_wasi_http::p2::types::{
     HostIncomingRequest, HostOutgoingResponse, HostResponseOutparam,
 };
@@ -123,8 +124,8 @@ impl http_batch::Host for HostState {
     ) -> wasmtime::Result<Result<(), String>> {
         let http = self.http();
         let outparam = http.table.delete(outparam)?;
-        let response =
-            unpack_headers(&headers).and_then(|h| whole_response(http.hooks, status, h, body));
+        let response = head(http.hooks, status, &headers)
+            .and_then(|(status, fields)| whole_response(status, fields, body));
         match response {
             Ok(response) => {
                 (outparam.send)(Ok(response));
@@ -138,25 +139,72 @@ impl http_batch::Host for HostState {
             }
         }
     }
+
+    fn respond_streaming(
+        &mut self,
+        outparam: Resource<HostResponseOutparam>,
+        status: u16,
+        headers: Vec<u8>,
+    ) -> wasmtime::Result<Result<(Resource<HostOutgoingBody>, Resource<DynOutputStream>), String>>
+    {
+        let mut http = self.http();
+        let response = match head(http.hooks, status, &headers) {
+            Ok((status, headers)) => http.table.push(HostOutgoingResponse {
+                status,
+                headers,
+                body: None,
+            })?,
+            Err(message) => {
+                let outparam = http.table.delete(outparam)?;
+                (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
+                return Ok(Err(message));
+            }
+        };
+        // The calls a guest would make, in its order: the body (sized by a
+        // content-length), its stream, then the response to the client.
+        let borrow = || Resource::<HostOutgoingResponse>::new_borrow(response.rep());
+        let Ok(body) = wasi::HostOutgoingResponse::body(&mut http, borrow())? else {
+            http.table.delete(response)?;
+            let message = "the content-length header is not a number".to_owned();
+            let outparam = http.table.delete(outparam)?;
+            (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
+            return Ok(Err(message));
+        };
+        let stream = http
+            .write(Resource::new_borrow(body.rep()))?
+            .map_err(|()| wasmtime::format_err!("a new body's stream is taken"))?;
+        wasi::HostResponseOutparam::set(&mut http, outparam, Ok(response))?;
+        Ok(Ok((body, stream)))
+    }
 }
 
-/// A response from its parts, checked as `wasi:http` checks them.
-fn whole_response(
+/// A response's status and packed headers, checked as `wasi:http` checks
+/// them.
+fn head(
     hooks: &mut dyn wasmtime_wasi_http::WasiHttpHooks,
     status: u16,
-    headers: Vec<(&str, &str)>,
-    body: Vec<u8>,
-) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+    packed: &[u8],
+) -> Result<(http::StatusCode, FieldMap), String> {
     let status = http::StatusCode::from_u16(status)
         .map_err(|_| format!("{status} is not an HTTP status code"))?;
     let mut fields = FieldMap::new_mutable(FIELD_SIZE_LIMIT);
-    for (name, value) in headers {
+    for (name, value) in unpack_headers(packed)? {
         let bytes = latin1_bytes(value)
             .ok_or_else(|| format!("header {name:?}: the value has a character above U+00FF"))?;
         fields
             .append(hooks, name.to_owned(), bytes)
             .map_err(|e| format!("header {name:?}: {e}"))?;
     }
+    fields.set_immutable();
+    Ok((status, fields))
+}
+
+/// A response with all of its body, checked as `wasi:http` checks it.
+fn whole_response(
+    status: http::StatusCode,
+    fields: FieldMap,
+    body: Vec<u8>,
+) -> Result<hyper::Response<HyperOutgoingBody>, String> {
     if let Some(length) = fields.get(http::header::CONTENT_LENGTH) {
         let matches = length
             .to_str()
@@ -337,9 +385,10 @@ mod proptests {
             body in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
             let packed = pack_headers(&entries);
-            let headers = unpack_headers(packed.as_bytes()).unwrap();
             let hooks = wasmtime_wasi_http::default_hooks();
-            match whole_response(hooks, status, headers, body.clone()) {
+            let response = head(hooks, status, packed.as_bytes())
+                .and_then(|(status, fields)| whole_response(status, fields, body.clone()));
+            match response {
                 Ok(response) => {
                     prop_assert_eq!(response.status().as_u16(), status);
                     for (name, value) in &entries {

@@ -1,8 +1,8 @@
 // Serving `wasi:http/incoming-handler` in the shim (`--instance-reuse`):
 // the incoming request as a Request, and a Response sent back to the host.
 
-import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from "wasi:http/types@0.2.10";
-import { readHead, respond } from "isola:worker/http-batch@0.1.0";
+import { OutgoingBody } from "wasi:http/types@0.2.10";
+import { readHead, respond, respondStreaming } from "isola:worker/http-batch@0.1.0";
 import { encoder, READ_CHUNK } from "./bytes.js";
 import { errorText } from "./errors.js";
 import { appendPacked, EngineRequest, setPackedHeaders } from "./http.js";
@@ -13,7 +13,8 @@ import { appendPacked, EngineRequest, setPackedHeaders } from "./http.js";
 // Every binding call goes through componentize-js's generated JavaScript
 // glue, ~5 µs each, so the shim reads a request's head with one call and
 // sends a response whose body is in memory with one more
-// (`isola:worker/http-batch`) instead of ~18 `wasi:http` calls.
+// (`isola:worker/http-batch`) instead of ~18 `wasi:http` calls; a streamed
+// body's head, body and stream come from one call too.
 
 export const dispose = (resource) => resource?.[Symbol.dispose]();
 const isClosed = (e) => e?.payload?.tag === "closed";
@@ -26,13 +27,6 @@ const HOP_BY_HOP = new Set([
   "transfer-encoding",
   "upgrade",
 ]);
-
-// Header values are byte strings (Fetch's ByteString): one char per byte.
-function latin1Bytes(text) {
-  const bytes = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-  return bytes;
-}
 
 /** The request body as a stream that reads the host's stream on demand.
  * Reads block the instance: it serves one request at a time, so nothing
@@ -157,15 +151,6 @@ function wholeBody(response) {
   return typeof recorded === "string" ? encoder.encode(recorded) : recorded;
 }
 
-/** A response's headers as [name, value] pairs, less those the host refuses. */
-function sendableHeaders(headers) {
-  const list = [];
-  for (const entry of headers) {
-    if (!HOP_BY_HOP.has(entry[0])) list.push(entry);
-  }
-  return list;
-}
-
 /** A response's sendable headers packed for `respond`, as UTF-8 bytes. */
 function packHeaders(headers) {
   let packed = "";
@@ -175,16 +160,13 @@ function packHeaders(headers) {
   return encoder.encode(packed);
 }
 
-function responseFields(headers) {
-  return Fields.fromList(sendableHeaders(headers).map(([name, value]) => [name, latin1Bytes(value)]));
-}
-
-/** Write `bytes` as fast as the host takes them. */
+/** Write `bytes` as fast as the host takes them; true when the last of
+ * them may still wait for a flush. */
 function writeAll(stream, bytes) {
   // One binding call instead of three for what wasi:io lets it take.
   if (bytes.byteLength <= 4096) {
     stream.blockingWriteAndFlush(bytes);
-    return;
+    return false;
   }
   let offset = 0;
   while (offset < bytes.byteLength) {
@@ -199,6 +181,7 @@ function writeAll(stream, bytes) {
     stream.write(bytes.subarray(offset, end));
     offset = end;
   }
+  return true;
 }
 
 /** Send a response whose body is in memory in one call (and answer
@@ -218,21 +201,24 @@ export function sendResponse(response, outparam) {
  * fails midway (or a client that left) ends the response without its
  * terminator, so the client sees it cut short rather than complete. */
 async function streamResponse(response, outparam) {
-  const outgoing = new OutgoingResponse(responseFields(response.headers));
-  outgoing.setStatusCode(response.status);
-  const body = outgoing.body();
-  const stream = body.write();
-  ResponseOutparam.set(outparam, { tag: "ok", val: outgoing });
+  let body, stream;
+  try {
+    // One binding call for the head, the body and its stream.
+    [body, stream] = respondStreaming(outparam, response.status, packHeaders(response.headers));
+  } catch (e) {
+    throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
+  }
   let complete = true;
   if (response.body !== null) {
     const reader = response.body.getReader();
     try {
+      let unflushed = false;
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
-        writeAll(stream, value instanceof Uint8Array ? value : new Uint8Array(value));
+        unflushed = writeAll(stream, value instanceof Uint8Array ? value : new Uint8Array(value));
       }
-      stream.blockingFlush();
+      if (unflushed) stream.blockingFlush();
     } catch (e) {
       complete = false;
       reader.cancel().catch(() => {});
