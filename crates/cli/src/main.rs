@@ -30,6 +30,14 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{configs_for, load_config, load_config_listening, read_config_listening};
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees
+/// hundreds of small objects (wasmtime's resource tables and lowering,
+/// hyper, the instance's store), and glibc's spent ~9% of a proxied
+/// request's CPU in `malloc`/`free` under `wrk` (bench/RESULTS.md, "The
+/// allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "isola", version, about = "A WebAssembly worker host")]
 struct Cli {
