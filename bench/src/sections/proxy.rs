@@ -6,7 +6,9 @@
 //! serve`; `bench/workers/proxy.js` runs on Isola (fresh instances, the
 //! default) and workerd (`bench/workerd/proxy.capnp`): `/fetch`
 //! is `return fetch(origin)`, `/seed` the seeds' proxy (add a header, put
-//! a clone into `caches.default` in `ctx.waitUntil`). Isola's own Rust
+//! a clone into `caches.default` in `ctx.waitUntil`); both also run on
+//! Isola with `instance_reuse` (one instance serving request after request,
+//! as a workerd isolate does), a row without a target. Isola's own Rust
 //! hello runs in the same rounds, for the proxy ÷ hello ratio. Every case
 //! runs in [`HELLO_ROUNDS`] interleaved rounds; the origin counts the
 //! connections it accepts in each run.
@@ -29,6 +31,7 @@ const FETCH: &str = "JS `return fetch(origin)`";
 const SEED: &str = "JS seed proxy (header + cache.put in waitUntil)";
 
 const ISOLA: &str = "isola";
+const ISOLA_REUSE: &str = "isola, `instance_reuse`";
 const WASMTIME: &str = "wasmtime serve";
 const WORKERD: &str = "workerd";
 
@@ -43,8 +46,8 @@ struct Ratio {
     at_least: Option<f64>,
 }
 
-/// Issue 29's targets.
-const RATIOS: [Ratio; 4] = [
+/// Issue 29's targets, and how `instance_reuse` compares.
+const RATIOS: [Ratio; 6] = [
     Ratio {
         what: "Rust proxy ÷ Isola's own Rust hello",
         ours: (RUST, ISOLA),
@@ -68,6 +71,18 @@ const RATIOS: [Ratio; 4] = [
         ours: (SEED, ISOLA),
         theirs: (SEED, WORKERD),
         at_least: Some(0.6),
+    },
+    Ratio {
+        what: "JS `return fetch(origin)`, Isola with `instance_reuse` ÷ workerd",
+        ours: (FETCH, ISOLA_REUSE),
+        theirs: (FETCH, WORKERD),
+        at_least: None,
+    },
+    Ratio {
+        what: "JS seed proxy, Isola with `instance_reuse` ÷ workerd",
+        ours: (SEED, ISOLA_REUSE),
+        theirs: (SEED, WORKERD),
+        at_least: None,
     },
 ];
 
@@ -151,6 +166,8 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     let js_main = repo().join("bench/workers/proxy.js");
     let js = work.join("proxy.wasm");
     build_js(&setup.isola, &js_main, &js, None, false);
+    let js_reuse = work.join("proxy-reuse.wasm");
+    build_js(&setup.isola, &js_main, &js_reuse, None, true);
 
     let rust = setup.isola(
         "proxy-rust",
@@ -164,6 +181,12 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     let env = format!("ORIGIN={url}");
     let wasmtime = setup.wasmtime_with("proxy-wasmtime", &["--env", &env]);
     let isola_js = setup.isola("proxy-js", &js, &outbound, &work.join("isola-proxy-js"));
+    let isola_js_reuse = setup.isola(
+        "proxy-js-reuse",
+        &js_reuse,
+        &format!("{outbound}\ninstance_reuse = 1000000"),
+        &work.join("isola-proxy-js-reuse"),
+    );
     let workerd = setup.workerd_env(
         "proxy-workerd",
         &repo().join("bench/workerd/proxy.capnp"),
@@ -190,6 +213,13 @@ pub fn run(setup: &Setup, duration: Duration, alone: Option<&str>, doc: &mut Str
     }
     for (workload, path) in [(FETCH, "/fetch"), (SEED, "/seed")] {
         cases.push(case(workload, ISOLA, &isola_js, path, origin::BODY));
+        cases.push(case(
+            workload,
+            ISOLA_REUSE,
+            &isola_js_reuse,
+            path,
+            origin::BODY,
+        ));
         if let Some(workerd) = &workerd {
             cases.push(case(workload, WORKERD, workerd, path, origin::BODY));
         }
@@ -232,7 +262,9 @@ fn write(doc: &mut String, cases: &[Case], duration: Duration, alone: Option<&st
          (`wasi:http/outgoing-handler`), the same component on Isola and `wasmtime serve`. \
          JS: `bench/workers/proxy.js` on Isola and workerd (`bench/workerd/proxy.capnp`: \
          fetch through a network service allowed to reach loopback; `caches.default` backed \
-         by an in-memory cache service, as Isola's default cache is in memory). Rows: the \
+         by an in-memory cache service, as Isola's default cache is in memory); \
+         `isola, instance_reuse`: the same worker built with `--instance-reuse` and served \
+         with `instance_reuse`, one instance serving request after request. Rows: the \
          median of {HELLO_ROUNDS} interleaved rounds of {} s each; origin connections: the \
          most any one run (1 s warm-up + the measured run) opened, and per 1,000 requests \
          the origin answered over all rounds. Load average (1 min) before / after the \
