@@ -203,8 +203,11 @@ export function sendResponse(response, outparam) {
 async function streamResponse(response, outparam) {
   let body, stream;
   try {
-    // One binding call for the head, the body and its stream.
-    [body, stream] = respondStreaming(outparam, response.status, packHeaders(response.headers));
+    // One binding call for the head, the body and its stream (indexed,
+    // not destructured: see `requestFields`).
+    const parts = respondStreaming(outparam, response.status, packHeaders(response.headers));
+    body = parts[0];
+    stream = parts[1];
   } catch (e) {
     throw new TypeError(`the response could not be sent: ${e?.payload ?? errorText(e)}`);
   }
