@@ -176,7 +176,10 @@ async fn instance_reuse_keeps_module_state_for_n_requests_and_a_failure_retires_
     let client = client();
     let mut counts = Vec::new();
     for _ in 0..5 {
-        counts.push(get(&client, &server.url("/counter")).await.2);
+        let (_, id, count) = get(&client, &server.url("/counter")).await;
+        // The next request finds the instance idle again.
+        server.wait_for_access_line(&id.unwrap());
+        counts.push(count);
     }
     assert_eq!(counts, ["1", "2", "3", "1", "2"], "{}", server.logs());
 

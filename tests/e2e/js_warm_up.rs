@@ -122,8 +122,10 @@ async fn a_reused_instance_starts_from_the_warmed_snapshot_too() {
     let server = project("instance_reuse = 2\nwarm_up = [\"/\", \"/api/users/3\"]").serve();
     let mut counters = Vec::new();
     for _ in 0..4 {
-        let (status, _, body) = get(&client(), &server.url("/")).await;
+        let (status, id, body) = get(&client(), &server.url("/")).await;
         assert_eq!(status, 200, "{}", server.logs());
+        // The next request finds the instance idle again.
+        server.wait_for_access_line(&id.unwrap());
         counters.push(body);
     }
     assert_eq!(counters, ["1", "2", "1", "2"]);

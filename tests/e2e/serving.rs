@@ -201,10 +201,11 @@ async fn instance_reuse_is_opt_in_and_never_shares_an_instance_at_once() {
     let answers: Vec<String> = {
         let mut answers = Vec::new();
         for _ in 0..7 {
-            answers.push(get(&client, &server.url("/")).await.2);
+            let (_, id, answer) = get(&client, &server.url("/")).await;
             // The instance goes back to the pool when its task ends, just
             // after the client has the response.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            server.wait_for_access_line(&id.unwrap());
+            answers.push(answer);
         }
         answers
     };

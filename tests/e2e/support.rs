@@ -38,6 +38,10 @@ pub fn js_fixture(relative: &str) -> String {
     repo_path(&format!("tests/js/{relative}"))
 }
 
+fn is_access_line_of(line: &str, id: &str) -> bool {
+    line.contains("isola::access") && line.contains(id)
+}
+
 /// The number in a log line's `name=N` field.
 pub fn log_field(line: &str, name: &str) -> Option<u64> {
     let tail = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
@@ -231,10 +235,17 @@ impl Server {
 
     /// The fuel (wasm instructions) on the access line of request `id`.
     pub fn fuel_of(&self, id: &str) -> u64 {
-        let is_its_line = |l: &str| l.contains("isola::access") && l.contains(id);
-        let logs = self.wait_for_line(is_its_line);
-        let line = logs.lines().find(|l| is_its_line(l)).unwrap();
+        let logs = self.wait_for_access_line(id);
+        let line = logs.lines().find(|l| is_access_line_of(l, id)).unwrap();
         log_field(line, "fuel").unwrap_or_else(|| panic!("no fuel on {line}"))
+    }
+
+    /// Wait for request `id`'s access line, which the server writes once
+    /// the request's guest run is over: an instance kept by
+    /// `instance_reuse` is back among the idle ones by then (the client
+    /// can have the whole response a little earlier).
+    pub fn wait_for_access_line(&self, id: &str) -> String {
+        self.wait_for_line(|l| is_access_line_of(l, id))
     }
 
     /// Wait until some log line satisfies `matches`, or panic after a few
