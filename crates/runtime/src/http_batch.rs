@@ -258,6 +258,17 @@ mod tests {
     }
 
     #[test]
+    fn a_content_length_goes_out_as_its_number() {
+        // What a property run found: "03" is a valid length, sent as "3".
+        let hooks = wasmtime_wasi_http::default_hooks();
+        let (status, fields) = head(hooks, 100, b"content-length\n03\n").unwrap();
+        let response = whole_response(status, fields, vec![0; 3]).unwrap();
+        assert_eq!(response.headers()[http::header::CONTENT_LENGTH], "3");
+        let (status, fields) = head(hooks, 200, b"content-length\n03\n").unwrap();
+        assert!(whole_response(status, fields, vec![0; 2]).is_err());
+    }
+
+    #[test]
     fn malformed_packings_are_refused() {
         for (packed, error) in [
             (
@@ -392,6 +403,11 @@ mod proptests {
                 Ok(response) => {
                     prop_assert_eq!(response.status().as_u16(), status);
                     for (name, value) in &entries {
+                        // wasi:http writes a content-length as its number
+                        // ("03" as "3"): checked below.
+                        if name == "content-length" {
+                            continue;
+                        }
                         let values: Vec<&[u8]> = response
                             .headers()
                             .get_all(name.as_str())
@@ -400,9 +416,14 @@ mod proptests {
                             .collect();
                         prop_assert!(values.contains(&value.as_slice()), "{} missing", name);
                     }
-                    if let Some(length) = response.headers().get(http::header::CONTENT_LENGTH) {
-                        let want = body.len().to_string();
-                        prop_assert_eq!(length.as_bytes(), want.as_bytes());
+                    let declared = entries.iter().any(|(name, _)| name == "content-length");
+                    match response.headers().get(http::header::CONTENT_LENGTH) {
+                        Some(length) => {
+                            prop_assert!(declared);
+                            let want = body.len().to_string();
+                            prop_assert_eq!(length.as_bytes(), want.as_bytes());
+                        }
+                        None => prop_assert!(!declared),
                     }
                 }
                 Err(message) => prop_assert!(!message.is_empty()),
