@@ -472,11 +472,12 @@ async fn env_holds_vars_secrets_bindings_and_request_cf() {
 /// A fresh instance's first read of `env` or `request.cf` goes through
 /// componentize-js's import glue, whose realm the build resolves in the
 /// snapshot (`sdk/js/src/glue-realm.js`), and `env` is one host call
-/// (`env.entries-json`), filled in an indexed loop. Fuel counts wasm
-/// instructions, so the costs are the same on every machine: before,
-/// reading one var of this worker's seven bindings cost ~0.68 M
-/// instructions more than `/counter` (whose whole request is ~0.35 M), now
-/// ~0.26 M, and reading `request.cf` ~0.4 M more, now ~0.16 M.
+/// (`env.entries-json`), filled in an indexed loop; `request.cf` is one
+/// too (`request-info.get-json`). Fuel counts wasm instructions, so the
+/// costs are the same on every machine: before, reading one var of this
+/// worker's seven bindings cost ~0.68 M instructions more than `/counter`
+/// (whose whole request is ~0.3 M), now ~0.26 M, and reading `request.cf`
+/// ~0.4 M more, then ~0.14 M, now ~0.06 M.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_instances_env_cf_request_copies_and_binding_calls_cost_little_fuel() {
     let project = apis_project("");
@@ -500,8 +501,11 @@ async fn a_fresh_instances_env_cf_request_copies_and_binding_calls_cost_little_f
         greeting < counter + 320_000,
         "env: {greeting} instructions against {counter}"
     );
+    // `request.cf` is one JSON string (`request-info.get-json`): ~63 k
+    // over `/counter`; the `info` record, lifted field by field by the
+    // glue, cost ~137 k.
     assert!(
-        protocol < counter + 250_000,
+        protocol < counter + 110_000,
         "request.cf: {protocol} instructions against {counter}"
     );
     // The copy's RequestInit members are gathered in indexed loops: with

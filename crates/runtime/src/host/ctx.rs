@@ -88,6 +88,19 @@ impl ctx::Host for View<'_, RequestCtx> {
 }
 
 impl request_info::Host for View<'_, RequestCtx> {
+    fn get_json(&mut self) -> String {
+        let info = self.get();
+        serde_json::to_string(&Cf {
+            http_protocol: &info.protocol,
+            request_id: &info.request_id,
+            client_address: info.client_address.as_deref(),
+            tls_version: info.tls_version.as_deref(),
+            colo: info.colo.as_deref(),
+            country: info.country.as_deref(),
+        })
+        .expect("strings serialize")
+    }
+
     fn get(&mut self) -> request_info::Info {
         let info = &self.ctx.info;
         request_info::Info {
@@ -99,4 +112,21 @@ impl request_info::Host for View<'_, RequestCtx> {
             country: info.country.clone(),
         }
     }
+}
+
+/// `request-info.get-json`'s object: Workers' `request.cf` names, in the
+/// order the JS SDK has always given them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Cf<'a> {
+    http_protocol: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_address: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colo: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
 }
