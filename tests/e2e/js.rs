@@ -256,6 +256,15 @@ async fn reply(server: &Server, shape: &str) -> (u16, Vec<(String, Vec<u8>)>, St
     (status, seen, body)
 }
 
+/// The values of header `name` among `reply`'s headers, in order.
+fn values<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
     let fresh = serve(&apis_project(""));
@@ -273,15 +282,8 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
     }
     let (status, headers, body) = reply(&reused, "head").await;
     assert_eq!(status, 299);
-    let header = |name: &str| -> Vec<&[u8]> {
-        headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
-    };
-    assert_eq!(header("set-cookie"), [b"a=1".as_slice(), b"b=2"]);
-    assert_eq!(header("x-latin1"), [b"caf\xe9".as_slice()]);
+    assert_eq!(values(&headers, "set-cookie"), [b"a=1".as_slice(), b"b=2"]);
+    assert_eq!(values(&headers, "x-latin1"), [b"caf\xe9".as_slice()]);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["method"], "GET");
     assert_eq!(seen["url"], "http://ADDR/reply?as=head");
@@ -306,15 +308,8 @@ async fn a_reused_instance_sends_every_response_shape_as_a_fresh_one_does() {
     );
     let (_, headers, body) = reply(&reused, "stream").await;
     assert_eq!(body, "streamed, in two chunks");
-    let header = |name: &str| -> Vec<&[u8]> {
-        headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-            .collect()
-    };
-    assert_eq!(header("set-cookie"), [b"a=1".as_slice(), b"b=2"]);
-    assert_eq!(header("x-latin1"), [b"caf\xe9".as_slice()]);
+    assert_eq!(values(&headers, "set-cookie"), [b"a=1".as_slice(), b"b=2"]);
+    assert_eq!(values(&headers, "x-latin1"), [b"caf\xe9".as_slice()]);
 
     // A response the host refuses is a 500 with the reason in the log,
     // and the instance goes on serving.

@@ -131,12 +131,7 @@ impl http_batch::Host for HostState {
                 (outparam.send)(Ok(response));
                 Ok(Ok(()))
             }
-            Err(message) => {
-                // As a guest that sets the outparam to an error: the client
-                // gets a 500, and the guest learns why.
-                (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
-                Ok(Err(message))
-            }
+            Err(message) => refused(outparam, message),
         }
     }
 
@@ -154,28 +149,30 @@ impl http_batch::Host for HostState {
                 headers,
                 body: None,
             })?,
-            Err(message) => {
-                let outparam = http.table.delete(outparam)?;
-                (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
-                return Ok(Err(message));
-            }
+            Err(message) => return refused(http.table.delete(outparam)?, message),
         };
         // The calls a guest would make, in its order: the body (sized by a
-        // content-length), its stream, then the response to the client.
-        let borrow = || Resource::<HostOutgoingResponse>::new_borrow(response.rep());
-        let Ok(body) = wasi::HostOutgoingResponse::body(&mut http, borrow())? else {
-            http.table.delete(response)?;
-            let message = "the content-length header is not a number".to_owned();
-            let outparam = http.table.delete(outparam)?;
-            (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
-            return Ok(Err(message));
-        };
+        // content-length, which `head` made sure is one number), its
+        // stream, then the response to the client.
+        let borrow = Resource::<HostOutgoingResponse>::new_borrow(response.rep());
+        let body = wasi::HostOutgoingResponse::body(&mut http, borrow)?
+            .map_err(|()| wasmtime::format_err!("a checked response's body is refused"))?;
         let stream = http
             .write(Resource::new_borrow(body.rep()))?
             .map_err(|()| wasmtime::format_err!("a new body's stream is taken"))?;
         wasi::HostResponseOutparam::set(&mut http, outparam, Ok(response))?;
         Ok(Ok((body, stream)))
     }
+}
+
+/// Set `outparam` to an error, as a guest may: the client gets a 500, and
+/// the guest learns why.
+fn refused<T>(
+    outparam: HostResponseOutparam,
+    message: String,
+) -> wasmtime::Result<Result<T, String>> {
+    (outparam.send)(Err(wasi::ErrorCode::InternalError(Some(message.clone()))));
+    Ok(Err(message))
 }
 
 /// A response's status and packed headers, checked as `wasi:http` checks
